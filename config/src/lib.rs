@@ -1,0 +1,28 @@
+//! switchback's file formats: the config file a user writes and the state file switchback
+//! keeps.
+//!
+//! ```text
+//!   switchback.toml ──parse──▶ schema (as written, with spans)
+//!                                 │ validate: every problem, file:line:key
+//!                                 ▼
+//!                              Config ──from_config──▶ LiveState ◀──restore── state.json
+//!                                                         │ (what is live now)
+//!                                                         └──save (atomic)──▶ state.json
+//! ```
+//!
+//! Nothing here knows about the proxy or the control socket: both depend on this crate, never
+//! the other way round.
+
+pub mod address;
+pub mod atomic;
+pub mod duration;
+pub mod model;
+mod schema;
+pub mod state;
+pub mod validate;
+
+pub use address::{parse_backend_list, parse_backends, parse_socket_addr};
+pub use duration::{parse_duration, HumanDuration};
+pub use model::*;
+pub use state::{LiveState, PoolState, ServiceState, StateError, StateLock, StateStore};
+pub use validate::{load, parse, valid_name, ConfigError, Problem};

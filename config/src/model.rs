@@ -1,0 +1,114 @@
+//! The configuration as switchback uses it: checked, typed, defaults filled in.
+//!
+//! This is what the user *wrote*. What is live now (after switches and `pool set`) is the
+//! routing state, persisted separately by [`crate::state`]; `status` shows both.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Defaults, in one place so the README and the code cannot disagree.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const CONTROL_MODE: u32 = 0o600;
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+    pub const PATH_PREFIX: &str = "/";
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Extra attempts on another backend of the same pool when a connection fails before any
+    /// byte of the request was sent.
+    pub const RETRIES: u32 = 2;
+    pub const HEALTH_PATH: &str = "/";
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const HEALTHY_THRESHOLD: u32 = 2;
+    pub const UNHEALTHY_THRESHOLD: u32 = 3;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from, as given on the command line.
+    pub source: PathBuf,
+    pub listen: ListenConfig,
+    pub server: ServerConfig,
+    pub control: ControlConfig,
+    pub state: StateConfig,
+    /// Sorted by name.
+    pub services: Vec<ServiceConfig>,
+}
+
+impl Config {
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenConfig {
+    pub http: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Worker threads of the proxy; `None` means one per core.
+    pub threads: Option<usize>,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+    /// Unix permission bits of the socket file.
+    pub mode: u32,
+    /// Group that owns the socket file (so a deploy group can use it with mode 0660).
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Lower-case host names; `*.example.com` matches any subdomain. Empty: every host.
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub active: String,
+    /// Sorted by name.
+    pub pools: Vec<PoolConfig>,
+    pub health: Option<HealthConfig>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub retries: u32,
+}
+
+impl ServiceConfig {
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn pool_names(&self) -> Vec<&str> {
+        self.pools.iter().map(|p| p.name.as_str()).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub backends: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down backend up.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a healthy backend down.
+    pub unhealthy_threshold: u32,
+}

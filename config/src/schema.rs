@@ -1,0 +1,78 @@
+//! The file as written: serde structs that mirror `switchback.toml` key for key.
+//!
+//! Every value keeps its byte span (`Spanned`) so that validation can name the line a problem is
+//! on. Nothing here is checked beyond its TOML type; [`crate::validate`] turns these into the
+//! [`crate::model`] types or a list of every problem found.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(crate) type S<T> = Spanned<T>;
+
+/// `pools.NAME = ["addr", …]`, every part with its span.
+pub(crate) type RawPools = BTreeMap<S<String>, S<Vec<S<String>>>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub listen: S<RawListen>,
+    pub server: Option<S<RawServer>>,
+    pub control: S<RawControl>,
+    pub state: S<RawState>,
+    #[serde(default)]
+    pub services: BTreeMap<S<String>, S<RawService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListen {
+    #[serde(default)]
+    pub http: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub threads: Option<S<i64>>,
+    pub shutdown_grace: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawControl {
+    pub socket: S<String>,
+    pub mode: Option<S<String>>,
+    pub group: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawState {
+    pub dir: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    #[serde(default)]
+    pub hosts: Vec<S<String>>,
+    pub path_prefix: Option<S<String>>,
+    pub active: S<String>,
+    pub pools: S<RawPools>,
+    pub health: Option<S<RawHealth>>,
+    pub connect_timeout: Option<S<String>>,
+    pub read_timeout: Option<S<String>>,
+    pub retries: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub path: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub healthy_threshold: Option<S<i64>>,
+    pub unhealthy_threshold: Option<S<i64>>,
+}

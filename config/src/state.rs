@@ -1,0 +1,357 @@
+//! The persisted routing state: which pool is live for each service, and each pool's backends.
+//!
+//! The config file says what the user wrote; this file says what is live after `switch`,
+//! `rollback` and `pool set`. It lives in the state dir as `state.json`, is written atomically
+//! after every change, and is read back at start so that a restart never undoes a deploy.
+//!
+//! A state file that cannot be parsed, or that names a service or pool the config no longer has,
+//! is never trusted and never deleted: it is renamed to `state.json.rejected-<time>` and the
+//! reason is reported, and switchback starts from the config file.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::{ensure_private_dir, write_atomic};
+use crate::model::Config;
+
+/// The version of the state file format this build writes and reads.
+pub const STATE_VERSION: u32 = 1;
+const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveState {
+    pub version: u32,
+    /// Bumped on every change; lets `status` and logs tell generations apart.
+    pub generation: u64,
+    pub services: BTreeMap<String, ServiceState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceState {
+    pub active: String,
+    /// The pool that was active before the last switch: where `rollback` goes.
+    #[serde(default)]
+    pub previous: Option<String>,
+    pub pools: BTreeMap<String, PoolState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolState {
+    /// The live backends.
+    pub backends: Vec<SocketAddr>,
+    /// What the config file said when this was written. When the file says something else at
+    /// the next start, the file was edited since, and the file wins for this pool.
+    pub configured: Vec<SocketAddr>,
+}
+
+impl LiveState {
+    /// The state a config file describes, before any change.
+    pub fn from_config(config: &Config) -> LiveState {
+        let services = config
+            .services
+            .iter()
+            .map(|s| {
+                let pools = s
+                    .pools
+                    .iter()
+                    .map(|p| {
+                        let state = PoolState {
+                            backends: p.backends.clone(),
+                            configured: p.backends.clone(),
+                        };
+                        (p.name.clone(), state)
+                    })
+                    .collect();
+                let state = ServiceState {
+                    active: s.active.clone(),
+                    previous: None,
+                    pools,
+                };
+                (s.name.clone(), state)
+            })
+            .collect();
+        LiveState {
+            version: STATE_VERSION,
+            generation: 0,
+            services,
+        }
+    }
+
+    /// Lays a restored state over the config: live choices survive, file edits to a pool's
+    /// backends win, services and pools new in the file are added. Anything the state names
+    /// that the config does not have is a mismatch, reported whole.
+    pub fn restore(config: &Config, saved: LiveState) -> Result<LiveState, String> {
+        if saved.version != STATE_VERSION {
+            return Err(format!(
+                "state format version {} is not the version this build reads ({STATE_VERSION})",
+                saved.version
+            ));
+        }
+        let mut problems = Vec::new();
+        for (name, s) in &saved.services {
+            let Some(conf) = config.service(name) else {
+                problems.push(format!("service {name:?} is not in the config file"));
+                continue;
+            };
+            for pool in s.pools.keys() {
+                if conf.pool(pool).is_none() {
+                    problems.push(format!(
+                        "service {name:?}: pool {pool:?} is not in the config file"
+                    ));
+                }
+            }
+            for pool in std::iter::once(&s.active).chain(s.previous.as_ref()) {
+                if conf.pool(pool).is_none() {
+                    problems.push(format!(
+                        "service {name:?}: pool {pool:?} is not in the config file"
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            problems.dedup();
+            return Err(problems.join("; "));
+        }
+        let mut live = LiveState::from_config(config);
+        live.generation = saved.generation;
+        for (name, service) in live.services.iter_mut() {
+            let Some(saved_service) = saved.services.get(name) else {
+                continue;
+            };
+            service.active = saved_service.active.clone();
+            service.previous = saved_service.previous.clone();
+            for (pool_name, pool) in service.pools.iter_mut() {
+                if let Some(saved_pool) = saved_service.pools.get(pool_name) {
+                    if saved_pool.configured == pool.configured {
+                        pool.backends = saved_pool.backends.clone();
+                    }
+                }
+            }
+        }
+        Ok(live)
+    }
+}
+
+/// Why a saved state could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{} is locked: another switchback is using this state dir", path.display())]
+    Locked { path: PathBuf },
+    #[error("{} is not a valid state file: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// The exclusive hold of a state dir; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+/// The state dir and the files switchback keeps in it.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(dir: impl Into<PathBuf>) -> StateStore {
+        StateStore { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// Creates the state dir (mode 0700) if it does not exist.
+    pub fn prepare(&self) -> io::Result<()> {
+        ensure_private_dir(&self.dir)
+    }
+
+    /// Takes the state dir for this process: a second switchback on the same state dir would
+    /// overwrite the first one's state, so it is refused. Held until the lock is dropped.
+    pub fn lock(&self) -> Result<StateLock, StateError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let path = self.dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| StateError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(StateError::Locked { path });
+        }
+        Ok(StateLock { _file: file })
+    }
+
+    /// The saved state, `None` when there is none yet.
+    pub fn load(&self) -> Result<Option<LiveState>, StateError> {
+        let path = self.path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes the state atomically, mode 0600.
+    pub fn save(&self, state: &LiveState) -> io::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        write_atomic(&self.path(), &bytes, 0o600)
+    }
+
+    /// Moves an untrusted state file out of the way, keeping it for a human to read. Returns
+    /// where it went.
+    pub fn set_aside(&self) -> io::Result<PathBuf> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut target = self.dir.join(format!("{STATE_FILE}.rejected-{stamp}"));
+        let mut n = 1;
+        while target.exists() {
+            target = self.dir.join(format!("{STATE_FILE}.rejected-{stamp}-{n}"));
+            n += 1;
+        }
+        std::fs::rename(self.path(), &target)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::parse;
+
+    fn config(extra_pool: &str) -> Config {
+        let text = format!(
+            "[listen]\nhttp = [\"127.0.0.1:8080\"]\n[control]\nsocket = \"/tmp/s.sock\"\n[state]\ndir = \"/tmp/s\"\n\
+             [services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:9001\"]\npools.green = [\"127.0.0.1:9002\"]\n{extra_pool}"
+        );
+        parse(Path::new("t.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn save_load_round_trip_with_private_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("state"));
+        store.prepare().unwrap();
+        assert!(store.load().unwrap().is_none());
+        let mut state = LiveState::from_config(&config(""));
+        state.services.get_mut("app").unwrap().active = "green".into();
+        store.save(&state).unwrap();
+        assert_eq!(store.load().unwrap(), Some(state));
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn restore_keeps_the_live_pool_over_the_file() {
+        let c = config("");
+        let mut saved = LiveState::from_config(&c);
+        let app = saved.services.get_mut("app").unwrap();
+        app.active = "green".into();
+        app.previous = Some("blue".into());
+        app.pools.get_mut("green").unwrap().backends = vec!["127.0.0.1:9012".parse().unwrap()];
+        let live = LiveState::restore(&c, saved).unwrap();
+        let app = &live.services["app"];
+        assert_eq!(app.active, "green");
+        assert_eq!(app.previous.as_deref(), Some("blue"));
+        assert_eq!(
+            app.pools["green"].backends,
+            vec!["127.0.0.1:9012".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_file_edit_to_a_pool_wins_over_the_saved_backends() {
+        let old = config("");
+        let mut saved = LiveState::from_config(&old);
+        saved
+            .services
+            .get_mut("app")
+            .unwrap()
+            .pools
+            .get_mut("green")
+            .unwrap()
+            .backends = vec!["127.0.0.1:9012".parse().unwrap()];
+        let edited = parse(
+            Path::new("t.toml"),
+            "[listen]\nhttp = [\"127.0.0.1:8080\"]\n[control]\nsocket = \"/tmp/s.sock\"\n[state]\ndir = \"/tmp/s\"\n\
+             [services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:9001\"]\npools.green = [\"127.0.0.1:9022\"]\n",
+        )
+        .unwrap();
+        let live = LiveState::restore(&edited, saved).unwrap();
+        assert_eq!(
+            live.services["app"].pools["green"].backends,
+            vec!["127.0.0.1:9022".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn restore_refuses_pools_and_services_the_config_lacks() {
+        let with_red = config("pools.red = [\"127.0.0.1:9003\"]\n");
+        let mut saved = LiveState::from_config(&with_red);
+        saved.services.get_mut("app").unwrap().active = "red".into();
+        let err = LiveState::restore(&config(""), saved).unwrap_err();
+        assert!(
+            err.contains("pool \"red\" is not in the config file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_state_dir_has_one_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let held = store.lock().unwrap();
+        assert!(matches!(store.lock(), Err(StateError::Locked { .. })));
+        drop(held);
+        store.lock().expect("free again once the holder is gone");
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_and_set_aside_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        std::fs::write(store.path(), b"{ not json").unwrap();
+        let err = store.load().unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        let kept = store.set_aside().unwrap();
+        assert!(!store.path().exists());
+        assert_eq!(std::fs::read(kept).unwrap(), b"{ not json");
+    }
+}

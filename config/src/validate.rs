@@ -1,0 +1,676 @@
+//! From the file as written to [`Config`], reporting every problem in one pass.
+//!
+//! Each problem names the file, the line and the key, says what is wrong and, where it can, what
+//! to write instead: `switchback.toml:12: services.app.active: no pool named "gren" (pools:
+//! blue, green)`. A file with any problem is refused whole: switchback never starts on a
+//! configuration it only half understood.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::address::parse_socket_addr;
+use crate::duration::parse_duration;
+use crate::model::*;
+use crate::schema::*;
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
+    /// Dotted key, like `services.app.active`; empty for a syntax error.
+    pub key: String,
+    pub message: String,
+}
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the config file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", ProblemList { path, problems })]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+struct ProblemList<'a> {
+    path: &'a Path,
+    problems: &'a [Problem],
+}
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.path.display())?;
+            if let Some(line) = p.line {
+                write!(f, ":{line}")?;
+            }
+            if p.key.is_empty() {
+                write!(f, ": {}", p.message)?;
+            } else {
+                write!(f, ": {}: {}", p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Checks config text; `path` is used in messages and kept as [`Config::source`].
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems: vec![Problem {
+            line: e.span().map(|s| line_of(text, s.start)),
+            key: String::new(),
+            message: e.message().trim().to_string(),
+        }],
+    })?;
+    let mut v = Validator {
+        text,
+        problems: Vec::new(),
+    };
+    let config = v.config(path, raw);
+    v.problems.sort_by_key(|p| p.line);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems: v.problems,
+        })
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Whether a service or pool name is usable everywhere it appears: CLI, metrics labels, files.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: Some(line_of(self.text, span.start)),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, value: &Option<S<String>>, key: &str, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match parse_duration(value.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.problem(value.span(), key, "must be more than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(value.span(), key, e.to_string());
+                default
+            }
+        }
+    }
+
+    fn count(
+        &mut self,
+        value: &Option<S<i64>>,
+        key: &str,
+        min: i64,
+        max: i64,
+        default: u32,
+    ) -> u32 {
+        let Some(value) = value else { return default };
+        let n = *value.get_ref();
+        if n < min || n > max {
+            self.problem(
+                value.span(),
+                key,
+                format!("{n} is out of range: use {min} to {max}"),
+            );
+            return default;
+        }
+        n as u32
+    }
+
+    fn config(&mut self, path: &Path, raw: RawConfig) -> Config {
+        let listen = self.listen(&raw.listen);
+        let server = self.server(raw.server.as_ref());
+        let control = self.control(&raw.control);
+        let state_dir = raw.state.get_ref().dir.get_ref().trim().to_string();
+        if state_dir.is_empty() {
+            self.problem(
+                raw.state.get_ref().dir.span(),
+                "state.dir",
+                "is empty: give a directory where switchback may keep its state",
+            );
+        }
+        let mut services = Vec::new();
+        for (name, service) in &raw.services {
+            if let Some(s) = self.service(name, service) {
+                services.push(s);
+            }
+        }
+        self.routes(&raw.services, &services);
+        Config {
+            source: path.to_path_buf(),
+            listen,
+            server,
+            control,
+            state: StateConfig {
+                dir: PathBuf::from(state_dir),
+            },
+            services,
+        }
+    }
+
+    fn listen(&mut self, raw: &S<RawListen>) -> ListenConfig {
+        let mut http: Vec<SocketAddr> = Vec::new();
+        for addr in &raw.get_ref().http {
+            match parse_socket_addr(addr.get_ref()) {
+                Ok(a) if http.contains(&a) => {
+                    self.problem(addr.span(), "listen.http", format!("{a} is listed twice"))
+                }
+                Ok(a) => http.push(a),
+                Err(e) => self.problem(addr.span(), "listen.http", e),
+            }
+        }
+        if raw.get_ref().http.is_empty() {
+            self.problem(
+                raw.span(),
+                "listen.http",
+                "no listener: give at least one address, like http = [\"127.0.0.1:8080\"]",
+            );
+        }
+        ListenConfig { http }
+    }
+
+    fn server(&mut self, raw: Option<&S<RawServer>>) -> ServerConfig {
+        let Some(raw) = raw.map(|r| r.get_ref()) else {
+            return ServerConfig {
+                threads: None,
+                shutdown_grace: defaults::SHUTDOWN_GRACE,
+            };
+        };
+        let threads = raw
+            .threads
+            .as_ref()
+            .map(|_| self.count(&raw.threads, "server.threads", 1, 1024, 1) as usize);
+        let shutdown_grace = match &raw.shutdown_grace {
+            Some(v) => match parse_duration(v.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.problem(v.span(), "server.shutdown_grace", e.to_string());
+                    defaults::SHUTDOWN_GRACE
+                }
+            },
+            None => defaults::SHUTDOWN_GRACE,
+        };
+        ServerConfig {
+            threads,
+            shutdown_grace,
+        }
+    }
+
+    fn control(&mut self, raw: &S<RawControl>) -> ControlConfig {
+        let raw = raw.get_ref();
+        let socket = raw.socket.get_ref().trim().to_string();
+        if socket.is_empty() {
+            self.problem(
+                raw.socket.span(),
+                "control.socket",
+                "is empty: give a path for the control socket, like \"/run/switchback/control.sock\"",
+            );
+        }
+        let mode = match &raw.mode {
+            None => defaults::CONTROL_MODE,
+            Some(m) => match u32::from_str_radix(m.get_ref().trim(), 8) {
+                Ok(bits) if bits <= 0o777 && bits & 0o600 == 0o600 => bits,
+                Ok(_) => {
+                    self.problem(
+                        m.span(),
+                        "control.mode",
+                        format!(
+                            "{:?} must give the owner read and write and be at most \"0777\", like \"0600\" or \"0660\"",
+                            m.get_ref()
+                        ),
+                    );
+                    defaults::CONTROL_MODE
+                }
+                Err(_) => {
+                    self.problem(
+                        m.span(),
+                        "control.mode",
+                        format!(
+                            "{:?} is not an octal mode: write it like \"0600\" or \"0660\"",
+                            m.get_ref()
+                        ),
+                    );
+                    defaults::CONTROL_MODE
+                }
+            },
+        };
+        let group = raw.group.as_ref().map(|g| g.get_ref().trim().to_string());
+        if let (Some(g), Some(raw_g)) = (&group, &raw.group) {
+            if g.is_empty() {
+                self.problem(
+                    raw_g.span(),
+                    "control.group",
+                    "is empty: name a group or leave the key out",
+                );
+            }
+        }
+        ControlConfig {
+            socket: PathBuf::from(socket),
+            mode,
+            group,
+        }
+    }
+
+    fn service(&mut self, name: &S<String>, raw: &S<RawService>) -> Option<ServiceConfig> {
+        let n = name.get_ref();
+        let key = |k: &str| format!("services.{n}.{k}");
+        if !valid_name(n) {
+            self.problem(
+                name.span(),
+                format!("services.{n}"),
+                "service names use letters, digits, '-' and '_' (at most 64)",
+            );
+        }
+        let raw = raw.get_ref();
+        let mut hosts: Vec<String> = Vec::new();
+        for h in &raw.hosts {
+            match normalize_host(h.get_ref()) {
+                Ok(host) if hosts.contains(&host) => {
+                    self.problem(h.span(), key("hosts"), format!("{host:?} is listed twice"))
+                }
+                Ok(host) => hosts.push(host),
+                Err(e) => self.problem(h.span(), key("hosts"), e),
+            }
+        }
+        let path_prefix = match &raw.path_prefix {
+            None => defaults::PATH_PREFIX.to_string(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                self.problem(
+                    p.span(),
+                    key("path_prefix"),
+                    format!("{:?} must start with '/', like \"/api\"", p.get_ref()),
+                );
+                defaults::PATH_PREFIX.to_string()
+            }
+        };
+        let mut pools = Vec::new();
+        for (pool_name, backends) in raw.pools.get_ref() {
+            let pn = pool_name.get_ref();
+            let pkey = key(&format!("pools.{pn}"));
+            if !valid_name(pn) {
+                self.problem(
+                    pool_name.span(),
+                    &pkey,
+                    "pool names use letters, digits, '-' and '_' (at most 64)",
+                );
+            }
+            let mut addrs: Vec<SocketAddr> = Vec::new();
+            for b in backends.get_ref() {
+                match parse_socket_addr(b.get_ref()) {
+                    Ok(a) if addrs.contains(&a) => {
+                        self.problem(b.span(), &pkey, format!("{a} is listed twice"))
+                    }
+                    Ok(a) => addrs.push(a),
+                    Err(e) => self.problem(b.span(), &pkey, e),
+                }
+            }
+            pools.push(PoolConfig {
+                name: pn.clone(),
+                backends: addrs,
+            });
+        }
+        if pools.is_empty() {
+            self.problem(
+                raw.pools.span(),
+                key("pools"),
+                "no pools: define at least one, like pools.blue = [\"127.0.0.1:9001\"]",
+            );
+        }
+        let active = raw.active.get_ref().clone();
+        match pools.iter().find(|p| p.name == active) {
+            None => {
+                let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+                self.problem(
+                    raw.active.span(),
+                    key("active"),
+                    format!("no pool named {active:?} (pools: {})", names.join(", ")),
+                );
+            }
+            Some(p) if p.backends.is_empty() => self.problem(
+                raw.active.span(),
+                key("active"),
+                format!("the active pool {active:?} has no backends"),
+            ),
+            Some(_) => {}
+        }
+        let health = raw.health.as_ref().map(|h| self.health(n, h));
+        let connect_timeout = self.duration(
+            &raw.connect_timeout,
+            &key("connect_timeout"),
+            defaults::CONNECT_TIMEOUT,
+        );
+        let read_timeout = self.duration(
+            &raw.read_timeout,
+            &key("read_timeout"),
+            defaults::READ_TIMEOUT,
+        );
+        let retries = self.count(&raw.retries, &key("retries"), 0, 10, defaults::RETRIES);
+        Some(ServiceConfig {
+            name: n.clone(),
+            hosts,
+            path_prefix,
+            active,
+            pools,
+            health,
+            connect_timeout,
+            read_timeout,
+            retries,
+        })
+    }
+
+    fn health(&mut self, service: &str, raw: &S<RawHealth>) -> HealthConfig {
+        let key = |k: &str| format!("services.{service}.health.{k}");
+        let r = raw.get_ref();
+        let path = match &r.path {
+            None => defaults::HEALTH_PATH.to_string(),
+            Some(p)
+                if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) =>
+            {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                self.problem(
+                    p.span(),
+                    key("path"),
+                    format!(
+                        "{:?} must be a path starting with '/', like \"/healthz\"",
+                        p.get_ref()
+                    ),
+                );
+                defaults::HEALTH_PATH.to_string()
+            }
+        };
+        let interval = self.duration(&r.interval, &key("interval"), defaults::HEALTH_INTERVAL);
+        let timeout = self.duration(&r.timeout, &key("timeout"), defaults::HEALTH_TIMEOUT);
+        let healthy_threshold = self.count(
+            &r.healthy_threshold,
+            &key("healthy_threshold"),
+            1,
+            100,
+            defaults::HEALTHY_THRESHOLD,
+        );
+        let unhealthy_threshold = self.count(
+            &r.unhealthy_threshold,
+            &key("unhealthy_threshold"),
+            1,
+            100,
+            defaults::UNHEALTHY_THRESHOLD,
+        );
+        HealthConfig {
+            path,
+            interval,
+            timeout,
+            healthy_threshold,
+            unhealthy_threshold,
+        }
+    }
+
+    /// Two services may not claim the same host and path prefix, and only one may take every
+    /// host for a given prefix.
+    fn routes(&mut self, raw: &BTreeMap<S<String>, S<RawService>>, services: &[ServiceConfig]) {
+        let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
+        for service in services {
+            let raw_service = raw
+                .iter()
+                .find(|(k, _)| k.get_ref() == &service.name)
+                .map(|(_, v)| v.get_ref());
+            let Some(raw_service) = raw_service else {
+                continue;
+            };
+            if service.hosts.is_empty() {
+                let route = (String::new(), service.path_prefix.clone());
+                if let Some(other) = seen.insert(route, &service.name) {
+                    let span = raw_service.active.span();
+                    self.problem(
+                        span,
+                        format!("services.{}.hosts", service.name),
+                        format!(
+                            "both {other:?} and {:?} take every host (hosts = []) for path prefix {:?}: give one of them hosts or a different path_prefix",
+                            service.name, service.path_prefix
+                        ),
+                    );
+                }
+            }
+            for (host, raw_host) in service.hosts.iter().zip(&raw_service.hosts) {
+                let route = (host.clone(), service.path_prefix.clone());
+                if let Some(other) = seen.insert(route, &service.name) {
+                    self.problem(
+                        raw_host.span(),
+                        format!("services.{}.hosts", service.name),
+                        format!(
+                            "host {host:?} with path prefix {:?} is already routed to service {other:?}",
+                            service.path_prefix
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Lower-cases a host name and checks it is one: letters, digits, '-', '.', and an optional
+/// leading `*.` for every subdomain. Ports are not part of a host here.
+pub fn normalize_host(raw: &str) -> Result<String, String> {
+    let host = raw.trim().to_ascii_lowercase();
+    let name = host.strip_prefix("*.").unwrap_or(&host);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(host)
+    } else {
+        Err(format!(
+            "{raw:?} is not a host name: write it like \"example.com\" or \"*.example.com\", without scheme or port"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"[listen]
+http = ["127.0.0.1:8080"]
+
+[control]
+socket = "/tmp/switchback-demo/control.sock"
+
+[state]
+dir = "/tmp/switchback-demo/state"
+
+[services.app]
+hosts = []                    # empty: this service takes every Host
+active = "blue"
+pools.blue = ["127.0.0.1:9001"]
+pools.green = ["127.0.0.1:9002"]
+health = { path = "/", interval = "500ms", timeout = "1s" }
+"#;
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(Path::new("switchback.toml"), text) {
+            Ok(_) => vec![],
+            Err(e) => e.to_string().lines().map(str::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_minimal_file_works_as_written() {
+        let c = parse(Path::new("switchback.toml"), MINIMAL).unwrap();
+        assert_eq!(c.listen.http, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.control.mode, 0o600);
+        let app = c.service("app").unwrap();
+        assert_eq!(app.active, "blue");
+        assert_eq!(app.pool_names(), vec!["blue", "green"]);
+        assert!(app.hosts.is_empty());
+        let h = app.health.as_ref().unwrap();
+        assert_eq!(h.interval, Duration::from_millis(500));
+        assert_eq!(h.healthy_threshold, defaults::HEALTHY_THRESHOLD);
+    }
+
+    #[test]
+    fn the_example_file_documents_a_valid_config() {
+        let text = include_str!("../../examples/switchback.toml");
+        let c = parse(Path::new("examples/switchback.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.services.len(), 2);
+    }
+
+    #[test]
+    fn active_pool_typo_names_file_line_key_and_choices() {
+        let text = MINIMAL.replace("active = \"blue\"", "active = \"gren\"");
+        assert_eq!(
+            problems(&text),
+            vec![
+                "switchback.toml:12: services.app.active: no pool named \"gren\" (pools: blue, green)"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_line() {
+        let text = MINIMAL.replace("active = \"blue\"", "active = \"blue\"\nactve = 1");
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("switchback.toml:13:"), "{p:?}");
+        assert!(p[0].contains("actve"), "{p:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_one_pass() {
+        let text = MINIMAL
+            .replace("127.0.0.1:9002", "127.0.0.1")
+            .replace("\"500ms\"", "\"fast\"")
+            .replace("http = [\"127.0.0.1:8080\"]", "http = [\"8080\"]");
+        let p = problems(&text);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].starts_with("switchback.toml:2: listen.http:"), "{p:?}");
+        assert!(p
+            .iter()
+            .any(|l| l.starts_with("switchback.toml:14: services.app.pools.green:")));
+        assert!(p
+            .iter()
+            .any(|l| l.starts_with("switchback.toml:15: services.app.health.interval:")));
+    }
+
+    #[test]
+    fn duplicate_hosts_and_two_catch_alls_are_refused() {
+        let two_catch_alls =
+            format!("{MINIMAL}\n[services.web]\nactive = \"a\"\npools.a = [\"127.0.0.1:9003\"]\n");
+        let p = problems(&two_catch_alls);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("take every host"), "{p:?}");
+
+        let dup_host = format!(
+            "{}\n[services.web]\nhosts = [\"Example.com\"]\nactive = \"a\"\npools.a = [\"127.0.0.1:9003\"]\n",
+            MINIMAL.replace("hosts = []", "hosts = [\"example.com\"]")
+        );
+        let p = problems(&dup_host);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("already routed to service \"app\""), "{p:?}");
+        assert!(
+            p[0].starts_with("switchback.toml:18: services.web.hosts"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn same_host_with_different_prefixes_is_fine() {
+        let text = format!(
+            "{}\n[services.api]\nhosts = [\"example.com\"]\npath_prefix = \"/api\"\nactive = \"a\"\npools.a = [\"127.0.0.1:9003\"]\n",
+            MINIMAL.replace("hosts = []", "hosts = [\"example.com\"]")
+        );
+        assert_eq!(problems(&text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let text = MINIMAL
+            .replace("[state]", "[server]\nthreads = 0\n\n[state]")
+            .replace(
+                "pools.blue = [\"127.0.0.1:9001\"]",
+                "pools.blue = [\"127.0.0.1:9001\", \"127.0.0.1:9001\"]",
+            )
+            .replace("hosts = []", "hosts = [\"http://x\"]");
+        let p = problems(&text);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p
+            .iter()
+            .any(|l| l.contains("server.threads: 0 is out of range")));
+        assert!(p.iter().any(|l| l.contains("is listed twice")));
+        assert!(p.iter().any(|l| l.contains("is not a host name")));
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_line() {
+        let p = problems("[listen]\nhttp = [\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("switchback.toml:"), "{p:?}");
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("Example.COM").unwrap(), "example.com");
+        assert_eq!(normalize_host("*.example.com").unwrap(), "*.example.com");
+        for bad in ["", "example.com:443", "a..b", "*.", "exa mple.com", "*"] {
+            assert!(normalize_host(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

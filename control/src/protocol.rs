@@ -1,0 +1,550 @@
+//! The control protocol, in one file: what a deploy tool may ask and what it gets back.
+//!
+//! JSON lines over a unix socket. The client writes one request object per line; the server
+//! answers each with zero or more progress lines (`{"event":...}`) and then exactly one final
+//! line, `{"ok":true,...}` or `{"ok":false,"error":{"code":...,"message":...}}`. Error codes are
+//! stable; messages are for humans. docs/control-protocol.md documents every command with an
+//! example, and the tests below pin the wire format.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest request line the server reads; longer lines are refused and the connection
+/// closed.
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// A command, as sent on the wire: `{"cmd":"switch","service":"app","pool":"green"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Every service (or one), its pools, backends and health, and the traffic split.
+    Status {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+    },
+    /// Send every new request for `service` to `pool`.
+    Switch {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        pool: String,
+        /// Switch even when the pool has no healthy backend.
+        #[serde(default, skip_serializing_if = "is_false")]
+        force: bool,
+        /// Answer only once no request is in flight to the old pool (or `drain_timeout` passed).
+        #[serde(default, skip_serializing_if = "is_false")]
+        wait_drain: bool,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_duration"
+        )]
+        drain_timeout: Option<Duration>,
+    },
+    /// Back to the pool that was active before the last switch.
+    Rollback {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        force: bool,
+    },
+    /// Replace a pool's backends.
+    PoolSet {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        pool: String,
+        backends: Vec<String>,
+        /// Apply only once every new backend passes its health check.
+        #[serde(default, skip_serializing_if = "is_false")]
+        wait: bool,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_duration"
+        )]
+        timeout: Option<Duration>,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The command names this build understands, to tell an unknown command from a malformed one.
+pub const COMMANDS: &[&str] = &["status", "switch", "rollback", "pool_set"];
+
+/// Stable error codes. Tools match on these; the message is for humans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The line is not JSON, or not a well-formed request.
+    BadRequest,
+    /// The `cmd` is not one this build knows.
+    UnknownCommand,
+    /// The request line is longer than [`MAX_LINE`].
+    LineTooLong,
+    UnknownService,
+    /// There are several services and the request named none.
+    ServiceRequired,
+    UnknownPool,
+    /// The pool has no healthy backend (add `force` to switch anyway).
+    NoHealthyBackend,
+    /// `rollback` with no earlier pool to go back to.
+    NoPreviousPool,
+    BadAddress,
+    /// The new backends did not pass their health checks in time; nothing changed.
+    HealthTimeout,
+    /// The new state could not be persisted; nothing changed.
+    StateWriteFailed,
+    /// The server is shutting down or out of connection slots.
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::LineTooLong => "line_too_long",
+            ErrorCode::UnknownService => "unknown_service",
+            ErrorCode::ServiceRequired => "service_required",
+            ErrorCode::UnknownPool => "unknown_pool",
+            ErrorCode::NoHealthyBackend => "no_healthy_backend",
+            ErrorCode::NoPreviousPool => "no_previous_pool",
+            ErrorCode::BadAddress => "bad_address",
+            ErrorCode::HealthTimeout => "health_timeout",
+            ErrorCode::StateWriteFailed => "state_write_failed",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error answer: `{"ok":false,"error":{"code":"unknown_pool","message":"..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ControlError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ControlError {
+        ControlError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The successful answers, one shape per command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Status(StatusReply),
+    Switch(SwitchReply),
+    PoolSet(PoolSetReply),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Bumped by every change to the routing state.
+    pub generation: u64,
+    pub config_file: String,
+    pub state_file: String,
+    /// Things an operator should know, like a state file that was set aside at start.
+    #[serde(default)]
+    pub notices: Vec<String>,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    /// The pool new requests go to now.
+    pub active: String,
+    /// The pool the config file names; differs from `active` after a switch.
+    pub configured_active: String,
+    pub previous: Option<String>,
+    /// Where new requests go, in percent per pool.
+    pub split: Vec<SplitShare>,
+    pub pools: Vec<PoolStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitShare {
+    pub pool: String,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    /// Requests being proxied to this pool right now.
+    pub in_flight: u64,
+    /// Whether the live backends differ from the config file's (after `pool set`).
+    pub differs_from_config: bool,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: String,
+    /// `healthy`, `down`, `unknown` (not checked yet) or `unchecked` (no health check set).
+    pub health: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The answer to `switch` and `rollback`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchReply {
+    pub service: String,
+    pub pool: String,
+    /// The pool that was active before; `rollback` goes back to it.
+    pub previous: String,
+    /// False when `pool` was already active (nothing changed).
+    pub changed: bool,
+    pub generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainReport {
+    pub pool: String,
+    /// True when the old pool reached zero requests in flight; false when the timeout passed.
+    pub drained: bool,
+    /// Requests still in flight when the wait ended.
+    pub in_flight: u64,
+    pub waited_ms: u64,
+}
+
+/// The answer to `pool_set`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolSetReply {
+    pub service: String,
+    pub pool: String,
+    pub backends: Vec<String>,
+    pub previous_backends: Vec<String>,
+    pub generation: u64,
+}
+
+/// A progress line sent before the final answer of a long command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// `switch --wait-drain`: requests still in flight to the old pool.
+    Draining {
+        service: String,
+        pool: String,
+        in_flight: u64,
+    },
+    /// `pool set --wait`: how many new backends pass their health check so far.
+    WaitingHealth {
+        service: String,
+        pool: String,
+        healthy: usize,
+        total: usize,
+    },
+}
+
+/// One line from the server, as a client reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerLine {
+    Event(Event),
+    Ok(serde_json::Map<String, serde_json::Value>),
+    Err(ControlError),
+}
+
+/// Encodes a final success line (without the newline): `{"ok":true, ...reply}`.
+pub fn encode_ok(reply: &Reply) -> String {
+    #[derive(Serialize)]
+    struct Ok<'a> {
+        ok: bool,
+        #[serde(flatten)]
+        reply: &'a Reply,
+    }
+    serde_json::to_string(&Ok { ok: true, reply }).expect("replies always serialize")
+}
+
+/// Encodes a final error line (without the newline).
+pub fn encode_err(error: &ControlError) -> String {
+    #[derive(Serialize)]
+    struct Err<'a> {
+        ok: bool,
+        error: &'a ControlError,
+    }
+    serde_json::to_string(&Err { ok: false, error }).expect("errors always serialize")
+}
+
+/// Encodes a progress line (without the newline).
+pub fn encode_event(event: &Event) -> String {
+    serde_json::to_string(event).expect("events always serialize")
+}
+
+/// Parses a request line, telling malformed JSON, unknown commands and bad fields apart.
+pub fn decode_request(line: &[u8]) -> Result<Request, ControlError> {
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+        ControlError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "not a JSON object: {e}; send one object per line, like {{\"cmd\":\"status\"}}"
+            ),
+        )
+    })?;
+    let cmd = value
+        .as_object()
+        .ok_or_else(|| ControlError::new(ErrorCode::BadRequest, "a request must be a JSON object"))?
+        .get("cmd")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| {
+            ControlError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "the request has no \"cmd\" string (commands: {})",
+                    COMMANDS.join(", ")
+                ),
+            )
+        })?
+        .to_string();
+    if !COMMANDS.contains(&cmd.as_str()) {
+        return Err(ControlError::new(
+            ErrorCode::UnknownCommand,
+            format!(
+                "unknown command {cmd:?} (commands: {})",
+                COMMANDS.join(", ")
+            ),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ControlError::new(ErrorCode::BadRequest, format!("{cmd}: {e}")))
+}
+
+/// Parses a line from the server.
+pub fn decode_server_line(line: &str) -> Result<ServerLine, String> {
+    let value: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| format!("the server sent a line that is not JSON: {e}"))?;
+    let serde_json::Value::Object(mut map) = value else {
+        return Err("the server sent a line that is not an object".into());
+    };
+    if map.contains_key("event") {
+        return serde_json::from_value(serde_json::Value::Object(map))
+            .map(ServerLine::Event)
+            .map_err(|e| format!("the server sent an event this client does not know: {e}"));
+    }
+    match map.remove("ok") {
+        Some(serde_json::Value::Bool(true)) => Ok(ServerLine::Ok(map)),
+        Some(serde_json::Value::Bool(false)) => {
+            let error = map
+                .remove("error")
+                .ok_or_else(|| "the server sent ok:false without an error".to_string())?;
+            serde_json::from_value(error)
+                .map(ServerLine::Err)
+                .map_err(|e| format!("the server sent an error this client cannot read: {e}"))
+        }
+        _ => Err("the server sent a line with neither \"ok\" nor \"event\"".into()),
+    }
+}
+
+/// Durations travel as the strings users write: `"30s"`.
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+    use switchback_config::{parse_duration, HumanDuration};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&HumanDuration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_the_documented_wire_form() {
+        let r = decode_request(br#"{"cmd":"switch","service":"app","pool":"green"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Switch {
+                service: Some("app".into()),
+                pool: "green".into(),
+                force: false,
+                wait_drain: false,
+                drain_timeout: None
+            }
+        );
+        let r = decode_request(
+            br#"{"cmd":"pool_set","pool":"green","backends":["127.0.0.1:9012"],"wait":true,"timeout":"10s"}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(r, Request::PoolSet { wait: true, timeout: Some(t), .. } if t == Duration::from_secs(10))
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Status { service: None }).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+    }
+
+    #[test]
+    fn round_trip_every_request() {
+        let all = vec![
+            Request::Status {
+                service: Some("app".into()),
+            },
+            Request::Switch {
+                service: None,
+                pool: "green".into(),
+                force: true,
+                wait_drain: true,
+                drain_timeout: Some(Duration::from_secs(30)),
+            },
+            Request::Rollback {
+                service: None,
+                force: false,
+            },
+            Request::PoolSet {
+                service: Some("app".into()),
+                pool: "blue".into(),
+                backends: vec!["127.0.0.1:1".into()],
+                wait: true,
+                timeout: Some(Duration::from_millis(1500)),
+            },
+        ];
+        for r in all {
+            let line = serde_json::to_string(&r).unwrap();
+            assert_eq!(decode_request(line.as_bytes()).unwrap(), r, "{line}");
+        }
+    }
+
+    #[test]
+    fn malformed_unknown_and_bad_fields_have_distinct_codes() {
+        assert_eq!(
+            decode_request(b"{not json").unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            decode_request(b"[1,2]").unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            decode_request(br#"{"pool":"x"}"#).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            decode_request(br#"{"cmd":"explode"}"#).unwrap_err().code,
+            ErrorCode::UnknownCommand
+        );
+        let e = decode_request(br#"{"cmd":"switch","pool":"g","colour":"red"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("colour"), "{}", e.message);
+        let e =
+            decode_request(br#"{"cmd":"switch","pool":"g","drain_timeout":"soon"}"#).unwrap_err();
+        assert!(e.message.contains("not a duration"), "{}", e.message);
+    }
+
+    #[test]
+    fn every_example_in_the_protocol_doc_parses() {
+        let doc = include_str!("../../docs/control-protocol.md");
+        let mut requests = 0;
+        let mut answers = 0;
+        let mut lines = doc.lines().peekable();
+        while let Some(line) = lines.next() {
+            if !line.starts_with("{\"") {
+                continue;
+            }
+            // Long examples continue on indented lines.
+            let mut text = line.to_string();
+            while lines.peek().is_some_and(|l| l.starts_with(' ')) {
+                text.push_str(lines.next().unwrap().trim());
+            }
+            if text.starts_with("{\"cmd\"") {
+                decode_request(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}"));
+                requests += 1;
+            } else {
+                match decode_server_line(&text).unwrap_or_else(|e| panic!("{text}: {e}")) {
+                    ServerLine::Ok(map) => {
+                        let reply: Result<Reply, _> = serde_json::from_value(serde_json::Value::Object(map));
+                        reply.unwrap_or_else(|e| panic!("{text}: {e}"));
+                    }
+                    ServerLine::Err(_) | ServerLine::Event(_) => {}
+                }
+                answers += 1;
+            }
+        }
+        assert!(requests >= 8 && answers >= 6, "examples went missing: {requests} requests, {answers} answers");
+    }
+
+    #[test]
+    fn error_code_names_match_the_wire() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::UnknownCommand,
+            ErrorCode::LineTooLong,
+            ErrorCode::UnknownService,
+            ErrorCode::ServiceRequired,
+            ErrorCode::UnknownPool,
+            ErrorCode::NoHealthyBackend,
+            ErrorCode::NoPreviousPool,
+            ErrorCode::BadAddress,
+            ErrorCode::HealthTimeout,
+            ErrorCode::StateWriteFailed,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+
+    #[test]
+    fn final_lines_carry_ok_first_and_decode_back() {
+        let reply = Reply::Switch(SwitchReply {
+            service: "app".into(),
+            pool: "green".into(),
+            previous: "blue".into(),
+            changed: true,
+            generation: 3,
+            drain: None,
+        });
+        let line = encode_ok(&reply);
+        assert!(line.starts_with(r#"{"ok":true,"service":"app""#), "{line}");
+        let ServerLine::Ok(map) = decode_server_line(&line).unwrap() else {
+            panic!("{line}")
+        };
+        let back: SwitchReply = serde_json::from_value(serde_json::Value::Object(map)).unwrap();
+        assert_eq!(Reply::Switch(back), reply);
+
+        let err = ControlError::new(ErrorCode::UnknownPool, "no pool named \"gren\"");
+        let line = encode_err(&err);
+        assert_eq!(
+            line,
+            r#"{"ok":false,"error":{"code":"unknown_pool","message":"no pool named \"gren\""}}"#
+        );
+        assert_eq!(decode_server_line(&line).unwrap(), ServerLine::Err(err));
+
+        let ev = Event::Draining {
+            service: "app".into(),
+            pool: "blue".into(),
+            in_flight: 2,
+        };
+        let line = encode_event(&ev);
+        assert!(line.starts_with(r#"{"event":"draining""#), "{line}");
+        assert_eq!(decode_server_line(&line).unwrap(), ServerLine::Event(ev));
+    }
+}

@@ -1,0 +1,338 @@
+//! Active health checks: one HTTP probe per backend per interval, and the verdict the request
+//! path reads with a single atomic load.
+//!
+//! A backend's [`HealthState`] is shared by every routing-table generation and every pool that
+//! lists the backend, keyed by (service, address) in the [`HealthRegistry`]. The checker of a
+//! service probes whatever the registry holds for it, so backends added by `pool set` are
+//! checked from the next round on, and backends no table uses any more are forgotten.
+//!
+//! Verdicts follow common practice (HAProxy's rise/fall): the first probe decides for a new
+//! backend; after that a healthy backend goes down after `unhealthy_threshold` failures in a row
+//! and comes back after `healthy_threshold` passes in a row.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchback_config::HealthConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+/// What the proxy knows of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Checked and passing.
+    Healthy,
+    /// Checked and failing: no request goes there while a healthy backend exists.
+    Down,
+    /// Health checks are on, but no probe has answered yet.
+    Unknown,
+    /// The service has no health check; the backend is presumed able to serve.
+    Unchecked,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Down => "down",
+            Health::Unknown => "unknown",
+            Health::Unchecked => "unchecked",
+        }
+    }
+
+    fn from_u8(v: u8) -> Health {
+        match v {
+            0 => Health::Unknown,
+            1 => Health::Healthy,
+            2 => Health::Down,
+            _ => Health::Unchecked,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Health::Unknown => 0,
+            Health::Healthy => 1,
+            Health::Down => 2,
+            Health::Unchecked => 3,
+        }
+    }
+}
+
+/// The health of one backend: read on every request, written by its checker.
+#[derive(Debug)]
+pub struct HealthState {
+    state: AtomicU8,
+    passes: AtomicU32,
+    failures: AtomicU32,
+    last_error: Mutex<Option<String>>,
+}
+
+impl HealthState {
+    pub fn new(initial: Health) -> HealthState {
+        HealthState {
+            state: AtomicU8::new(initial.to_u8()),
+            passes: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    #[inline]
+    pub fn get(&self) -> Health {
+        Health::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, health: Health) {
+        self.state.store(health.to_u8(), Ordering::Relaxed);
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records one probe result and returns the new verdict when it changed.
+    pub fn observe(
+        &self,
+        result: Result<(), String>,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Option<Health> {
+        let old = self.get();
+        let passed = result.is_ok();
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = result.err();
+        let (passes, failures) = if passed {
+            self.failures.store(0, Ordering::Relaxed);
+            (self.passes.fetch_add(1, Ordering::Relaxed) + 1, 0)
+        } else {
+            self.passes.store(0, Ordering::Relaxed);
+            (0, self.failures.fetch_add(1, Ordering::Relaxed) + 1)
+        };
+        let new = match old {
+            Health::Unknown | Health::Unchecked => {
+                if passed {
+                    Health::Healthy
+                } else {
+                    Health::Down
+                }
+            }
+            Health::Healthy if failures >= unhealthy_threshold => Health::Down,
+            Health::Down if passes >= healthy_threshold => Health::Healthy,
+            other => other,
+        };
+        if new != old {
+            self.set(new);
+            Some(new)
+        } else {
+            None
+        }
+    }
+}
+
+/// Every backend's health, by (service, address), shared across routing-table generations.
+#[derive(Debug, Default)]
+pub struct HealthRegistry {
+    entries: Mutex<HashMap<(String, SocketAddr), Arc<HealthState>>>,
+}
+
+impl HealthRegistry {
+    /// The health of a backend, created on first use: `Unknown` when the service checks health,
+    /// `Unchecked` when it does not.
+    pub fn get(&self, service: &str, addr: SocketAddr, checked: bool) -> Arc<HealthState> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .entry((service.to_string(), addr))
+            .or_insert_with(|| {
+                Arc::new(HealthState::new(if checked {
+                    Health::Unknown
+                } else {
+                    Health::Unchecked
+                }))
+            })
+            .clone()
+    }
+
+    /// The backends of a service that something still uses; forgets the others.
+    pub fn targets(&self, service: &str) -> Vec<(SocketAddr, Arc<HealthState>)> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, state| Arc::strong_count(state) > 1);
+        entries
+            .iter()
+            .filter(|((s, _), _)| s == service)
+            .map(|((_, addr), state)| (*addr, state.clone()))
+            .collect()
+    }
+}
+
+/// One HTTP probe: `GET path`, passing on any 2xx or 3xx status within `timeout`.
+pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: switchback-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut buf = [0u8; 64];
+        let mut len = 0;
+        while len < 12 {
+            let n = stream
+                .read(&mut buf[len..])
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("connection closed before a status line".to_string());
+            }
+            len += n;
+        }
+        let status =
+            parse_status(&buf[..len]).ok_or_else(|| "answer is not HTTP/1.x".to_string())?;
+        if (200..400).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+    }
+}
+
+fn parse_status(head: &[u8]) -> Option<u16> {
+    let rest = head.strip_prefix(b"HTTP/1.")?;
+    let code = rest.get(2..5)?;
+    if rest.get(1) != Some(&b' ') {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+/// Probes every backend of one service each interval until `shutdown` turns true.
+pub async fn run_checker(
+    service: String,
+    config: HealthConfig,
+    registry: Arc<HealthRegistry>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => if *shutdown.borrow() { return },
+        }
+        let mut probes = tokio::task::JoinSet::new();
+        for (addr, state) in registry.targets(&service) {
+            let path = config.path.clone();
+            let timeout = config.timeout;
+            probes.spawn(async move { (addr, state, probe(addr, &path, timeout).await) });
+        }
+        while let Some(done) = probes.join_next().await {
+            let Ok((addr, state, result)) = done else {
+                continue;
+            };
+            let error = result.as_ref().err().cloned();
+            if let Some(new) =
+                state.observe(result, config.healthy_threshold, config.unhealthy_threshold)
+            {
+                match new {
+                    Health::Healthy => {
+                        info!(service = %service, backend = %addr, "backend is healthy")
+                    }
+                    _ => {
+                        warn!(service = %service, backend = %addr, error = error.as_deref().unwrap_or(""), "backend is down")
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_probe_decides_then_thresholds_apply() {
+        let s = HealthState::new(Health::Unknown);
+        assert_eq!(s.observe(Ok(()), 2, 3), Some(Health::Healthy));
+        assert_eq!(s.observe(Err("x".into()), 2, 3), None);
+        assert_eq!(s.observe(Err("x".into()), 2, 3), None);
+        assert_eq!(s.observe(Err("x".into()), 2, 3), Some(Health::Down));
+        assert_eq!(s.last_error().as_deref(), Some("x"));
+        assert_eq!(s.observe(Ok(()), 2, 3), None);
+        assert_eq!(s.observe(Ok(()), 2, 3), Some(Health::Healthy));
+        assert_eq!(s.last_error(), None);
+    }
+
+    #[test]
+    fn a_pass_resets_the_failure_count() {
+        let s = HealthState::new(Health::Healthy);
+        s.observe(Err("x".into()), 2, 2);
+        s.observe(Ok(()), 2, 2);
+        assert_eq!(
+            s.observe(Err("x".into()), 2, 2),
+            None,
+            "failures must be consecutive"
+        );
+        assert_eq!(s.get(), Health::Healthy);
+    }
+
+    #[test]
+    fn registry_forgets_backends_nobody_uses() {
+        let r = HealthRegistry::default();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let held = r.get("app", a, true);
+        let _dropped = r.get("app", "127.0.0.1:2".parse().unwrap(), true);
+        drop(_dropped);
+        let targets = r.targets("app");
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].0, a);
+        assert!(Arc::ptr_eq(&targets[0].1, &held));
+        assert!(r.targets("other").is_empty());
+    }
+
+    #[test]
+    fn status_lines_parse() {
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(parse_status(b"HTTP/1.0 503 x"), Some(503));
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
+    }
+
+    #[tokio::test]
+    async fn probe_reports_refused_and_bad_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let err = probe(addr, "/", Duration::from_secs(2)).await.unwrap_err();
+        assert_eq!(err, "status 500");
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let err = probe(closed, "/", Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("connect:"), "{err}");
+    }
+}

@@ -1,0 +1,202 @@
+//! The data path: pingora's `ProxyHttp` for switchback.
+//!
+//! Per request: load the live [`RoutingTable`] once, route by host and path to a service, take
+//! the service's active pool and count the request in flight there, pick a healthy backend
+//! round robin, and proxy. A connection that fails before any byte was sent is retried on
+//! another backend of the same pool. Nothing here takes a lock or logs on success.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::pool::{InFlight, Tried};
+use crate::routing::{normalize_request_host, RoutingTable};
+
+/// The proxy service. Cheap to clone: everything lives behind the shared table handle.
+pub struct SwitchbackProxy {
+    table: Arc<ArcSwap<RoutingTable>>,
+}
+
+impl SwitchbackProxy {
+    pub fn new(table: Arc<ArcSwap<RoutingTable>>) -> SwitchbackProxy {
+        SwitchbackProxy { table }
+    }
+}
+
+/// What one request carries through its phases.
+#[derive(Default)]
+pub struct RequestCtx {
+    /// The generation this request was routed by, kept for its whole life (retries included).
+    table: Option<Arc<RoutingTable>>,
+    service: usize,
+    pool: usize,
+    tried: Tried,
+    /// Counts this request in its pool's in-flight gauge until the context is dropped.
+    in_flight: Option<InFlight>,
+}
+
+impl RequestCtx {
+    fn route(&self) -> Option<(&crate::routing::ServiceRoute, &Arc<crate::pool::Pool>)> {
+        let service = &self.table.as_ref()?.services[self.service];
+        Some((service, &service.pools[self.pool]))
+    }
+}
+
+const NO_SERVICE: &[u8] = b"switchback: no service for this host and path\n";
+const NO_BACKEND: &[u8] = b"switchback: no healthy backend in the pool\n";
+const BAD_GATEWAY: &[u8] = b"switchback: the backend failed to answer\n";
+const GATEWAY_TIMEOUT: &[u8] = b"switchback: the backend did not answer in time\n";
+
+#[async_trait]
+impl ProxyHttp for SwitchbackProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let raw_host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let host = normalize_request_host(raw_host);
+        let path = req.uri.path();
+        loop {
+            let table = self.table.load_full();
+            let Some((service_index, service)) = table.route(&host, path) else {
+                session
+                    .respond_error_with_body(503, Bytes::from_static(NO_SERVICE))
+                    .await?;
+                return Ok(true);
+            };
+            let pool_index = service.active;
+            let in_flight = InFlight::start(&service.pools[pool_index].stats);
+            // A switch that landed between the load and the count above could miss this request
+            // when it waits for the old pool to drain. Both sides use sequentially consistent
+            // operations, so seeing the same table here means the switch will see the count.
+            if Arc::ptr_eq(&self.table.load(), &table) {
+                ctx.service = service_index;
+                ctx.pool = pool_index;
+                ctx.in_flight = Some(in_flight);
+                ctx.table = Some(table);
+                return Ok(false);
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (_, pool) = ctx
+            .route()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request was not routed"))?;
+        match pool.select(ctx.tried) {
+            Some((index, backend)) => {
+                let peer = Box::new(backend.peer.clone());
+                ctx.tried.add(index);
+                Ok(peer)
+            }
+            None => Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("no healthy backend in pool {}", pool.name),
+            )),
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some((service, pool)) = ctx.route() {
+            let attempts = ctx.tried.count();
+            let untried_left = pool.backends.len() as u32 > attempts;
+            if attempts <= service.config.retries && untried_left {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            let ip = addr.ip().to_string();
+            let forwarded = match upstream_request.headers.get("x-forwarded-for") {
+                Some(prior) => format!("{}, {ip}", String::from_utf8_lossy(prior.as_bytes())),
+                None => ip,
+            };
+            upstream_request.insert_header("x-forwarded-for", forwarded)?;
+        }
+        if upstream_request.headers.get("x-forwarded-proto").is_none() {
+            let proto = if session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .is_some()
+            {
+                "https"
+            } else {
+                "http"
+            };
+            upstream_request.insert_header("x-forwarded-proto", proto)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let body: &'static [u8] = match code {
+                503 => NO_BACKEND,
+                504 => GATEWAY_TIMEOUT,
+                502 => BAD_GATEWAY,
+                _ => b"",
+            };
+            let _ = session
+                .respond_error_with_body(code, Bytes::from_static(body))
+                .await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The data path of switchback: routing, pools, health checks and the pingora proxy.
+//!
+//! ```text
+//!            control commands                        requests
+//!                  │                                     │
+//!           ┌──────▼──────┐  build, persist, swap  ┌──────▼──────┐
+//!           │ controller  │ ─────────────────────▶ │ ArcSwap<    │ load once per request
+//!           └──────┬──────┘                        │ RoutingTable│◀──── http (ProxyHttp)
+//!                  │ registers backends            └──────┬──────┘         │ select
+//!           ┌──────▼──────┐  verdicts (atomics)           │ pools          ▼
+//!           │ health      │ ─────────────────────────▶ pool::Backend ──▶ backend
+//!           └─────────────┘
+//! ```
+//!
+//! The request path never takes a lock: it reads one `Arc` of the table, atomics for health
+//! and in-flight counts, and nothing else.
+
+pub mod controller;
+pub mod health;
+pub mod http;
+pub mod pool;
+pub mod routing;
+
+pub use controller::{
+    Controller, DeployError, DrainOutcome, PoolSetOutcome, StartError, SwitchOutcome,
+};
+pub use health::{Health, HealthRegistry};
+pub use http::SwitchbackProxy;
+pub use routing::RoutingTable;

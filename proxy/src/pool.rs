@@ -1,0 +1,200 @@
+//! Pools and backends, and how a request picks one backend of a pool.
+//!
+//! A [`Pool`] is immutable and belongs to one routing-table generation; what must outlive a
+//! generation (the in-flight count that `--wait-drain` watches, a backend's health) sits behind
+//! `Arc`s that the next generation reuses. Picking a backend is round robin over the backends
+//! not known to be down, with one relaxed atomic add and no lock.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::health::{Health, HealthState};
+
+/// Counters of a pool that survive table generations, keyed by (service, pool name).
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    in_flight: AtomicU64,
+}
+
+impl PoolStats {
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a request as in flight to a pool until it is dropped, whatever path the request takes
+/// out (answered, failed, client gone).
+#[derive(Debug)]
+pub struct InFlight(Arc<PoolStats>);
+
+impl InFlight {
+    pub fn start(stats: &Arc<PoolStats>) -> InFlight {
+        stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(stats.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// One upstream address and what the proxy needs to reach it.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub health: Arc<HealthState>,
+    /// A ready-made peer with the service's timeouts, cloned for each request.
+    pub peer: HttpPeer,
+}
+
+/// A named set of backends (blue, green, …) in one table generation.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: Arc<str>,
+    pub backends: Vec<Arc<Backend>>,
+    pub stats: Arc<PoolStats>,
+    next: AtomicUsize,
+}
+
+/// Which backends of a pool a request already tried, as a bit set of indexes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried(u64);
+
+impl Tried {
+    pub fn add(&mut self, index: usize) {
+        self.0 |= 1 << (index % 64);
+    }
+
+    pub fn contains(self, index: usize) -> bool {
+        self.0 & (1 << (index % 64)) != 0
+    }
+
+    pub fn count(self) -> u32 {
+        self.0.count_ones()
+    }
+}
+
+impl Pool {
+    pub fn new(name: Arc<str>, backends: Vec<Arc<Backend>>, stats: Arc<PoolStats>) -> Pool {
+        Pool {
+            name,
+            backends,
+            stats,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next backend in round-robin order that `tried` does not hold: a healthy (or
+    /// unchecked) one if there is any, else one whose health is not known yet. Never a
+    /// backend known to be down.
+    #[inline]
+    pub fn select(&self, tried: Tried) -> Option<(usize, &Arc<Backend>)> {
+        let n = self.backends.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut fallback = None;
+        for i in 0..n {
+            let index = (start + i) % n;
+            if tried.contains(index) {
+                continue;
+            }
+            let backend = &self.backends[index];
+            match backend.health.get() {
+                Health::Healthy | Health::Unchecked => return Some((index, backend)),
+                Health::Unknown if fallback.is_none() => fallback = Some((index, backend)),
+                _ => {}
+            }
+        }
+        fallback
+    }
+
+    /// Backends that can take a request now.
+    pub fn healthy_count(&self) -> usize {
+        self.backends
+            .iter()
+            .filter(|b| matches!(b.health.get(), Health::Healthy | Health::Unchecked))
+            .count()
+    }
+
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.backends.iter().map(|b| b.addr).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(states: &[Health]) -> Pool {
+        let backends = states
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let addr: SocketAddr = format!("127.0.0.1:{}", 9000 + i).parse().unwrap();
+                Arc::new(Backend {
+                    addr,
+                    health: Arc::new(HealthState::new(*h)),
+                    peer: HttpPeer::new(addr, false, String::new()),
+                })
+            })
+            .collect();
+        Pool::new("blue".into(), backends, Arc::default())
+    }
+
+    #[test]
+    fn round_robin_over_healthy_backends() {
+        let p = pool(&[Health::Healthy, Health::Healthy, Health::Healthy]);
+        let picks: Vec<usize> = (0..6)
+            .map(|_| p.select(Tried::default()).unwrap().0)
+            .collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn never_a_down_backend_when_a_healthy_one_exists() {
+        let p = pool(&[Health::Down, Health::Healthy, Health::Down, Health::Unknown]);
+        for _ in 0..20 {
+            assert_eq!(p.select(Tried::default()).unwrap().0, 1);
+        }
+    }
+
+    #[test]
+    fn unknown_backends_serve_only_when_no_healthy_one_is_left() {
+        let p = pool(&[Health::Down, Health::Unknown]);
+        assert_eq!(p.select(Tried::default()).unwrap().0, 1);
+        let all_down = pool(&[Health::Down, Health::Down]);
+        assert!(all_down.select(Tried::default()).is_none());
+    }
+
+    #[test]
+    fn retries_skip_what_was_tried() {
+        let p = pool(&[Health::Healthy, Health::Healthy]);
+        let (first, _) = p.select(Tried::default()).unwrap();
+        let mut tried = Tried::default();
+        tried.add(first);
+        for _ in 0..5 {
+            assert_ne!(p.select(tried).unwrap().0, first);
+        }
+        tried.add(1 - first);
+        assert!(p.select(tried).is_none());
+        assert_eq!(tried.count(), 2);
+    }
+
+    #[test]
+    fn in_flight_counts_until_drop() {
+        let stats: Arc<PoolStats> = Arc::default();
+        let a = InFlight::start(&stats);
+        let b = InFlight::start(&stats);
+        assert_eq!(stats.in_flight(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(stats.in_flight(), 0);
+    }
+}

@@ -1,0 +1,370 @@
+//! The routing table: which service a request belongs to, and which pools that service has.
+//!
+//! One immutable [`RoutingTable`] is live at a time, behind an `ArcSwap`. A request loads it once
+//! and keeps that `Arc` for its whole life, retries included, so it sees one generation from
+//! start to end. A change builds the next table from the current one (reusing the `Arc`s of what
+//! did not change, so health and counters carry over) and swaps it in whole; see
+//! [`crate::controller`].
+//!
+//! Routing is by Host (exact name, then `*.suffix`, then the catch-all service), then by the
+//! longest matching path prefix.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora::upstreams::peer::HttpPeer;
+use switchback_config::{Config, LiveState, ServiceConfig};
+
+use crate::health::HealthRegistry;
+use crate::pool::{Backend, Pool, PoolStats};
+
+/// One generation of the routing state.
+#[derive(Debug)]
+pub struct RoutingTable {
+    pub generation: u64,
+    /// In config order (sorted by name).
+    pub services: Vec<ServiceRoute>,
+    hosts: HostIndex,
+}
+
+/// A service as routed in one generation.
+#[derive(Debug)]
+pub struct ServiceRoute {
+    pub config: Arc<ServiceConfig>,
+    /// Sorted by name.
+    pub pools: Vec<Arc<Pool>>,
+    /// Index into `pools` of the pool new requests go to.
+    pub active: usize,
+    /// Index into `pools` of the pool `rollback` goes back to.
+    pub previous: Option<usize>,
+}
+
+impl ServiceRoute {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn active_pool(&self) -> &Arc<Pool> {
+        &self.pools[self.active]
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| &*p.name == name)
+    }
+
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| &*p.name == name)
+    }
+}
+
+/// Path prefix → service index, longest prefix first.
+type Prefixes = Vec<(Box<str>, usize)>;
+
+#[derive(Debug, Default)]
+struct HostIndex {
+    exact: HashMap<Box<str>, Prefixes>,
+    /// `(".example.com", …)` for `*.example.com`, longest suffix first.
+    wildcard: Vec<(Box<str>, Prefixes)>,
+    any: Prefixes,
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => {
+            prefix.ends_with('/')
+                || rest.is_empty()
+                || rest.starts_with('/')
+                || rest.starts_with('?')
+        }
+    }
+}
+
+fn first_match(prefixes: &Prefixes, path: &str) -> Option<usize> {
+    prefixes
+        .iter()
+        .find(|(prefix, _)| prefix_matches(prefix, path))
+        .map(|(_, index)| *index)
+}
+
+impl HostIndex {
+    fn build(services: &[ServiceRoute]) -> HostIndex {
+        let mut index = HostIndex::default();
+        let mut wildcard: HashMap<Box<str>, Prefixes> = HashMap::new();
+        for (i, service) in services.iter().enumerate() {
+            let prefix: Box<str> = service.config.path_prefix.as_str().into();
+            if service.config.hosts.is_empty() {
+                index.any.push((prefix.clone(), i));
+            }
+            for host in &service.config.hosts {
+                match host.strip_prefix('*') {
+                    Some(suffix) => wildcard
+                        .entry(suffix.into())
+                        .or_default()
+                        .push((prefix.clone(), i)),
+                    None => index
+                        .exact
+                        .entry(host.as_str().into())
+                        .or_default()
+                        .push((prefix.clone(), i)),
+                }
+            }
+        }
+        index.wildcard = wildcard.into_iter().collect();
+        index
+            .wildcard
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        let by_length =
+            |p: &mut Prefixes| p.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        index.exact.values_mut().for_each(by_length);
+        index.wildcard.iter_mut().for_each(|(_, p)| by_length(p));
+        by_length(&mut index.any);
+        index
+    }
+
+    fn lookup(&self, host: &str, path: &str) -> Option<usize> {
+        if !self.exact.is_empty() {
+            if let Some(found) = self.exact.get(host).and_then(|p| first_match(p, path)) {
+                return Some(found);
+            }
+        }
+        for (suffix, prefixes) in &self.wildcard {
+            if host.len() > suffix.len() && host.ends_with(&**suffix) {
+                if let Some(found) = first_match(prefixes, path) {
+                    return Some(found);
+                }
+            }
+        }
+        first_match(&self.any, path)
+    }
+}
+
+/// The host part of a Host header or authority: no port, no trailing dot, lower case. Borrows
+/// when the name is already in that form, which it nearly always is.
+pub fn normalize_request_host(raw: &str) -> std::borrow::Cow<'_, str> {
+    let host = if raw.starts_with('[') {
+        raw.find(']').map_or(raw, |end| &raw[..=end])
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
+impl RoutingTable {
+    /// The service for a request, by host (already normalized) and path.
+    #[inline]
+    pub fn route(&self, host: &str, path: &str) -> Option<(usize, &ServiceRoute)> {
+        let index = self.hosts.lookup(host, path)?;
+        Some((index, &self.services[index]))
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceRoute> {
+        self.services.iter().find(|s| s.name() == name)
+    }
+
+    /// Builds the table for `state`, reusing from `previous` every pool, backend and counter
+    /// that did not change, so that health and in-flight counts carry over.
+    pub fn build(
+        config: &Config,
+        state: &LiveState,
+        previous: Option<&RoutingTable>,
+        registry: &HealthRegistry,
+    ) -> RoutingTable {
+        let mut services = Vec::with_capacity(config.services.len());
+        for service_config in &config.services {
+            let prev_service = previous.and_then(|t| t.service(&service_config.name));
+            let live = state.services.get(&service_config.name);
+            let config_arc = prev_service
+                .map(|s| s.config.clone())
+                .unwrap_or_else(|| Arc::new(service_config.clone()));
+            let mut pools = Vec::with_capacity(service_config.pools.len());
+            for pool_config in &service_config.pools {
+                let addrs: &[SocketAddr] = live
+                    .and_then(|l| l.pools.get(&pool_config.name))
+                    .map(|p| p.backends.as_slice())
+                    .unwrap_or(&pool_config.backends);
+                let prev_pool = prev_service.and_then(|s| s.pool(&pool_config.name));
+                if let Some(prev_pool) = prev_pool {
+                    if prev_pool.addresses() == addrs {
+                        pools.push(prev_pool.clone());
+                        continue;
+                    }
+                }
+                let backends = addrs
+                    .iter()
+                    .map(|addr| {
+                        prev_service
+                            .and_then(|s| {
+                                s.pools
+                                    .iter()
+                                    .flat_map(|p| &p.backends)
+                                    .find(|b| b.addr == *addr)
+                                    .cloned()
+                            })
+                            .unwrap_or_else(|| new_backend(service_config, *addr, registry))
+                    })
+                    .collect();
+                let stats = prev_pool
+                    .map(|p| p.stats.clone())
+                    .unwrap_or_else(|| Arc::new(PoolStats::default()));
+                pools.push(Arc::new(Pool::new(
+                    pool_config.name.as_str().into(),
+                    backends,
+                    stats,
+                )));
+            }
+            let position = |name: &str| pools.iter().position(|p| &*p.name == name);
+            let active = live
+                .and_then(|l| position(&l.active))
+                .or_else(|| position(&service_config.active))
+                .unwrap_or(0);
+            let previous = live.and_then(|l| l.previous.as_deref()).and_then(position);
+            services.push(ServiceRoute {
+                config: config_arc,
+                pools,
+                active,
+                previous,
+            });
+        }
+        let hosts = HostIndex::build(&services);
+        RoutingTable {
+            generation: state.generation,
+            services,
+            hosts,
+        }
+    }
+}
+
+fn new_backend(
+    service: &ServiceConfig,
+    addr: SocketAddr,
+    registry: &HealthRegistry,
+) -> Arc<Backend> {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(service.connect_timeout);
+    peer.options.read_timeout = Some(service.read_timeout);
+    peer.options.write_timeout = Some(service.read_timeout);
+    Arc::new(Backend {
+        addr,
+        health: registry.get(&service.name, addr, service.health.is_some()),
+        peer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config() -> Config {
+        switchback_config::parse(
+            Path::new("t.toml"),
+            r#"
+[listen]
+http = ["127.0.0.1:8080"]
+[control]
+socket = "/tmp/x.sock"
+[state]
+dir = "/tmp/x"
+[services.app]
+active = "blue"
+pools.blue = ["127.0.0.1:9001"]
+pools.green = ["127.0.0.1:9002"]
+[services.api]
+hosts = ["example.com"]
+path_prefix = "/api"
+active = "a"
+pools.a = ["127.0.0.1:9003"]
+[services.site]
+hosts = ["example.com", "*.example.org"]
+active = "a"
+pools.a = ["127.0.0.1:9004"]
+"#,
+        )
+        .unwrap()
+    }
+
+    fn name(table: &RoutingTable, host: &str, path: &str) -> String {
+        table
+            .route(&normalize_request_host(host), path)
+            .map(|(_, s)| s.name().to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn routes_by_host_then_longest_prefix_then_catch_all() {
+        let c = config();
+        let t = RoutingTable::build(
+            &c,
+            &LiveState::from_config(&c),
+            None,
+            &HealthRegistry::default(),
+        );
+        assert_eq!(name(&t, "example.com", "/api/users"), "api");
+        assert_eq!(name(&t, "EXAMPLE.com:443", "/api"), "api");
+        assert_eq!(name(&t, "example.com", "/api?x=1"), "api");
+        assert_eq!(name(&t, "example.com", "/apiary"), "site");
+        assert_eq!(name(&t, "example.com.", "/"), "site");
+        assert_eq!(name(&t, "www.example.org", "/"), "site");
+        assert_eq!(
+            name(&t, "example.org", "/"),
+            "app",
+            "*.x matches subdomains only"
+        );
+        assert_eq!(name(&t, "other.net", "/api"), "app");
+        assert_eq!(name(&t, "[::1]:8080", "/"), "app");
+    }
+
+    #[test]
+    fn a_new_generation_keeps_unchanged_pools_and_counters() {
+        let c = config();
+        let registry = HealthRegistry::default();
+        let mut state = LiveState::from_config(&c);
+        let first = RoutingTable::build(&c, &state, None, &registry);
+        let app = state.services.get_mut("app").unwrap();
+        app.active = "green".into();
+        app.previous = Some("blue".into());
+        app.pools.get_mut("green").unwrap().backends = vec!["127.0.0.1:9012".parse().unwrap()];
+        state.generation = 1;
+        let second = RoutingTable::build(&c, &state, Some(&first), &registry);
+        let (a, b) = (
+            first.service("app").unwrap(),
+            second.service("app").unwrap(),
+        );
+        assert_eq!(b.active_pool().name.as_ref(), "green");
+        assert_eq!(b.previous, Some(0));
+        assert!(
+            Arc::ptr_eq(&a.pools[0], &b.pools[0]),
+            "blue did not change and is reused"
+        );
+        assert!(!Arc::ptr_eq(&a.pools[1], &b.pools[1]), "green changed");
+        assert!(
+            Arc::ptr_eq(&a.pools[1].stats, &b.pools[1].stats),
+            "in-flight count carries over"
+        );
+        assert_eq!(
+            b.pools[1].addresses(),
+            vec!["127.0.0.1:9012".parse().unwrap()]
+        );
+        assert_eq!(second.generation, 1);
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/v1"));
+        assert!(prefix_matches("/api/", "/api/v1"));
+        assert!(!prefix_matches("/api", "/apiv1"));
+        assert!(!prefix_matches("/api", "/ap"));
+    }
+}

@@ -1,0 +1,249 @@
+//! The CLI's client commands: each sends one request over the control socket and prints the
+//! answer, short and aligned for people, or as the protocol's JSON lines with `--json`.
+//!
+//! Exit codes: 0 done, 1 refused (or the proxy could not be reached), 2 usage or config error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use switchback_control::{
+    encode_err, encode_event, Client, ClientError, Event, PoolSetReply, Request, StatusReply,
+    SwitchReply,
+};
+
+/// Where the control socket is: `--socket`, else `SWITCHBACK_SOCKET`, else the `[control]`
+/// socket of `--config` (or of `./switchback.toml`, then `/etc/switchback/switchback.toml`).
+pub fn resolve_socket(socket: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(s) = socket {
+        return Ok(s);
+    }
+    let candidates: Vec<PathBuf> = match config {
+        Some(c) => vec![c],
+        None => ["switchback.toml", "/etc/switchback/switchback.toml"]
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .collect(),
+    };
+    match candidates.first() {
+        Some(path) => switchback_config::load(path)
+            .map(|c| c.control.socket)
+            .map_err(|e| e.to_string()),
+        None => Err(
+            "no control socket: pass --socket PATH, set SWITCHBACK_SOCKET, or pass --config FILE"
+                .into(),
+        ),
+    }
+}
+
+/// Sends `request` and prints what comes back. `human` formats the final answer for people.
+pub fn call<T: DeserializeOwned + Serialize>(
+    socket: &Path,
+    request: Request,
+    json: bool,
+    human: impl FnOnce(&T),
+) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the CLI");
+    let result = rt.block_on(async {
+        let mut client = Client::connect(socket).await?;
+        client
+            .call::<T>(&request, |event| {
+                if json {
+                    println!("{}", encode_event(event));
+                } else {
+                    print_event(event);
+                }
+            })
+            .await
+    });
+    match result {
+        Ok(reply) => {
+            if json {
+                #[derive(Serialize)]
+                struct Ok<'a, T> {
+                    ok: bool,
+                    #[serde(flatten)]
+                    reply: &'a T,
+                }
+                let line = serde_json::to_string(&Ok {
+                    ok: true,
+                    reply: &reply,
+                })
+                .expect("replies serialize");
+                println!("{line}");
+            } else {
+                human(&reply);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(ClientError::Refused(e)) => {
+            if json {
+                println!("{}", encode_err(&e));
+            }
+            eprintln!("switchback: {}: {}", e.code.as_str(), e.message);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("switchback: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_event(event: &Event) {
+    match event {
+        Event::Draining {
+            service,
+            pool,
+            in_flight,
+        } => println!("{service}: waiting for {pool} to drain: {in_flight} in flight"),
+        Event::WaitingHealth {
+            service,
+            pool,
+            healthy,
+            total,
+        } => println!("{service}: pool {pool}: {healthy}/{total} new backends healthy"),
+    }
+}
+
+pub fn print_status(s: &StatusReply) {
+    for notice in &s.notices {
+        println!("notice: {notice}");
+    }
+    for (i, service) in s.services.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let hosts = if service.hosts.is_empty() {
+            "*".to_string()
+        } else {
+            service.hosts.join(", ")
+        };
+        println!(
+            "service {}   hosts {}   prefix {}",
+            service.name, hosts, service.path_prefix
+        );
+        let mut active = format!("  active  {}", service.active);
+        if service.active != service.configured_active {
+            active.push_str(&format!("   (config file: {})", service.configured_active));
+        }
+        if let Some(prev) = &service.previous {
+            active.push_str(&format!("   previous {prev}"));
+        }
+        println!("{active}");
+        let split: Vec<String> = service
+            .split
+            .iter()
+            .map(|s| format!("{} {}%", s.pool, s.percent))
+            .collect();
+        println!("  traffic {}", split.join(", "));
+        let mut rows = vec![[
+            "POOL".to_string(),
+            "BACKEND".to_string(),
+            "HEALTH".to_string(),
+            "IN FLIGHT".to_string(),
+        ]];
+        for pool in &service.pools {
+            let mut name = pool.name.clone();
+            if pool.name == service.active {
+                name.push_str(" *");
+            }
+            if pool.differs_from_config {
+                name.push_str(" (live)");
+            }
+            if pool.backends.is_empty() {
+                rows.push([
+                    name.clone(),
+                    "-".into(),
+                    "-".into(),
+                    pool.in_flight.to_string(),
+                ]);
+            }
+            for (j, b) in pool.backends.iter().enumerate() {
+                let health = match &b.last_error {
+                    Some(e) if b.health != "healthy" => format!("{} ({e})", b.health),
+                    _ => b.health.clone(),
+                };
+                let (pool_cell, flight) = if j == 0 {
+                    (name.clone(), pool.in_flight.to_string())
+                } else {
+                    (String::new(), String::new())
+                };
+                rows.push([pool_cell, b.address.clone(), health, flight]);
+            }
+        }
+        print_table(&rows);
+    }
+    println!(
+        "\ngeneration {}   state {}   config {}",
+        s.generation, s.state_file, s.config_file
+    );
+}
+
+fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::from("  ");
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}   ", width = widths[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+pub fn print_switch(r: &SwitchReply) {
+    if r.changed {
+        println!(
+            "{}: switched {} -> {} (generation {})",
+            r.service, r.previous, r.pool, r.generation
+        );
+    } else {
+        println!(
+            "{}: {} is already active; nothing changed",
+            r.service, r.pool
+        );
+    }
+    if let Some(d) = &r.drain {
+        let secs = d.waited_ms as f64 / 1000.0;
+        if d.drained {
+            println!(
+                "{}: {} drained after {secs:.1}s: nothing in flight",
+                r.service, d.pool
+            );
+        } else {
+            println!(
+                "{}: drain timeout: {} still has {} request(s) in flight after {secs:.1}s",
+                r.service, d.pool, d.in_flight
+            );
+        }
+    }
+}
+
+pub fn print_pool_set(r: &PoolSetReply) {
+    println!(
+        "{}: pool {} now {} (was {}) (generation {})",
+        r.service,
+        r.pool,
+        r.backends.join(","),
+        if r.previous_backends.is_empty() {
+            "empty".to_string()
+        } else {
+            r.previous_backends.join(",")
+        },
+        r.generation
+    );
+}

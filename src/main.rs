@@ -1,0 +1,330 @@
+//! switchback: a reverse proxy for zero-downtime deploys.
+//!
+//! This file parses the command line and hands off: `run` and `demo` start the proxy
+//! (src/run.rs), every other command is a client of the control socket (src/cli.rs).
+
+mod cli;
+mod demo;
+mod handler;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use switchback_control::{PoolSetReply, Request, StatusReply, SwitchReply};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "switchback",
+    version,
+    about = "A reverse proxy for zero-downtime deploys"
+)]
+struct Cli {
+    /// The control socket to talk to (default: the [control] socket of --config).
+    #[arg(long, global = true, env = "SWITCHBACK_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The config file.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "SWITCHBACK_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Log format of the proxy's own logs.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Run the proxy in front of two built-in demo backends, blue and green.
+    Demo {
+        /// Port of the proxy's HTTP listener on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Check a config file and exit: 0 when it is valid, 2 with every problem when not.
+    Check,
+    /// Show every service, its pools, each backend's health, the active pool and the split.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send all new requests of a service to POOL; requests in flight finish where they are.
+    Switch {
+        pool: String,
+        #[command(flatten)]
+        target: Target,
+        /// Switch even when POOL has no healthy backend.
+        #[arg(long)]
+        force: bool,
+        /// Return only once nothing is in flight to the old pool (or --drain-timeout passed).
+        #[arg(long)]
+        wait_drain: bool,
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        drain_timeout: Option<Duration>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go back to the pool that was active before the last switch.
+    Rollback {
+        #[command(flatten)]
+        target: Target,
+        /// Roll back even when that pool has no healthy backend.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the backends of a pool.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PoolCommand {
+    /// Replace a pool's backends, like `pool set green 127.0.0.1:9012,127.0.0.1:9013`.
+    Set {
+        pool: String,
+        #[arg(value_name = "ADDR[,ADDR…]")]
+        backends: String,
+        #[command(flatten)]
+        target: Target,
+        /// Apply only once every new backend passes its health check.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait may take before giving up and changing nothing.
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "wait")]
+        timeout: Option<Duration>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct Target {
+    /// The service (may be left out when there is only one).
+    #[arg(short = 's', long = "service", value_name = "SERVICE")]
+    service: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    switchback_config::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<switchback_config::Config, ExitCode> {
+    let Some(path) = path else {
+        eprintln!("switchback: no config file: pass --config FILE");
+        return Err(ExitCode::from(2));
+    };
+    switchback_config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn start(config: switchback_config::Config) -> ExitCode {
+    match run::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(run::RunError::Config(e)) => {
+            eprintln!("switchback: {e}");
+            ExitCode::from(2)
+        }
+        Err(run::RunError::Start(e)) => {
+            eprintln!("switchback: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = || cli::resolve_socket(cli.socket.clone(), cli.config.clone());
+    let client = |request: Request| -> Result<PathBuf, ExitCode> {
+        let _ = &request;
+        socket().map_err(|e| {
+            eprintln!("switchback: {e}");
+            ExitCode::from(2)
+        })
+    };
+    match cli.command {
+        Command::Run { log_format } => {
+            init_logs(log_format);
+            match load_config(cli.config.as_ref()) {
+                Ok(config) => start(config),
+                Err(code) => code,
+            }
+        }
+        Command::Check => match load_config(cli.config.as_ref()) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} service(s))",
+                    c.source.display(),
+                    c.services.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Demo { port } => {
+            init_logs(LogFormat::Text);
+            let path = match demo::write_config(port) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!(
+                        "switchback: cannot write the demo config in {}: {e}",
+                        demo::DEMO_DIR
+                    );
+                    return ExitCode::from(1);
+                }
+            };
+            let config = match load_config(Some(&path)) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let backends = [
+                ("blue", "127.0.0.1:9001".parse().expect("an address")),
+                ("green", "127.0.0.1:9002".parse().expect("an address")),
+            ];
+            if let Err(e) = demo::start_backends(&backends) {
+                eprintln!("switchback: {e}");
+                return ExitCode::from(1);
+            }
+            let me = std::env::current_exe()
+                .ok()
+                .and_then(|p| {
+                    let cwd = std::env::current_dir().ok()?;
+                    Some(
+                        p.strip_prefix(&cwd)
+                            .map(|r| PathBuf::from(".").join(r))
+                            .unwrap_or(p),
+                    )
+                })
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "switchback".into());
+            let sock = config.control.socket.display().to_string();
+            println!(
+                "\nswitchback demo: proxy on http://127.0.0.1:{port}, blue backend on 127.0.0.1:9001, green on 127.0.0.1:9002\n\
+                 config {}   control socket {sock}\n\n\
+                 Try, in another terminal:\n\
+                 \x20 curl http://127.0.0.1:{port}/\n\
+                 \x20 {me} --socket {sock} switch green\n\
+                 \x20 curl http://127.0.0.1:{port}/\n\
+                 \x20 {me} --socket {sock} status\n\
+                 \x20 {me} --socket {sock} rollback\n\n\
+                 Stop with Ctrl-C. The live pool is kept in {}/state and survives a restart.\n",
+                path.display(),
+                demo::DEMO_DIR
+            );
+            start(config)
+        }
+        Command::Status { target, json } => {
+            let request = Request::Status {
+                service: target.service,
+            };
+            match client(request.clone()) {
+                Ok(sock) => cli::call::<StatusReply>(&sock, request, json, cli::print_status),
+                Err(code) => code,
+            }
+        }
+        Command::Switch {
+            pool,
+            target,
+            force,
+            wait_drain,
+            drain_timeout,
+            json,
+        } => {
+            let request = Request::Switch {
+                service: target.service,
+                pool,
+                force,
+                wait_drain,
+                drain_timeout,
+            };
+            match client(request.clone()) {
+                Ok(sock) => cli::call::<SwitchReply>(&sock, request, json, cli::print_switch),
+                Err(code) => code,
+            }
+        }
+        Command::Rollback {
+            target,
+            force,
+            json,
+        } => {
+            let request = Request::Rollback {
+                service: target.service,
+                force,
+            };
+            match client(request.clone()) {
+                Ok(sock) => cli::call::<SwitchReply>(&sock, request, json, cli::print_switch),
+                Err(code) => code,
+            }
+        }
+        Command::Pool {
+            command:
+                PoolCommand::Set {
+                    pool,
+                    backends,
+                    target,
+                    wait,
+                    timeout,
+                    json,
+                },
+        } => {
+            let backends = match switchback_config::parse_backend_list(&backends) {
+                Ok(list) => list.iter().map(ToString::to_string).collect(),
+                Err(e) => {
+                    eprintln!("switchback: bad_address: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let request = Request::PoolSet {
+                service: target.service,
+                pool,
+                backends,
+                wait,
+                timeout,
+            };
+            match client(request.clone()) {
+                Ok(sock) => cli::call::<PoolSetReply>(&sock, request, json, cli::print_pool_set),
+                Err(code) => code,
+            }
+        }
+    }
+}

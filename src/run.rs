@@ -1,0 +1,189 @@
+//! `switchback run`: wires the parts into one pingora server and runs it.
+//!
+//! ```text
+//!   pingora Server
+//!   ├── proxy service      (N worker threads)  SwitchbackProxy on every [listen] http address
+//!   ├── control service    (1 thread)          the control socket → ControlHandler → Controller
+//!   └── health service     (1 thread)          one checker per service with a health check
+//! ```
+//!
+//! SIGINT stops at once. SIGTERM stops accepting, lets in-flight requests finish (at most
+//! `server.shutdown_grace`), and exits as soon as none is left.
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use switchback_config::Config;
+use switchback_proxy::{Controller, SwitchbackProxy};
+use tracing::{error, info};
+
+use crate::handler::ControlHandler;
+
+/// Why `run` could not start; printed by main with the exit code it chooses.
+#[derive(Debug)]
+pub enum RunError {
+    /// The configuration cannot work as written (exit 2).
+    Config(String),
+    /// The environment refused (port taken, state dir unusable, …) (exit 1).
+    Start(String),
+}
+
+/// Starts the proxy and blocks until it is told to stop.
+pub fn run(config: Config) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    for addr in &config.listen.http {
+        TcpListener::bind(addr)
+            .map_err(|e| RunError::Start(format!("cannot listen on {addr} (listen.http): {e}")))?;
+    }
+    let controller =
+        Arc::new(Controller::start(config.clone()).map_err(|e| RunError::Start(e.to_string()))?);
+    for notice in controller.notices() {
+        error!("{notice}");
+    }
+    let control_listener = switchback_control::bind(
+        &config.control.socket,
+        config.control.mode,
+        config.control.group.as_deref(),
+    )
+    .map_err(|e| match e {
+        switchback_control::BindError::UnknownGroup { .. } => {
+            RunError::Config(format!("control.group: {e}"))
+        }
+        e => RunError::Start(e.to_string()),
+    })?;
+
+    let threads = config
+        .server
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(config.server.shutdown_grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.state.dir.join("upgrade.sock").display().to_string(),
+        pid_file: config
+            .state
+            .dir
+            .join("switchback.pid")
+            .display()
+            .to_string(),
+        ..ServerConf::default()
+    };
+    conf.work_stealing = true;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        SwitchbackProxy::new(controller.table_handle()),
+        "switchback proxy",
+    );
+    for addr in &config.listen.http {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "control",
+        ControlService {
+            listener: Mutex::new(Some(control_listener)),
+            controller: controller.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "health checks",
+        HealthService {
+            controller: controller.clone(),
+        },
+    ));
+    info!(
+        listen = ?config.listen.http,
+        control = %config.control.socket.display(),
+        threads,
+        "switchback is starting"
+    );
+    server.run(RunArgs::default());
+    let _ = std::fs::remove_file(&config.control.socket);
+    Ok(())
+}
+
+/// Serves the control socket, and on graceful shutdown exits once no request is in flight.
+struct ControlService {
+    listener: Mutex<Option<std::os::unix::net::UnixListener>>,
+    controller: Arc<Controller>,
+}
+
+#[async_trait]
+impl BackgroundService for ControlService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let Some(listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        tokio::spawn(exit_when_drained(self.controller.clone(), shutdown.clone()));
+        let handler = Arc::new(ControlHandler::new(self.controller.clone()));
+        if let Err(e) = switchback_control::serve(listener, handler, shutdown).await {
+            error!(error = %e, "the control socket failed");
+        }
+    }
+}
+
+/// pingora waits the whole grace period after SIGTERM; a proxy with nothing in flight has no
+/// reason to, so this ends the process as soon as every pool has drained.
+async fn exit_when_drained(controller: Arc<Controller>, mut shutdown: ShutdownWatch) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+    info!("graceful shutdown: waiting for in-flight requests");
+    // Give the listeners a moment to close so no new request slips in after the count.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    loop {
+        let in_flight: u64 = controller
+            .table()
+            .services
+            .iter()
+            .flat_map(|s| &s.pools)
+            .map(|p| p.stats.in_flight())
+            .sum();
+        if in_flight == 0 {
+            info!("graceful shutdown: nothing in flight, exiting");
+            let _ = std::fs::remove_file(&controller.config().control.socket);
+            std::process::exit(0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs one health checker per service that has a health check.
+struct HealthService {
+    controller: Arc<Controller>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let registry = self.controller.registry();
+        let mut checkers = tokio::task::JoinSet::new();
+        for service in &self.controller.config().services {
+            if let Some(health) = &service.health {
+                checkers.spawn(switchback_proxy::health::run_checker(
+                    service.name.clone(),
+                    health.clone(),
+                    registry.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+        while checkers.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,548 @@
+//! Real processes for the behaviour tests: upstream HTTP servers, the switchback binary, and
+//! clients. Everything listens on 127.0.0.1, on ports the kernel picks; everything waits on a
+//! condition (a port, a socket answer, a health state), never on a fixed sleep; every process
+//! is killed when its handle is dropped.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchback");
+
+/// Polls `cond` every 10 ms until it holds, or panics after `timeout` saying what it waited for.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An upstream HTTP server named after its pool. It answers:
+/// - `/health`: 200, or 503 while `set_healthy(false)`;
+/// - `/slow?ms=N`: after N milliseconds;
+/// - `/status/N`: with status N;
+/// - anything else: 200 with its name as the body and in the `x-pool` header.
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    healthy: Arc<AtomicBool>,
+    pub requests: Arc<AtomicU64>,
+    pub slow_in_flight: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    pub fn start(name: &str) -> Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an upstream port");
+        Self::serve(name, listener)
+    }
+
+    /// Starts on a given address (to bring a backend back where it was).
+    pub fn start_on(name: &str, addr: SocketAddr) -> Upstream {
+        let listener = std::net::TcpListener::bind(addr).expect("bind the upstream address again");
+        Self::serve(name, listener)
+    }
+
+    fn serve(name: &str, listener: std::net::TcpListener) -> Upstream {
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let requests = Arc::new(AtomicU64::new(0));
+        let slow_in_flight = Arc::new(AtomicU64::new(0));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let state = (
+            name.to_string(),
+            healthy.clone(),
+            requests.clone(),
+            slow_in_flight.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            let svc = service_fn(move |req| respond(state.clone(), req));
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        Upstream {
+            name: name.to_string(),
+            addr,
+            healthy,
+            requests,
+            slow_in_flight,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Stops listening and drops every connection.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+type UpstreamState = (String, Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>);
+
+async fn respond(
+    (name, healthy, requests, slow): UpstreamState,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let _ = req.into_body().collect().await;
+    let reply = |status: u16, body: String| {
+        Response::builder()
+            .status(status)
+            .header("x-pool", name.as_str())
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    if path == "/health" {
+        let ok = healthy.load(Ordering::SeqCst);
+        return Ok(reply(if ok { 200 } else { 503 }, name.clone()));
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    if path == "/slow" {
+        let ms: u64 = query
+            .strip_prefix("ms=")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        slow.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        slow.fetch_sub(1, Ordering::SeqCst);
+        return Ok(reply(200, name.clone()));
+    }
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        return Ok(reply(code, name.clone()));
+    }
+    Ok(reply(200, name.clone()))
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The switchback binary, running `run` on a config of its own in a temp dir.
+pub struct Proxy {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    services: String,
+    child: Option<Child>,
+}
+
+impl Proxy {
+    /// Starts switchback with `services` (TOML for `[services.*]`, and any other section) below
+    /// generated `[listen]`, `[control]` and `[state]` sections, and waits until it serves.
+    pub fn start(services: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let mut proxy = Proxy {
+            port: free_port(),
+            socket: dir.path().join("control.sock"),
+            config: dir.path().join("switchback.toml"),
+            services: services.to_string(),
+            dir,
+            child: None,
+        };
+        proxy.write_config();
+        proxy.spawn();
+        proxy
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn write_config(&self) {
+        let text = format!(
+            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\nthreads = 2\nshutdown_grace = \"10s\"\n\n{}",
+            self.port,
+            self.socket.display(),
+            self.state_dir().display(),
+            self.services
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("switchback.log")
+    }
+
+    /// The proxy's own log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start switchback");
+        self.child = Some(child);
+        let port = self.port;
+        let socket = self.socket.clone();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("switchback exited at start with {status}:\n{}", self.log());
+            }
+            let serving = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if serving && control_answers(&socket) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "switchback did not start serving:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Kills the process without warning, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal and waits for the process to exit, returning how long that took.
+    pub fn signal_and_wait(&mut self, signal: &str) -> Duration {
+        let mut c = self.child.take().expect("running");
+        let start = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-s", signal, &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -s {signal} failed");
+        let status = c.wait().unwrap();
+        let took = start.elapsed();
+        assert!(
+            status.success() || status.code().is_none(),
+            "switchback exited with {status}"
+        );
+        took
+    }
+
+    /// Crash and start again on the same config, port and state dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Runs the CLI against this proxy's socket.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the switchback CLI")
+    }
+
+    /// Runs the CLI and insists that it succeeds.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "switchback {args:?} failed with {}:\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(&["status", "--json"])).expect("status --json is JSON")
+    }
+
+    pub fn active_pool(&self, service: &str) -> String {
+        let status = self.status();
+        let s = status["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == service)
+            .unwrap_or_else(|| panic!("no service {service} in {status}"));
+        s["active"].as_str().unwrap().to_string()
+    }
+
+    /// The health of every backend of a pool, as `status` reports it.
+    pub fn pool_health(&self, service: &str, pool: &str) -> Vec<String> {
+        let status = self.status();
+        status["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == service)
+            .and_then(|s| {
+                s["pools"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == pool)
+            })
+            .map(|p| {
+                p["backends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b["health"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until every backend of the pool reports `health`.
+    pub fn wait_health(&self, service: &str, pool: &str, health: &str) {
+        wait_for(
+            &format!("{service}/{pool} to be {health}"),
+            Duration::from_secs(10),
+            || {
+                let h = self.pool_health(service, pool);
+                !h.is_empty() && h.iter().all(|x| x == health)
+            },
+        );
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn control_answers(socket: &Path) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"{\"cmd\":\"status\"}\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("{\"ok\":true")
+}
+
+/// Sends raw lines to the control socket and reads one answer line per request.
+pub struct RawControl {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl RawControl {
+    pub fn connect(socket: &Path) -> RawControl {
+        let s =
+            std::os::unix::net::UnixStream::connect(socket).expect("connect to the control socket");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        RawControl {
+            reader: std::io::BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.writer.write_all(bytes)
+    }
+
+    /// Reads the next line from the server as JSON; None when the server closed.
+    pub fn read(&mut self) -> Option<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")),
+            ),
+        }
+    }
+
+    pub fn request(&mut self, line: &str) -> serde_json::Value {
+        self.send_raw(format!("{line}\n").as_bytes()).unwrap();
+        self.read().expect("an answer")
+    }
+}
+
+/// One keep-alive HTTP/1.1 client connection.
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// The Host header sent with each request.
+    pub host: String,
+}
+
+/// What a request through the proxy came back with.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    /// The `x-pool` header: which upstream answered.
+    pub pool: String,
+    pub body: String,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<KeepAlive> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(KeepAlive {
+            sender,
+            host: "app.test".to_string(),
+        })
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<Answer, String> {
+        self.request("GET", path, Vec::new()).await
+    }
+
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Answer, String> {
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection not ready: {e}"))?;
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.host.as_str())
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = resp.status();
+        let pool = resp
+            .headers()
+            .get("x-pool")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body failed: {e}"))?
+            .to_bytes();
+        Ok(Answer {
+            status,
+            pool,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// One request on a fresh connection.
+pub async fn get_once(addr: SocketAddr, path: &str) -> Result<Answer, String> {
+    let mut c = KeepAlive::connect(addr).await.map_err(|e| e.to_string())?;
+    c.get(path).await
+}
+
+/// One request on a fresh connection with a given Host header.
+pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Result<Answer, String> {
+    let mut c = KeepAlive::connect(addr).await.map_err(|e| e.to_string())?;
+    c.host = host.to_string();
+    c.get(path).await
+}
+
+/// `[services.app]` with a blue and a green pool and a fast health check.
+pub fn blue_green(blue: &Upstream, green: &Upstream) -> String {
+    format!(
+        "[services.app]\nhosts = []\nactive = \"blue\"\npools.blue = [\"{}\"]\npools.green = [\"{}\"]\nhealth = {{ path = \"/health\", interval = \"100ms\", timeout = \"1s\" }}\n",
+        blue.addr, green.addr
+    )
+}

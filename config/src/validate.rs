@@ -569,7 +569,8 @@ health = { path = "/", interval = "500ms", timeout = "1s" }
     #[test]
     fn the_example_file_documents_a_valid_config() {
         let text = include_str!("../../examples/switchback.toml");
-        let c = parse(Path::new("examples/switchback.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        let c =
+            parse(Path::new("examples/switchback.toml"), text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.services.len(), 2);
     }
 

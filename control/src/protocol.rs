@@ -480,7 +480,8 @@ mod tests {
             } else {
                 match decode_server_line(&text).unwrap_or_else(|e| panic!("{text}: {e}")) {
                     ServerLine::Ok(map) => {
-                        let reply: Result<Reply, _> = serde_json::from_value(serde_json::Value::Object(map));
+                        let reply: Result<Reply, _> =
+                            serde_json::from_value(serde_json::Value::Object(map));
                         reply.unwrap_or_else(|e| panic!("{text}: {e}"));
                     }
                     ServerLine::Err(_) | ServerLine::Event(_) => {}
@@ -488,7 +489,10 @@ mod tests {
                 answers += 1;
             }
         }
-        assert!(requests >= 8 && answers >= 6, "examples went missing: {requests} requests, {answers} answers");
+        assert!(
+            requests >= 8 && answers >= 6,
+            "examples went missing: {requests} requests, {answers} answers"
+        );
     }
 
     #[test]

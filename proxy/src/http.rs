@@ -61,6 +61,10 @@ impl ProxyHttp for SwitchbackProxy {
         RequestCtx::default()
     }
 
+    /// No downstream modules: switchback passes bodies through as the backend sent them, and
+    /// pingora's default (a disabled compression module) still costs a call per request phase.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         let raw_host = req

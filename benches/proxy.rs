@@ -4,9 +4,10 @@
 //! `cargo bench --bench proxy -- [SCENARIO…] [--rounds N] [--seconds S] [--connections C]`
 //!
 //! Scenarios (all by default):
-//! - `http`:   keep-alive requests per second and p99 latency of each proxy, with the ratios of
-//!             switchback to each peer measured in the same round, and their medians;
-//! - `switch`: failed requests while switchback switches blue → green → blue 100 times under load.
+//! - `http`: keep-alive requests per second and p99 latency of each proxy, with the ratios of
+//!   switchback to each peer measured in the same round, and their medians;
+//! - `switch`: failed requests while switchback switches blue → green → blue 100 times under
+//!   load.
 //!
 //! Needs wrk, nginx and haproxy (Debian packages `wrk nginx-light haproxy`). Everything listens
 //! on 127.0.0.1. Machines are shared and noisy: read the medians and the same-round ratios, not

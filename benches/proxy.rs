@@ -7,9 +7,14 @@
 //! - `http`: keep-alive requests per second and p99 latency of each proxy, with the ratios of
 //!   switchback to each peer measured in the same round, and their medians;
 //! - `switch`: failed requests while switchback switches blue → green → blue 100 times under
-//!   load.
+//!   load;
+//! - `observability`: switchback with metrics and the access log on, against both off;
+//! - `instructions`: user-space instructions per request under callgrind for switchback (bare,
+//!   with metrics, with metrics and access log), nginx and HAProxy: a measure of work that,
+//!   unlike requests per second, does not move with the load of a shared machine.
 //!
-//! Needs wrk, nginx and haproxy (Debian packages `wrk nginx-light haproxy`). Everything listens
+//! Needs wrk, nginx and haproxy (Debian packages `wrk nginx-light haproxy`), and valgrind for
+//! `instructions`. Everything listens
 //! on 127.0.0.1. Machines are shared and noisy: read the medians and the same-round ratios, not
 //! any single number.
 
@@ -52,7 +57,12 @@ fn options() -> Options {
         }
     }
     if o.scenarios.is_empty() {
-        o.scenarios = vec!["http".into(), "switch".into()];
+        o.scenarios = vec![
+            "http".into(),
+            "switch".into(),
+            "observability".into(),
+            "instructions".into(),
+        ];
     }
     o
 }
@@ -173,6 +183,18 @@ impl Bench {
     }
 
     fn switchback(&self, port: u16) -> (Proc, PathBuf) {
+        self.switchback_with(port, "[access_log]\nenabled = false\n")
+    }
+
+    /// switchback with `extra` TOML sections (access log, metrics, …) added to its config.
+    fn switchback_with(&self, port: u16, extra: &str) -> (Proc, PathBuf) {
+        let (cmd, socket) = self.switchback_cmd(port, extra, true);
+        (start("switchback", cmd, port, &self.dir), socket)
+    }
+
+    /// The command line of a switchback with `extra` config sections, and its control socket.
+    /// Without `health`, no health checks run (their timing would blur instruction counts).
+    fn switchback_cmd(&self, port: u16, extra: &str, health: bool) -> (Command, PathBuf) {
         let dir = self.dir.join(format!("switchback-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("control.sock");
@@ -181,28 +203,27 @@ impl Bench {
             &config,
             format!(
                 "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n\
-                 [services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:{}\"]\npools.green = [\"127.0.0.1:{}\"]\n\
-                 health = {{ path = \"/\", interval = \"1s\" }}\n",
+                 [services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:{}\"]\npools.green = [\"127.0.0.1:{}\"]\n{}\n{extra}",
                 socket.display(),
                 dir.join("state").display(),
                 self.upstream_blue,
-                self.upstream_green
+                self.upstream_green,
+                if health { "health = { path = \"/\", interval = \"1s\" }" } else { "" },
             ),
         )
         .unwrap();
-        let mut p = spawn(
-            "switchback",
-            Command::new(BIN)
-                .args(["run", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "warn"),
-            &dir.join("switchback.log"),
-        );
-        wait_http(&mut p, port, "/");
-        (p, socket)
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn");
+        (cmd, socket)
     }
 
     fn nginx(&self, port: u16) -> Proc {
+        start("nginx", self.nginx_cmd(port), port, &self.dir)
+    }
+
+    fn nginx_cmd(&self, port: u16) -> Command {
         let dir = self.dir.join(format!("nginx-{port}"));
         let conf = nginx_conf(
             &dir,
@@ -214,18 +235,16 @@ impl Bench {
                 self.upstream_blue
             ),
         );
-        let mut p = spawn(
-            "nginx",
-            Command::new(nginx_bin())
-                .args(["-e", "stderr", "-c"])
-                .arg(&conf),
-            &self.dir.join(format!("nginx-{port}.log")),
-        );
-        wait_http(&mut p, port, "/");
-        p
+        let mut cmd = Command::new(nginx_bin());
+        cmd.args(["-e", "stderr", "-c"]).arg(&conf);
+        cmd
     }
 
     fn haproxy(&self, port: u16) -> Proc {
+        start("haproxy", self.haproxy_cmd(port), port, &self.dir)
+    }
+
+    fn haproxy_cmd(&self, port: u16) -> Command {
         let conf = self.dir.join(format!("haproxy-{port}.cfg"));
         std::fs::write(
             &conf,
@@ -238,14 +257,113 @@ impl Bench {
             ),
         )
         .unwrap();
+        let mut cmd = Command::new(haproxy_bin());
+        cmd.arg("-db").arg("-f").arg(&conf);
+        cmd
+    }
+}
+
+/// Starts a proxy and waits until it answers on `port`.
+fn start(name: &str, mut cmd: Command, port: u16, dir: &Path) -> Proc {
+    let mut p = spawn(name, &mut cmd, &dir.join(format!("{name}-{port}.log")));
+    wait_http(&mut p, port, "/");
+    p
+}
+
+/// The same command under callgrind, every process it forks writing `prefix.<pid>`.
+fn under_callgrind(cmd: &Command, prefix: &Path) -> Command {
+    let mut v = Command::new("valgrind");
+    v.args([
+        "--tool=callgrind",
+        "--trace-children=yes",
+        "--separate-threads=yes",
+        "--compress-strings=no",
+    ])
+    .arg(format!("--callgrind-out-file={}.%p", prefix.display()))
+    .arg(cmd.get_program())
+    .args(cmd.get_args());
+    for (k, val) in cmd.get_envs() {
+        if let Some(val) = val {
+            v.env(k, val);
+        }
+    }
+    v
+}
+
+/// Sends `n` keep-alive GETs one after another on one connection.
+fn send_requests(port: u16, n: usize) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 16384];
+    for _ in 0..n {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .unwrap();
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("a content-length");
+                if buf.len() >= end + 4 + len {
+                    buf.drain(..end + 4 + len);
+                    break;
+                }
+            }
+            let got = std::io::Read::read(&mut s, &mut chunk).unwrap();
+            assert!(got > 0, "the proxy closed the connection");
+            buf.extend_from_slice(&chunk[..got]);
+        }
+    }
+}
+
+/// Instructions (user space, as callgrind counts them) a proxy runs per request: the
+/// difference between a run of `few` and a run of `many` requests, so start-up and shutdown
+/// cancel out. Unlike time, this does not move with the machine's load. Returns (all threads,
+/// all but switchback's access-log writer thread).
+fn instructions_per_request(name: &str, cmd: &Command, port: u16, dir: &Path) -> (f64, f64) {
+    let (few, many) = (1000, 3000);
+    let mut totals = Vec::new();
+    for n in [few, many] {
+        let prefix = dir.join(format!("callgrind-{name}-{n}"));
         let mut p = spawn(
-            "haproxy",
-            Command::new(haproxy_bin()).arg("-db").arg("-f").arg(&conf),
-            &self.dir.join(format!("haproxy-{port}.log")),
+            name,
+            &mut under_callgrind(cmd, &prefix),
+            &dir.join(format!("callgrind-{name}-{n}.log")),
         );
         wait_http(&mut p, port, "/");
-        p
+        send_requests(port, n);
+        // SIGINT: every proxy here exits at once and callgrind writes its totals.
+        let _ = Command::new("kill")
+            .args(["-INT", &p.child.id().to_string()])
+            .status();
+        let _ = p.child.wait();
+        let (mut all, mut writer) = (0u64, 0u64);
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_string_lossy().to_string();
+            if file.starts_with(&format!("callgrind-{name}-{n}.")) && !file.ends_with(".log") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let total = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("totals: "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                all += total;
+                let is_writer = text.lines().any(|l| {
+                    l.starts_with("fn=") && l.ends_with("switchback_proxy::access_log::write_loop")
+                });
+                if is_writer {
+                    writer += total;
+                }
+            }
+        }
+        totals.push((all, all - writer));
     }
+    let per = |a: u64, b: u64| (b as f64 - a as f64) / (many - few) as f64;
+    (per(totals[0].0, totals[1].0), per(totals[0].1, totals[1].1))
 }
 
 fn nginx_bin() -> &'static str {
@@ -424,6 +542,141 @@ fn http(bench: &Bench, o: &Options) {
     }
 }
 
+/// The cost of recording: metrics and the access log on, against both off.
+fn observability(bench: &Bench, o: &Options) {
+    let (on_port, off_port) = (free_port(), free_port());
+    let log = bench.dir.join("access.log");
+    let (_on, _) = bench.switchback_with(
+        on_port,
+        &format!(
+            "[access_log]\npath = \"{}\"\n[metrics]\nenabled = true\n",
+            log.display()
+        ),
+    );
+    let (_off, _) = bench.switchback_with(
+        off_port,
+        "[access_log]\nenabled = false\n[metrics]\nenabled = false\n",
+    );
+    println!(
+        "\n== observability: switchback with metrics + JSON access log to a file, against both off; wrk -t1 -c{} -d{}s, {} rounds",
+        o.connections, o.seconds, o.rounds
+    );
+    wrk(on_port, 1, o.connections);
+    wrk(off_port, 1, o.connections);
+    let mut ratios = Vec::new();
+    let (mut on_rps, mut off_rps) = (Vec::new(), Vec::new());
+    for round in 0..o.rounds {
+        let (on, off) = if round % 2 == 0 {
+            let on = wrk(on_port, o.seconds, o.connections);
+            (on, wrk(off_port, o.seconds, o.connections))
+        } else {
+            let off = wrk(off_port, o.seconds, o.connections);
+            (wrk(on_port, o.seconds, o.connections), off)
+        };
+        println!(
+            "round {}: on {:.0} req/s p99 {:.2}ms | off {:.0} req/s p99 {:.2}ms | on/off x{:.3}",
+            round + 1,
+            on.rps,
+            on.p99_ms,
+            off.rps,
+            off.p99_ms,
+            on.rps / off.rps
+        );
+        ratios.push(on.rps / off.rps);
+        on_rps.push(on.rps);
+        off_rps.push(off.rps);
+    }
+    let lines = std::fs::read_to_string(&log)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    println!(
+        "median req/s: on {:.0}, off {:.0}; median same-round on/off x{:.3} (cost {:+.1}%); {lines} access log lines written",
+        median(on_rps),
+        median(off_rps),
+        median(ratios.clone()),
+        (1.0 - median(ratios)) * 100.0
+    );
+}
+
+/// Work per request, counted in instructions under callgrind: stable on a noisy machine where
+/// requests per second are not.
+fn instructions(bench: &Bench) {
+    let ok = Command::new("valgrind")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    assert!(
+        ok.is_ok_and(|s| s.success()),
+        "valgrind is missing: apt-get install -y valgrind"
+    );
+    println!("\n== instructions: user-space instructions per keep-alive request under callgrind (one connection, 1000 vs 3000 requests)");
+    let dir = bench.dir.join("callgrind");
+    std::fs::create_dir_all(&dir).unwrap();
+    let variants: Vec<(&str, Command, u16)> = vec![
+        {
+            let port = free_port();
+            let (cmd, _) = bench.switchback_cmd(
+                port,
+                "[access_log]\nenabled = false\n[metrics]\nenabled = false\n",
+                false,
+            );
+            ("switchback-bare", cmd, port)
+        },
+        {
+            let port = free_port();
+            let (cmd, _) = bench.switchback_cmd(port, "[access_log]\nenabled = false\n", false);
+            ("switchback-metrics", cmd, port)
+        },
+        {
+            let port = free_port();
+            let log = dir.join("access.log");
+            let (cmd, _) = bench.switchback_cmd(
+                port,
+                &format!("[access_log]\npath = \"{}\"\n", log.display()),
+                false,
+            );
+            ("switchback-metrics-log", cmd, port)
+        },
+        {
+            let port = free_port();
+            ("nginx", bench.nginx_cmd(port), port)
+        },
+        {
+            let port = free_port();
+            ("haproxy", bench.haproxy_cmd(port), port)
+        },
+    ];
+    let mut results = Vec::new();
+    for (name, cmd, port) in &variants {
+        let (all, request_path) = instructions_per_request(name, cmd, *port, dir.as_path());
+        if (all - request_path).abs() > 1.0 {
+            println!("{name:<24} {all:>10.0} instructions/request ({request_path:.0} outside the access-log writer thread)");
+        } else {
+            println!("{name:<24} {all:>10.0} instructions/request");
+        }
+        results.push((*name, all, request_path));
+    }
+    let get = |n: &str| {
+        results
+            .iter()
+            .find(|(k, _, _)| *k == n)
+            .map(|(_, a, r)| (*a, *r))
+            .unwrap()
+    };
+    let bare = get("switchback-bare").0;
+    println!(
+        "recording cost: metrics {:+.1}%; metrics + access log {:+.1}% on the request path, {:+.1}% with the writer thread (against switchback-bare)",
+        (get("switchback-metrics").0 / bare - 1.0) * 100.0,
+        (get("switchback-metrics-log").1 / bare - 1.0) * 100.0,
+        (get("switchback-metrics-log").0 / bare - 1.0) * 100.0
+    );
+    println!(
+        "switchback (metrics on) / nginx x{:.2}, / haproxy x{:.2} (instructions per request; <1 is less work)",
+        get("switchback-metrics").0 / get("nginx").0,
+        get("switchback-metrics").0 / get("haproxy").0
+    );
+}
+
 fn switch(bench: &Bench, o: &Options) {
     let port = free_port();
     let (_sb, socket) = bench.switchback(port);
@@ -471,7 +724,9 @@ fn main() {
         match s.as_str() {
             "http" => http(&bench, &o),
             "switch" => switch(&bench, &o),
-            other => panic!("unknown scenario {other} (http, switch)"),
+            "observability" => observability(&bench, &o),
+            "instructions" => instructions(&bench),
+            other => panic!("unknown scenario {other} (http, switch, observability, instructions)"),
         }
     }
 }

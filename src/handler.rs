@@ -114,9 +114,14 @@ impl Handler for ControlHandler {
     async fn handle(
         &self,
         request: Request,
-        _caller: Caller,
+        caller: Caller,
         progress: Progress,
     ) -> Result<Reply, ControlError> {
+        let who = match (caller.uid, caller.pid) {
+            (Some(uid), Some(pid)) => format!("control socket uid={uid} pid={pid}"),
+            (Some(uid), None) => format!("control socket uid={uid}"),
+            _ => "control socket".to_string(),
+        };
         match request {
             Request::Status { service } => self.status(service.as_deref()).await,
             Request::Switch {
@@ -128,7 +133,7 @@ impl Handler for ControlHandler {
             } => {
                 let outcome = self
                     .controller
-                    .switch(service.as_deref(), &pool, force)
+                    .switch(service.as_deref(), &pool, force, &who)
                     .await
                     .map_err(to_control)?;
                 let drain = if wait_drain && outcome.changed {
@@ -161,7 +166,7 @@ impl Handler for ControlHandler {
             }
             Request::Rollback { service, force } => self
                 .controller
-                .rollback(service.as_deref(), force)
+                .rollback(service.as_deref(), force, &who)
                 .await
                 .map(|o| switch_reply(o, None))
                 .map_err(to_control),
@@ -181,14 +186,21 @@ impl Handler for ControlHandler {
                 let wait = wait.then(|| timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT));
                 let o = self
                     .controller
-                    .set_pool(Some(&service_name), &pool, addrs, wait, |healthy, total| {
-                        progress.send(Event::WaitingHealth {
-                            service: service_name.clone(),
-                            pool: pool.clone(),
-                            healthy,
-                            total,
-                        })
-                    })
+                    .set_pool(
+                        Some(&service_name),
+                        &pool,
+                        addrs,
+                        wait,
+                        &who,
+                        |healthy, total| {
+                            progress.send(Event::WaitingHealth {
+                                service: service_name.clone(),
+                                pool: pool.clone(),
+                                healthy,
+                                total,
+                            })
+                        },
+                    )
                     .await
                     .map_err(to_control)?;
                 Ok(Reply::PoolSet(PoolSetReply {

@@ -4,7 +4,9 @@
 //!   pingora Server
 //!   ├── proxy service      (N worker threads)  SwitchbackProxy on every [listen] http address
 //!   ├── control service    (1 thread)          the control socket → ControlHandler → Controller
-//!   └── health service     (1 thread)          one checker per service with a health check
+//!   ├── health service     (1 thread)          one checker per service with a health check
+//!   └── admin service      (1 thread)          /metrics, /healthz, /readyz, when [admin] is set
+//!   + the access log writer thread, when the access log is on
 //! ```
 //!
 //! SIGINT stops at once. SIGTERM stops accepting, lets in-flight requests finish (at most
@@ -18,9 +20,12 @@ use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
-use switchback_config::Config;
-use switchback_proxy::{Controller, SwitchbackProxy};
-use tracing::{error, info};
+use pingora::services::listening::Service;
+use switchback_config::{AccessLogFormat, Config};
+use switchback_proxy::access_log::{self, AccessLog};
+use switchback_proxy::admin::AdminApp;
+use switchback_proxy::{ConnectionCounter, Controller, Metrics, SwitchbackProxy};
+use tracing::{error, info, warn};
 
 use crate::handler::ControlHandler;
 
@@ -36,12 +41,51 @@ pub enum RunError {
 /// Starts the proxy and blocks until it is told to stop.
 pub fn run(config: Config) -> Result<(), RunError> {
     let config = Arc::new(config);
-    for addr in &config.listen.http {
+    let admin_listen = config.admin.as_ref().map(|a| a.listen);
+    let listeners = config
+        .listen
+        .http
+        .iter()
+        .map(|a| (a, "listen.http"))
+        .chain(admin_listen.iter().map(|a| (a, "admin.listen")));
+    for (addr, key) in listeners {
         TcpListener::bind(addr)
-            .map_err(|e| RunError::Start(format!("cannot listen on {addr} (listen.http): {e}")))?;
+            .map_err(|e| RunError::Start(format!("cannot listen on {addr} ({key}): {e}")))?;
     }
-    let controller =
-        Arc::new(Controller::start(config.clone()).map_err(|e| RunError::Start(e.to_string()))?);
+    if let Some(addr) = admin_listen {
+        if !addr.ip().is_loopback() {
+            warn!(%addr, "the admin listener is not on a loopback address: anyone who reaches it can read the metrics");
+        }
+    }
+    let metrics = Arc::new(Metrics::new(config.metrics.enabled));
+    let access_log = if config.access_log.enabled {
+        let format = match config.access_log.format {
+            AccessLogFormat::Json => access_log::Format::Json,
+            AccessLogFormat::Combined => access_log::Format::Combined,
+        };
+        let log = AccessLog::start(
+            format,
+            config.access_log.path.clone(),
+            metrics.access_log_dropped.clone(),
+        )
+        .map_err(|e| {
+            let path = config
+                .access_log
+                .path
+                .as_ref()
+                .map_or("stdout".into(), |p| p.display().to_string());
+            RunError::Start(format!(
+                "cannot open the access log {path} (access_log.path): {e}"
+            ))
+        })?;
+        Some(log)
+    } else {
+        None
+    };
+    let controller = Arc::new(
+        Controller::start(config.clone(), metrics.clone())
+            .map_err(|e| RunError::Start(e.to_string()))?,
+    );
     for notice in controller.notices() {
         error!("{notice}");
     }
@@ -80,15 +124,27 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        SwitchbackProxy::new(controller.table_handle()),
-        "switchback proxy",
+        SwitchbackProxy::new(controller.table_handle(), metrics.clone(), access_log),
+    );
+    let mut proxy = Service::new(
+        "switchback proxy".to_string(),
+        ConnectionCounter::new(proxy, metrics.open_connections()),
     );
     for addr in &config.listen.http {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+    if let Some(addr) = admin_listen {
+        let mut admin = Service::new(
+            "admin".to_string(),
+            AdminApp::new(controller.clone(), config.listen.http.clone()),
+        );
+        admin.threads = Some(1);
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
     server.add_service(background_service(
         "control",
         ControlService {

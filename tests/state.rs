@@ -136,6 +136,10 @@ fn a_second_proxy_on_the_same_state_dir_is_refused() {
             &format!("127.0.0.1:{}", proxy.port),
             &format!("127.0.0.1:{}", free_port()),
         )
+        .replace(
+            &format!("127.0.0.1:{}", proxy.admin_port),
+            &format!("127.0.0.1:{}", free_port()),
+        )
         .replace("control.sock", "other.sock");
     let other = proxy.dir.path().join("other.toml");
     std::fs::write(&other, text).unwrap();

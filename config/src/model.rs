@@ -34,6 +34,10 @@ pub struct Config {
     pub server: ServerConfig,
     pub control: ControlConfig,
     pub state: StateConfig,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); off when absent.
+    pub admin: Option<AdminConfig>,
+    pub access_log: AccessLogConfig,
+    pub metrics: MetricsConfig,
     /// Sorted by name.
     pub services: Vec<ServiceConfig>,
 }
@@ -64,6 +68,33 @@ pub struct ControlConfig {
     pub mode: u32,
     /// Group that owns the socket file (so a deploy group can use it with mode 0660).
     pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Apache/nginx combined log format, with duration, service, pool and backend appended.
+    Combined,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    pub format: AccessLogFormat,
+    /// Where lines go; `None` is standard output.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// Whether requests are counted and timed (rollouts need it).
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

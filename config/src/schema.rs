@@ -21,8 +21,31 @@ pub(crate) struct RawConfig {
     pub server: Option<S<RawServer>>,
     pub control: S<RawControl>,
     pub state: S<RawState>,
+    pub admin: Option<S<RawAdmin>>,
+    pub access_log: Option<S<RawAccessLog>>,
+    pub metrics: Option<S<RawMetrics>>,
     #[serde(default)]
     pub services: BTreeMap<S<String>, S<RawService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub enabled: Option<S<bool>>,
+    pub format: Option<S<String>>,
+    pub path: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    pub enabled: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -182,6 +182,24 @@ impl Validator<'_> {
                 "is empty: give a directory where switchback may keep its state",
             );
         }
+        let admin = raw.admin.as_ref().and_then(|a| {
+            let listen = &a.get_ref().listen;
+            match parse_socket_addr(listen.get_ref()) {
+                Ok(addr) => Some(AdminConfig { listen: addr }),
+                Err(e) => {
+                    self.problem(listen.span(), "admin.listen", e);
+                    None
+                }
+            }
+        });
+        let access_log = self.access_log(raw.access_log.as_ref());
+        let metrics = MetricsConfig {
+            enabled: raw
+                .metrics
+                .as_ref()
+                .and_then(|m| m.get_ref().enabled.as_ref())
+                .is_none_or(|e| *e.get_ref()),
+        };
         let mut services = Vec::new();
         for (name, service) in &raw.services {
             if let Some(s) = self.service(name, service) {
@@ -197,8 +215,48 @@ impl Validator<'_> {
             state: StateConfig {
                 dir: PathBuf::from(state_dir),
             },
+            admin,
+            access_log,
+            metrics,
             services,
         }
+    }
+
+    fn access_log(&mut self, raw: Option<&S<RawAccessLog>>) -> AccessLogConfig {
+        let mut config = AccessLogConfig {
+            enabled: true,
+            format: AccessLogFormat::Json,
+            path: None,
+        };
+        let Some(raw) = raw.map(|r| r.get_ref()) else {
+            return config;
+        };
+        if let Some(e) = &raw.enabled {
+            config.enabled = *e.get_ref();
+        }
+        if let Some(f) = &raw.format {
+            match f.get_ref().as_str() {
+                "json" => config.format = AccessLogFormat::Json,
+                "combined" => config.format = AccessLogFormat::Combined,
+                other => self.problem(
+                    f.span(),
+                    "access_log.format",
+                    format!("{other:?} is not a format: use \"json\" or \"combined\""),
+                ),
+            }
+        }
+        if let Some(p) = &raw.path {
+            if p.get_ref().trim().is_empty() {
+                self.problem(
+                    p.span(),
+                    "access_log.path",
+                    "is empty: give a file, or leave the key out for standard output",
+                );
+            } else {
+                config.path = Some(PathBuf::from(p.get_ref()));
+            }
+        }
+        config
     }
 
     fn listen(&mut self, raw: &S<RawListen>) -> ListenConfig {
@@ -657,6 +715,33 @@ health = { path = "/", interval = "500ms", timeout = "1s" }
             .any(|l| l.contains("server.threads: 0 is out of range")));
         assert!(p.iter().any(|l| l.contains("is listed twice")));
         assert!(p.iter().any(|l| l.contains("is not a host name")));
+    }
+
+    #[test]
+    fn observability_sections_have_defaults_and_checks() {
+        let c = parse(Path::new("switchback.toml"), MINIMAL).unwrap();
+        assert_eq!(c.admin, None, "the admin listener is off unless configured");
+        assert!(
+            c.access_log.enabled && c.access_log.path.is_none(),
+            "access log to stdout by default"
+        );
+        assert_eq!(c.access_log.format, AccessLogFormat::Json);
+        assert!(c.metrics.enabled);
+        let text = format!(
+            "{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9901\"\n[access_log]\nformat = \"combined\"\npath = \"/tmp/a.log\"\n[metrics]\nenabled = false\n"
+        );
+        let c = parse(Path::new("switchback.toml"), &text).unwrap();
+        assert_eq!(c.admin.unwrap().listen, "127.0.0.1:9901".parse().unwrap());
+        assert_eq!(c.access_log.format, AccessLogFormat::Combined);
+        assert!(!c.metrics.enabled);
+        let bad =
+            format!("{MINIMAL}\n[admin]\nlisten = \"9901\"\n[access_log]\nformat = \"xml\"\n");
+        let p = problems(&bad);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].contains("admin.listen") && p[1].contains("access_log.format"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::health::{probe, Health, HealthRegistry, HealthState};
+use crate::metrics::Metrics;
 use crate::routing::{RoutingTable, ServiceRoute};
 
 /// Why a change was refused. Nothing changed when one of these is returned.
@@ -99,6 +100,7 @@ pub struct Controller {
     live: Mutex<LiveState>,
     store: StateStore,
     registry: Arc<HealthRegistry>,
+    metrics: Arc<Metrics>,
     notices: Vec<String>,
     _lock: StateLock,
 }
@@ -106,7 +108,7 @@ pub struct Controller {
 impl Controller {
     /// Takes the state dir, restores the saved state over the config (setting an untrustworthy
     /// state file aside, with a notice), and builds the first routing table.
-    pub fn start(config: Arc<Config>) -> Result<Controller, StartError> {
+    pub fn start(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Controller, StartError> {
         let store = StateStore::new(&config.state.dir);
         store.prepare().map_err(|source| StartError::StateDir {
             dir: config.state.dir.clone(),
@@ -152,13 +154,14 @@ impl Controller {
             source,
         })?;
         let registry = Arc::new(HealthRegistry::default());
-        let table = RoutingTable::build(&config, &live, None, &registry);
+        let table = RoutingTable::build(&config, &live, None, &registry, &metrics);
         Ok(Controller {
             config,
             table: Arc::new(ArcSwap::from_pointee(table)),
             live: Mutex::new(live),
             store,
             registry,
+            metrics,
             notices,
             _lock: lock,
         })
@@ -179,6 +182,10 @@ impl Controller {
 
     pub fn registry(&self) -> Arc<HealthRegistry> {
         self.registry.clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn notices(&self) -> &[String] {
@@ -238,6 +245,7 @@ impl Controller {
             &next,
             Some(&self.table.load()),
             &self.registry,
+            &self.metrics,
         );
         let store = self.store.clone();
         let to_save = next.clone();
@@ -252,12 +260,24 @@ impl Controller {
     }
 
     /// Makes `pool` the active pool of a service. Refuses a pool with no healthy backend
-    /// unless `force`.
+    /// unless `force`. `who` names the asker in the log.
     pub async fn switch(
         &self,
         service: Option<&str>,
         pool: &str,
         force: bool,
+        who: &str,
+    ) -> Result<SwitchOutcome, DeployError> {
+        self.change_active(service, pool, force, who, false).await
+    }
+
+    async fn change_active(
+        &self,
+        service: Option<&str>,
+        pool: &str,
+        force: bool,
+        who: &str,
+        rollback: bool,
     ) -> Result<SwitchOutcome, DeployError> {
         let service = self.resolve_service(service)?;
         let mut live = self.live.lock().await;
@@ -312,7 +332,9 @@ impl Controller {
         s.previous = Some(current.clone());
         s.active = pool.to_string();
         let generation = self.commit(&mut live, next).await?;
-        info!(service = %service, pool = %pool, previous = %current, generation, "switched");
+        self.metrics.count_switch(&service, rollback);
+        let what = if rollback { "rolled back" } else { "switched" };
+        info!(service = %service, pool = %pool, previous = %current, generation, by = %who, "{what}");
         Ok(SwitchOutcome {
             service,
             pool: pool.to_string(),
@@ -327,13 +349,15 @@ impl Controller {
         &self,
         service: Option<&str>,
         force: bool,
+        who: &str,
     ) -> Result<SwitchOutcome, DeployError> {
         let service = self.resolve_service(service)?;
         let previous = self.live.lock().await.services[&service].previous.clone();
         let previous = previous.ok_or(DeployError::NoPreviousPool {
             service: service.clone(),
         })?;
-        self.switch(Some(&service), &previous, force).await
+        self.change_active(Some(&service), &previous, force, who, true)
+            .await
     }
 
     /// Waits until no request is in flight to `pool`, or `timeout` passes. `on_progress` hears
@@ -388,6 +412,7 @@ impl Controller {
         pool: &str,
         backends: Vec<SocketAddr>,
         wait: Option<Duration>,
+        who: &str,
         mut on_progress: impl FnMut(usize, usize),
     ) -> Result<PoolSetOutcome, DeployError> {
         let service = self.resolve_service(service)?;
@@ -418,7 +443,7 @@ impl Controller {
         let previous_backends = std::mem::replace(&mut p.backends, backends.clone());
         let generation = self.commit(&mut live, next).await?;
         drop(held);
-        info!(service = %service, pool = %pool, backends = ?backends, previous = ?previous_backends, generation, "pool backends replaced");
+        info!(service = %service, pool = %pool, backends = ?backends, previous = ?previous_backends, generation, by = %who, "pool backends replaced");
         Ok(PoolSetOutcome {
             service,
             pool: pool.to_string(),

@@ -9,12 +9,17 @@
 //! Verdicts follow common practice (HAProxy's rise/fall): the first probe decides for a new
 //! backend; after that a healthy backend goes down after `unhealthy_threshold` failures in a row
 //! and comes back after `healthy_threshold` passes in a row.
+//!
+//! Between probes, the request path adds a passive check, as nginx's `max_fails` does: a
+//! backend that refused a connection is passed over for [`PASSIVE_COOLDOWN`] while its pool has
+//! another backend, so that a backend that died since the last probe does not cost every
+//! request a failed connect.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use switchback_config::HealthConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,12 +68,24 @@ impl Health {
     }
 }
 
+/// How long a backend that refused a connection is passed over.
+pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// Milliseconds on a monotonic clock private to this process (never 0).
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
 /// The health of one backend: read on every request, written by its checker.
 #[derive(Debug)]
 pub struct HealthState {
     state: AtomicU8,
     passes: AtomicU32,
     failures: AtomicU32,
+    /// Until when (in [`now_ms`] time) the backend is passed over after a failed connect; 0
+    /// when it is not.
+    cooldown_until: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -78,8 +95,24 @@ impl HealthState {
             state: AtomicU8::new(initial.to_u8()),
             passes: AtomicU32::new(0),
             failures: AtomicU32::new(0),
+            cooldown_until: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
+    }
+
+    /// A request could not connect: pass this backend over for a while.
+    pub fn connect_failed(&self) {
+        self.cooldown_until.store(
+            now_ms() + PASSIVE_COOLDOWN.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether a recent failed connect says to pass this backend over.
+    #[inline]
+    pub fn cooling_down(&self) -> bool {
+        let until = self.cooldown_until.load(Ordering::Relaxed);
+        until != 0 && until > now_ms()
     }
 
     #[inline]
@@ -288,6 +321,16 @@ mod tests {
             "failures must be consecutive"
         );
         assert_eq!(s.get(), Health::Healthy);
+    }
+
+    #[test]
+    fn a_failed_connect_cools_a_backend_down_for_a_while() {
+        let s = HealthState::new(Health::Healthy);
+        assert!(!s.cooling_down());
+        s.connect_failed();
+        assert!(s.cooling_down());
+        s.cooldown_until.store(now_ms() - 1, Ordering::Relaxed);
+        assert!(!s.cooling_down(), "the cooldown ends");
     }
 
     #[test]

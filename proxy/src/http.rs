@@ -3,9 +3,13 @@
 //! Per request: load the live [`RoutingTable`] once, route by host and path to a service, take
 //! the service's active pool and count the request in flight there, pick a healthy backend
 //! round robin, and proxy. A connection that fails before any byte was sent is retried on
-//! another backend of the same pool. Nothing here takes a lock or logs on success.
+//! another backend of the same pool. At the end, count the request in its pool's metrics and
+//! queue an access-log record. Nothing here takes a lock, formats a log line or writes to a
+//! file.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -15,17 +19,30 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::metrics::{status_class, Metrics};
 use crate::pool::{InFlight, Tried};
 use crate::routing::{normalize_request_host, RoutingTable};
+use crate::text::push_ip;
 
-/// The proxy service. Cheap to clone: everything lives behind the shared table handle.
+/// The proxy service.
 pub struct SwitchbackProxy {
     table: Arc<ArcSwap<RoutingTable>>,
+    metrics: Arc<Metrics>,
+    access_log: Option<AccessLog>,
 }
 
 impl SwitchbackProxy {
-    pub fn new(table: Arc<ArcSwap<RoutingTable>>) -> SwitchbackProxy {
-        SwitchbackProxy { table }
+    pub fn new(
+        table: Arc<ArcSwap<RoutingTable>>,
+        metrics: Arc<Metrics>,
+        access_log: Option<AccessLog>,
+    ) -> SwitchbackProxy {
+        SwitchbackProxy {
+            table,
+            metrics,
+            access_log,
+        }
     }
 }
 
@@ -39,6 +56,9 @@ pub struct RequestCtx {
     tried: Tried,
     /// Counts this request in its pool's in-flight gauge until the context is dropped.
     in_flight: Option<InFlight>,
+    /// The backend (index into the pool) of the last attempt.
+    backend: Option<usize>,
+    started: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -66,6 +86,9 @@ impl ProxyHttp for SwitchbackProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.metrics.enabled || self.access_log.is_some() {
+            ctx.started = Some(Instant::now());
+        }
         let req = session.req_header();
         let raw_host = req
             .headers
@@ -110,6 +133,7 @@ impl ProxyHttp for SwitchbackProxy {
             Some((index, backend)) => {
                 let peer = Box::new(backend.peer.clone());
                 ctx.tried.add(index);
+                ctx.backend = Some(index);
                 Ok(peer)
             }
             None => Err(Error::explain(
@@ -127,10 +151,17 @@ impl ProxyHttp for SwitchbackProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some((service, pool)) = ctx.route() {
+            if let Some(i) = ctx.backend {
+                if let Some(m) = pool.backend_metrics.get(i) {
+                    m.connect_failures.inc();
+                }
+                pool.backends[i].health.connect_failed();
+            }
             let attempts = ctx.tried.count();
             let untried_left = pool.backends.len() as u32 > attempts;
             if attempts <= service.config.retries && untried_left {
                 e.set_retry(true);
+                pool.metrics.retries.inc();
             }
         }
         e
@@ -143,12 +174,15 @@ impl ProxyHttp for SwitchbackProxy {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = addr.ip().to_string();
-            let forwarded = match upstream_request.headers.get("x-forwarded-for") {
-                Some(prior) => format!("{}, {ip}", String::from_utf8_lossy(prior.as_bytes())),
-                None => ip,
-            };
-            upstream_request.insert_header("x-forwarded-for", forwarded)?;
+            let mut value = String::with_capacity(48);
+            if let Some(prior) = upstream_request.headers.get("x-forwarded-for") {
+                value.push_str(&String::from_utf8_lossy(prior.as_bytes()));
+                value.push_str(", ");
+            }
+            push_ip(&mut value, addr.ip());
+            let value = http::HeaderValue::from_str(&value)
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "x-forwarded-for", e))?;
+            upstream_request.insert_header("x-forwarded-for", value)?;
         }
         if upstream_request.headers.get("x-forwarded-proto").is_none() {
             let proto = if session
@@ -202,5 +236,102 @@ impl ProxyHttp for SwitchbackProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(started) = ctx.started else { return };
+        let elapsed = started.elapsed();
+        // 499, as nginx logs it, when the client went away before any response.
+        let status = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
+        let route = ctx.route();
+        if self.metrics.enabled {
+            match route {
+                Some((_, pool)) => {
+                    pool.metrics.duration.observe(elapsed.as_secs_f64());
+                    let backend = ctx
+                        .backend
+                        .and_then(|i| pool.backend_metrics.get(i))
+                        .unwrap_or(&pool.no_backend_metrics);
+                    backend.by_class[status_class(status)].inc();
+                }
+                None => self.metrics.unrouted.inc(),
+            }
+        }
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            let host = req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                .unwrap_or("")
+                .to_string();
+            let path = req
+                .uri
+                .path_and_query()
+                .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string());
+            log.log(AccessRecord {
+                time: SystemTime::now(),
+                client: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                host,
+                method: req.method.clone(),
+                path,
+                status,
+                bytes: session.body_bytes_sent() as u64,
+                duration: elapsed,
+                service: route.map(|(s, _)| s.config.name.as_str().into()),
+                pool: route.map(|(_, p)| p.name.clone()),
+                backend: route
+                    .and_then(|(_, p)| ctx.backend.and_then(|i| p.backends.get(i)).map(|b| b.addr)),
+            });
+        }
+    }
+}
+
+/// Wraps the proxy's pingora app to count open client connections (HTTP/1, HTTP/2 and TLS
+/// alike: pingora hands each accepted connection to `process_new` once, for its whole life).
+pub struct ConnectionCounter<A> {
+    inner: Arc<A>,
+    open: Arc<AtomicI64>,
+}
+
+impl<A> ConnectionCounter<A> {
+    pub fn new(inner: A, open: Arc<AtomicI64>) -> ConnectionCounter<A> {
+        ConnectionCounter {
+            inner: Arc::new(inner),
+            open,
+        }
+    }
+}
+
+struct Open(Arc<AtomicI64>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerApp
+    for ConnectionCounter<A>
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        session: pingora::protocols::Stream,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let _open = Open(self.open.clone());
+        self.inner.process_new(session, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
     }
 }

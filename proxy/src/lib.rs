@@ -15,15 +15,20 @@
 //! The request path never takes a lock: it reads one `Arc` of the table, atomics for health
 //! and in-flight counts, and nothing else.
 
+pub mod access_log;
+pub mod admin;
 pub mod controller;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod pool;
 pub mod routing;
+mod text;
 
 pub use controller::{
     Controller, DeployError, DrainOutcome, PoolSetOutcome, StartError, SwitchOutcome,
 };
 pub use health::{Health, HealthRegistry};
-pub use http::SwitchbackProxy;
+pub use http::{ConnectionCounter, SwitchbackProxy};
+pub use metrics::Metrics;
 pub use routing::RoutingTable;

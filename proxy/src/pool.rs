@@ -12,6 +12,7 @@ use std::sync::Arc;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::health::{Health, HealthState};
+use crate::metrics::{BackendMetrics, PoolMetrics};
 
 /// Counters of a pool that survive table generations, keyed by (service, pool name).
 #[derive(Debug, Default)]
@@ -58,7 +59,20 @@ pub struct Pool {
     pub name: Arc<str>,
     pub backends: Vec<Arc<Backend>>,
     pub stats: Arc<PoolStats>,
+    pub metrics: PoolMetrics,
+    /// Parallel to `backends`: the counters of each backend in this pool.
+    pub backend_metrics: Vec<BackendMetrics>,
+    /// Requests of this pool that reached no backend.
+    pub no_backend_metrics: BackendMetrics,
     next: AtomicUsize,
+}
+
+/// The metric handles a pool is built with.
+#[derive(Debug, Clone)]
+pub struct PoolHandles {
+    pub pool: PoolMetrics,
+    pub backends: Vec<BackendMetrics>,
+    pub no_backend: BackendMetrics,
 }
 
 /// Which backends of a pool a request already tried, as a bit set of indexes.
@@ -80,18 +94,49 @@ impl Tried {
 }
 
 impl Pool {
-    pub fn new(name: Arc<str>, backends: Vec<Arc<Backend>>, stats: Arc<PoolStats>) -> Pool {
+    pub fn new(
+        name: Arc<str>,
+        backends: Vec<Arc<Backend>>,
+        stats: Arc<PoolStats>,
+        handles: PoolHandles,
+    ) -> Pool {
         Pool {
             name,
             backends,
             stats,
+            metrics: handles.pool,
+            backend_metrics: handles.backends,
+            no_backend_metrics: handles.no_backend,
             next: AtomicUsize::new(0),
         }
     }
 
-    /// The next backend in round-robin order that `tried` does not hold: a healthy (or
-    /// unchecked) one if there is any, else one whose health is not known yet. Never a
-    /// backend known to be down.
+    /// Requests answered so far, by status class, over every backend (and none).
+    pub fn requests_by_class(&self) -> [u64; 5] {
+        let mut out = [0u64; 5];
+        for m in self
+            .backend_metrics
+            .iter()
+            .chain(std::iter::once(&self.no_backend_metrics))
+        {
+            for (class, n) in out.iter_mut().enumerate() {
+                *n += m.count(class);
+            }
+        }
+        out
+    }
+
+    /// Failed connections to this pool's backends so far.
+    pub fn connect_failures(&self) -> u64 {
+        self.backend_metrics
+            .iter()
+            .map(|m| m.connect_failures.get())
+            .sum()
+    }
+
+    /// The next backend in round-robin order that `tried` does not hold. In order of
+    /// preference: a healthy (or unchecked) one, one whose health is not known yet, one that
+    /// refused a connection moments ago. Never a backend known to be down.
     #[inline]
     pub fn select(&self, tried: Tried) -> Option<(usize, &Arc<Backend>)> {
         let n = self.backends.len();
@@ -99,20 +144,28 @@ impl Pool {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut fallback = None;
+        let mut unknown = None;
+        let mut cooling = None;
         for i in 0..n {
             let index = (start + i) % n;
             if tried.contains(index) {
                 continue;
             }
             let backend = &self.backends[index];
-            match backend.health.get() {
+            let health = backend.health.get();
+            if health == Health::Down {
+                continue;
+            }
+            if backend.health.cooling_down() {
+                cooling = cooling.or(Some((index, backend)));
+                continue;
+            }
+            match health {
                 Health::Healthy | Health::Unchecked => return Some((index, backend)),
-                Health::Unknown if fallback.is_none() => fallback = Some((index, backend)),
-                _ => {}
+                _ => unknown = unknown.or(Some((index, backend))),
             }
         }
-        fallback
+        unknown.or(cooling)
     }
 
     /// Backends that can take a request now.
@@ -144,8 +197,17 @@ mod tests {
                     peer: HttpPeer::new(addr, false, String::new()),
                 })
             })
-            .collect();
-        Pool::new("blue".into(), backends, Arc::default())
+            .collect::<Vec<_>>();
+        let m = crate::metrics::Metrics::default();
+        let handles = PoolHandles {
+            pool: m.pool("app", "blue"),
+            backends: backends
+                .iter()
+                .map(|b| m.backend("app", "blue", &b.addr.to_string()))
+                .collect(),
+            no_backend: m.backend("app", "blue", "none"),
+        };
+        Pool::new("blue".into(), backends, Arc::default(), handles)
     }
 
     #[test]
@@ -171,6 +233,22 @@ mod tests {
         assert_eq!(p.select(Tried::default()).unwrap().0, 1);
         let all_down = pool(&[Health::Down, Health::Down]);
         assert!(all_down.select(Tried::default()).is_none());
+    }
+
+    #[test]
+    fn a_backend_that_refused_a_connection_is_passed_over_while_others_serve() {
+        let p = pool(&[Health::Unchecked, Health::Unchecked]);
+        p.backends[0].health.connect_failed();
+        for _ in 0..10 {
+            assert_eq!(p.select(Tried::default()).unwrap().0, 1);
+        }
+        let mut tried = Tried::default();
+        tried.add(1);
+        assert_eq!(
+            p.select(tried).unwrap().0,
+            0,
+            "still tried when nothing else is left"
+        );
     }
 
     #[test]

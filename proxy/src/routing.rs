@@ -17,7 +17,8 @@ use pingora::upstreams::peer::HttpPeer;
 use switchback_config::{Config, LiveState, ServiceConfig};
 
 use crate::health::HealthRegistry;
-use crate::pool::{Backend, Pool, PoolStats};
+use crate::metrics::{Metrics, NO_BACKEND};
+use crate::pool::{Backend, Pool, PoolHandles, PoolStats};
 
 /// One generation of the routing state.
 #[derive(Debug)]
@@ -178,6 +179,7 @@ impl RoutingTable {
         state: &LiveState,
         previous: Option<&RoutingTable>,
         registry: &HealthRegistry,
+        metrics: &Metrics,
     ) -> RoutingTable {
         let mut services = Vec::with_capacity(config.services.len());
         for service_config in &config.services {
@@ -216,10 +218,20 @@ impl RoutingTable {
                 let stats = prev_pool
                     .map(|p| p.stats.clone())
                     .unwrap_or_else(|| Arc::new(PoolStats::default()));
+                let (service_name, pool_name) = (&service_config.name, &pool_config.name);
+                let handles = PoolHandles {
+                    pool: metrics.pool(service_name, pool_name),
+                    backends: addrs
+                        .iter()
+                        .map(|a| metrics.backend(service_name, pool_name, &a.to_string()))
+                        .collect(),
+                    no_backend: metrics.backend(service_name, pool_name, NO_BACKEND),
+                };
                 pools.push(Arc::new(Pool::new(
-                    pool_config.name.as_str().into(),
+                    pool_name.as_str().into(),
                     backends,
                     stats,
+                    handles,
                 )));
             }
             let position = |name: &str| pools.iter().position(|p| &*p.name == name);
@@ -308,6 +320,7 @@ pools.a = ["127.0.0.1:9004"]
             &LiveState::from_config(&c),
             None,
             &HealthRegistry::default(),
+            &Metrics::default(),
         );
         assert_eq!(name(&t, "example.com", "/api/users"), "api");
         assert_eq!(name(&t, "EXAMPLE.com:443", "/api"), "api");
@@ -328,14 +341,15 @@ pools.a = ["127.0.0.1:9004"]
     fn a_new_generation_keeps_unchanged_pools_and_counters() {
         let c = config();
         let registry = HealthRegistry::default();
+        let metrics = Metrics::default();
         let mut state = LiveState::from_config(&c);
-        let first = RoutingTable::build(&c, &state, None, &registry);
+        let first = RoutingTable::build(&c, &state, None, &registry, &metrics);
         let app = state.services.get_mut("app").unwrap();
         app.active = "green".into();
         app.previous = Some("blue".into());
         app.pools.get_mut("green").unwrap().backends = vec!["127.0.0.1:9012".parse().unwrap()];
         state.generation = 1;
-        let second = RoutingTable::build(&c, &state, Some(&first), &registry);
+        let second = RoutingTable::build(&c, &state, Some(&first), &registry, &metrics);
         let (a, b) = (
             first.service("app").unwrap(),
             second.service("app").unwrap(),

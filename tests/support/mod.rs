@@ -186,6 +186,8 @@ pub fn free_port() -> u16 {
 pub struct Proxy {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_port: u16,
     pub socket: PathBuf,
     pub config: PathBuf,
     services: String,
@@ -199,6 +201,7 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let mut proxy = Proxy {
             port: free_port(),
+            admin_port: free_port(),
             socket: dir.path().join("control.sock"),
             config: dir.path().join("switchback.toml"),
             services: services.to_string(),
@@ -216,8 +219,9 @@ impl Proxy {
 
     fn write_config(&self) {
         let text = format!(
-            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\nthreads = 2\nshutdown_grace = \"10s\"\n\n{}",
+            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\nthreads = 2\nshutdown_grace = \"10s\"\n\n{}",
             self.port,
+            self.admin_port,
             self.socket.display(),
             self.state_dir().display(),
             self.services
@@ -303,6 +307,39 @@ impl Proxy {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port))
+            .expect("connect to the admin listener");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status");
+        (status, body.to_string())
+    }
+
+    /// The value of one sample in a `/metrics` scrape (`name{labels}` exactly as exported).
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|v| v.trim().parse().expect("a number"))
     }
 
     pub fn url(&self, path: &str) -> String {

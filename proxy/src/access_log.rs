@@ -1,0 +1,429 @@
+//! The access log: one line per request, written by a thread of its own.
+//!
+//! A worker only moves an [`AccessRecord`] into a bounded queue (no formatting, no I/O, no
+//! lock, no wake-up); the writer thread drains the queue every 50 ms, formats each record
+//! (JSON lines or the combined log format) and writes them in one batch. When the writer falls behind and the queue is full, the record is dropped and
+//! counted (`switchback_access_log_dropped_total`) rather than ever making a request wait. A
+//! log file that is moved away (logrotate) is noticed within a second and opened anew.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus::IntCounter;
+
+use crate::text::{push_ip, push_padded, push_u64};
+
+/// How a line looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// The combined log format of Apache and nginx, followed by duration, service, pool and
+    /// backend.
+    Combined,
+}
+
+/// Everything a line says about one request.
+#[derive(Debug, Clone)]
+pub struct AccessRecord {
+    pub time: SystemTime,
+    pub client: Option<IpAddr>,
+    pub host: String,
+    pub method: http::Method,
+    /// Path and query, as the client sent them.
+    pub path: String,
+    pub status: u16,
+    pub bytes: u64,
+    pub duration: Duration,
+    pub service: Option<Arc<str>>,
+    pub pool: Option<Arc<str>>,
+    pub backend: Option<SocketAddr>,
+}
+
+/// The sending side, cloned into every worker.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: SyncSender<AccessRecord>,
+    dropped: IntCounter,
+}
+
+const QUEUE: usize = 65_536;
+
+impl AccessLog {
+    /// Starts the writer thread. `path` None means standard output.
+    pub fn start(
+        format: Format,
+        path: Option<PathBuf>,
+        dropped: IntCounter,
+    ) -> io::Result<AccessLog> {
+        let sink = Sink::open(path)?;
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("access log".into())
+            .spawn(move || write_loop(rx, sink, format))?;
+        Ok(AccessLog { tx, dropped })
+    }
+
+    /// Queues a record; never blocks.
+    #[inline]
+    pub fn log(&self, record: AccessRecord) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(record) {
+            self.dropped.inc();
+        }
+    }
+}
+
+enum Sink {
+    Stdout(io::BufWriter<io::Stdout>),
+    File {
+        path: PathBuf,
+        file: io::BufWriter<std::fs::File>,
+        inode: u64,
+        checked: Instant,
+    },
+}
+
+impl Sink {
+    fn open(path: Option<PathBuf>) -> io::Result<Sink> {
+        use std::os::unix::fs::MetadataExt;
+        match path {
+            None => Ok(Sink::Stdout(io::BufWriter::with_capacity(
+                64 * 1024,
+                io::stdout(),
+            ))),
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
+                let inode = file.metadata()?.ino();
+                Ok(Sink::File {
+                    path,
+                    file: io::BufWriter::with_capacity(64 * 1024, file),
+                    inode,
+                    checked: Instant::now(),
+                })
+            }
+        }
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stdout(w) => w,
+            Sink::File { file, .. } => file,
+        }
+    }
+
+    /// Opens the file anew when it was moved or removed since it was opened.
+    fn reopen_if_rotated(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let Sink::File {
+            path,
+            file,
+            inode,
+            checked,
+        } = self
+        else {
+            return;
+        };
+        if checked.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        *checked = Instant::now();
+        let current = std::fs::metadata(&*path).map(|m| m.ino()).ok();
+        if current != Some(*inode) {
+            let _ = file.flush();
+            if let Ok(Sink::File {
+                file: f, inode: i, ..
+            }) = Sink::open(Some(path.clone()))
+            {
+                *file = f;
+                *inode = i;
+            }
+        }
+    }
+}
+
+/// How often the writer wakes to drain the queue. The writer never parks on the queue itself,
+/// so a worker's `try_send` never has a sleeping thread to wake (a futex call per request).
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
+fn write_loop(rx: Receiver<AccessRecord>, mut sink: Sink, format: Format) {
+    let mut line = String::with_capacity(512);
+    loop {
+        let mut wrote = false;
+        loop {
+            match rx.try_recv() {
+                Ok(record) => {
+                    line.clear();
+                    format_record(&record, format, &mut line);
+                    let _ = sink.writer().write_all(line.as_bytes());
+                    wrote = true;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = sink.writer().flush();
+                    return;
+                }
+            }
+        }
+        if wrote {
+            let _ = sink.writer().flush();
+        }
+        sink.reopen_if_rotated();
+        std::thread::sleep(DRAIN_EVERY);
+    }
+}
+
+/// Formats one record, newline included.
+pub fn format_record(r: &AccessRecord, format: Format, out: &mut String) {
+    let client = r
+        .client
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "-".into());
+    match format {
+        Format::Json => {
+            out.push_str("{\"time\":\"");
+            write_rfc3339(r.time, out);
+            out.push_str("\",\"client\":");
+            json_str(&client, out);
+            out.push_str(",\"host\":");
+            json_str(&r.host, out);
+            out.push_str(",\"method\":");
+            json_str(r.method.as_str(), out);
+            out.push_str(",\"path\":");
+            json_str(&r.path, out);
+            out.push_str(",\"status\":");
+            push_u64(out, r.status as u64);
+            out.push_str(",\"bytes\":");
+            push_u64(out, r.bytes);
+            out.push_str(",\"duration_ms\":");
+            push_millis(out, r.duration);
+            out.push_str(",\"service\":");
+            opt_json_str(r.service.as_deref(), out);
+            out.push_str(",\"pool\":");
+            opt_json_str(r.pool.as_deref(), out);
+            out.push_str(",\"backend\":");
+            match r.backend {
+                Some(b) => {
+                    out.push('"');
+                    if b.is_ipv6() {
+                        out.push('[');
+                        push_ip(out, b.ip());
+                        out.push(']');
+                    } else {
+                        push_ip(out, b.ip());
+                    }
+                    out.push(':');
+                    push_u64(out, b.port() as u64);
+                    out.push('"');
+                }
+                None => out.push_str("null"),
+            }
+            out.push_str("}\n");
+        }
+        Format::Combined => {
+            let client = r
+                .client
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into());
+            let _ = write!(out, "{client} - - [");
+            write_clf_time(r.time, out);
+            let _ = writeln!(
+                out,
+                "] \"{} {} HTTP/1.1\" {} {} \"-\" \"-\" host={} duration_ms={:.3} service={} pool={} backend={}",
+                r.method,
+                r.path.replace('"', "%22"),
+                r.status,
+                r.bytes,
+                if r.host.is_empty() { "-" } else { &r.host },
+                r.duration.as_secs_f64() * 1000.0,
+                r.service.as_deref().unwrap_or("-"),
+                r.pool.as_deref().unwrap_or("-"),
+                r.backend.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+}
+
+/// Milliseconds with three decimals: `1.500`.
+fn push_millis(out: &mut String, d: Duration) {
+    let micros = d.as_micros() as u64;
+    push_u64(out, micros / 1000);
+    out.push('.');
+    push_padded(out, micros % 1000, 3);
+}
+
+fn opt_json_str(s: Option<&str>, out: &mut String) {
+    match s {
+        Some(s) => json_str(s, out),
+        None => out.push_str("null"),
+    }
+}
+
+fn json_str(s: &str, out: &mut String) {
+    out.push('"');
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// (year, month, day, hour, minute, second, millisecond) in UTC.
+fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400) as u32;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    (
+        year,
+        month,
+        day,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis(),
+    )
+}
+
+fn write_rfc3339(t: SystemTime, out: &mut String) {
+    let (y, mo, d, h, mi, s, ms) = civil(t);
+    push_padded(out, y.max(0) as u64, 4);
+    for (sep, n) in [('-', mo), ('-', d), ('T', h), (':', mi), (':', s)] {
+        out.push(sep);
+        push_padded(out, n as u64, 2);
+    }
+    out.push('.');
+    push_padded(out, ms as u64, 3);
+    out.push('Z');
+}
+
+fn write_clf_time(t: SystemTime, out: &mut String) {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, mo, d, h, mi, s, _) = civil(t);
+    let _ = write!(
+        out,
+        "{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000",
+        MONTHS[mo as usize - 1]
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            // 2026-11-22T21:08:10.786Z
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_381_690_786),
+            client: Some("127.0.0.1".parse().unwrap()),
+            host: "app.test".into(),
+            method: http::Method::GET,
+            path: "/a\"b?x=1".into(),
+            status: 200,
+            bytes: 12,
+            duration: Duration::from_micros(1500),
+            service: Some("app".into()),
+            pool: Some("blue".into()),
+            backend: Some("127.0.0.1:9001".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn json_lines_parse_and_carry_every_field() {
+        let mut line = String::new();
+        format_record(&record(), Format::Json, &mut line);
+        assert!(line.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["time"], "2026-11-22T21:08:10.786Z");
+        assert_eq!(v["client"], "127.0.0.1");
+        assert_eq!(v["host"], "app.test");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["path"], "/a\"b?x=1");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["bytes"], 12);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["service"], "app");
+        assert_eq!(v["pool"], "blue");
+        assert_eq!(v["backend"], "127.0.0.1:9001");
+    }
+
+    #[test]
+    fn unrouted_requests_have_null_service_pool_backend() {
+        let mut r = record();
+        (r.service, r.pool, r.backend) = (None, None, None);
+        let mut line = String::new();
+        format_record(&r, Format::Json, &mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(v["service"].is_null() && v["pool"].is_null() && v["backend"].is_null());
+    }
+
+    #[test]
+    fn combined_format_matches_what_log_tools_expect() {
+        let mut line = String::new();
+        format_record(&record(), Format::Combined, &mut line);
+        assert_eq!(
+            line,
+            "127.0.0.1 - - [22/Nov/2026:21:08:10 +0000] \"GET /a%22b?x=1 HTTP/1.1\" 200 12 \"-\" \"-\" host=app.test duration_ms=1.500 service=app pool=blue backend=127.0.0.1:9001\n"
+        );
+    }
+
+    #[test]
+    fn dates_are_right_across_leap_years() {
+        let mut s = String::new();
+        write_rfc3339(SystemTime::UNIX_EPOCH, &mut s);
+        assert_eq!(s, "1970-01-01T00:00:00.000Z");
+        s.clear();
+        // 2024-02-29T12:00:00Z
+        write_rfc3339(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_208_000),
+            &mut s,
+        );
+        assert_eq!(s, "2024-02-29T12:00:00.000Z");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let dropped = IntCounter::new("d", "d").unwrap();
+        let (tx, _rx) = sync_channel(1);
+        let log = AccessLog {
+            tx,
+            dropped: dropped.clone(),
+        };
+        log.log(record());
+        log.log(record());
+        log.log(record());
+        assert_eq!(dropped.get(), 2);
+    }
+}

@@ -6,6 +6,8 @@
 //! Scenarios (all by default):
 //! - `http`: keep-alive requests per second and p99 latency of each proxy, with the ratios of
 //!   switchback to each peer measured in the same round, and their medians;
+//! - `https`: keep-alive requests per second over TLS, and new TLS handshakes per second, for
+//!   switchback, nginx and HAProxy with the same certificate;
 //! - `switch`: failed requests while switchback switches blue → green → blue 100 times under
 //!   load;
 //! - `observability`: switchback with metrics and the access log on, against both off;
@@ -59,6 +61,7 @@ fn options() -> Options {
     if o.scenarios.is_empty() {
         o.scenarios = vec![
             "http".into(),
+            "https".into(),
             "switch".into(),
             "observability".into(),
             "instructions".into(),
@@ -416,16 +419,28 @@ struct WrkResult {
 }
 
 fn wrk(port: u16, seconds: u64, connections: usize) -> WrkResult {
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            &format!("http://127.0.0.1:{port}/"),
-        ])
-        .output()
-        .expect("run wrk");
+    wrk_url(
+        &format!("http://127.0.0.1:{port}/"),
+        seconds,
+        connections,
+        false,
+    )
+}
+
+/// wrk against `url`; with `close`, every request on a new connection (for TLS: a new
+/// handshake).
+fn wrk_url(url: &str, seconds: u64, connections: usize, close: bool) -> WrkResult {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd.arg(url).output().expect("run wrk");
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -484,27 +499,35 @@ fn http(bench: &Bench, o: &Options) {
     let (_sb, _) = bench.switchback(sb_port);
     let _ng = bench.nginx(ng_port);
     let _hp = bench.haproxy(hp_port);
-    let proxies = [
-        ("switchback", sb_port),
-        ("nginx", ng_port),
-        ("haproxy", hp_port),
-    ];
-    println!(
-        "\n== http: keep-alive GET through each proxy, 1 worker thread each, wrk -t1 -c{} -d{}s, {} rounds",
-        o.connections, o.seconds, o.rounds
+    let url = |port: u16| format!("http://127.0.0.1:{port}/");
+    compare(
+        &format!(
+            "http: keep-alive GET through each proxy, 1 worker thread each, wrk -t1 -c{} -d{}s, {} rounds",
+            o.connections, o.seconds, o.rounds
+        ),
+        &[("switchback", url(sb_port)), ("nginx", url(ng_port)), ("haproxy", url(hp_port))],
+        o,
+        false,
     );
-    for (_, port) in proxies {
-        wrk(port, 1, o.connections); // warm up
+}
+
+/// Runs wrk against each target in alternating rounds and prints per-round numbers, medians,
+/// and the median of switchback's same-round ratios to each peer (the first target is
+/// switchback).
+fn compare(title: &str, targets: &[(&str, String)], o: &Options, close: bool) {
+    println!("\n== {title}");
+    for (_, url) in targets {
+        wrk_url(url, 1, o.connections, close); // warm up
     }
-    let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); proxies.len()];
+    let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); targets.len()];
     for round in 0..o.rounds {
         // Alternate the order so no proxy always runs first or last.
-        let mut order: Vec<usize> = (0..proxies.len()).collect();
-        order.rotate_left(round % proxies.len());
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        order.rotate_left(round % targets.len());
         for i in order {
-            results[i].push(wrk(proxies[i].1, o.seconds, o.connections));
+            results[i].push(wrk_url(&targets[i].1, o.seconds, o.connections, close));
         }
-        let line: Vec<String> = proxies
+        let line: Vec<String> = targets
             .iter()
             .zip(&results)
             .map(|((name, _), r)| {
@@ -518,7 +541,7 @@ fn http(bench: &Bench, o: &Options) {
         "\n{:<12} {:>14} {:>12} {:>8}",
         "proxy", "median req/s", "median p99", "errors"
     );
-    for ((name, _), r) in proxies.iter().zip(&results) {
+    for ((name, _), r) in targets.iter().zip(&results) {
         println!(
             "{:<12} {:>14.0} {:>10.2}ms {:>8}",
             name,
@@ -527,7 +550,7 @@ fn http(bench: &Bench, o: &Options) {
             r.iter().map(|x| x.errors + x.non_2xx).sum::<u64>()
         );
     }
-    for (i, (peer, _)) in proxies.iter().enumerate().skip(1) {
+    for (i, (peer, _)) in targets.iter().enumerate().skip(1) {
         let rps: Vec<f64> = (0..o.rounds)
             .map(|k| results[0][k].rps / results[i][k].rps)
             .collect();
@@ -540,6 +563,116 @@ fn http(bench: &Bench, o: &Options) {
             median(p99)
         );
     }
+}
+
+/// HTTPS: keep-alive requests per second, and new TLS handshakes per second (one request per
+/// connection), for switchback, nginx and HAProxy with the same certificate (ECDSA P-256) and
+/// upstream, one worker thread each.
+fn https(bench: &Bench, o: &Options) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["bench.switchback.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path, combined) = (
+        bench.dir.join("tls-cert.pem"),
+        bench.dir.join("tls-key.pem"),
+        bench.dir.join("tls-combined.pem"),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&combined, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let (sb, ng, hp) = (ports[0], ports[1], ports[2]);
+    let dir = bench.dir.join("switchback-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("switchback.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = [\"127.0.0.1:{}\"]\nhttps = [\"127.0.0.1:{}\"]\n[server]\nthreads = 1\n[control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n\
+             [access_log]\nenabled = false\n[services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:{}\"]\n\
+             tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            sb.0,
+            sb.1,
+            dir.join("control.sock").display(),
+            dir.join("state").display(),
+            bench.upstream_blue,
+            cert_path.display(),
+            key_path.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn");
+    let _sb = start("switchback-tls", cmd, sb.0, &bench.dir);
+
+    let nginx_dir = bench.dir.join("nginx-tls");
+    let conf = nginx_conf(
+        &nginx_dir,
+        &format!(
+            "upstream app {{ server 127.0.0.1:{up}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{plain}; listen 127.0.0.1:{tls} ssl; access_log off;\n\
+               ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;\n\
+               location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; }} }}",
+            up = bench.upstream_blue,
+            plain = ng.0,
+            tls = ng.1,
+            cert = cert_path.display(),
+            key = key_path.display()
+        ),
+    );
+    let mut cmd = Command::new(nginx_bin());
+    cmd.args(["-e", "stderr", "-c"]).arg(&conf);
+    let _ng = start("nginx-tls", cmd, ng.0, &bench.dir);
+
+    let hconf = bench.dir.join("haproxy-tls.cfg");
+    std::fs::write(
+        &hconf,
+        format!(
+            "global\n  nbthread 1\n  maxconn 4096\n\
+             defaults\n  mode http\n  timeout connect 3s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n  option forwardfor\n  http-reuse always\n\
+             frontend fe\n  bind 127.0.0.1:{}\n  bind 127.0.0.1:{} ssl crt {} alpn http/1.1\n  default_backend be\n\
+             backend be\n  server s1 127.0.0.1:{}\n",
+            hp.0,
+            hp.1,
+            combined.display(),
+            bench.upstream_blue
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(haproxy_bin());
+    cmd.arg("-db").arg("-f").arg(&hconf);
+    let _hp = start("haproxy-tls", cmd, hp.0, &bench.dir);
+
+    let url = |port: u16| format!("https://127.0.0.1:{port}/");
+    let targets = [
+        ("switchback", url(sb.1)),
+        ("nginx", url(ng.1)),
+        ("haproxy", url(hp.1)),
+    ];
+    compare(
+        &format!(
+            "https keep-alive: GET over TLS 1.3, 1 worker thread each, wrk -t1 -c{} -d{}s, {} rounds",
+            o.connections, o.seconds, o.rounds
+        ),
+        &targets,
+        o,
+        false,
+    );
+    compare(
+        &format!(
+            "https handshakes: a new TLS connection per request (Connection: close), wrk -t1 -c{} -d{}s, {} rounds",
+            o.connections, o.seconds, o.rounds
+        ),
+        &targets,
+        o,
+        true,
+    );
 }
 
 /// The cost of recording: metrics and the access log on, against both off.
@@ -726,7 +859,10 @@ fn main() {
             "switch" => switch(&bench, &o),
             "observability" => observability(&bench, &o),
             "instructions" => instructions(&bench),
-            other => panic!("unknown scenario {other} (http, switch, observability, instructions)"),
+            "https" => https(&bench, &o),
+            other => panic!(
+                "unknown scenario {other} (http, https, switch, observability, instructions)"
+            ),
         }
     }
 }

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use switchback_control::{
-    encode_err, encode_event, Client, ClientError, Event, PoolSetReply, Request, StatusReply,
-    SwitchReply,
+    encode_err, encode_event, CertsReply, Client, ClientError, Event, PoolSetReply, Request,
+    StatusReply, SwitchReply,
 };
 
 /// Where the control socket is: `--socket`, else `SWITCHBACK_SOCKET`, else the `[control]`
@@ -231,6 +231,47 @@ pub fn print_switch(r: &SwitchReply) {
             );
         }
     }
+}
+
+pub fn print_certs(r: &CertsReply) {
+    if r.certs.is_empty() {
+        println!("no TLS hosts");
+        return;
+    }
+    let time = |t: Option<i64>| {
+        t.map(switchback_config::time::format_utc)
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut rows = vec![[
+        "HOST".to_string(),
+        "SOURCE".to_string(),
+        "ISSUER".to_string(),
+        "NOT AFTER".to_string(),
+        "NEXT RENEWAL".to_string(),
+        "SERIAL".to_string(),
+        "LAST ERROR".to_string(),
+    ]];
+    for c in &r.certs {
+        let error = match (&c.last_error, c.consecutive_failures) {
+            (Some(e), 0) => e.clone(),
+            (Some(e), n) => format!("{e} ({n} in a row)"),
+            (None, _) => "-".into(),
+        };
+        rows.push([
+            c.host.clone(),
+            c.source.clone(),
+            c.issuer.clone().unwrap_or_else(|| "(none served)".into()),
+            time(c.not_after),
+            if c.source == "acme" {
+                time(c.next_renewal)
+            } else {
+                "-".into()
+            },
+            c.serial.clone().unwrap_or_else(|| "-".into()),
+            error,
+        ]);
+    }
+    print_table(&rows);
 }
 
 pub fn print_pool_set(r: &PoolSetReply) {

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use switchback_certs::{CertManager, CertSource, CertStatus};
 use switchback_control::{
     BackendStatus, Caller, ControlError, DrainReport, ErrorCode, Event, Handler, PoolSetReply,
     PoolStatus, Progress, Reply, Request, ServiceStatus, SplitShare, StatusReply, SwitchReply,
 };
+use switchback_control::{CertView, CertsReply};
 use switchback_proxy::{Controller, DeployError, SwitchOutcome};
 
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -16,11 +18,98 @@ const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct ControlHandler {
     controller: Arc<Controller>,
+    certs: Option<Arc<CertManager>>,
+}
+
+fn cert_view(s: CertStatus) -> CertView {
+    let (source, cert_file) = match &s.source {
+        CertSource::Acme => ("acme".to_string(), None),
+        CertSource::File { cert, .. } => ("file".to_string(), Some(cert.display().to_string())),
+    };
+    CertView {
+        host: s.host,
+        source,
+        cert_file,
+        served: s.served.is_some(),
+        names: s
+            .served
+            .as_ref()
+            .map(|i| i.names.clone())
+            .unwrap_or_default(),
+        issuer: s.served.as_ref().map(|i| i.issuer.clone()),
+        serial: s.served.as_ref().map(|i| i.serial.clone()),
+        not_before: s.served.as_ref().map(|i| i.not_before),
+        not_after: s.served.as_ref().map(|i| i.not_after),
+        next_renewal: s.next_renewal,
+        last_error: s.last_error,
+        consecutive_failures: s.consecutive_failures,
+        failures_total: s.failures_total,
+    }
 }
 
 impl ControlHandler {
-    pub fn new(controller: Arc<Controller>) -> ControlHandler {
-        ControlHandler { controller }
+    pub fn new(controller: Arc<Controller>, certs: Option<Arc<CertManager>>) -> ControlHandler {
+        ControlHandler { controller, certs }
+    }
+
+    fn certs(&self) -> Result<&Arc<CertManager>, ControlError> {
+        self.certs
+            .as_ref()
+            .ok_or_else(|| ControlError::new(ErrorCode::UnknownHost, "no service has TLS"))
+    }
+
+    async fn handle_certs(&self, request: Request) -> Result<Reply, ControlError> {
+        let certs = self.certs()?;
+        let list = match request {
+            Request::Certs => certs.statuses(),
+            Request::CertsRenew { host } => {
+                let known = certs
+                    .statuses()
+                    .iter()
+                    .any(|s| s.host.eq_ignore_ascii_case(&host));
+                if !known {
+                    let hosts: Vec<String> = certs.statuses().into_iter().map(|s| s.host).collect();
+                    return Err(ControlError::new(
+                        ErrorCode::UnknownHost,
+                        format!("no TLS host named {host:?} (hosts: {})", hosts.join(", ")),
+                    ));
+                }
+                vec![certs.renew_now(&host).await.map_err(|e| {
+                    ControlError::new(
+                        ErrorCode::RenewFailed,
+                        format!("{host}: {e}; the current certificate stays served"),
+                    )
+                })?]
+            }
+            Request::ReloadCerts => {
+                let reloaded = certs.reload_files(true);
+                let failed: Vec<String> = reloaded
+                    .iter()
+                    .filter(|s| s.consecutive_failures > 0)
+                    .map(|s| {
+                        format!(
+                            "{}: {}",
+                            s.host,
+                            s.last_error.as_deref().unwrap_or("failed")
+                        )
+                    })
+                    .collect();
+                if !failed.is_empty() {
+                    return Err(ControlError::new(
+                        ErrorCode::CertLoadFailed,
+                        format!(
+                            "{}; those hosts keep the certificate they had",
+                            failed.join("; ")
+                        ),
+                    ));
+                }
+                reloaded
+            }
+            _ => unreachable!("only certificate requests come here"),
+        };
+        Ok(Reply::Certs(CertsReply {
+            certs: list.into_iter().map(cert_view).collect(),
+        }))
     }
 
     async fn status(&self, only: Option<&str>) -> Result<Reply, ControlError> {
@@ -170,6 +259,9 @@ impl Handler for ControlHandler {
                 .await
                 .map(|o| switch_reply(o, None))
                 .map_err(to_control),
+            request @ (Request::Certs | Request::CertsRenew { .. } | Request::ReloadCerts) => {
+                self.handle_certs(request).await
+            }
             Request::PoolSet {
                 service,
                 pool,

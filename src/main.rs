@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use switchback_control::{PoolSetReply, Request, StatusReply, SwitchReply};
+use switchback_control::{CertsReply, PoolSetReply, Request, StatusReply, SwitchReply};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -95,6 +95,28 @@ enum Command {
         #[command(subcommand)]
         command: PoolCommand,
     },
+    /// List the TLS certificates (names, issuer, expiry, next renewal, last error), or renew one.
+    Certs {
+        #[command(subcommand)]
+        command: Option<CertsCommand>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load every certificate file pair again (after replacing the files).
+    ReloadCerts {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Order a new certificate for an ACME host now; returns once it is served or failed.
+    Renew {
+        host: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +197,7 @@ fn start(config: switchback_config::Config) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    switchback_certs::install_crypto_provider();
     let cli = Cli::parse();
     let socket = || cli::resolve_socket(cli.socket.clone(), cli.config.clone());
     let client = |request: Request| -> Result<PathBuf, ExitCode> {
@@ -295,6 +318,25 @@ fn main() -> ExitCode {
             };
             match client(request.clone()) {
                 Ok(sock) => cli::call::<SwitchReply>(&sock, request, json, cli::print_switch),
+                Err(code) => code,
+            }
+        }
+        Command::Certs { command, json } => {
+            let (request, json) = match command {
+                None => (Request::Certs, json),
+                Some(CertsCommand::Renew { host, json: j }) => {
+                    (Request::CertsRenew { host }, json || j)
+                }
+            };
+            match client(request.clone()) {
+                Ok(sock) => cli::call::<CertsReply>(&sock, request, json, cli::print_certs),
+                Err(code) => code,
+            }
+        }
+        Command::ReloadCerts { json } => {
+            let request = Request::ReloadCerts;
+            match client(request.clone()) {
+                Ok(sock) => cli::call::<CertsReply>(&sock, request, json, cli::print_certs),
                 Err(code) => code,
             }
         }

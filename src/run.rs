@@ -17,11 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
-use switchback_config::{AccessLogFormat, Config};
+use switchback_certs::CertManager;
+use switchback_config::{AccessLogFormat, Config, TlsMode};
 use switchback_proxy::access_log::{self, AccessLog};
 use switchback_proxy::admin::AdminApp;
 use switchback_proxy::{ConnectionCounter, Controller, Metrics, SwitchbackProxy};
@@ -47,6 +49,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .http
         .iter()
         .map(|a| (a, "listen.http"))
+        .chain(config.listen.https.iter().map(|a| (a, "listen.https")))
         .chain(admin_listen.iter().map(|a| (a, "admin.listen")));
     for (addr, key) in listeners {
         TcpListener::bind(addr)
@@ -82,6 +85,16 @@ pub fn run(config: Config) -> Result<(), RunError> {
     } else {
         None
     };
+    let certs = config
+        .services
+        .iter()
+        .any(|s| s.tls != TlsMode::Off)
+        .then(|| Arc::new(CertManager::new(&config)));
+    for status in certs.iter().flat_map(|c| c.statuses()) {
+        if let Some(e) = &status.last_error {
+            error!(host = %status.host, error = %e, "certificate problem at start");
+        }
+    }
     let controller = Arc::new(
         Controller::start(config.clone(), metrics.clone())
             .map_err(|e| RunError::Start(e.to_string()))?,
@@ -126,7 +139,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
 
     let proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        SwitchbackProxy::new(controller.table_handle(), metrics.clone(), access_log),
+        SwitchbackProxy::new(controller.table_handle(), metrics.clone())
+            .with_access_log(access_log)
+            .with_tls(
+                certs.as_ref().map(|c| c.challenges()),
+                config.listen.https.first().map(|a| a.port()),
+            ),
     );
     let mut proxy = Service::new(
         "switchback proxy".to_string(),
@@ -135,11 +153,30 @@ pub fn run(config: Config) -> Result<(), RunError> {
     for addr in &config.listen.http {
         proxy.add_tcp(&addr.to_string());
     }
+    if let Some(certs) = &certs {
+        for addr in &config.listen.https {
+            let mut tls = TlsSettings::intermediate("", "")
+                .map_err(|e| RunError::Start(format!("TLS listener {addr}: {e}")))?;
+            tls.set_cert_resolver(certs.resolver());
+            tls.enable_h2();
+            proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+        }
+    }
     server.add_service(proxy);
     if let Some(addr) = admin_listen {
         let mut admin = Service::new(
             "admin".to_string(),
-            AdminApp::new(controller.clone(), config.listen.http.clone()),
+            AdminApp::new(
+                controller.clone(),
+                certs.clone(),
+                config
+                    .listen
+                    .http
+                    .iter()
+                    .chain(&config.listen.https)
+                    .copied()
+                    .collect(),
+            ),
         );
         admin.threads = Some(1);
         admin.add_tcp(&addr.to_string());
@@ -150,8 +187,17 @@ pub fn run(config: Config) -> Result<(), RunError> {
         ControlService {
             listener: Mutex::new(Some(control_listener)),
             controller: controller.clone(),
+            certs: certs.clone(),
         },
     ));
+    if let Some(certs) = &certs {
+        server.add_service(background_service(
+            "certificates",
+            CertService {
+                manager: certs.clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "health checks",
         HealthService {
@@ -173,6 +219,19 @@ pub fn run(config: Config) -> Result<(), RunError> {
 struct ControlService {
     listener: Mutex<Option<std::os::unix::net::UnixListener>>,
     controller: Arc<Controller>,
+    certs: Option<Arc<CertManager>>,
+}
+
+/// Orders, renews and reloads certificates.
+struct CertService {
+    manager: Arc<CertManager>,
+}
+
+#[async_trait]
+impl BackgroundService for CertService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.manager.run(shutdown).await;
+    }
 }
 
 #[async_trait]
@@ -187,7 +246,10 @@ impl BackgroundService for ControlService {
             return;
         };
         tokio::spawn(exit_when_drained(self.controller.clone(), shutdown.clone()));
-        let handler = Arc::new(ControlHandler::new(self.controller.clone()));
+        let handler = Arc::new(ControlHandler::new(
+            self.controller.clone(),
+            self.certs.clone(),
+        ));
         if let Err(e) = switchback_control::serve(listener, handler, shutdown).await {
             error!(error = %e, "the control socket failed");
         }

@@ -249,13 +249,28 @@ fn every_dashboard_query_names_a_metric_the_proxy_exports() {
 
     let blue = Upstream::start("blue");
     let green = Upstream::start("green");
-    let proxy = Proxy::start(&blue_green(&blue, &green));
+    // A TLS service too, so that certificate metrics exist.
+    let mut proxy = Proxy::unstarted(true);
+    let (cert, key) = support::pebble::self_signed(&["secure.switchback.test"]);
+    let (cert_path, key_path) = (
+        proxy.dir.path().join("c.pem"),
+        proxy.dir.path().join("k.pem"),
+    );
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    proxy.launch(&format!(
+        "{}[services.secure]\nhosts = [\"secure.switchback.test\"]\nactive = \"a\"\npools.a = [\"{}\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        blue_green(&blue, &green),
+        blue.addr,
+        cert_path.display(),
+        key_path.display()
+    ));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         get_once(proxy.addr(), "/").await.unwrap();
     });
-    proxy.cli_ok(&["switch", "green", "--force"]);
-    proxy.cli_ok(&["rollback", "--force"]);
+    proxy.cli_ok(&["switch", "green", "--force", "-s", "app"]);
+    proxy.cli_ok(&["rollback", "--force", "-s", "app"]);
     let (_, scrape) = proxy.admin_get("/metrics");
     let exported: BTreeSet<String> = scrape
         .lines()
@@ -279,6 +294,7 @@ fn every_dashboard_query_names_a_metric_the_proxy_exports() {
         "switchback_backend_up",
         "switchback_active_pool",
         "switchback_pool_traffic_ratio",
+        "switchback_certificate_not_after_seconds",
     ] {
         assert!(
             used.contains(needed),

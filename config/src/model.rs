@@ -24,6 +24,13 @@ pub mod defaults {
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
     pub const HEALTHY_THRESHOLD: u32 = 2;
     pub const UNHEALTHY_THRESHOLD: u32 = 3;
+    pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+    pub const ACME_STAGING_DIRECTORY: &str =
+        "https://acme-staging-v02.api.letsencrypt.org/directory";
+    /// First wait after a failed order; doubles with each failure, up to a day.
+    pub const ACME_RETRY_AFTER: Duration = Duration::from_secs(60);
+    /// The Strict-Transport-Security value `hsts = true` sends: one year.
+    pub const HSTS: &str = "max-age=31536000";
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +43,7 @@ pub struct Config {
     pub state: StateConfig,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`); off when absent.
     pub admin: Option<AdminConfig>,
+    pub acme: AcmeConfig,
     pub access_log: AccessLogConfig,
     pub metrics: MetricsConfig,
     /// Sorted by name.
@@ -51,6 +59,32 @@ impl Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenConfig {
     pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+}
+
+/// Where certificates come from, for the services with `tls = "acme"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeConfig {
+    pub directory: String,
+    pub email: Option<String>,
+    /// External Account Binding: key id and the HMAC key, base64url as the CA gives it.
+    pub eab: Option<(String, String)>,
+    /// An extra root to trust for the directory's own HTTPS (a test CA).
+    pub ca_root: Option<PathBuf>,
+    pub retry_after: Duration,
+}
+
+/// How a service terminates TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TlsMode {
+    Off,
+    /// Certificates for every host, ordered and renewed by ACME.
+    Acme,
+    /// A certificate chain and key from files, reloaded when they change.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +149,11 @@ pub struct ServiceConfig {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub retries: u32,
+    pub tls: TlsMode,
+    /// Answer plain-HTTP requests with a redirect to HTTPS (not the ACME challenge path).
+    pub https_redirect: bool,
+    /// The Strict-Transport-Security header sent on HTTPS answers, if any.
+    pub hsts: Option<String>,
 }
 
 impl ServiceConfig {

@@ -22,10 +22,23 @@ pub(crate) struct RawConfig {
     pub control: S<RawControl>,
     pub state: S<RawState>,
     pub admin: Option<S<RawAdmin>>,
+    pub acme: Option<S<RawAcme>>,
     pub access_log: Option<S<RawAccessLog>>,
     pub metrics: Option<S<RawMetrics>>,
     #[serde(default)]
     pub services: BTreeMap<S<String>, S<RawService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcme {
+    pub directory: Option<S<String>>,
+    pub staging: Option<S<bool>>,
+    pub email: Option<S<String>>,
+    pub eab_kid: Option<S<String>>,
+    pub eab_hmac_key: Option<S<String>>,
+    pub ca_root: Option<S<String>>,
+    pub retry_after: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +66,8 @@ pub(crate) struct RawMetrics {
 pub(crate) struct RawListen {
     #[serde(default)]
     pub http: Vec<S<String>>,
+    #[serde(default)]
+    pub https: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +103,11 @@ pub(crate) struct RawService {
     pub connect_timeout: Option<S<String>>,
     pub read_timeout: Option<S<String>>,
     pub retries: Option<S<i64>>,
+    /// `"acme"`, `"off"`, or `{ cert = "…", key = "…" }`.
+    pub tls: Option<S<toml::Value>>,
+    pub https_redirect: Option<S<bool>>,
+    /// `true`, `false`, or the header value.
+    pub hsts: Option<S<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -153,7 +153,7 @@ pub enum StateError {
 /// The exclusive hold of a state dir; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct StateLock {
-    _file: std::fs::File,
+    _lock: crate::atomic::FileLock,
 }
 
 /// The state dir and the files switchback keeps in it.
@@ -183,25 +183,12 @@ impl StateStore {
     /// Takes the state dir for this process: a second switchback on the same state dir would
     /// overwrite the first one's state, so it is refused. Held until the lock is dropped.
     pub fn lock(&self) -> Result<StateLock, StateError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        use std::os::unix::io::AsRawFd;
         let path = self.dir.join("lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|source| StateError::Read {
-                path: path.clone(),
-                source,
-            })?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            return Err(StateError::Locked { path });
+        match crate::atomic::try_lock(&path) {
+            Ok(Some(lock)) => Ok(StateLock { _lock: lock }),
+            Ok(None) => Err(StateError::Locked { path }),
+            Err(source) => Err(StateError::Read { path, source }),
         }
-        Ok(StateLock { _file: file })
     }
 
     /// The saved state, `None` when there is none yet.

@@ -120,13 +120,18 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-struct Validator<'a> {
+pub(crate) struct Validator<'a> {
     text: &'a str,
     problems: Vec<Problem>,
 }
 
 impl Validator<'_> {
-    fn problem(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn problem(
+        &mut self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.problems.push(Problem {
             line: Some(line_of(self.text, span.start)),
             key: key.into(),
@@ -134,7 +139,12 @@ impl Validator<'_> {
         });
     }
 
-    fn duration(&mut self, value: &Option<S<String>>, key: &str, default: Duration) -> Duration {
+    pub(crate) fn duration(
+        &mut self,
+        value: &Option<S<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(value) = value else { return default };
         match parse_duration(value.get_ref()) {
             Ok(d) if d.is_zero() => {
@@ -193,6 +203,7 @@ impl Validator<'_> {
             }
         });
         let access_log = self.access_log(raw.access_log.as_ref());
+        let acme = self.acme(raw.acme.as_ref());
         let metrics = MetricsConfig {
             enabled: raw
                 .metrics
@@ -207,6 +218,7 @@ impl Validator<'_> {
             }
         }
         self.routes(&raw.services, &services);
+        self.tls_listeners(&raw, &listen, &services);
         Config {
             source: path.to_path_buf(),
             listen,
@@ -216,6 +228,7 @@ impl Validator<'_> {
                 dir: PathBuf::from(state_dir),
             },
             admin,
+            acme,
             access_log,
             metrics,
             services,
@@ -260,24 +273,34 @@ impl Validator<'_> {
     }
 
     fn listen(&mut self, raw: &S<RawListen>) -> ListenConfig {
-        let mut http: Vec<SocketAddr> = Vec::new();
-        for addr in &raw.get_ref().http {
-            match parse_socket_addr(addr.get_ref()) {
-                Ok(a) if http.contains(&a) => {
-                    self.problem(addr.span(), "listen.http", format!("{a} is listed twice"))
+        let mut seen: Vec<SocketAddr> = Vec::new();
+        let mut lists = [Vec::new(), Vec::new()];
+        for (list, (key, addrs)) in lists.iter_mut().zip([
+            ("listen.http", &raw.get_ref().http),
+            ("listen.https", &raw.get_ref().https),
+        ]) {
+            for addr in addrs {
+                match parse_socket_addr(addr.get_ref()) {
+                    Ok(a) if seen.contains(&a) => {
+                        self.problem(addr.span(), key, format!("{a} is listed twice"))
+                    }
+                    Ok(a) => {
+                        seen.push(a);
+                        list.push(a);
+                    }
+                    Err(e) => self.problem(addr.span(), key, e),
                 }
-                Ok(a) => http.push(a),
-                Err(e) => self.problem(addr.span(), "listen.http", e),
             }
         }
-        if raw.get_ref().http.is_empty() {
+        if seen.is_empty() && raw.get_ref().http.is_empty() && raw.get_ref().https.is_empty() {
             self.problem(
                 raw.span(),
                 "listen.http",
                 "no listener: give at least one address, like http = [\"127.0.0.1:8080\"]",
             );
         }
-        ListenConfig { http }
+        let [http, https] = lists;
+        ListenConfig { http, https }
     }
 
     fn server(&mut self, raw: Option<&S<RawServer>>) -> ServerConfig {
@@ -457,6 +480,7 @@ impl Validator<'_> {
             defaults::READ_TIMEOUT,
         );
         let retries = self.count(&raw.retries, &key("retries"), 0, 10, defaults::RETRIES);
+        let (tls, https_redirect, hsts) = self.service_tls(n, raw, &hosts);
         Some(ServiceConfig {
             name: n.clone(),
             hosts,
@@ -467,6 +491,9 @@ impl Validator<'_> {
             connect_timeout,
             read_timeout,
             retries,
+            tls,
+            https_redirect,
+            hsts,
         })
     }
 

@@ -64,6 +64,12 @@ pub enum Request {
         )]
         timeout: Option<Duration>,
     },
+    /// Every TLS host's certificate: names, issuer, validity, next renewal, last error.
+    Certs,
+    /// Order a new certificate for an ACME host now, and answer once it is served (or failed).
+    CertsRenew { host: String },
+    /// Load every file certificate pair again.
+    ReloadCerts,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -71,7 +77,15 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// The command names this build understands, to tell an unknown command from a malformed one.
-pub const COMMANDS: &[&str] = &["status", "switch", "rollback", "pool_set"];
+pub const COMMANDS: &[&str] = &[
+    "status",
+    "switch",
+    "rollback",
+    "pool_set",
+    "certs",
+    "certs_renew",
+    "reload_certs",
+];
 
 /// Stable error codes. Tools match on these; the message is for humans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +110,13 @@ pub enum ErrorCode {
     HealthTimeout,
     /// The new state could not be persisted; nothing changed.
     StateWriteFailed,
+    /// No TLS host of that name.
+    UnknownHost,
+    /// An ACME order failed (or the host's certificate comes from files); the old
+    /// certificate stays served.
+    RenewFailed,
+    /// A certificate file pair could not be loaded; the old certificate stays served.
+    CertLoadFailed,
     /// The server is shutting down or out of connection slots.
     Unavailable,
     Internal,
@@ -116,6 +137,9 @@ impl ErrorCode {
             ErrorCode::BadAddress => "bad_address",
             ErrorCode::HealthTimeout => "health_timeout",
             ErrorCode::StateWriteFailed => "state_write_failed",
+            ErrorCode::UnknownHost => "unknown_host",
+            ErrorCode::RenewFailed => "renew_failed",
+            ErrorCode::CertLoadFailed => "cert_load_failed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -146,6 +170,38 @@ pub enum Reply {
     Status(StatusReply),
     Switch(SwitchReply),
     PoolSet(PoolSetReply),
+    Certs(CertsReply),
+}
+
+/// The answer to `certs`, `certs_renew` and `reload_certs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertsReply {
+    pub certs: Vec<CertView>,
+}
+
+/// One TLS host and the certificate served for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertView {
+    pub host: String,
+    /// `acme` or `file`.
+    pub source: String,
+    /// For `file`: the certificate chain file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// Whether a certificate is served for the host now.
+    pub served: bool,
+    #[serde(default)]
+    pub names: Vec<String>,
+    pub issuer: Option<String>,
+    pub serial: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub not_before: Option<i64>,
+    pub not_after: Option<i64>,
+    /// ACME: when the next order is due, in seconds since the Unix epoch.
+    pub next_renewal: Option<i64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub failures_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -400,6 +456,14 @@ mod tests {
             serde_json::to_string(&Request::Status { service: None }).unwrap(),
             r#"{"cmd":"status"}"#
         );
+        assert_eq!(
+            serde_json::to_string(&Request::Certs).unwrap(),
+            r#"{"cmd":"certs"}"#
+        );
+        assert_eq!(
+            decode_request(br#"{"cmd":"reload_certs"}"#).unwrap(),
+            Request::ReloadCerts
+        );
     }
 
     #[test]
@@ -419,6 +483,11 @@ mod tests {
                 service: None,
                 force: false,
             },
+            Request::Certs,
+            Request::CertsRenew {
+                host: "app.example.com".into(),
+            },
+            Request::ReloadCerts,
             Request::PoolSet {
                 service: Some("app".into()),
                 pool: "blue".into(),
@@ -509,6 +578,9 @@ mod tests {
             ErrorCode::BadAddress,
             ErrorCode::HealthTimeout,
             ErrorCode::StateWriteFailed,
+            ErrorCode::UnknownHost,
+            ErrorCode::RenewFailed,
+            ErrorCode::CertLoadFailed,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
         ] {

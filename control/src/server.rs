@@ -248,7 +248,7 @@ async fn answer(
         Ok(r) => r,
         Err(e) => return write_line(w, &encode_err(&e)).await,
     };
-    if !matches!(request, Request::Status { .. }) {
+    if !matches!(request, Request::Status { .. } | Request::Certs) {
         info!(uid = ?caller.uid, pid = ?caller.pid, request = %String::from_utf8_lossy(line), "control request");
     }
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -14,19 +14,27 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use switchback_certs::CertManager;
+
 use crate::controller::Controller;
 
 pub struct AdminApp {
     controller: Arc<Controller>,
+    certs: Option<Arc<CertManager>>,
     /// The proxy's listeners; ready once each accepts a connection.
     listeners: Vec<SocketAddr>,
     ready: AtomicBool,
 }
 
 impl AdminApp {
-    pub fn new(controller: Arc<Controller>, listeners: Vec<SocketAddr>) -> AdminApp {
+    pub fn new(
+        controller: Arc<Controller>,
+        certs: Option<Arc<CertManager>>,
+        listeners: Vec<SocketAddr>,
+    ) -> AdminApp {
         AdminApp {
             controller,
+            certs,
             listeners,
             ready: AtomicBool::new(false),
         }
@@ -84,7 +92,15 @@ impl ServeHttp for AdminApp {
         }
         match session.req_header().uri.path() {
             "/metrics" => {
-                let body = self.controller.metrics().render(&self.controller.table());
+                let certs = self
+                    .certs
+                    .as_ref()
+                    .map(|c| c.statuses())
+                    .unwrap_or_default();
+                let body = self
+                    .controller
+                    .metrics()
+                    .render(&self.controller.table(), &certs);
                 respond(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -19,30 +19,95 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
+use switchback_certs::challenge::CHALLENGE_PREFIX;
+use switchback_certs::ChallengeStore;
+
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::metrics::{status_class, Metrics};
 use crate::pool::{InFlight, Tried};
 use crate::routing::{normalize_request_host, RoutingTable};
-use crate::text::push_ip;
+use crate::text::{push_ip, push_u64};
 
 /// The proxy service.
 pub struct SwitchbackProxy {
     table: Arc<ArcSwap<RoutingTable>>,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
+    /// HTTP-01 answers, when some service orders certificates by ACME.
+    challenges: Option<Arc<ChallengeStore>>,
+    /// The port HTTPS redirects point at (None: the default, 443).
+    https_port: Option<u16>,
 }
 
 impl SwitchbackProxy {
-    pub fn new(
-        table: Arc<ArcSwap<RoutingTable>>,
-        metrics: Arc<Metrics>,
-        access_log: Option<AccessLog>,
-    ) -> SwitchbackProxy {
+    pub fn new(table: Arc<ArcSwap<RoutingTable>>, metrics: Arc<Metrics>) -> SwitchbackProxy {
         SwitchbackProxy {
             table,
             metrics,
-            access_log,
+            access_log: None,
+            challenges: None,
+            https_port: None,
         }
+    }
+
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> SwitchbackProxy {
+        self.access_log = log;
+        self
+    }
+
+    /// Answers ACME challenges from `challenges`, and redirects to HTTPS on `https_port`.
+    pub fn with_tls(
+        mut self,
+        challenges: Option<Arc<ChallengeStore>>,
+        https_port: Option<u16>,
+    ) -> SwitchbackProxy {
+        self.challenges = challenges;
+        self.https_port = https_port.filter(|p| *p != 443);
+        self
+    }
+
+    /// `308 Permanent Redirect` to the same host and path over HTTPS.
+    async fn redirect_to_https(&self, session: &mut Session, host: &str) -> Result<()> {
+        let req = session.req_header();
+        let mut location = String::with_capacity(16 + host.len() + req.uri.path().len());
+        location.push_str("https://");
+        location.push_str(host);
+        if let Some(port) = self.https_port {
+            location.push(':');
+            push_u64(&mut location, port as u64);
+        }
+        match req.uri.path_and_query() {
+            Some(pq) => location.push_str(pq.as_str()),
+            None => location.push('/'),
+        }
+        let mut resp = ResponseHeader::build(308, Some(3))?;
+        resp.insert_header("location", location)?;
+        resp.insert_header("content-length", "0")?;
+        session.write_response_header(Box::new(resp), true).await
+    }
+
+    async fn answer_challenge(
+        &self,
+        session: &mut Session,
+        challenges: &ChallengeStore,
+        token: &str,
+    ) -> Result<()> {
+        let (status, body) = match challenges.answer(token) {
+            Some(answer) => (200, answer),
+            None => (404, String::new()),
+        };
+        let mut resp = ResponseHeader::build(status, Some(3))?;
+        resp.insert_header("content-type", "text/plain")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        session
+            .write_response_header(Box::new(resp), body.is_empty())
+            .await?;
+        if !body.is_empty() {
+            session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -59,6 +124,10 @@ pub struct RequestCtx {
     /// The backend (index into the pool) of the last attempt.
     backend: Option<usize>,
     started: Option<Instant>,
+    /// Whether the request came over TLS.
+    tls: bool,
+    /// Answered by the proxy itself (ACME challenge, HTTPS redirect): not a pool's traffic.
+    answered_here: bool,
 }
 
 impl RequestCtx {
@@ -98,6 +167,15 @@ impl ProxyHttp for SwitchbackProxy {
             .unwrap_or("");
         let host = normalize_request_host(raw_host);
         let path = req.uri.path();
+        if let Some(challenges) = &self.challenges {
+            if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
+                let token = token.to_string();
+                ctx.answered_here = true;
+                self.answer_challenge(session, challenges, &token).await?;
+                return Ok(true);
+            }
+        }
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         loop {
             let table = self.table.load_full();
             let Some((service_index, service)) = table.route(&host, path) else {
@@ -106,6 +184,12 @@ impl ProxyHttp for SwitchbackProxy {
                     .await?;
                 return Ok(true);
             };
+            if service.config.https_redirect && !ctx.tls {
+                let host = host.into_owned();
+                ctx.answered_here = true;
+                self.redirect_to_https(session, &host).await?;
+                return Ok(true);
+            }
             let pool_index = service.active;
             let in_flight = InFlight::start(&service.pools[pool_index].stats);
             // A switch that landed between the load and the count above could miss this request
@@ -199,6 +283,20 @@ impl ProxyHttp for SwitchbackProxy {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.tls {
+            if let Some(hsts) = ctx.route().and_then(|(s, _)| s.config.hsts.as_deref()) {
+                upstream_response.insert_header("strict-transport-security", hsts)?;
+            }
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -256,6 +354,7 @@ impl ProxyHttp for SwitchbackProxy {
                         .unwrap_or(&pool.no_backend_metrics);
                     backend.by_class[status_class(status)].inc();
                 }
+                None if ctx.answered_here => {}
                 None => self.metrics.unrouted.inc(),
             }
         }

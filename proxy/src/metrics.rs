@@ -19,6 +19,8 @@ use prometheus::{
     Registry,
 };
 
+use switchback_certs::{CertSource, CertStatus};
+
 use crate::health::Health;
 use crate::routing::RoutingTable;
 
@@ -191,8 +193,8 @@ impl Metrics {
         self.open_connections.clone()
     }
 
-    /// Every metric family, the state gauges read from `table` now.
-    pub fn gather(&self, table: &RoutingTable) -> Vec<MetricFamily> {
+    /// Every metric family, the state gauges read from `table` and `certs` now.
+    pub fn gather(&self, table: &RoutingTable, certs: &[CertStatus]) -> Vec<MetricFamily> {
         let mut families = self.registry.gather();
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric")
@@ -264,16 +266,48 @@ impl Metrics {
         families.extend(connections.collect());
         families.extend(generation.collect());
         families.extend(traffic.collect());
+        if !certs.is_empty() {
+            let not_after = gauge(
+                "switchback_certificate_not_after_seconds",
+                "Expiry of the certificate served for a host, in seconds since the Unix epoch.",
+                &["name"],
+            );
+            let failures = IntCounterVec::new(
+                Opts::new(
+                    "switchback_acme_failures_total",
+                    "Failed ACME orders for a host since start.",
+                ),
+                &["name"],
+            )
+            .expect("a valid metric");
+            for cert in certs {
+                if let Some(info) = &cert.served {
+                    not_after
+                        .with_label_values(&[&cert.host])
+                        .set(info.not_after);
+                }
+                if cert.source == CertSource::Acme {
+                    failures
+                        .with_label_values(&[&cert.host])
+                        .inc_by(cert.failures_total);
+                }
+            }
+            families.extend(not_after.collect());
+            families.extend(failures.collect());
+        }
+        // A labelled family with no series yet (no ACME host, say) is left out, as the text
+        // format has no way to write it.
+        families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         families
     }
 
     /// The Prometheus text exposition of [`Metrics::gather`].
-    pub fn render(&self, table: &RoutingTable) -> String {
+    pub fn render(&self, table: &RoutingTable, certs: &[CertStatus]) -> String {
         use prometheus::Encoder;
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
-            .encode(&self.gather(table), &mut out)
+            .encode(&self.gather(table, certs), &mut out)
             .expect("text encoding into memory cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }

@@ -20,6 +20,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+pub mod pebble;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchback");
 
 /// Polls `cond` every 10 ms until it holds, or panics after `timeout` saying what it waited for.
@@ -188,6 +190,7 @@ pub struct Proxy {
     pub port: u16,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin_port: u16,
+    pub https_port: Option<u16>,
     pub socket: PathBuf,
     pub config: PathBuf,
     services: String,
@@ -198,19 +201,32 @@ impl Proxy {
     /// Starts switchback with `services` (TOML for `[services.*]`, and any other section) below
     /// generated `[listen]`, `[control]` and `[state]` sections, and waits until it serves.
     pub fn start(services: &str) -> Proxy {
+        let mut proxy = Proxy::unstarted(false);
+        proxy.launch(services);
+        proxy
+    }
+
+    /// A proxy with its ports and dir chosen but not running yet, so that other parts (an
+    /// ACME CA) can be pointed at it first. With `https`, it gets an HTTPS listener too.
+    pub fn unstarted(https: bool) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        let mut proxy = Proxy {
+        Proxy {
             port: free_port(),
             admin_port: free_port(),
+            https_port: https.then(free_port),
             socket: dir.path().join("control.sock"),
             config: dir.path().join("switchback.toml"),
-            services: services.to_string(),
+            services: String::new(),
             dir,
             child: None,
-        };
-        proxy.write_config();
-        proxy.spawn();
-        proxy
+        }
+    }
+
+    /// Writes the config with `services` and starts the proxy.
+    pub fn launch(&mut self, services: &str) {
+        self.services = services.to_string();
+        self.write_config();
+        self.spawn();
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -218,8 +234,12 @@ impl Proxy {
     }
 
     fn write_config(&self) {
+        let https = self
+            .https_port
+            .map(|p| format!("https = [\"127.0.0.1:{p}\"]\n"))
+            .unwrap_or_default();
         let text = format!(
-            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\nthreads = 2\nshutdown_grace = \"10s\"\n\n{}",
+            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n{https}\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\nthreads = 2\nshutdown_grace = \"10s\"\n\n{}",
             self.port,
             self.admin_port,
             self.socket.display(),
@@ -253,14 +273,17 @@ impl Proxy {
             .spawn()
             .expect("start switchback");
         self.child = Some(child);
-        let port = self.port;
+        let (port, admin_port, https_port) = (self.port, self.admin_port, self.https_port);
         let socket = self.socket.clone();
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("switchback exited at start with {status}:\n{}", self.log());
             }
-            let serving = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            let serving = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
+                && https_port
+                    .is_none_or(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok());
             if serving && control_answers(&socket) {
                 return;
             }

@@ -1,0 +1,253 @@
+//! Ordering certificates from an ACME CA (Let's Encrypt, or any other) with HTTP-01.
+//!
+//! The account is created once and its credentials kept in the state dir; every later order
+//! reuses it. An order publishes each challenge answer in the [`ChallengeStore`] (the plain
+//! HTTP listener serves it), tells the CA to validate, waits for the order to be ready,
+//! finalizes it with a fresh key, and downloads the chain. Only one process orders at a time
+//! per state dir.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use switchback_config::AcmeConfig;
+use tokio::sync::Mutex;
+use tracing::info;
+
+use crate::challenge::ChallengeStore;
+use crate::store::{CertStore, SavedAccount};
+
+/// How long one order may take, from new-order to the downloaded chain.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A newly issued key and chain, as PEM.
+pub struct Issued {
+    pub key_pem: String,
+    pub chain_pem: String,
+}
+
+pub struct AcmeClient {
+    config: AcmeConfig,
+    store: CertStore,
+    challenges: Arc<ChallengeStore>,
+    account: Mutex<Option<Account>>,
+}
+
+fn err(context: &str, e: impl std::fmt::Display) -> String {
+    format!("{context}: {e}")
+}
+
+impl AcmeClient {
+    pub fn new(
+        config: AcmeConfig,
+        store: CertStore,
+        challenges: Arc<ChallengeStore>,
+    ) -> AcmeClient {
+        AcmeClient {
+            config,
+            store,
+            challenges,
+            account: Mutex::new(None),
+        }
+    }
+
+    fn builder(&self) -> Result<instant_acme::AccountBuilder, String> {
+        match &self.config.ca_root {
+            None => Account::builder().map_err(|e| err("ACME HTTP client", e)),
+            Some(root) => Ok(Account::builder_with_http(Box::new(
+                client_with_extra_root(root)?,
+            ))),
+        }
+    }
+
+    /// The account: from the state dir when it was made for this directory, else a new one
+    /// (saved before it is used, so a crash never orphans it).
+    async fn account(&self) -> Result<Account, String> {
+        let mut slot = self.account.lock().await;
+        if let Some(a) = slot.as_ref() {
+            return Ok(a.clone());
+        }
+        let saved = self
+            .store
+            .load_account()
+            .map_err(|e| err("reading the ACME account", e))?;
+        let account = match saved {
+            Some(saved) if saved.directory == self.config.directory => {
+                let creds: AccountCredentials = serde_json::from_value(saved.credentials)
+                    .map_err(|e| err("the saved ACME account", e))?;
+                self.builder()?
+                    .from_credentials(creds)
+                    .await
+                    .map_err(|e| err("restoring the ACME account", e))?
+            }
+            _ => {
+                let contact = self.config.email.as_ref().map(|e| format!("mailto:{e}"));
+                let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let eab = match &self.config.eab {
+                    Some((kid, key)) => {
+                        let bytes = switchback_config::decode_base64url(key)
+                            .ok_or_else(|| "acme.eab_hmac_key is not base64url".to_string())?;
+                        Some(ExternalAccountKey::new(kid.clone(), &bytes))
+                    }
+                    None => None,
+                };
+                let (account, creds) = self
+                    .builder()?
+                    .create(
+                        &NewAccount {
+                            contact: &contacts,
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        self.config.directory.clone(),
+                        eab.as_ref(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        err(
+                            &format!("creating an ACME account at {}", self.config.directory),
+                            e,
+                        )
+                    })?;
+                let credentials =
+                    serde_json::to_value(&creds).map_err(|e| err("saving the ACME account", e))?;
+                self.store
+                    .save_account(&SavedAccount {
+                        directory: self.config.directory.clone(),
+                        credentials,
+                    })
+                    .map_err(|e| err("saving the ACME account", e))?;
+                info!(directory = %self.config.directory, id = %account.id(), "ACME account created");
+                account
+            }
+        };
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+
+    /// Orders a certificate for one host. Fails if another process is ordering with the same
+    /// state dir.
+    pub async fn order(&self, host: &str) -> Result<Issued, String> {
+        let _lock = self
+            .store
+            .try_lock_issuance()
+            .map_err(|e| err("the ACME lock", e))?
+            .ok_or_else(|| {
+                "another switchback process is ordering a certificate with this state dir"
+                    .to_string()
+            })?;
+        let account = self.account().await?;
+        let mut tokens = Vec::new();
+        let result =
+            tokio::time::timeout(ORDER_TIMEOUT, self.order_inner(&account, host, &mut tokens))
+                .await;
+        for token in &tokens {
+            self.challenges.remove(token);
+        }
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "the order for {host} took more than {}s",
+                ORDER_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    async fn order_inner(
+        &self,
+        account: &Account,
+        host: &str,
+        tokens: &mut Vec<String>,
+    ) -> Result<Issued, String> {
+        let identifiers = [Identifier::Dns(host.to_string())];
+        let mut order = account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .map_err(|e| err("new order", e))?;
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| err("authorization", e))?;
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                other => return Err(format!("authorization for {host} is {other:?}")),
+            }
+            let mut challenge = authz
+                .challenge(ChallengeType::Http01)
+                .ok_or_else(|| format!("the CA offers no HTTP-01 challenge for {host}"))?;
+            let token = challenge.token.clone();
+            let key_auth = challenge.key_authorization();
+            self.challenges
+                .put(&token, key_auth.as_str())
+                .map_err(|e| err("publishing the challenge answer", e))?;
+            tokens.push(token);
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| err("challenge", e))?;
+        }
+        let retry = RetryPolicy::new().timeout(Duration::from_secs(60));
+        let status = order
+            .poll_ready(&retry)
+            .await
+            .map_err(|e| err("waiting for validation", e))?;
+        if status != OrderStatus::Ready {
+            let detail = order
+                .state()
+                .error
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| format!("{status:?}"));
+            return Err(format!("validation of {host} failed: {detail}"));
+        }
+        let key_pem = order.finalize().await.map_err(|e| err("finalize", e))?;
+        let chain_pem = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(|e| err("downloading the certificate", e))?;
+        Ok(Issued { key_pem, chain_pem })
+    }
+}
+
+/// An HTTPS client for the ACME directory that trusts the platform's roots plus `root`.
+fn client_with_extra_root(root: &Path) -> Result<impl instant_acme::HttpClient, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let pem = std::fs::read(root).map_err(|e| format!("acme.ca_root {}: {e}", root.display()))?;
+    let extra: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("acme.ca_root {}: {e}", root.display()))?;
+    if extra.is_empty() {
+        return Err(format!(
+            "acme.ca_root {}: no certificate in it",
+            root.display()
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+    for cert in extra {
+        roots
+            .add(cert)
+            .map_err(|e| format!("acme.ca_root {}: {e}", root.display()))?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| err("TLS for the ACME client", e))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
+}

@@ -1,0 +1,503 @@
+//! Keeps every certificate served, current and reported.
+//!
+//! At start the manager loads file pairs and saved ACME certificates into the resolver. Then
+//! one task loops: it orders a certificate for each ACME host that has none, renews each one
+//! when a third of its lifetime is left (a little earlier, at random, so many hosts do not
+//! renew at once), retries failed orders with exponential backoff and jitter (starting at
+//! `acme.retry_after`, up to a day), reloads file pairs whose files changed, and serves forced
+//! renewals (`switchback certs renew HOST`). A failure never unloads what is served: the old
+//! certificate stays until a new one is in hand.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use switchback_config::{Config, TlsMode};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::acme::AcmeClient;
+use crate::challenge::ChallengeStore;
+use crate::material::{load_pair, name_covers, CertInfo};
+use crate::resolver::SniResolver;
+use crate::store::CertStore;
+
+/// How often file pairs are checked for changes on disk.
+const FILE_POLL: Duration = Duration::from_secs(2);
+/// The longest wait between retries of a failing order.
+const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+
+/// Where a host's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CertSource {
+    Acme,
+    File { cert: PathBuf, key: PathBuf },
+}
+
+/// What `switchback certs` shows for one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertStatus {
+    pub host: String,
+    pub source: CertSource,
+    /// The certificate served now, if any.
+    pub served: Option<CertInfo>,
+    /// ACME: when the next order is due (seconds since the epoch).
+    pub next_renewal: Option<i64>,
+    pub last_error: Option<String>,
+    /// Failed orders or loads since the last success.
+    pub consecutive_failures: u32,
+    /// Failed orders or loads since start.
+    pub failures_total: u64,
+    /// When the served certificate was issued or loaded (seconds since the epoch).
+    pub updated_at: Option<i64>,
+}
+
+/// Modification times of a certificate file and its key file.
+type Mtimes = (SystemTime, SystemTime);
+
+struct Entry {
+    status: CertStatus,
+    /// File pairs: the modification times last loaded.
+    mtimes: Option<Mtimes>,
+}
+
+type RenewReply = oneshot::Sender<Result<CertStatus, String>>;
+
+pub struct CertManager {
+    resolver: Arc<SniResolver>,
+    challenges: Arc<ChallengeStore>,
+    store: CertStore,
+    acme: Option<AcmeClient>,
+    retry_after: Duration,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    renew_tx: mpsc::UnboundedSender<(String, RenewReply)>,
+    renew_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, RenewReply)>>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A number in [0, 1) that differs from call to call.
+fn random_fraction() -> f64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The wait before retry number `failures` (1-based): `base` doubling, capped at a day, ±20%.
+pub fn backoff(base: Duration, failures: u32) -> Duration {
+    let doubled = base.as_secs_f64() * 2f64.powi(failures.saturating_sub(1).min(30) as i32);
+    let capped = doubled.min(MAX_BACKOFF.as_secs_f64());
+    Duration::from_secs_f64(capped * (0.8 + 0.4 * random_fraction()))
+}
+
+fn mtimes(cert: &Path, key: &Path) -> Option<Mtimes> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(cert)?, m(key)?))
+}
+
+impl CertManager {
+    /// Loads what can be served now (file pairs, saved ACME certificates) and plans the rest.
+    pub fn new(config: &Config) -> CertManager {
+        let state_dir = &config.state.dir;
+        let mut hosts_in_order = Vec::new();
+        let mut entries = BTreeMap::new();
+        let mut has_acme = false;
+        for service in &config.services {
+            let source = match &service.tls {
+                TlsMode::Off => continue,
+                TlsMode::Acme => {
+                    has_acme = true;
+                    CertSource::Acme
+                }
+                TlsMode::Files { cert, key } => CertSource::File {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+            };
+            let hosts: Vec<String> = if service.hosts.is_empty() {
+                // A catch-all service with a file pair serves it under the names it holds.
+                match &source {
+                    CertSource::File { cert, key } => std::fs::read(cert)
+                        .ok()
+                        .zip(std::fs::read(key).ok())
+                        .and_then(|(c, k)| load_pair(&c, &k).ok())
+                        .map(|m| m.info.names)
+                        .unwrap_or_else(|| vec![format!("(service {})", service.name)]),
+                    CertSource::Acme => Vec::new(),
+                }
+            } else {
+                service.hosts.clone()
+            };
+            for host in hosts {
+                hosts_in_order.push(host.clone());
+                entries.entry(host.clone()).or_insert_with(|| Entry {
+                    status: CertStatus {
+                        host,
+                        source: source.clone(),
+                        served: None,
+                        next_renewal: None,
+                        last_error: None,
+                        consecutive_failures: 0,
+                        failures_total: 0,
+                        updated_at: None,
+                    },
+                    mtimes: None,
+                });
+            }
+        }
+        let store = CertStore::new(state_dir);
+        let challenges = Arc::new(ChallengeStore::new(state_dir));
+        let acme = has_acme
+            .then(|| AcmeClient::new(config.acme.clone(), store.clone(), challenges.clone()));
+        let (renew_tx, renew_rx) = mpsc::unbounded_channel();
+        let manager = CertManager {
+            resolver: Arc::new(SniResolver::new(hosts_in_order)),
+            challenges,
+            store,
+            acme,
+            retry_after: config.acme.retry_after,
+            entries: Mutex::new(entries),
+            renew_tx,
+            renew_rx: tokio::sync::Mutex::new(renew_rx),
+        };
+        manager.load_saved_acme();
+        manager.reload_files(true);
+        manager
+    }
+
+    pub fn resolver(&self) -> Arc<SniResolver> {
+        self.resolver.clone()
+    }
+
+    pub fn challenges(&self) -> Arc<ChallengeStore> {
+        self.challenges.clone()
+    }
+
+    /// Whether any host has TLS.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every host's certificate status, by host name.
+    pub fn statuses(&self) -> Vec<CertStatus> {
+        self.lock().values().map(|e| e.status.clone()).collect()
+    }
+
+    fn record_failure(&self, host: &str, error: String, retry: bool) {
+        let mut entries = self.lock();
+        if let Some(e) = entries.get_mut(host) {
+            e.status.consecutive_failures += 1;
+            e.status.failures_total += 1;
+            e.status.last_error = Some(error);
+            if retry {
+                let wait = backoff(self.retry_after, e.status.consecutive_failures);
+                e.status.next_renewal = Some(now() + wait.as_secs().max(1) as i64);
+            }
+        }
+    }
+
+    fn load_saved_acme(&self) {
+        let hosts: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|e| e.status.source == CertSource::Acme)
+            .map(|e| e.status.host.clone())
+            .collect();
+        for host in hosts {
+            let loaded = match self.store.load_cert(&host) {
+                Ok(Some(pem)) => load_pair(&pem, &pem).map(Some).map_err(|e| e.to_string()),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            };
+            let mut entries = self.lock();
+            let entry = entries.get_mut(&host).expect("listed above");
+            match loaded {
+                Ok(Some(m)) if m.info.not_after > now() => {
+                    self.resolver.set(&host, m.key.clone());
+                    entry.status.next_renewal = Some(renewal_time(&m.info));
+                    entry.status.served = Some(m.info);
+                    info!(host = %host, "certificate loaded from the state dir");
+                }
+                Ok(_) => entry.status.next_renewal = Some(now()),
+                Err(e) => {
+                    warn!(host = %host, error = %e, "the saved certificate cannot be used; ordering a new one");
+                    entry.status.last_error = Some(format!("saved certificate: {e}"));
+                    entry.status.next_renewal = Some(now());
+                }
+            }
+        }
+    }
+
+    /// Loads file pairs again: every one when `all`, else those whose files changed. A pair
+    /// that fails keeps the previous one served. Returns the statuses of the file hosts.
+    pub fn reload_files(&self, all: bool) -> Vec<CertStatus> {
+        let files: Vec<(String, PathBuf, PathBuf, Option<Mtimes>)> = self
+            .lock()
+            .values()
+            .filter_map(|e| match &e.status.source {
+                CertSource::File { cert, key } => {
+                    Some((e.status.host.clone(), cert.clone(), key.clone(), e.mtimes))
+                }
+                CertSource::Acme => None,
+            })
+            .collect();
+        let mut touched = Vec::new();
+        for (host, cert, key, seen) in files {
+            let current = mtimes(&cert, &key);
+            if !all && current == seen {
+                continue;
+            }
+            touched.push(host.clone());
+            let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            let loaded = read(&cert).and_then(|c| {
+                let k = read(&key)?;
+                load_pair(&c, &k)
+                    .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))
+            });
+            match loaded {
+                Ok(m) => {
+                    self.resolver.set(&host, m.key.clone());
+                    let mut entries = self.lock();
+                    let entry = entries.get_mut(&host).expect("listed above");
+                    entry.mtimes = current;
+                    entry.status.last_error = if host.starts_with("(service ")
+                        || m.info.names.iter().any(|n| name_covers(n, &host))
+                    {
+                        None
+                    } else {
+                        Some(format!(
+                            "the certificate is for {} and does not cover {host}",
+                            m.info.names.join(", ")
+                        ))
+                    };
+                    entry.status.consecutive_failures = 0;
+                    entry.status.updated_at = Some(now());
+                    entry.status.served = Some(m.info);
+                    info!(host = %host, cert = %cert.display(), "certificate loaded");
+                }
+                Err(e) => {
+                    error!(host = %host, error = %e, "certificate files refused; the previous certificate (if any) stays served");
+                    self.record_failure(&host, e, false);
+                    self.lock().get_mut(&host).expect("listed above").mtimes = current;
+                }
+            }
+        }
+        let entries = self.lock();
+        touched
+            .iter()
+            .filter_map(|h| entries.get(h).map(|e| e.status.clone()))
+            .collect()
+    }
+
+    /// Orders a certificate for `host` now and waits for the outcome.
+    pub async fn renew_now(&self, host: &str) -> Result<CertStatus, String> {
+        let host = host.to_ascii_lowercase();
+        match self.lock().get(&host).map(|e| e.status.source.clone()) {
+            Some(CertSource::Acme) => {}
+            Some(CertSource::File { .. }) => {
+                return Err(format!(
+                    "{host} is served from files; replace them and run switchback reload-certs"
+                ))
+            }
+            None => return Err(format!("no TLS host named {host:?}")),
+        }
+        let (tx, rx) = oneshot::channel();
+        self.renew_tx
+            .send((host, tx))
+            .map_err(|_| "the certificate manager is not running".to_string())?;
+        rx.await
+            .map_err(|_| "the certificate manager stopped".to_string())?
+    }
+
+    async fn renew(&self, host: &str) -> Result<CertStatus, String> {
+        let acme = self.acme.as_ref().ok_or("ACME is not configured")?;
+        info!(host = %host, "ordering a certificate");
+        let result = match acme.order(host).await {
+            Ok(issued) => {
+                let pem = format!("{}\n{}", issued.key_pem.trim_end(), issued.chain_pem);
+                match load_pair(pem.as_bytes(), pem.as_bytes()) {
+                    Ok(m) => self
+                        .store
+                        .save_cert(host, &issued.key_pem, &issued.chain_pem)
+                        .map(|()| m)
+                        .map_err(|e| format!("saving the certificate: {e}")),
+                    Err(e) => Err(format!(
+                        "the CA sent a certificate that cannot be served: {e}"
+                    )),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(m) => {
+                self.resolver.set(host, m.key.clone());
+                let mut entries = self.lock();
+                let entry = entries.get_mut(host).expect("an ACME host");
+                entry.status.next_renewal = Some(renewal_time(&m.info));
+                info!(host = %host, serial = %m.info.serial, not_after = m.info.not_after, "certificate issued and served");
+                entry.status.served = Some(m.info);
+                entry.status.last_error = None;
+                entry.status.consecutive_failures = 0;
+                entry.status.updated_at = Some(now());
+                Ok(entry.status.clone())
+            }
+            Err(e) => {
+                warn!(host = %host, error = %e, "certificate order failed; the current certificate (if any) stays served");
+                self.record_failure(host, e.clone(), true);
+                Err(e)
+            }
+        }
+    }
+
+    /// The renewal loop; returns when `shutdown` turns true.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut forced = self.renew_rx.lock().await;
+        loop {
+            let due = {
+                let entries = self.lock();
+                entries
+                    .values()
+                    .filter(|e| e.status.source == CertSource::Acme)
+                    .filter_map(|e| e.status.next_renewal.map(|t| (t, e.status.host.clone())))
+                    .min()
+            };
+            let wait = match &due {
+                Some((t, _)) => Duration::from_secs((*t - now()).max(0) as u64).min(FILE_POLL),
+                None => FILE_POLL,
+            };
+            if let Some((t, host)) = &due {
+                if *t <= now() {
+                    let _ = self.renew(host).await;
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => { self.reload_files(false); }
+                Some((host, reply)) = forced.recv() => {
+                    let _ = reply.send(self.renew(&host).await);
+                }
+                _ = shutdown.changed() => if *shutdown.borrow() { return },
+            }
+        }
+    }
+}
+
+/// When to order again: a third of the lifetime before expiry, up to 2% of the lifetime
+/// earlier at random so that certificates issued together do not all renew at once.
+fn renewal_time(info: &CertInfo) -> i64 {
+    let lifetime = (info.not_after - info.not_before).max(0) as f64;
+    info.renew_at() - (lifetime * 0.02 * random_fraction()) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::material::tests::self_signed;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stops_at_a_day() {
+        let base = Duration::from_secs(60);
+        for (failures, nominal) in [(1u32, 60.0), (2, 120.0), (3, 240.0)] {
+            let d = backoff(base, failures).as_secs_f64();
+            assert!(
+                d >= nominal * 0.8 && d <= nominal * 1.2,
+                "retry {failures}: {d}s"
+            );
+        }
+        assert!(backoff(base, 40) <= Duration::from_secs_f64(86_400.0 * 1.2));
+    }
+
+    #[test]
+    fn renewal_is_due_with_a_third_of_the_lifetime_left() {
+        let info = CertInfo {
+            names: vec![],
+            issuer: String::new(),
+            serial: String::new(),
+            not_before: 0,
+            not_after: 90 * 86_400,
+        };
+        let t = renewal_time(&info);
+        assert!(
+            (60 * 86_400 - (90 * 86_400) / 50..=60 * 86_400).contains(&t),
+            "{t}"
+        );
+    }
+
+    fn config(dir: &Path, tls: &str) -> Config {
+        let text = format!(
+            "[listen]\nhttp = [\"127.0.0.1:1\"]\nhttps = [\"127.0.0.1:2\"]\n[control]\nsocket = \"{0}/s\"\n[state]\ndir = \"{0}/state\"\n\
+             [services.app]\nhosts = [\"a.example.com\"]\nactive = \"a\"\npools.a = [\"127.0.0.1:3\"]\ntls = {tls}\n",
+            dir.display()
+        );
+        switchback_config::parse(Path::new("t.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn a_broken_file_pair_is_reported_and_a_fixed_one_is_served_on_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let (cert, _) = self_signed(&["a.example.com"]);
+        let (_, wrong_key) = self_signed(&["a.example.com"]);
+        std::fs::write(&cert_path, &cert).unwrap();
+        std::fs::write(&key_path, &wrong_key).unwrap();
+        let c = config(
+            dir.path(),
+            &format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                cert_path.display(),
+                key_path.display()
+            ),
+        );
+        let m = CertManager::new(&c);
+        let s = &m.statuses()[0];
+        assert!(s.served.is_none());
+        assert!(
+            s.last_error.as_deref().unwrap().contains("does not belong"),
+            "{s:?}"
+        );
+        assert!(m.resolver.get("a.example.com").is_none());
+
+        let (cert, key) = self_signed(&["a.example.com"]);
+        std::fs::write(&cert_path, &cert).unwrap();
+        std::fs::write(&key_path, &key).unwrap();
+        let s = m.reload_files(true);
+        assert_eq!(s[0].last_error, None);
+        assert!(m.resolver.get("a.example.com").is_some());
+
+        // Broken again: the good one stays served.
+        std::fs::write(&key_path, b"junk").unwrap();
+        let s = m.reload_files(true);
+        assert!(s[0].last_error.is_some());
+        assert!(
+            m.resolver.get("a.example.com").is_some(),
+            "one bad reload never unloads a served certificate"
+        );
+    }
+
+    #[test]
+    fn an_acme_host_without_a_saved_certificate_is_due_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = CertManager::new(&config(dir.path(), "\"acme\""));
+        let s = &m.statuses()[0];
+        assert_eq!(s.source, CertSource::Acme);
+        assert!(s.next_renewal.unwrap() <= now());
+    }
+}

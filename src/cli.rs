@@ -1,7 +1,8 @@
 //! The CLI's client commands: each sends one request over the control socket and prints the
 //! answer, short and aligned for people, or as the protocol's JSON lines with `--json`.
 //!
-//! Exit codes: 0 done, 1 refused (or the proxy could not be reached), 2 usage or config error.
+//! Exit codes: 0 done, 1 refused (or the proxy could not be reached), 2 usage or config error,
+//! 3 a rollout rolled back or was aborted.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,8 +10,8 @@ use std::process::ExitCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use switchback_control::{
-    encode_err, encode_event, CertsReply, Client, ClientError, Event, PoolSetReply, Request,
-    StatusReply, SwitchReply,
+    encode_err, encode_event, CanaryReply, CertsReply, Client, ClientError, Event, PoolSetReply,
+    Request, RolloutReply, StatusReply, SwitchReply, WindowView,
 };
 
 /// Where the control socket is: `--socket`, else `SWITCHBACK_SOCKET`, else the `[control]`
@@ -44,6 +45,17 @@ pub fn call<T: DeserializeOwned + Serialize>(
     request: Request,
     json: bool,
     human: impl FnOnce(&T),
+) -> ExitCode {
+    call_then(socket, request, json, human, |_| ExitCode::SUCCESS)
+}
+
+/// As [`call`], with the exit code of a successful answer chosen by `exit`.
+pub fn call_then<T: DeserializeOwned + Serialize>(
+    socket: &Path,
+    request: Request,
+    json: bool,
+    human: impl FnOnce(&T),
+    exit: impl FnOnce(&T) -> ExitCode,
 ) -> ExitCode {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -79,7 +91,7 @@ pub fn call<T: DeserializeOwned + Serialize>(
             } else {
                 human(&reply);
             }
-            ExitCode::SUCCESS
+            exit(&reply)
         }
         Err(ClientError::Refused(e)) => {
             if json {
@@ -108,6 +120,96 @@ fn print_event(event: &Event) {
             healthy,
             total,
         } => println!("{service}: pool {pool}: {healthy}/{total} new backends healthy"),
+        Event::RolloutStep {
+            service,
+            pool,
+            step,
+            steps,
+            percent,
+        } => println!("{service}: step {step}/{steps}: {percent}% of clients on {pool}"),
+        Event::RolloutProgress {
+            pool,
+            stable_pool,
+            step,
+            steps,
+            percent,
+            canary,
+            stable,
+            next_step_in_ms,
+            ..
+        } => {
+            let next = if *next_step_in_ms == 0 {
+                "waiting for requests".to_string()
+            } else {
+                format!("next step in {}s", next_step_in_ms.div_ceil(1000))
+            };
+            println!(
+                "  step {step}/{steps} {percent}%   {pool}: {}   {stable_pool}: {}   {next}",
+                window(canary),
+                window(stable)
+            );
+        }
+    }
+}
+
+fn window(w: &WindowView) -> String {
+    let p95 = w
+        .p95_ms
+        .map_or_else(|| "-".to_string(), |ms| format!("{ms:.0}ms"));
+    let failures = if w.connect_failures > 0 {
+        format!(", {} failed connections", w.connect_failures)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} req, {}% 5xx, p95 {p95}{failures}",
+        w.requests, w.error_rate
+    )
+}
+
+pub fn print_canary(r: &CanaryReply) {
+    if r.percent == 0.0 {
+        println!(
+            "{}: no canary; every client goes to {} (generation {})",
+            r.service, r.active, r.generation
+        );
+    } else {
+        println!(
+            "{}: {}% of clients go to {}, the rest to {} (generation {})",
+            r.service, r.percent, r.pool, r.active, r.generation
+        );
+    }
+}
+
+pub fn print_rollout(r: &RolloutReply) {
+    match r.outcome.as_str() {
+        "promoted" => println!(
+            "{}: rollout promoted: {} is the active pool (generation {})",
+            r.service, r.pool, r.generation
+        ),
+        outcome => println!(
+            "{}: rollout {}: every client is back on {}: {}\n  at step {}/{} ({}%): {}: {}   {}: {}",
+            r.service,
+            outcome.replace('_', " "),
+            r.stable_pool,
+            r.reason.as_deref().unwrap_or("no reason given"),
+            r.step,
+            r.steps,
+            r.percent,
+            r.pool,
+            window(&r.canary),
+            r.stable_pool,
+            window(&r.stable)
+        ),
+    }
+}
+
+/// 0 when the rollout was promoted, 3 when it rolled back or was aborted.
+pub fn rollout_exit(r: &RolloutReply) -> ExitCode {
+    if r.outcome == "promoted" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
     }
 }
 
@@ -142,6 +244,17 @@ pub fn print_status(s: &StatusReply) {
             .map(|s| format!("{} {}%", s.pool, s.percent))
             .collect();
         println!("  traffic {}", split.join(", "));
+        if let Some(r) = &service.rollout {
+            let state = match (&r.outcome, &r.reason) {
+                (None, _) => "running".to_string(),
+                (Some(o), Some(why)) => format!("{}: {why}", o.replace('_', " ")),
+                (Some(o), None) => o.replace('_', " "),
+            };
+            println!(
+                "  rollout {} (stable {})   step {}/{} at {}%   {state}",
+                r.pool, r.stable_pool, r.step, r.steps, r.percent
+            );
+        }
         let mut rows = vec![[
             "POOL".to_string(),
             "BACKEND".to_string(),

@@ -6,11 +6,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use switchback_certs::{CertManager, CertSource, CertStatus};
+use switchback_config::defaults;
 use switchback_control::{
     BackendStatus, Caller, ControlError, DrainReport, ErrorCode, Event, Handler, PoolSetReply,
     PoolStatus, Progress, Reply, Request, ServiceStatus, SplitShare, StatusReply, SwitchReply,
 };
-use switchback_control::{CertView, CertsReply};
+use switchback_control::{
+    CanaryReply, CanaryView, CertView, CertsReply, RolloutReply, RolloutStatus, WindowView,
+};
+use switchback_proxy::rollout::{
+    percent, Rollout, RolloutEvent, RolloutProgress, RolloutResult, RolloutSpec, Window,
+};
 use switchback_proxy::{Controller, DeployError, SwitchOutcome};
 
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -135,10 +141,24 @@ impl ControlHandler {
                     path_prefix: route.config.path_prefix.clone(),
                     configured_active: configured.active.clone(),
                     previous: route.previous.map(|i| route.pools[i].name.to_string()),
-                    split: vec![SplitShare {
-                        pool: active.clone(),
-                        percent: 100.0,
-                    }],
+                    split: route
+                        .pools
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| SplitShare {
+                            pool: p.name.to_string(),
+                            percent: (route.traffic_ratio(i) * 1000.0).round() / 10.0,
+                        })
+                        .filter(|s| s.percent > 0.0)
+                        .collect(),
+                    canary: route.canary.map(|c| CanaryView {
+                        pool: route.pools[c.pool].name.to_string(),
+                        percent: percent(c.permille),
+                    }),
+                    rollout: self
+                        .controller
+                        .rollout(route.name())
+                        .map(|r| rollout_status(&r)),
                     active,
                     pools: route
                         .pools
@@ -173,6 +193,113 @@ impl ControlHandler {
     }
 }
 
+/// A percentage from the wire as thousandths: 0 to 100, at most one decimal.
+fn permille(value: f64, what: &str) -> Result<u32, ControlError> {
+    let tenths = value * 10.0;
+    if !value.is_finite() || !(0.0..=100.0).contains(&value) {
+        return Err(ControlError::new(
+            ErrorCode::BadPercent,
+            format!("{what} {value} is out of range: use 0 to 100"),
+        ));
+    }
+    if (tenths - tenths.round()).abs() > 1e-6 {
+        return Err(ControlError::new(
+            ErrorCode::BadPercent,
+            format!("{what} {value} has more than one decimal: use a value like 12.5"),
+        ));
+    }
+    Ok(tenths.round() as u32)
+}
+
+fn window_view(w: &Window) -> WindowView {
+    WindowView {
+        requests: w.requests,
+        errors: w.errors,
+        error_rate: (w.error_rate() * 1000.0).round() / 10.0,
+        connect_failures: w.connect_failures,
+        p95_ms: w.p95.map(|s| (s * 10_000.0).round() / 10.0),
+    }
+}
+
+fn progress_event(r: &Rollout, p: &RolloutProgress) -> Event {
+    Event::RolloutProgress {
+        service: r.service.clone(),
+        pool: r.pool.clone(),
+        stable_pool: r.stable.clone(),
+        step: p.step,
+        steps: p.steps,
+        percent: percent(p.permille),
+        canary: window_view(&p.canary),
+        stable: window_view(&p.stable),
+        next_step_in_ms: p.next_step_in.as_millis() as u64,
+    }
+}
+
+fn rollout_reply(r: &Rollout, result: &RolloutResult) -> Reply {
+    let p = &result.progress;
+    Reply::Rollout(RolloutReply {
+        service: r.service.clone(),
+        pool: r.pool.clone(),
+        stable_pool: r.stable.clone(),
+        outcome: result.outcome.as_str().to_string(),
+        reason: result.reason.clone(),
+        step: p.step,
+        steps: p.steps,
+        percent: percent(p.permille),
+        canary: window_view(&p.canary),
+        stable: window_view(&p.stable),
+        generation: result.generation,
+    })
+}
+
+/// Passes a rollout's events on to `progress` until it ends, and answers with its end.
+async fn follow(r: &Arc<Rollout>, progress: &Progress) -> Reply {
+    let mut events = r.subscribe();
+    if let Some(result) = r.result() {
+        return rollout_reply(r, &result);
+    }
+    loop {
+        match events.recv().await {
+            Ok(RolloutEvent::Step {
+                step,
+                steps,
+                permille,
+            }) => progress.send(Event::RolloutStep {
+                service: r.service.clone(),
+                pool: r.pool.clone(),
+                step,
+                steps,
+                percent: percent(permille),
+            }),
+            Ok(RolloutEvent::Progress(p)) => progress.send(progress_event(r, &p)),
+            Ok(RolloutEvent::Finished(result)) => return rollout_reply(r, &result),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                return rollout_reply(r, &r.finished().await)
+            }
+        }
+    }
+}
+
+fn rollout_status(r: &Rollout) -> RolloutStatus {
+    let latest = r.latest();
+    let result = r.result();
+    RolloutStatus {
+        pool: r.pool.clone(),
+        stable_pool: r.stable.clone(),
+        running: result.is_none(),
+        step: latest.as_ref().map_or(0, |p| p.step),
+        steps: r.spec.steps.len(),
+        percent: latest.as_ref().map_or(0.0, |p| percent(p.permille)),
+        started: r
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+        outcome: result.as_ref().map(|x| x.outcome.as_str().to_string()),
+        reason: result.and_then(|x| x.reason),
+    }
+}
+
 fn to_control(e: DeployError) -> ControlError {
     let code = match &e {
         DeployError::UnknownService { .. } => ErrorCode::UnknownService,
@@ -183,6 +310,11 @@ fn to_control(e: DeployError) -> ControlError {
         DeployError::BadAddress(_) => ErrorCode::BadAddress,
         DeployError::HealthTimeout { .. } => ErrorCode::HealthTimeout,
         DeployError::StateWrite(_) => ErrorCode::StateWriteFailed,
+        DeployError::RolloutRunning { .. } => ErrorCode::RolloutRunning,
+        DeployError::NoRollout { .. } => ErrorCode::NoRollout,
+        DeployError::BadPercent(_) => ErrorCode::BadPercent,
+        DeployError::ActivePool { .. } => ErrorCode::ActivePool,
+        DeployError::BadRollout(_) => ErrorCode::BadRollout,
     };
     ControlError::new(code, e.to_string())
 }
@@ -261,6 +393,86 @@ impl Handler for ControlHandler {
                 .map_err(to_control),
             request @ (Request::Certs | Request::CertsRenew { .. } | Request::ReloadCerts) => {
                 self.handle_certs(request).await
+            }
+            Request::Canary {
+                service,
+                pool,
+                percent: asked,
+                force,
+            } => {
+                let weight = permille(asked, "percentage")?;
+                let o = self
+                    .controller
+                    .set_canary(service.as_deref(), &pool, weight, force, &who)
+                    .await
+                    .map_err(to_control)?;
+                Ok(Reply::Canary(CanaryReply {
+                    service: o.service,
+                    pool: o.pool,
+                    active: o.active,
+                    percent: percent(o.permille),
+                    previous: o.previous.map(|(pool, w)| CanaryView {
+                        pool,
+                        percent: percent(w),
+                    }),
+                    generation: o.generation,
+                }))
+            }
+            Request::Rollout {
+                service,
+                pool,
+                steps,
+                interval,
+                max_error_rate,
+                max_p95,
+                min_requests,
+                force,
+            } => {
+                let steps = match steps {
+                    Some(steps) => steps
+                        .iter()
+                        .map(|s| permille(*s, "step"))
+                        .collect::<Result<Vec<u32>, _>>()
+                        .map_err(|e| ControlError::new(ErrorCode::BadRollout, e.message))?,
+                    None => defaults::ROLLOUT_STEPS
+                        .iter()
+                        .map(|s| (s * 10.0) as u32)
+                        .collect(),
+                };
+                let spec = RolloutSpec {
+                    steps,
+                    interval: interval.unwrap_or(defaults::ROLLOUT_INTERVAL),
+                    max_error_rate: max_error_rate.unwrap_or(defaults::ROLLOUT_MAX_ERROR_RATE)
+                        / 100.0,
+                    max_p95: max_p95.unwrap_or(defaults::ROLLOUT_MAX_P95),
+                    min_requests: min_requests.unwrap_or(defaults::ROLLOUT_MIN_REQUESTS),
+                };
+                let rollout = self
+                    .controller
+                    .start_rollout(service.as_deref(), &pool, spec, force, &who)
+                    .await
+                    .map_err(to_control)?;
+                Ok(follow(&rollout, &progress).await)
+            }
+            Request::RolloutWatch { service } => {
+                let service = self
+                    .controller
+                    .resolve_service(service.as_deref())
+                    .map_err(to_control)?;
+                let rollout = self.controller.rollout(&service).ok_or_else(|| {
+                    to_control(DeployError::NoRollout {
+                        service: service.clone(),
+                    })
+                })?;
+                Ok(follow(&rollout, &progress).await)
+            }
+            Request::RolloutAbort { service } => {
+                let (rollout, result) = self
+                    .controller
+                    .abort_rollout(service.as_deref(), &who)
+                    .await
+                    .map_err(to_control)?;
+                Ok(rollout_reply(&rollout, &result))
             }
             Request::PoolSet {
                 service,

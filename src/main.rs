@@ -13,7 +13,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use switchback_control::{CertsReply, PoolSetReply, Request, StatusReply, SwitchReply};
+use switchback_control::{
+    CanaryReply, CertsReply, PoolSetReply, Request, RolloutReply, StatusReply, SwitchReply,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -107,6 +109,57 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send PERCENT of a service's clients (0 to 100, one decimal) to POOL, the rest to the
+    /// active pool; `canary POOL 0` ends it. Each client keeps its pool while the split holds.
+    Canary {
+        pool: String,
+        #[arg(value_parser = parse_percent, allow_hyphen_values = true)]
+        percent: f64,
+        #[command(flatten)]
+        target: Target,
+        /// Even when POOL has no healthy backend.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a canary of POOL through --steps, judging it after each --interval; promote it at
+    /// the end (exit 0) or roll back at the first breach (exit 3). The rollout runs in the
+    /// proxy: stopping this command does not stop it (`--watch` follows it again, `--abort`
+    /// stops it and rolls back).
+    Rollout {
+        #[arg(required_unless_present_any = ["watch", "abort"])]
+        pool: Option<String>,
+        #[command(flatten)]
+        target: Target,
+        /// Percentages of clients on POOL, increasing.
+        #[arg(long, value_delimiter = ',', value_parser = parse_percent, default_value = "5,25,50,100")]
+        steps: Vec<f64>,
+        /// How long each step is watched before the next.
+        #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
+        interval: Duration,
+        /// Percent of 5xx answers (or failed connections) in a step that rolls back.
+        #[arg(long, value_parser = parse_percent, default_value = "5", value_name = "PERCENT")]
+        max_error_rate: f64,
+        /// p95 latency in a step that rolls back.
+        #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
+        max_p95: Duration,
+        /// Canary requests a step needs before it is judged.
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        min_requests: u64,
+        /// Even when POOL has no healthy backend.
+        #[arg(long)]
+        force: bool,
+        /// Follow the running rollout (or show how the last one ended).
+        #[arg(long, conflicts_with_all = ["abort", "pool"])]
+        watch: bool,
+        /// Stop the running rollout and send every client back to the stable pool.
+        #[arg(long, conflicts_with = "pool")]
+        abort: bool,
+        /// One JSON object per line: each event, then the end.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -150,6 +203,14 @@ struct Target {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// A percentage: `10`, `12.5` or `10%`.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    s.trim()
+        .trim_end_matches('%')
+        .parse::<f64>()
+        .map_err(|_| format!("{s:?} is not a percentage: use a number like 10 or 12.5"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -330,6 +391,68 @@ fn main() -> ExitCode {
             };
             match client(request.clone()) {
                 Ok(sock) => cli::call::<CertsReply>(&sock, request, json, cli::print_certs),
+                Err(code) => code,
+            }
+        }
+        Command::Canary {
+            pool,
+            percent,
+            target,
+            force,
+            json,
+        } => {
+            let request = Request::Canary {
+                service: target.service,
+                pool,
+                percent,
+                force,
+            };
+            match client(request.clone()) {
+                Ok(sock) => cli::call::<CanaryReply>(&sock, request, json, cli::print_canary),
+                Err(code) => code,
+            }
+        }
+        Command::Rollout {
+            pool,
+            target,
+            steps,
+            interval,
+            max_error_rate,
+            max_p95,
+            min_requests,
+            force,
+            watch,
+            abort,
+            json,
+        } => {
+            let service = target.service;
+            let request = match (watch, abort, pool) {
+                (true, _, _) => Request::RolloutWatch { service },
+                (_, true, _) => Request::RolloutAbort { service },
+                (_, _, Some(pool)) => Request::Rollout {
+                    service,
+                    pool,
+                    steps: Some(steps),
+                    interval: Some(interval),
+                    max_error_rate: Some(max_error_rate),
+                    max_p95: Some(max_p95),
+                    min_requests: Some(min_requests),
+                    force,
+                },
+                (false, false, None) => {
+                    unreachable!("clap requires POOL without --watch or --abort")
+                }
+            };
+            // `--abort` did what it was asked when the rollout stopped.
+            let exit = if abort {
+                |_: &RolloutReply| ExitCode::SUCCESS
+            } else {
+                cli::rollout_exit
+            };
+            match client(request.clone()) {
+                Ok(sock) => {
+                    cli::call_then::<RolloutReply>(&sock, request, json, cli::print_rollout, exit)
+                }
                 Err(code) => code,
             }
         }

@@ -21,11 +21,14 @@ mod schema;
 pub mod state;
 pub mod time;
 pub mod validate;
+mod validate_canary;
 mod validate_tls;
 
 pub use address::{parse_backend_list, parse_backends, parse_socket_addr};
 pub use duration::{parse_duration, HumanDuration};
 pub use model::*;
-pub use state::{LiveState, PoolState, ServiceState, StateError, StateLock, StateStore};
+pub use state::{
+    CanaryState, LiveState, PoolState, RolloutMark, ServiceState, StateError, StateLock, StateStore,
+};
 pub use validate::{load, parse, valid_name, ConfigError, Problem};
 pub use validate_tls::decode_base64url;

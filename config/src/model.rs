@@ -31,6 +31,18 @@ pub mod defaults {
     pub const ACME_RETRY_AFTER: Duration = Duration::from_secs(60);
     /// The Strict-Transport-Security value `hsts = true` sends: one year.
     pub const HSTS: &str = "max-age=31536000";
+    /// The cookie that keeps a client's canary bucket.
+    pub const STICKY_COOKIE: &str = "switchback_bucket";
+    /// The request header and cookie that force a pool, for testers.
+    pub const OVERRIDE_HEADER: &str = "x-switchback-pool";
+    pub const OVERRIDE_COOKIE: &str = "switchback_pool";
+    /// Rollout defaults, from common release practice.
+    pub const ROLLOUT_STEPS: &[f64] = &[5.0, 25.0, 50.0, 100.0];
+    pub const ROLLOUT_INTERVAL: Duration = Duration::from_secs(30);
+    /// Percent of 5xx answers in a window that rolls back.
+    pub const ROLLOUT_MAX_ERROR_RATE: f64 = 5.0;
+    pub const ROLLOUT_MAX_P95: Duration = Duration::from_secs(2);
+    pub const ROLLOUT_MIN_REQUESTS: u64 = 50;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +166,41 @@ pub struct ServiceConfig {
     pub https_redirect: bool,
     /// The Strict-Transport-Security header sent on HTTPS answers, if any.
     pub hsts: Option<String>,
+    pub canary: CanaryConfig,
+}
+
+/// How a service's clients are split between the stable and the canary pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryConfig {
+    pub sticky: Sticky,
+    /// The request header (lower case) that forces a pool; None: off.
+    pub override_header: Option<String>,
+    /// The cookie that forces a pool; None: off.
+    pub override_cookie: Option<String>,
+    /// When set, an override must say `POOL:SECRET`, not just `POOL`.
+    pub override_secret: Option<String>,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> CanaryConfig {
+        CanaryConfig {
+            sticky: Sticky::Cookie(defaults::STICKY_COOKIE.to_string()),
+            override_header: Some(defaults::OVERRIDE_HEADER.to_string()),
+            override_cookie: Some(defaults::OVERRIDE_COOKIE.to_string()),
+            override_secret: None,
+        }
+    }
+}
+
+/// Where a client's canary bucket comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sticky {
+    /// A cookie the proxy sets on the first answer (a new client gets a random bucket).
+    Cookie(String),
+    /// A hash of this request header (lower case), else of the client address.
+    Header(String),
+    /// A hash of the client address.
+    Ip,
 }
 
 impl ServiceConfig {

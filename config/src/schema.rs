@@ -108,6 +108,18 @@ pub(crate) struct RawService {
     pub https_redirect: Option<S<bool>>,
     /// `true`, `false`, or the header value.
     pub hsts: Option<S<toml::Value>>,
+    pub canary: Option<S<RawCanary>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCanary {
+    pub sticky: Option<S<String>>,
+    pub sticky_cookie: Option<S<String>>,
+    pub sticky_header: Option<S<String>>,
+    pub override_header: Option<S<String>>,
+    pub override_cookie: Option<S<String>>,
+    pub override_secret: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

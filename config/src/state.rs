@@ -39,6 +39,34 @@ pub struct ServiceState {
     #[serde(default)]
     pub previous: Option<String>,
     pub pools: BTreeMap<String, PoolState>,
+    /// A share of clients sent to another pool than `active`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryState>,
+    /// A rollout in progress. A process that starts and finds one here was stopped in the
+    /// middle of it: it comes back on the stable pool, with a notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutMark>,
+}
+
+/// The canary of a service: `permille` thousandths of clients go to `pool`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryState {
+    pub pool: String,
+    /// 1 to 1000 (0.1% to 100%).
+    pub permille: u32,
+}
+
+/// What a rollout was doing when the state was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutMark {
+    pub pool: String,
+    /// 1-based.
+    pub step: usize,
+    pub steps: usize,
+    /// Seconds since the Unix epoch.
+    pub started: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +101,8 @@ impl LiveState {
                     active: s.active.clone(),
                     previous: None,
                     pools,
+                    canary: None,
+                    rollout: None,
                 };
                 (s.name.clone(), state)
             })
@@ -86,8 +116,9 @@ impl LiveState {
 
     /// Lays a restored state over the config: live choices survive, file edits to a pool's
     /// backends win, services and pools new in the file are added. Anything the state names
-    /// that the config does not have is a mismatch, reported whole.
-    pub fn restore(config: &Config, saved: LiveState) -> Result<LiveState, String> {
+    /// that the config does not have is a mismatch, reported whole. A rollout that was under
+    /// way is ended on its stable pool; the notices say so.
+    pub fn restore(config: &Config, saved: LiveState) -> Result<(LiveState, Vec<String>), String> {
         if saved.version != STATE_VERSION {
             return Err(format!(
                 "state format version {} is not the version this build reads ({STATE_VERSION})",
@@ -107,7 +138,13 @@ impl LiveState {
                     ));
                 }
             }
-            for pool in std::iter::once(&s.active).chain(s.previous.as_ref()) {
+            let canary = s.canary.as_ref().map(|c| &c.pool);
+            let rollout = s.rollout.as_ref().map(|r| &r.pool);
+            for pool in std::iter::once(&s.active)
+                .chain(s.previous.as_ref())
+                .chain(canary)
+                .chain(rollout)
+            {
                 if conf.pool(pool).is_none() {
                     problems.push(format!(
                         "service {name:?}: pool {pool:?} is not in the config file"
@@ -120,6 +157,7 @@ impl LiveState {
             return Err(problems.join("; "));
         }
         let mut live = LiveState::from_config(config);
+        let mut notices = Vec::new();
         live.generation = saved.generation;
         for (name, service) in live.services.iter_mut() {
             let Some(saved_service) = saved.services.get(name) else {
@@ -127,6 +165,18 @@ impl LiveState {
             };
             service.active = saved_service.active.clone();
             service.previous = saved_service.previous.clone();
+            match &saved_service.rollout {
+                Some(r) => notices.push(format!(
+                    "service {name:?}: the rollout of pool {:?} was stopped by a restart at step {} of {}; all traffic is on the stable pool {:?} (start it again with `switchback rollout {}`)",
+                    r.pool, r.step, r.steps, service.active, r.pool
+                )),
+                None => {
+                    service.canary = saved_service
+                        .canary
+                        .clone()
+                        .filter(|c| c.pool != service.active && c.permille > 0);
+                }
+            }
             for (pool_name, pool) in service.pools.iter_mut() {
                 if let Some(saved_pool) = saved_service.pools.get(pool_name) {
                     if saved_pool.configured == pool.configured {
@@ -135,7 +185,7 @@ impl LiveState {
                 }
             }
         }
-        Ok(live)
+        Ok((live, notices))
     }
 }
 
@@ -273,7 +323,8 @@ mod tests {
         app.active = "green".into();
         app.previous = Some("blue".into());
         app.pools.get_mut("green").unwrap().backends = vec!["127.0.0.1:9012".parse().unwrap()];
-        let live = LiveState::restore(&c, saved).unwrap();
+        let (live, notices) = LiveState::restore(&c, saved).unwrap();
+        assert!(notices.is_empty());
         let app = &live.services["app"];
         assert_eq!(app.active, "green");
         assert_eq!(app.previous.as_deref(), Some("blue"));
@@ -301,10 +352,40 @@ mod tests {
              [services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:9001\"]\npools.green = [\"127.0.0.1:9022\"]\n",
         )
         .unwrap();
-        let live = LiveState::restore(&edited, saved).unwrap();
+        let (live, _) = LiveState::restore(&edited, saved).unwrap();
         assert_eq!(
             live.services["app"].pools["green"].backends,
             vec!["127.0.0.1:9022".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_canary_survives_a_restart_but_a_rollout_ends_on_the_stable_pool() {
+        let c = config("");
+        let mut saved = LiveState::from_config(&c);
+        let canary = Some(CanaryState {
+            pool: "green".into(),
+            permille: 100,
+        });
+        saved.services.get_mut("app").unwrap().canary = canary.clone();
+        let (live, notices) = LiveState::restore(&c, saved.clone()).unwrap();
+        assert_eq!(live.services["app"].canary, canary);
+        assert!(notices.is_empty());
+        saved.services.get_mut("app").unwrap().rollout = Some(RolloutMark {
+            pool: "green".into(),
+            step: 2,
+            steps: 4,
+            started: 0,
+        });
+        let (live, notices) = LiveState::restore(&c, saved).unwrap();
+        let app = &live.services["app"];
+        assert_eq!(
+            (app.active.as_str(), &app.canary, &app.rollout),
+            ("blue", &None, &None)
+        );
+        assert!(
+            notices[0].contains("stopped by a restart at step 2 of 4"),
+            "{notices:?}"
         );
     }
 

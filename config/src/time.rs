@@ -34,3 +34,10 @@ mod tests {
         assert_eq!(format_utc(1_795_381_690), "2026-11-22 21:08:10 UTC");
     }
 }
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

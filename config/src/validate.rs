@@ -481,6 +481,7 @@ impl Validator<'_> {
         );
         let retries = self.count(&raw.retries, &key("retries"), 0, 10, defaults::RETRIES);
         let (tls, https_redirect, hsts) = self.service_tls(n, raw, &hosts);
+        let canary = self.canary(n, raw.canary.as_ref());
         Some(ServiceConfig {
             name: n.clone(),
             hosts,
@@ -494,6 +495,7 @@ impl Validator<'_> {
             tls,
             https_redirect,
             hsts,
+            canary,
         })
     }
 

@@ -70,6 +70,59 @@ pub enum Request {
     CertsRenew { host: String },
     /// Load every file certificate pair again.
     ReloadCerts,
+    /// Send `percent` (0 to 100, one decimal) of the service's clients to `pool`; 0 ends the
+    /// canary.
+    Canary {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        pool: String,
+        percent: f64,
+        /// Even when the pool has no healthy backend.
+        #[serde(default, skip_serializing_if = "is_false")]
+        force: bool,
+    },
+    /// Move a canary of `pool` through `steps`, judging it after each `interval`; promote it
+    /// at the end or roll back at the first breach. Streams `rollout_step` and
+    /// `rollout_progress` events; the final answer says how it ended.
+    Rollout {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        pool: String,
+        /// Percentages, increasing (default 5, 25, 50, 100).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        steps: Option<Vec<f64>>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_duration"
+        )]
+        interval: Option<Duration>,
+        /// Percent of 5xx answers (and of failed connections) that rolls back (default 5).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_error_rate: Option<f64>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_duration"
+        )]
+        max_p95: Option<Duration>,
+        /// Canary requests a step needs before it is judged (default 50).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_requests: Option<u64>,
+        /// Even when the pool has no healthy backend.
+        #[serde(default, skip_serializing_if = "is_false")]
+        force: bool,
+    },
+    /// Follow the running rollout (events, then its end); or get the end of the last one.
+    RolloutWatch {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+    },
+    /// Stop the running rollout and send every client back to the stable pool.
+    RolloutAbort {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+    },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -85,6 +138,10 @@ pub const COMMANDS: &[&str] = &[
     "certs",
     "certs_renew",
     "reload_certs",
+    "canary",
+    "rollout",
+    "rollout_watch",
+    "rollout_abort",
 ];
 
 /// Stable error codes. Tools match on these; the message is for humans.
@@ -117,6 +174,16 @@ pub enum ErrorCode {
     RenewFailed,
     /// A certificate file pair could not be loaded; the old certificate stays served.
     CertLoadFailed,
+    /// A canary percentage outside 0 to 100, or with more than one decimal.
+    BadPercent,
+    /// A canary or rollout of the pool that is already active.
+    ActivePool,
+    /// A rollout runs on the service: `switch` and `canary` wait for its end (or an abort).
+    RolloutRunning,
+    /// `rollout_abort` or `rollout_watch` with no rollout on the service.
+    NoRollout,
+    /// Rollout steps or limits that cannot work (steps that do not increase, …).
+    BadRollout,
     /// The server is shutting down or out of connection slots.
     Unavailable,
     Internal,
@@ -140,6 +207,11 @@ impl ErrorCode {
             ErrorCode::UnknownHost => "unknown_host",
             ErrorCode::RenewFailed => "renew_failed",
             ErrorCode::CertLoadFailed => "cert_load_failed",
+            ErrorCode::BadPercent => "bad_percent",
+            ErrorCode::ActivePool => "active_pool",
+            ErrorCode::RolloutRunning => "rollout_running",
+            ErrorCode::NoRollout => "no_rollout",
+            ErrorCode::BadRollout => "bad_rollout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -171,6 +243,80 @@ pub enum Reply {
     Switch(SwitchReply),
     PoolSet(PoolSetReply),
     Certs(CertsReply),
+    Canary(CanaryReply),
+    Rollout(RolloutReply),
+}
+
+/// A canary: `percent` of a service's clients go to `pool`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryView {
+    pub pool: String,
+    pub percent: f64,
+}
+
+/// The answer to `canary`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryReply {
+    pub service: String,
+    pub pool: String,
+    /// The stable pool: everyone else goes there.
+    pub active: String,
+    /// 0 when the canary was ended.
+    pub percent: f64,
+    /// The canary before this change, if there was one.
+    pub previous: Option<CanaryView>,
+    pub generation: u64,
+}
+
+/// One pool's numbers since the current rollout step began.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowView {
+    pub requests: u64,
+    /// Answers with a 5xx status.
+    pub errors: u64,
+    /// Percent of answers with a 5xx status.
+    pub error_rate: f64,
+    pub connect_failures: u64,
+    /// The 95th percentile of request duration in milliseconds; null before any request.
+    pub p95_ms: Option<f64>,
+}
+
+/// The end of a rollout: the final answer to `rollout`, `rollout_watch` and `rollout_abort`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutReply {
+    pub service: String,
+    pub pool: String,
+    pub stable_pool: String,
+    /// `promoted` (the pool is now active), `rolled_back` (a limit was breached) or `aborted`.
+    pub outcome: String,
+    /// Why it rolled back or was aborted.
+    pub reason: Option<String>,
+    /// The step it ended on (1-based) and that step's percentage.
+    pub step: usize,
+    pub steps: usize,
+    pub percent: f64,
+    /// The numbers of that step.
+    pub canary: WindowView,
+    pub stable: WindowView,
+    pub generation: u64,
+}
+
+/// A rollout as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    pub pool: String,
+    pub stable_pool: String,
+    pub running: bool,
+    pub step: usize,
+    pub steps: usize,
+    pub percent: f64,
+    /// Seconds since the Unix epoch.
+    pub started: i64,
+    /// For a finished rollout: how it ended, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The answer to `certs`, `certs_renew` and `reload_certs`.
@@ -228,6 +374,12 @@ pub struct ServiceStatus {
     pub previous: Option<String>,
     /// Where new requests go, in percent per pool.
     pub split: Vec<SplitShare>,
+    /// A share of clients sent to another pool than `active`.
+    #[serde(default)]
+    pub canary: Option<CanaryView>,
+    /// The running rollout, or the last one.
+    #[serde(default)]
+    pub rollout: Option<RolloutStatus>,
     pub pools: Vec<PoolStatus>,
 }
 
@@ -306,6 +458,27 @@ pub enum Event {
         pool: String,
         healthy: usize,
         total: usize,
+    },
+    /// `rollout`: a step began; `percent` of clients now go to `pool`.
+    RolloutStep {
+        service: String,
+        pool: String,
+        step: usize,
+        steps: usize,
+        percent: f64,
+    },
+    /// `rollout`: about once a second, the numbers of the step so far.
+    RolloutProgress {
+        service: String,
+        pool: String,
+        stable_pool: String,
+        step: usize,
+        steps: usize,
+        percent: f64,
+        canary: WindowView,
+        stable: WindowView,
+        /// Until the step is judged; 0 while it waits for enough canary requests.
+        next_step_in_ms: u64,
     },
 }
 

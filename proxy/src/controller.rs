@@ -5,18 +5,32 @@
 //! fsync, rename, fsync dir, on a blocking thread), and only then swaps the table in. A failed
 //! write changes nothing. Writers are serialized by one async mutex; readers (the request path)
 //! never take it.
+//!
+//! Rollouts ([`crate::rollout`]) run as tasks that call back into the controller for each step,
+//! so that a rollout and a person at the CLI can never both change a service at once: while a
+//! rollout runs, `switch` and `canary` are refused and `rollback` aborts the rollout.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use switchback_config::{defaults, Config, LiveState, StateError, StateLock, StateStore};
+use switchback_config::{
+    defaults, CanaryState, Config, LiveState, RolloutMark, ServiceState, StateError, StateLock,
+    StateStore,
+};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::canary::BUCKETS;
 use crate::health::{probe, Health, HealthRegistry, HealthState};
 use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::rollout::{
+    judge, percent, Outcome, Rollout, RolloutEvent, RolloutProgress, RolloutResult, RolloutSpec,
+    Snapshot, Verdict, MAX_WAIT_INTERVALS,
+};
 use crate::routing::{RoutingTable, ServiceRoute};
 
 /// Why a change was refused. Nothing changed when one of these is returned.
@@ -51,6 +65,16 @@ pub enum DeployError {
     },
     #[error("cannot write the state file: {0}; nothing changed")]
     StateWrite(std::io::Error),
+    #[error("a rollout of pool {pool:?} is running on service {service:?}: wait for it, or stop it with `switchback rollout --abort -s {service}`; nothing changed")]
+    RolloutRunning { service: String, pool: String },
+    #[error("no rollout is running on service {service:?}")]
+    NoRollout { service: String },
+    #[error("{0}")]
+    BadPercent(String),
+    #[error("pool {pool:?} is the active pool of service {service:?}: a canary sends clients to another pool")]
+    ActivePool { service: String, pool: String },
+    #[error("{0}; nothing changed")]
+    BadRollout(String),
 }
 
 /// Why the proxy could not start from its state dir.
@@ -84,6 +108,29 @@ pub struct DrainOutcome {
     pub waited: Duration,
 }
 
+/// What `canary` did.
+#[derive(Debug, Clone)]
+pub struct CanaryOutcome {
+    pub service: String,
+    /// The canary pool (for `canary POOL 0`: the pool named).
+    pub pool: String,
+    pub active: String,
+    /// The new weight in thousandths (0: no canary).
+    pub permille: u32,
+    /// The canary before, if any.
+    pub previous: Option<(String, u32)>,
+    pub generation: u64,
+}
+
+/// Which kind of change moves the active pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Switch,
+    Rollback,
+    /// The last step of a rollout: the only change allowed while one runs.
+    Promote,
+}
+
 /// What `pool set` did.
 #[derive(Debug, Clone)]
 pub struct PoolSetOutcome {
@@ -102,6 +149,8 @@ pub struct Controller {
     registry: Arc<HealthRegistry>,
     metrics: Arc<Metrics>,
     notices: Vec<String>,
+    /// The last rollout of each service, running or finished.
+    rollouts: std::sync::Mutex<HashMap<String, Arc<Rollout>>>,
     _lock: StateLock,
 }
 
@@ -120,7 +169,13 @@ impl Controller {
         let (live, saved_ok) = match store.load() {
             Ok(None) => (from_file, true),
             Ok(Some(saved)) => match LiveState::restore(&config, saved) {
-                Ok(live) => (live, true),
+                Ok((live, restored_notices)) => {
+                    for n in &restored_notices {
+                        warn!("{n}");
+                    }
+                    notices.extend(restored_notices);
+                    (live, true)
+                }
                 Err(reason) => {
                     let notice = format!(
                         "the state file {} does not match the config ({reason})",
@@ -163,6 +218,7 @@ impl Controller {
             registry,
             metrics,
             notices,
+            rollouts: Default::default(),
             _lock: lock,
         })
     }
@@ -238,7 +294,19 @@ impl Controller {
     }
 
     /// Persists `next`, then makes it live. On a failed write nothing changes.
-    async fn commit(&self, live: &mut LiveState, mut next: LiveState) -> Result<u64, DeployError> {
+    async fn commit(&self, live: &mut LiveState, next: LiveState) -> Result<u64, DeployError> {
+        self.commit_inner(live, next, false).await
+    }
+
+    /// As [`Controller::commit`]; with `even_unsaved`, a failed write still makes `next` live
+    /// (the error is returned after): for taking traffic off a failing canary, where serving
+    /// the stable pool matters more than remembering it.
+    async fn commit_inner(
+        &self,
+        live: &mut LiveState,
+        mut next: LiveState,
+        even_unsaved: bool,
+    ) -> Result<u64, DeployError> {
         next.generation = live.generation + 1;
         let table = RoutingTable::build(
             &self.config,
@@ -249,18 +317,92 @@ impl Controller {
         );
         let store = self.store.clone();
         let to_save = next.clone();
-        tokio::task::spawn_blocking(move || store.save(&to_save))
+        let saved = tokio::task::spawn_blocking(move || store.save(&to_save))
             .await
-            .map_err(|e| DeployError::StateWrite(std::io::Error::other(e)))?
-            .map_err(DeployError::StateWrite)?;
+            .map_err(|e| DeployError::StateWrite(std::io::Error::other(e)))
+            .and_then(|r| r.map_err(DeployError::StateWrite));
+        if saved.is_err() && !even_unsaved {
+            return saved.map(|_| 0);
+        }
         self.table.store(Arc::new(table));
         let generation = next.generation;
         *live = next;
-        Ok(generation)
+        saved.map(|_| generation)
     }
 
-    /// Makes `pool` the active pool of a service. Refuses a pool with no healthy backend
-    /// unless `force`. `who` names the asker in the log.
+    /// Changes one service's live state through `change` and commits it.
+    async fn update_service(
+        &self,
+        service: &str,
+        even_unsaved: bool,
+        change: impl FnOnce(&mut ServiceState),
+    ) -> Result<u64, DeployError> {
+        let mut live = self.live.lock().await;
+        let mut next = live.clone();
+        change(
+            next.services
+                .get_mut(service)
+                .expect("services come from the config"),
+        );
+        self.commit_inner(&mut live, next, even_unsaved).await
+    }
+
+    /// The rollout running on `service`, if one is.
+    pub fn running_rollout(&self, service: &str) -> Option<Arc<Rollout>> {
+        self.rollout(service).filter(|r| r.is_running())
+    }
+
+    /// The last rollout of `service`, running or finished.
+    pub fn rollout(&self, service: &str) -> Option<Arc<Rollout>> {
+        self.rollouts
+            .lock()
+            .expect("not poisoned")
+            .get(service)
+            .cloned()
+    }
+
+    fn refuse_during_rollout(&self, service: &str) -> Result<(), DeployError> {
+        match self.running_rollout(service) {
+            Some(r) => Err(DeployError::RolloutRunning {
+                service: service.to_string(),
+                pool: r.pool.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a pool with no healthy backend, saying what each backend is doing.
+    fn check_healthy(service: &str, target: &Pool) -> Result<(), DeployError> {
+        if target.healthy_count() > 0 {
+            return Ok(());
+        }
+        let detail = if target.backends.is_empty() {
+            "it has no backends".to_string()
+        } else {
+            target
+                .backends
+                .iter()
+                .map(|b| {
+                    let error = b
+                        .health
+                        .last_error()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
+                    format!("{} {}{error}", b.addr, b.health.get().as_str())
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(DeployError::NoHealthyBackend {
+            service: service.to_string(),
+            pool: target.name.to_string(),
+            detail,
+        })
+    }
+
+    /// Makes `pool` the active pool of a service, ending any canary. Refuses a pool with no
+    /// healthy backend unless `force`, and any switch while a rollout runs. `who` names the
+    /// asker in the log.
     pub async fn switch(
         &self,
         service: Option<&str>,
@@ -268,7 +410,8 @@ impl Controller {
         force: bool,
         who: &str,
     ) -> Result<SwitchOutcome, DeployError> {
-        self.change_active(service, pool, force, who, false).await
+        self.change_active(service, pool, force, who, Change::Switch)
+            .await
     }
 
     async fn change_active(
@@ -277,63 +420,53 @@ impl Controller {
         pool: &str,
         force: bool,
         who: &str,
-        rollback: bool,
+        change: Change,
     ) -> Result<SwitchOutcome, DeployError> {
         let service = self.resolve_service(service)?;
         let mut live = self.live.lock().await;
+        if change != Change::Promote {
+            self.refuse_during_rollout(&service)?;
+        }
         let table = self.table.load_full();
         let route = table
             .service(&service)
             .expect("services come from the config");
         Self::check_pool(route, pool)?;
         let current = route.active_pool().name.to_string();
-        if current == pool {
+        let state = &live.services[route.name()];
+        if current == pool && state.canary.is_none() && state.rollout.is_none() {
             return Ok(SwitchOutcome {
                 service,
                 pool: pool.to_string(),
-                previous: live.services[route.name()]
-                    .previous
-                    .clone()
-                    .unwrap_or_else(|| current.clone()),
+                previous: state.previous.clone().unwrap_or_else(|| current.clone()),
                 changed: false,
                 generation: live.generation,
             });
         }
-        let target = route.pool(pool).expect("checked above");
-        if !force && target.healthy_count() == 0 {
-            let detail = if target.backends.is_empty() {
-                "it has no backends".to_string()
-            } else {
-                target
-                    .backends
-                    .iter()
-                    .map(|b| {
-                        let error = b
-                            .health
-                            .last_error()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default();
-                        format!("{} {}{error}", b.addr, b.health.get().as_str())
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            return Err(DeployError::NoHealthyBackend {
-                service,
-                pool: pool.to_string(),
-                detail,
-            });
+        if !force {
+            Self::check_healthy(&service, route.pool(pool).expect("checked above"))?;
         }
         let mut next = live.clone();
         let s = next
             .services
             .get_mut(&service)
             .expect("services come from the config");
-        s.previous = Some(current.clone());
+        if current != pool {
+            s.previous = Some(current.clone());
+        }
         s.active = pool.to_string();
+        s.canary = None;
+        s.rollout = None;
         let generation = self.commit(&mut live, next).await?;
-        self.metrics.count_switch(&service, rollback);
-        let what = if rollback { "rolled back" } else { "switched" };
+        let what = match change {
+            Change::Switch => "switched",
+            Change::Rollback => "rolled back",
+            Change::Promote => "rollout promoted",
+        };
+        if current != pool {
+            self.metrics
+                .count_switch(&service, change == Change::Rollback);
+        }
         info!(service = %service, pool = %pool, previous = %current, generation, by = %who, "{what}");
         Ok(SwitchOutcome {
             service,
@@ -344,7 +477,9 @@ impl Controller {
         })
     }
 
-    /// Switches back to the pool that was active before the last switch.
+    /// Undoes the last change: a running rollout is aborted, a canary is ended (every client
+    /// back on the active pool), else the pool that was active before the last switch comes
+    /// back.
     pub async fn rollback(
         &self,
         service: Option<&str>,
@@ -352,12 +487,351 @@ impl Controller {
         who: &str,
     ) -> Result<SwitchOutcome, DeployError> {
         let service = self.resolve_service(service)?;
+        if let Some(rollout) = self.running_rollout(&service) {
+            rollout.abort(format!("rollback by {who}"));
+            let result = rollout.finished().await;
+            return Ok(SwitchOutcome {
+                service,
+                pool: rollout.stable.clone(),
+                previous: rollout.pool.clone(),
+                changed: result.outcome != Outcome::Promoted,
+                generation: result.generation,
+            });
+        }
+        let canary = self.live.lock().await.services[&service].canary.clone();
+        if let Some(canary) = canary {
+            let ended = self.set_canary(Some(&service), &canary.pool, 0, false, who);
+            let o = ended.await?;
+            self.metrics.count_canary_rollback(&service);
+            return Ok(SwitchOutcome {
+                service,
+                pool: o.active,
+                previous: canary.pool,
+                changed: true,
+                generation: o.generation,
+            });
+        }
         let previous = self.live.lock().await.services[&service].previous.clone();
         let previous = previous.ok_or(DeployError::NoPreviousPool {
             service: service.clone(),
         })?;
-        self.change_active(Some(&service), &previous, force, who, true)
+        self.change_active(Some(&service), &previous, force, who, Change::Rollback)
             .await
+    }
+
+    /// Sends `permille` thousandths of a service's clients to `pool` (0 ends the canary).
+    /// Refuses the active pool, a pool with no healthy backend (unless `force`), and any
+    /// change while a rollout runs.
+    pub async fn set_canary(
+        &self,
+        service: Option<&str>,
+        pool: &str,
+        permille: u32,
+        force: bool,
+        who: &str,
+    ) -> Result<CanaryOutcome, DeployError> {
+        let service = self.resolve_service(service)?;
+        if permille > BUCKETS {
+            return Err(DeployError::BadPercent(format!(
+                "{}% is out of range: use 0 to 100",
+                percent(permille)
+            )));
+        }
+        let mut live = self.live.lock().await;
+        self.refuse_during_rollout(&service)?;
+        let table = self.table.load_full();
+        let route = table
+            .service(&service)
+            .expect("services come from the config");
+        Self::check_pool(route, pool)?;
+        let active = route.active_pool().name.to_string();
+        if permille > 0 && active == pool {
+            return Err(DeployError::ActivePool {
+                service,
+                pool: pool.to_string(),
+            });
+        }
+        if permille > 0 && !force {
+            Self::check_healthy(&service, route.pool(pool).expect("checked above"))?;
+        }
+        let previous = live.services[&service]
+            .canary
+            .as_ref()
+            .map(|c| (c.pool.clone(), c.permille));
+        let wanted = (permille > 0).then(|| CanaryState {
+            pool: pool.to_string(),
+            permille,
+        });
+        if live.services[&service].canary == wanted {
+            return Ok(CanaryOutcome {
+                service,
+                pool: pool.to_string(),
+                active,
+                permille,
+                previous,
+                generation: live.generation,
+            });
+        }
+        let mut next = live.clone();
+        next.services
+            .get_mut(&service)
+            .expect("services come from the config")
+            .canary = wanted;
+        let generation = self.commit(&mut live, next).await?;
+        info!(service = %service, pool = %pool, percent = percent(permille), stable = %active, generation, by = %who, "canary set");
+        Ok(CanaryOutcome {
+            service,
+            pool: pool.to_string(),
+            active,
+            permille,
+            previous,
+            generation,
+        })
+    }
+
+    /// Starts a rollout of `pool` on a service, as a task of its own; the returned handle
+    /// reports its progress and end.
+    pub async fn start_rollout(
+        self: &Arc<Self>,
+        service: Option<&str>,
+        pool: &str,
+        spec: RolloutSpec,
+        force: bool,
+        who: &str,
+    ) -> Result<Arc<Rollout>, DeployError> {
+        let service = self.resolve_service(service)?;
+        spec.check().map_err(DeployError::BadRollout)?;
+        if !self.metrics.enabled {
+            return Err(DeployError::BadRollout(
+                "a rollout judges the canary by its metrics, and [metrics] enabled = false turns them off".into(),
+            ));
+        }
+        let live = self.live.lock().await;
+        self.refuse_during_rollout(&service)?;
+        let table = self.table.load_full();
+        let route = table
+            .service(&service)
+            .expect("services come from the config");
+        Self::check_pool(route, pool)?;
+        let stable = route.active_pool().name.to_string();
+        if stable == pool {
+            return Err(DeployError::ActivePool {
+                service,
+                pool: pool.to_string(),
+            });
+        }
+        if !force {
+            Self::check_healthy(&service, route.pool(pool).expect("checked above"))?;
+        }
+        let rollout = Arc::new(Rollout::new(
+            service.clone(),
+            pool.to_string(),
+            stable.clone(),
+            spec,
+        ));
+        self.rollouts
+            .lock()
+            .expect("not poisoned")
+            .insert(service.clone(), rollout.clone());
+        drop(live);
+        let steps: Vec<f64> = rollout.spec.steps.iter().map(|s| percent(*s)).collect();
+        info!(service = %service, pool = %pool, stable = %stable, steps = ?steps, interval_ms = rollout.spec.interval.as_millis() as u64, by = %who, "rollout started");
+        tokio::spawn(self.clone().drive(rollout.clone()));
+        Ok(rollout)
+    }
+
+    /// Asks the rollout running on a service to stop and roll back, and waits until it has.
+    pub async fn abort_rollout(
+        &self,
+        service: Option<&str>,
+        who: &str,
+    ) -> Result<(Arc<Rollout>, RolloutResult), DeployError> {
+        let service = self.resolve_service(service)?;
+        let rollout = self
+            .running_rollout(&service)
+            .ok_or(DeployError::NoRollout { service })?;
+        rollout.abort(format!("aborted by {who}"));
+        let result = rollout.finished().await;
+        Ok((rollout, result))
+    }
+
+    fn snapshots(&self, service: &str, canary: &str, stable: &str) -> (Snapshot, Snapshot) {
+        let table = self.table.load();
+        let route = table
+            .service(service)
+            .expect("services come from the config");
+        let of = |name: &str| {
+            route
+                .pool(name)
+                .map(|p| Snapshot::of(p))
+                .unwrap_or_default()
+        };
+        (of(canary), of(stable))
+    }
+
+    /// The rollout task: each step, then the verdict.
+    async fn drive(self: Arc<Self>, rollout: Arc<Rollout>) {
+        let (service, pool, stable) = (&rollout.service, &rollout.pool, &rollout.stable);
+        let spec = &rollout.spec;
+        let steps = spec.steps.len();
+        let mut abort = rollout.abort_requested();
+        let started = switchback_config::time::unix_now();
+        let mut last = RolloutProgress {
+            step: 0,
+            steps,
+            permille: 0,
+            canary: Default::default(),
+            stable: Default::default(),
+            next_step_in: spec.interval,
+        };
+        for (i, &permille) in spec.steps.iter().enumerate() {
+            let step = i + 1;
+            last = RolloutProgress {
+                step,
+                permille,
+                ..last
+            };
+            let mark = RolloutMark {
+                pool: pool.clone(),
+                step,
+                steps,
+                started,
+            };
+            let applied = self
+                .update_service(service, false, |s| {
+                    s.canary = Some(CanaryState {
+                        pool: pool.clone(),
+                        permille,
+                    });
+                    s.rollout = Some(mark);
+                })
+                .await;
+            if let Err(e) = applied {
+                let reason = format!("step {step} could not be applied: {e}");
+                return self
+                    .end(&rollout, Outcome::RolledBack, Some(reason), last)
+                    .await;
+            }
+            info!(service = %service, pool = %pool, step, steps, percent = percent(permille), "rollout step");
+            rollout.send(RolloutEvent::Step {
+                step,
+                steps,
+                permille,
+            });
+            let (canary0, stable0) = self.snapshots(service, pool, stable);
+            let step_started = Instant::now();
+            loop {
+                let asked = abort.borrow_and_update().clone();
+                if let Some(reason) = asked {
+                    return self
+                        .end(&rollout, Outcome::Aborted, Some(reason), last)
+                        .await;
+                }
+                let left = spec.interval.saturating_sub(step_started.elapsed());
+                let tick = if left.is_zero() {
+                    Duration::from_secs(1)
+                } else {
+                    left.min(Duration::from_secs(1))
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => {}
+                    _ = abort.changed() => continue,
+                }
+                let (canary1, stable1) = self.snapshots(service, pool, stable);
+                let elapsed = step_started.elapsed();
+                last = RolloutProgress {
+                    step,
+                    steps,
+                    permille,
+                    canary: canary1.since(&canary0),
+                    stable: stable1.since(&stable0),
+                    next_step_in: spec.interval.saturating_sub(elapsed),
+                };
+                rollout.send(RolloutEvent::Progress(last.clone()));
+                match judge(spec, &last.canary, &last.stable) {
+                    Verdict::Breach(why) => {
+                        let reason = format!("step {step} ({}%): {why}", percent(permille));
+                        return self
+                            .end(&rollout, Outcome::RolledBack, Some(reason), last)
+                            .await;
+                    }
+                    Verdict::Pass if elapsed >= spec.interval => break,
+                    Verdict::TooFewRequests if elapsed >= spec.interval * MAX_WAIT_INTERVALS => {
+                        let reason = format!(
+                            "step {step} ({}%): only {} requests reached the canary in {}s; at least {} are needed to judge it",
+                            percent(permille),
+                            last.canary.requests,
+                            elapsed.as_secs(),
+                            spec.min_requests
+                        );
+                        return self
+                            .end(&rollout, Outcome::RolledBack, Some(reason), last)
+                            .await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.end(&rollout, Outcome::Promoted, None, last).await
+    }
+
+    /// Ends a rollout: promotes the canary pool, or sends every client back to the stable
+    /// pool, then tells the watchers.
+    async fn end(
+        &self,
+        rollout: &Rollout,
+        outcome: Outcome,
+        mut reason: Option<String>,
+        progress: RolloutProgress,
+    ) {
+        let service = &rollout.service;
+        let applied = match outcome {
+            Outcome::Promoted => self
+                .change_active(
+                    Some(service),
+                    &rollout.pool,
+                    true,
+                    "rollout",
+                    Change::Promote,
+                )
+                .await
+                .map(|o| o.generation),
+            Outcome::RolledBack | Outcome::Aborted => {
+                self.metrics.count_canary_rollback(service);
+                self.update_service(service, true, |s| {
+                    s.canary = None;
+                    s.rollout = None;
+                })
+                .await
+            }
+        };
+        let generation = match applied {
+            Ok(g) => g,
+            Err(e) => {
+                error!(service = %service, pool = %rollout.pool, error = %e, "rollout could not record its end");
+                let note = format!("the end of the rollout could not be recorded: {e}");
+                reason = Some(match reason {
+                    Some(r) => format!("{r}; {note}"),
+                    None => note,
+                });
+                self.live.lock().await.generation
+            }
+        };
+        let reason_text = reason.clone().unwrap_or_default();
+        match outcome {
+            Outcome::Promoted => {
+                info!(service = %service, pool = %rollout.pool, generation, "rollout promoted")
+            }
+            _ => {
+                warn!(service = %service, pool = %rollout.pool, stable = %rollout.stable, outcome = outcome.as_str(), reason = %reason_text, generation, "rollout rolled back")
+            }
+        }
+        rollout.send(RolloutEvent::Finished(RolloutResult {
+            outcome,
+            reason,
+            progress,
+            generation,
+        }));
     }
 
     /// Waits until no request is in flight to `pool`, or `timeout` passes. `on_progress` hears

@@ -1,7 +1,8 @@
 //! The data path: pingora's `ProxyHttp` for switchback.
 //!
 //! Per request: load the live [`RoutingTable`] once, route by host and path to a service, take
-//! the service's active pool and count the request in flight there, pick a healthy backend
+//! the service's active pool (or its canary, or the pool an override names: see
+//! [`crate::canary`]) and count the request in flight there, pick a healthy backend
 //! round robin, and proxy. A connection that fails before any byte was sent is retried on
 //! another backend of the same pool. At the end, count the request in its pool's metrics and
 //! queue an access-log record. Nothing here takes a lock, formats a log line or writes to a
@@ -23,6 +24,7 @@ use switchback_certs::challenge::CHALLENGE_PREFIX;
 use switchback_certs::ChallengeStore;
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::canary;
 use crate::metrics::{status_class, Metrics};
 use crate::pool::{InFlight, Tried};
 use crate::routing::{normalize_request_host, RoutingTable};
@@ -128,6 +130,10 @@ pub struct RequestCtx {
     tls: bool,
     /// Answered by the proxy itself (ACME challenge, HTTPS redirect): not a pool's traffic.
     answered_here: bool,
+    /// A canary bucket drawn for this client, to send back in the sticky cookie.
+    new_bucket: Option<u32>,
+    /// The pool came from an override header or cookie.
+    forced: bool,
 }
 
 impl RequestCtx {
@@ -190,7 +196,17 @@ impl ProxyHttp for SwitchbackProxy {
                 self.redirect_to_https(session, &host).await?;
                 return Ok(true);
             }
-            let pool_index = service.active;
+            let mut pool_index = service.active;
+            if service.canary.is_some() || service.overridable {
+                let client = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                let choice = canary::choose(service, &session.req_header().headers, client);
+                pool_index = choice.pool;
+                ctx.new_bucket = choice.new_bucket;
+                ctx.forced = choice.forced;
+            }
             let in_flight = InFlight::start(&service.pools[pool_index].stats);
             // A switch that landed between the load and the count above could miss this request
             // when it waits for the old pool to drain. Both sides use sequentially consistent
@@ -255,8 +271,17 @@ impl ProxyHttp for SwitchbackProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.forced {
+            // The override may carry a secret: it is the proxy's business, not the backend's.
+            if let Some(header) = ctx
+                .route()
+                .and_then(|(s, _)| s.config.canary.override_header.as_deref())
+            {
+                upstream_request.remove_header(header);
+            }
+        }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let mut value = String::with_capacity(48);
             if let Some(prior) = upstream_request.headers.get("x-forwarded-for") {
@@ -292,6 +317,14 @@ impl ProxyHttp for SwitchbackProxy {
         if ctx.tls {
             if let Some(hsts) = ctx.route().and_then(|(s, _)| s.config.hsts.as_deref()) {
                 upstream_response.insert_header("strict-transport-security", hsts)?;
+            }
+        }
+        if let Some(bucket) = ctx.new_bucket {
+            if let Some((service, _)) = ctx.route() {
+                if let switchback_config::Sticky::Cookie(name) = &service.config.canary.sticky {
+                    let cookie = canary::sticky_cookie(name, bucket, ctx.tls);
+                    upstream_response.append_header("set-cookie", cookie)?;
+                }
             }
         }
         Ok(())

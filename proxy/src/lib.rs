@@ -17,16 +17,18 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod canary;
 pub mod controller;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod pool;
+pub mod rollout;
 pub mod routing;
 mod text;
 
 pub use controller::{
-    Controller, DeployError, DrainOutcome, PoolSetOutcome, StartError, SwitchOutcome,
+    CanaryOutcome, Controller, DeployError, DrainOutcome, PoolSetOutcome, StartError, SwitchOutcome,
 };
 pub use health::{Health, HealthRegistry};
 pub use http::{ConnectionCounter, SwitchbackProxy};

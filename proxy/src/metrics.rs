@@ -117,7 +117,7 @@ impl Metrics {
         );
         let rollbacks = counter(
             "switchback_rollbacks_total",
-            "Rollbacks to the previous pool of a service.",
+            "Rollbacks of a service: to the previous pool, or a canary or rollout sent back to the stable pool.",
             &["service"],
         );
         let duration = HistogramVec::new(
@@ -188,6 +188,11 @@ impl Metrics {
         }
     }
 
+    /// A canary or rollout sent back to the stable pool (the active pool did not change).
+    pub fn count_canary_rollback(&self, service: &str) {
+        self.rollbacks.with_label_values(&[service]).inc();
+    }
+
     /// The gauge of open client connections, shared with the listener wrapper.
     pub fn open_connections(&self) -> Arc<AtomicI64> {
         self.open_connections.clone()
@@ -234,7 +239,7 @@ impl Metrics {
                     .set(is_active as i64);
                 traffic
                     .with_label_values(&[name, &pool.name])
-                    .set(if is_active { 1.0 } else { 0.0 });
+                    .set(service.traffic_ratio(i));
                 for b in &pool.backends {
                     let ok = matches!(b.health.get(), Health::Healthy | Health::Unchecked);
                     up.with_label_values(&[name, &pool.name, &b.addr.to_string()])

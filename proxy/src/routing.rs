@@ -16,6 +16,7 @@ use std::sync::Arc;
 use pingora::upstreams::peer::HttpPeer;
 use switchback_config::{Config, LiveState, ServiceConfig};
 
+use crate::canary::{Canary, BUCKETS};
 use crate::health::HealthRegistry;
 use crate::metrics::{Metrics, NO_BACKEND};
 use crate::pool::{Backend, Pool, PoolHandles, PoolStats};
@@ -39,6 +40,10 @@ pub struct ServiceRoute {
     pub active: usize,
     /// Index into `pools` of the pool `rollback` goes back to.
     pub previous: Option<usize>,
+    /// A share of clients sent to another pool than the active one.
+    pub canary: Option<Canary>,
+    /// Whether a request may force its pool (an override header or cookie is configured).
+    pub overridable: bool,
 }
 
 impl ServiceRoute {
@@ -56,6 +61,18 @@ impl ServiceRoute {
 
     pub fn pool_index(&self, name: &str) -> Option<usize> {
         self.pools.iter().position(|p| &*p.name == name)
+    }
+
+    /// The share of new requests (0 to 1) pool `index` gets, overrides aside.
+    pub fn traffic_ratio(&self, index: usize) -> f64 {
+        let canary = self
+            .canary
+            .map_or(0.0, |c| c.permille as f64 / BUCKETS as f64);
+        match self.canary {
+            Some(c) if c.pool == index => canary,
+            _ if index == self.active => 1.0 - canary,
+            _ => 0.0,
+        }
     }
 }
 
@@ -240,11 +257,24 @@ impl RoutingTable {
                 .or_else(|| position(&service_config.active))
                 .unwrap_or(0);
             let previous = live.and_then(|l| l.previous.as_deref()).and_then(position);
+            let canary = live
+                .and_then(|l| l.canary.as_ref())
+                .and_then(|c| {
+                    Some(Canary {
+                        pool: position(&c.pool)?,
+                        permille: c.permille.min(BUCKETS),
+                    })
+                })
+                .filter(|c| c.pool != active && c.permille > 0);
+            let overridable = config_arc.canary.override_header.is_some()
+                || config_arc.canary.override_cookie.is_some();
             services.push(ServiceRoute {
                 config: config_arc,
                 pools,
                 active,
                 previous,
+                canary,
+                overridable,
             });
         }
         let hosts = HostIndex::build(&services);

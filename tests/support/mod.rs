@@ -40,11 +40,14 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// - `/health`: 200, or 503 while `set_healthy(false)`;
 /// - `/slow?ms=N`: after N milliseconds;
 /// - `/status/N`: with status N;
-/// - anything else: 200 with its name as the body and in the `x-pool` header.
+/// - anything else: 200 with its name as the body and in the `x-pool` header, or 500 for
+///   every request that `set_failing` selects.
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
     healthy: Arc<AtomicBool>,
+    /// Of every 100 ordinary requests, how many answer 500.
+    failing: Arc<AtomicU64>,
     pub requests: Arc<AtomicU64>,
     pub slow_in_flight: Arc<AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -69,12 +72,14 @@ impl Upstream {
         let healthy = Arc::new(AtomicBool::new(true));
         let requests = Arc::new(AtomicU64::new(0));
         let slow_in_flight = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(AtomicU64::new(0));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let state = (
             name.to_string(),
             healthy.clone(),
             requests.clone(),
             slow_in_flight.clone(),
+            failing.clone(),
         );
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -107,6 +112,7 @@ impl Upstream {
             name: name.to_string(),
             addr,
             healthy,
+            failing,
             requests,
             slow_in_flight,
             stop: Some(stop_tx),
@@ -116,6 +122,11 @@ impl Upstream {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Answers 500 to `percent` of every 100 ordinary requests (health checks still pass).
+    pub fn set_failing(&self, percent: u64) {
+        self.failing.store(percent, Ordering::SeqCst);
     }
 
     /// Stops listening and drops every connection.
@@ -135,10 +146,16 @@ impl Drop for Upstream {
     }
 }
 
-type UpstreamState = (String, Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>);
+type UpstreamState = (
+    String,
+    Arc<AtomicBool>,
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+);
 
 async fn respond(
-    (name, healthy, requests, slow): UpstreamState,
+    (name, healthy, requests, slow, failing): UpstreamState,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
@@ -155,7 +172,10 @@ async fn respond(
         let ok = healthy.load(Ordering::SeqCst);
         return Ok(reply(if ok { 200 } else { 503 }, name.clone()));
     }
-    requests.fetch_add(1, Ordering::SeqCst);
+    let n = requests.fetch_add(1, Ordering::SeqCst);
+    if n % 100 < failing.load(Ordering::SeqCst) {
+        return Ok(reply(500, format!("{name} failed")));
+    }
     if path == "/slow" {
         let ms: u64 = query
             .strip_prefix("ms=")
@@ -524,6 +544,8 @@ pub struct Answer {
     /// The `x-pool` header: which upstream answered.
     pub pool: String,
     pub body: String,
+    /// Every `set-cookie` header of the answer.
+    pub set_cookies: Vec<String>,
 }
 
 impl KeepAlive {
@@ -550,16 +572,37 @@ impl KeepAlive {
         path: &str,
         body: Vec<u8>,
     ) -> Result<Answer, String> {
+        self.send(method, path, &[], body).await
+    }
+
+    /// A GET with extra request headers.
+    pub async fn get_with(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
+        self.send("GET", path, headers, Vec::new()).await
+    }
+
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Answer, String> {
         self.sender
             .ready()
             .await
             .map_err(|e| format!("connection not ready: {e}"))?;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", self.host.as_str())
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
+            .header("host", self.host.as_str());
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).unwrap();
         let resp = self
             .sender
             .send_request(req)
@@ -572,6 +615,13 @@ impl KeepAlive {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let set_cookies = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect();
         let body = resp
             .into_body()
             .collect()
@@ -582,6 +632,7 @@ impl KeepAlive {
             status,
             pool,
             body: String::from_utf8_lossy(&body).into_owned(),
+            set_cookies,
         })
     }
 }

@@ -1,0 +1,265 @@
+//! Canary assignment: which clients of a service go to the canary pool.
+//!
+//! Every client has a bucket, 0 to 999, that does not change while it keeps its identity: a
+//! cookie the proxy sets (a new client draws a random bucket), or a hash of a request header or
+//! of the client address. A client is on the canary when its bucket is below the canary weight
+//! in thousandths. So a split holds for as long as the weight does, raising the weight only
+//! moves clients from stable to canary, and lowering it only moves them back.
+//!
+//! Testers can force a pool with a request header or cookie (`green`, or `green:SECRET` when
+//! the service sets a secret); an override naming an unknown pool is ignored.
+
+use std::cell::Cell;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use switchback_config::Sticky;
+
+use crate::routing::ServiceRoute;
+
+/// Buckets per client population: weights have one decimal of a percent.
+pub const BUCKETS: u32 = 1000;
+
+/// The live canary of a service, as the request path reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Canary {
+    /// Index into the service's pools.
+    pub pool: usize,
+    /// 1 to 1000.
+    pub permille: u32,
+}
+
+impl Canary {
+    #[inline]
+    pub fn takes(&self, bucket: u32) -> bool {
+        bucket < self.permille
+    }
+}
+
+/// Where one request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// Index into the service's pools.
+    pub pool: usize,
+    /// A bucket drawn for a client without one, to hand back in the sticky cookie.
+    pub new_bucket: Option<u32>,
+    /// The request named its pool with an override.
+    pub forced: bool,
+}
+
+/// Picks the pool of one request of `route`: an override when the request carries a valid
+/// one, else the canary when the client's bucket falls in it, else the active pool.
+pub fn choose(route: &ServiceRoute, headers: &HeaderMap, client: Option<IpAddr>) -> Choice {
+    let config = &route.config.canary;
+    let mut choice = Choice {
+        pool: route.active,
+        new_bucket: None,
+        forced: false,
+    };
+    if route.overridable {
+        let secret = config.override_secret.as_deref();
+        let from_header = || {
+            let value = headers.get(config.override_header.as_deref()?)?;
+            override_pool(value.to_str().ok()?, secret)
+        };
+        let from_cookie =
+            || override_pool(cookie(headers, config.override_cookie.as_deref()?)?, secret);
+        if let Some(index) = from_header()
+            .or_else(from_cookie)
+            .and_then(|name| route.pool_index(name))
+        {
+            choice.pool = index;
+            choice.forced = true;
+            return choice;
+        }
+    }
+    let Some(canary) = route.canary else {
+        return choice;
+    };
+    let by_address = || client.map_or_else(random_bucket, bucket_of_ip);
+    let bucket = match &config.sticky {
+        Sticky::Cookie(name) => match cookie(headers, name).and_then(parse_bucket) {
+            Some(b) => b,
+            None => {
+                let b = random_bucket();
+                choice.new_bucket = Some(b);
+                b
+            }
+        },
+        Sticky::Header(name) => headers
+            .get(name.as_str())
+            .map_or_else(by_address, |v| bucket_of(v.as_bytes())),
+        Sticky::Ip => by_address(),
+    };
+    if canary.takes(bucket) {
+        choice.pool = canary.pool;
+    }
+    choice
+}
+
+/// A stable bucket for some identifying bytes (a header value, an address): the same bytes
+/// give the same bucket in every process and after every restart.
+pub fn bucket_of(bytes: &[u8]) -> u32 {
+    // FNV-1a, then the splitmix64 finalizer so that neighbouring inputs spread out.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h % BUCKETS as u64) as u32
+}
+
+pub fn bucket_of_ip(ip: IpAddr) -> u32 {
+    match ip {
+        IpAddr::V4(v4) => bucket_of(&v4.octets()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => bucket_of(&v4.octets()),
+            None => bucket_of(&v6.octets()),
+        },
+    }
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(
+        std::collections::hash_map::RandomState::new().build_hasher().finish() | 1,
+    );
+}
+
+/// A random bucket for a client seen for the first time.
+pub fn random_bucket() -> u32 {
+    RNG.with(|state| {
+        // xorshift64*: plenty for spreading clients, and no lock or syscall.
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        ((x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % BUCKETS as u64) as u32
+    })
+}
+
+/// A bucket as the sticky cookie carries it.
+pub fn parse_bucket(value: &str) -> Option<u32> {
+    if value.is_empty() || value.len() > 3 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().filter(|b| *b < BUCKETS)
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+/// The pool an override value names: `POOL`, or `POOL:SECRET` when a secret is required.
+pub fn override_pool<'a>(value: &'a str, secret: Option<&str>) -> Option<&'a str> {
+    let value = value.trim();
+    match secret {
+        None => Some(value).filter(|v| !v.is_empty() && !v.contains(':')),
+        Some(secret) => {
+            let (pool, given) = value.split_once(':')?;
+            constant_time_eq(given.as_bytes(), secret.as_bytes()).then_some(pool)
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The Set-Cookie value that keeps `bucket` for a client: a month, every path, not readable
+/// by scripts.
+pub fn sticky_cookie(name: &str, bucket: u32, secure: bool) -> String {
+    let mut v = String::with_capacity(name.len() + 64);
+    v.push_str(name);
+    v.push('=');
+    v.push_str(&bucket.to_string());
+    v.push_str("; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax");
+    if secure {
+        v.push_str("; Secure");
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashed_buckets_are_stable_and_spread_evenly() {
+        assert_eq!(bucket_of(b"user-42"), bucket_of(b"user-42"));
+        let mut per_tenth = [0u32; 10];
+        for i in 0..100_000u32 {
+            per_tenth[(bucket_of(format!("user-{i}").as_bytes()) / 100) as usize] += 1;
+        }
+        for n in per_tenth {
+            assert!((9_500..10_500).contains(&n), "{per_tenth:?}");
+        }
+        let mut hit = 0;
+        for i in 0..20_000u32 {
+            let ip = IpAddr::from([127, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+            hit += (bucket_of_ip(ip) < 100) as u32;
+        }
+        assert!((1_800..2_200).contains(&hit), "{hit} of 20000 at 10%");
+    }
+
+    #[test]
+    fn random_buckets_cover_the_range() {
+        let mut seen = [false; BUCKETS as usize];
+        let mut low = 0;
+        for _ in 0..50_000 {
+            let b = random_bucket();
+            seen[b as usize] = true;
+            low += (b < 100) as u32;
+        }
+        assert!(seen.iter().all(|s| *s));
+        assert!((4_600..5_400).contains(&low), "{low}");
+    }
+
+    #[test]
+    fn raising_the_weight_never_moves_a_client_back_to_stable() {
+        for bucket in 0..BUCKETS {
+            let mut was_canary = false;
+            for permille in 1..=BUCKETS {
+                let now = Canary { pool: 1, permille }.takes(bucket);
+                assert!(!was_canary || now, "bucket {bucket} left at {permille}");
+                was_canary = now;
+            }
+            assert!(was_canary, "everyone is on the canary at 100%");
+        }
+    }
+
+    #[test]
+    fn cookies_and_overrides_parse() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1; switchback_bucket=17".parse().unwrap());
+        h.append("cookie", "switchback_pool=green".parse().unwrap());
+        assert_eq!(cookie(&h, "switchback_bucket"), Some("17"));
+        assert_eq!(cookie(&h, "switchback_pool"), Some("green"));
+        assert_eq!(cookie(&h, "b"), None);
+        assert_eq!(parse_bucket("17"), Some(17));
+        assert_eq!(parse_bucket("999"), Some(999));
+        for bad in ["1000", "", "-1", "x", "0017"] {
+            assert_eq!(parse_bucket(bad), None, "{bad}");
+        }
+        assert_eq!(override_pool("green", None), Some("green"));
+        assert_eq!(override_pool("green:s3cret", Some("s3cret")), Some("green"));
+        assert_eq!(override_pool("green:wrong", Some("s3cret")), None);
+        assert_eq!(override_pool("green", Some("s3cret")), None);
+        assert!(sticky_cookie("b", 5, true).ends_with("; Secure"));
+    }
+}

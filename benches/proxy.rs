@@ -11,9 +11,12 @@
 //! - `switch`: failed requests while switchback switches blue → green → blue 100 times under
 //!   load;
 //! - `observability`: switchback with metrics and the access log on, against both off;
+//! - `canary`: switchback with a 10% canary against the same proxy with a plain active pool,
+//!   for clients that carry their bucket cookie;
 //! - `instructions`: user-space instructions per request under callgrind for switchback (bare,
-//!   with metrics, with metrics and access log), nginx and HAProxy: a measure of work that,
-//!   unlike requests per second, does not move with the load of a shared machine.
+//!   with metrics, with metrics and access log, with a 10% canary), nginx and HAProxy: a
+//!   measure of work that, unlike requests per second, does not move with the load of a shared
+//!   machine.
 //!
 //! Needs wrk, nginx and haproxy (Debian packages `wrk nginx-light haproxy`), and valgrind for
 //! `instructions`. Everything listens
@@ -64,6 +67,7 @@ fn options() -> Options {
             "https".into(),
             "switch".into(),
             "observability".into(),
+            "canary".into(),
             "instructions".into(),
         ];
     }
@@ -293,15 +297,16 @@ fn under_callgrind(cmd: &Command, prefix: &Path) -> Command {
     v
 }
 
-/// Sends `n` keep-alive GETs one after another on one connection.
-fn send_requests(port: u16, n: usize) {
+/// Sends `n` keep-alive GETs one after another on one connection, each with `headers`
+/// (complete lines, `\r\n` included).
+fn send_requests(port: u16, n: usize, headers: &str) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 16384];
+    let request = format!("GET / HTTP/1.1\r\nHost: bench\r\n{headers}\r\n");
     for _ in 0..n {
-        s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-            .unwrap();
+        s.write_all(request.as_bytes()).unwrap();
         loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -326,7 +331,13 @@ fn send_requests(port: u16, n: usize) {
 /// difference between a run of `few` and a run of `many` requests, so start-up and shutdown
 /// cancel out. Unlike time, this does not move with the machine's load. Returns (all threads,
 /// all but switchback's access-log writer thread).
-fn instructions_per_request(name: &str, cmd: &Command, port: u16, dir: &Path) -> (f64, f64) {
+fn instructions_per_request(
+    name: &str,
+    cmd: &Command,
+    port: u16,
+    dir: &Path,
+    headers: &str,
+) -> (f64, f64) {
     let (few, many) = (1000, 3000);
     let mut totals = Vec::new();
     for n in [few, many] {
@@ -337,7 +348,7 @@ fn instructions_per_request(name: &str, cmd: &Command, port: u16, dir: &Path) ->
             &dir.join(format!("callgrind-{name}-{n}.log")),
         );
         wait_http(&mut p, port, "/");
-        send_requests(port, n);
+        send_requests(port, n, headers);
         // SIGINT: every proxy here exits at once and callgrind writes its totals.
         let _ = Command::new("kill")
             .args(["-INT", &p.child.id().to_string()])
@@ -430,6 +441,12 @@ fn wrk(port: u16, seconds: u64, connections: usize) -> WrkResult {
 /// wrk against `url`; with `close`, every request on a new connection (for TLS: a new
 /// handshake).
 fn wrk_url(url: &str, seconds: u64, connections: usize, close: bool) -> WrkResult {
+    let headers: &[&str] = if close { &["Connection: close"] } else { &[] };
+    wrk_headers(url, seconds, connections, headers)
+}
+
+/// wrk against `url`, sending `headers` with every request.
+fn wrk_headers(url: &str, seconds: u64, connections: usize, headers: &[&str]) -> WrkResult {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t1",
@@ -437,8 +454,8 @@ fn wrk_url(url: &str, seconds: u64, connections: usize, close: bool) -> WrkResul
         &format!("-d{seconds}s"),
         "--latency",
     ]);
-    if close {
-        cmd.args(["-H", "Connection: close"]);
+    for h in headers {
+        cmd.args(["-H", h]);
     }
     let out = cmd.arg(url).output().expect("run wrk");
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
@@ -676,6 +693,66 @@ fn https(bench: &Bench, o: &Options) {
 }
 
 /// The cost of recording: metrics and the access log on, against both off.
+/// Alternating wrk rounds against two proxies (`a` first in even rounds, `b` first in odd
+/// ones), each sending `headers`; prints every round and the medians, and returns the median
+/// same-round ratio of a to b.
+fn alternate(names: (&str, &str), ports: (u16, u16), headers: &[&str], o: &Options) -> f64 {
+    let run = |port: u16, seconds: u64| {
+        wrk_headers(
+            &format!("http://127.0.0.1:{port}/"),
+            seconds,
+            o.connections,
+            headers,
+        )
+    };
+    run(ports.0, 1);
+    run(ports.1, 1);
+    let mut ratios = Vec::new();
+    let (mut a_rps, mut b_rps) = (Vec::new(), Vec::new());
+    for round in 0..o.rounds {
+        let (a, b) = if round % 2 == 0 {
+            let a = run(ports.0, o.seconds);
+            (a, run(ports.1, o.seconds))
+        } else {
+            let b = run(ports.1, o.seconds);
+            (run(ports.0, o.seconds), b)
+        };
+        println!(
+            "round {}: {} {:.0} req/s p99 {:.2}ms | {} {:.0} req/s p99 {:.2}ms | {}/{} x{:.3}",
+            round + 1,
+            names.0,
+            a.rps,
+            a.p99_ms,
+            names.1,
+            b.rps,
+            b.p99_ms,
+            names.0,
+            names.1,
+            a.rps / b.rps
+        );
+        assert_eq!(
+            a.errors + a.non_2xx + b.errors + b.non_2xx,
+            0,
+            "failed requests"
+        );
+        ratios.push(a.rps / b.rps);
+        a_rps.push(a.rps);
+        b_rps.push(b.rps);
+    }
+    let ratio = median(ratios);
+    println!(
+        "median req/s: {} {:.0}, {} {:.0}; median same-round {}/{} x{ratio:.3} (cost {:+.1}%)",
+        names.0,
+        median(a_rps),
+        names.1,
+        median(b_rps),
+        names.0,
+        names.1,
+        (1.0 - ratio) * 100.0
+    );
+    ratio
+}
+
 fn observability(bench: &Bench, o: &Options) {
     let (on_port, off_port) = (free_port(), free_port());
     let log = bench.dir.join("access.log");
@@ -694,40 +771,42 @@ fn observability(bench: &Bench, o: &Options) {
         "\n== observability: switchback with metrics + JSON access log to a file, against both off; wrk -t1 -c{} -d{}s, {} rounds",
         o.connections, o.seconds, o.rounds
     );
-    wrk(on_port, 1, o.connections);
-    wrk(off_port, 1, o.connections);
-    let mut ratios = Vec::new();
-    let (mut on_rps, mut off_rps) = (Vec::new(), Vec::new());
-    for round in 0..o.rounds {
-        let (on, off) = if round % 2 == 0 {
-            let on = wrk(on_port, o.seconds, o.connections);
-            (on, wrk(off_port, o.seconds, o.connections))
-        } else {
-            let off = wrk(off_port, o.seconds, o.connections);
-            (wrk(on_port, o.seconds, o.connections), off)
-        };
-        println!(
-            "round {}: on {:.0} req/s p99 {:.2}ms | off {:.0} req/s p99 {:.2}ms | on/off x{:.3}",
-            round + 1,
-            on.rps,
-            on.p99_ms,
-            off.rps,
-            off.p99_ms,
-            on.rps / off.rps
-        );
-        ratios.push(on.rps / off.rps);
-        on_rps.push(on.rps);
-        off_rps.push(off.rps);
-    }
+    alternate(("on", "off"), (on_port, off_port), &[], o);
     let lines = std::fs::read_to_string(&log)
         .map(|t| t.lines().count())
         .unwrap_or(0);
+    println!("{lines} access log lines written");
+}
+
+/// Sets a canary through the control socket of a running switchback.
+fn set_canary(socket: &Path, pool: &str, percent: &str) {
+    let ok = Command::new(BIN)
+        .arg("--socket")
+        .arg(socket)
+        .args(["canary", pool, percent])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "canary {pool} {percent} failed");
+}
+
+/// The cookie of a client whose bucket (42) puts it on a 10% canary.
+const CANARY_CLIENT: &str = "Cookie: switchback_bucket=42";
+
+fn canary(bench: &Bench, o: &Options) {
+    let (canary_port, plain_port) = (free_port(), free_port());
+    let (_canary, socket) = bench.switchback(canary_port);
+    let (_plain, _) = bench.switchback(plain_port);
+    set_canary(&socket, "green", "10");
     println!(
-        "median req/s: on {:.0}, off {:.0}; median same-round on/off x{:.3} (cost {:+.1}%); {lines} access log lines written",
-        median(on_rps),
-        median(off_rps),
-        median(ratios.clone()),
-        (1.0 - median(ratios)) * 100.0
+        "\n== canary: switchback with a 10% canary (clients with a bucket cookie) against a plain active pool; wrk -t1 -c{} -d{}s, {} rounds",
+        o.connections, o.seconds, o.rounds
+    );
+    alternate(
+        ("canary", "plain"),
+        (canary_port, plain_port),
+        &[CANARY_CLIENT],
+        o,
     );
 }
 
@@ -745,7 +824,8 @@ fn instructions(bench: &Bench) {
     println!("\n== instructions: user-space instructions per keep-alive request under callgrind (one connection, 1000 vs 3000 requests)");
     let dir = bench.dir.join("callgrind");
     std::fs::create_dir_all(&dir).unwrap();
-    let variants: Vec<(&str, Command, u16)> = vec![
+    // (name, command, port, request headers)
+    let mut variants: Vec<(&str, Command, u16, String)> = vec![
         {
             let port = free_port();
             let (cmd, _) = bench.switchback_cmd(
@@ -753,12 +833,12 @@ fn instructions(bench: &Bench) {
                 "[access_log]\nenabled = false\n[metrics]\nenabled = false\n",
                 false,
             );
-            ("switchback-bare", cmd, port)
+            ("switchback-bare", cmd, port, String::new())
         },
         {
             let port = free_port();
             let (cmd, _) = bench.switchback_cmd(port, "[access_log]\nenabled = false\n", false);
-            ("switchback-metrics", cmd, port)
+            ("switchback-metrics", cmd, port, String::new())
         },
         {
             let port = free_port();
@@ -768,20 +848,46 @@ fn instructions(bench: &Bench) {
                 &format!("[access_log]\npath = \"{}\"\n", log.display()),
                 false,
             );
-            ("switchback-metrics-log", cmd, port)
+            ("switchback-metrics-log", cmd, port, String::new())
         },
         {
             let port = free_port();
-            ("nginx", bench.nginx_cmd(port), port)
+            ("nginx", bench.nginx_cmd(port), port, String::new())
         },
         {
             let port = free_port();
-            ("haproxy", bench.haproxy_cmd(port), port)
+            ("haproxy", bench.haproxy_cmd(port), port, String::new())
         },
     ];
+    // The canary variants: the same client cookie with and without a 10% canary, and new
+    // clients (no cookie: a bucket drawn and a Set-Cookie sent each time). The canary is set
+    // once through the control socket and restored from the state dir by the measured runs.
+    let cookie = format!("{CANARY_CLIENT}\r\n");
+    for (name, with_canary, headers) in [
+        ("switchback-plain-cookie", false, cookie.clone()),
+        ("switchback-canary-cookie", true, cookie),
+        ("switchback-canary-new", true, String::new()),
+    ] {
+        let port = free_port();
+        let (mut cmd, socket) =
+            bench.switchback_cmd(port, "[access_log]\nenabled = false\n", false);
+        if with_canary {
+            let mut p = start(name, cmd, port, &dir);
+            set_canary(&socket, "green", "10");
+            let _ = Command::new("kill")
+                .args(["-INT", &p.child.id().to_string()])
+                .status();
+            let _ = p.child.wait();
+            cmd = bench
+                .switchback_cmd(port, "[access_log]\nenabled = false\n", false)
+                .0;
+        }
+        variants.push((name, cmd, port, headers));
+    }
     let mut results = Vec::new();
-    for (name, cmd, port) in &variants {
-        let (all, request_path) = instructions_per_request(name, cmd, *port, dir.as_path());
+    for (name, cmd, port, headers) in &variants {
+        let (all, request_path) =
+            instructions_per_request(name, cmd, *port, dir.as_path(), headers);
         if (all - request_path).abs() > 1.0 {
             println!("{name:<24} {all:>10.0} instructions/request ({request_path:.0} outside the access-log writer thread)");
         } else {
@@ -802,6 +908,11 @@ fn instructions(bench: &Bench) {
         (get("switchback-metrics").0 / bare - 1.0) * 100.0,
         (get("switchback-metrics-log").1 / bare - 1.0) * 100.0,
         (get("switchback-metrics-log").0 / bare - 1.0) * 100.0
+    );
+    println!(
+        "canary cost: 10% canary {:+.1}% for a client with its cookie (against the same client on a plain pool); {:+.1}% for a new client (bucket drawn, cookie set; against switchback-metrics)",
+        (get("switchback-canary-cookie").0 / get("switchback-plain-cookie").0 - 1.0) * 100.0,
+        (get("switchback-canary-new").0 / get("switchback-metrics").0 - 1.0) * 100.0
     );
     println!(
         "switchback (metrics on) / nginx x{:.2}, / haproxy x{:.2} (instructions per request; <1 is less work)",
@@ -858,10 +969,11 @@ fn main() {
             "http" => http(&bench, &o),
             "switch" => switch(&bench, &o),
             "observability" => observability(&bench, &o),
+            "canary" => canary(&bench, &o),
             "instructions" => instructions(&bench),
             "https" => https(&bench, &o),
             other => panic!(
-                "unknown scenario {other} (http, https, switch, observability, instructions)"
+                "unknown scenario {other} (http, https, switch, observability, canary, instructions)"
             ),
         }
     }

@@ -332,7 +332,9 @@ fn main() -> ExitCode {
                  \x20 {me} --socket {sock} switch green\n\
                  \x20 curl http://127.0.0.1:{port}/\n\
                  \x20 {me} --socket {sock} status\n\
-                 \x20 {me} --socket {sock} rollback\n\n\
+                 \x20 {me} --socket {sock} rollback\n\
+                 \x20 {me} --socket {sock} canary green 50   # half the clients (curl -b jar -c jar keeps one on its pool)\n\
+                 \x20 {me} --socket {sock} rollout green --steps 10,50,100 --interval 10s --min-requests 5\n\n\
                  Stop with Ctrl-C. The live pool is kept in {}/state and survives a restart.\n",
                 path.display(),
                 demo::DEMO_DIR

@@ -41,7 +41,7 @@ pub fn resolve_socket(socket: Option<PathBuf>, config: Option<PathBuf>) -> Resul
 
 /// Sends `request` and prints what comes back. `human` formats the final answer for people.
 pub fn call<T: DeserializeOwned + Serialize>(
-    socket: &Path,
+    socket: Result<PathBuf, String>,
     request: Request,
     json: bool,
     human: impl FnOnce(&T),
@@ -51,18 +51,25 @@ pub fn call<T: DeserializeOwned + Serialize>(
 
 /// As [`call`], with the exit code of a successful answer chosen by `exit`.
 pub fn call_then<T: DeserializeOwned + Serialize>(
-    socket: &Path,
+    socket: Result<PathBuf, String>,
     request: Request,
     json: bool,
     human: impl FnOnce(&T),
     exit: impl FnOnce(&T) -> ExitCode,
 ) -> ExitCode {
+    let socket = match socket {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchback: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime for the CLI");
     let result = rt.block_on(async {
-        let mut client = Client::connect(socket).await?;
+        let mut client = Client::connect(&socket).await?;
         client
             .call::<T>(&request, |event| {
                 if json {

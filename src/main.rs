@@ -261,13 +261,6 @@ fn main() -> ExitCode {
     switchback_certs::install_crypto_provider();
     let cli = Cli::parse();
     let socket = || cli::resolve_socket(cli.socket.clone(), cli.config.clone());
-    let client = |request: Request| -> Result<PathBuf, ExitCode> {
-        let _ = &request;
-        socket().map_err(|e| {
-            eprintln!("switchback: {e}");
-            ExitCode::from(2)
-        })
-    };
     match cli.command {
         Command::Run { log_format } => {
             init_logs(log_format);
@@ -345,10 +338,7 @@ fn main() -> ExitCode {
             let request = Request::Status {
                 service: target.service,
             };
-            match client(request.clone()) {
-                Ok(sock) => cli::call::<StatusReply>(&sock, request, json, cli::print_status),
-                Err(code) => code,
-            }
+            cli::call::<StatusReply>(socket(), request, json, cli::print_status)
         }
         Command::Switch {
             pool,
@@ -365,10 +355,7 @@ fn main() -> ExitCode {
                 wait_drain,
                 drain_timeout,
             };
-            match client(request.clone()) {
-                Ok(sock) => cli::call::<SwitchReply>(&sock, request, json, cli::print_switch),
-                Err(code) => code,
-            }
+            cli::call::<SwitchReply>(socket(), request, json, cli::print_switch)
         }
         Command::Rollback {
             target,
@@ -379,10 +366,7 @@ fn main() -> ExitCode {
                 service: target.service,
                 force,
             };
-            match client(request.clone()) {
-                Ok(sock) => cli::call::<SwitchReply>(&sock, request, json, cli::print_switch),
-                Err(code) => code,
-            }
+            cli::call::<SwitchReply>(socket(), request, json, cli::print_switch)
         }
         Command::Certs { command, json } => {
             let (request, json) = match command {
@@ -391,10 +375,7 @@ fn main() -> ExitCode {
                     (Request::CertsRenew { host }, json || j)
                 }
             };
-            match client(request.clone()) {
-                Ok(sock) => cli::call::<CertsReply>(&sock, request, json, cli::print_certs),
-                Err(code) => code,
-            }
+            cli::call::<CertsReply>(socket(), request, json, cli::print_certs)
         }
         Command::Canary {
             pool,
@@ -409,10 +390,7 @@ fn main() -> ExitCode {
                 percent,
                 force,
             };
-            match client(request.clone()) {
-                Ok(sock) => cli::call::<CanaryReply>(&sock, request, json, cli::print_canary),
-                Err(code) => code,
-            }
+            cli::call::<CanaryReply>(socket(), request, json, cli::print_canary)
         }
         Command::Rollout {
             pool,
@@ -460,10 +438,7 @@ fn main() -> ExitCode {
         }
         Command::ReloadCerts { json } => {
             let request = Request::ReloadCerts;
-            match client(request.clone()) {
-                Ok(sock) => cli::call::<CertsReply>(&sock, request, json, cli::print_certs),
-                Err(code) => code,
-            }
+            cli::call::<CertsReply>(socket(), request, json, cli::print_certs)
         }
         Command::Pool {
             command:
@@ -490,10 +465,7 @@ fn main() -> ExitCode {
                 wait,
                 timeout,
             };
-            match client(request.clone()) {
-                Ok(sock) => cli::call::<PoolSetReply>(&sock, request, json, cli::print_pool_set),
-                Err(code) => code,
-            }
+            cli::call::<PoolSetReply>(socket(), request, json, cli::print_pool_set)
         }
     }
 }

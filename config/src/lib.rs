@@ -22,6 +22,7 @@ pub mod state;
 pub mod time;
 pub mod validate;
 mod validate_canary;
+mod validate_service;
 mod validate_tls;
 
 pub use address::{parse_backend_list, parse_backends, parse_socket_addr};

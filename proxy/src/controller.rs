@@ -17,20 +17,16 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use switchback_config::{
-    defaults, CanaryState, Config, LiveState, RolloutMark, ServiceState, StateError, StateLock,
-    StateStore,
+    defaults, CanaryState, Config, LiveState, ServiceState, StateError, StateLock, StateStore,
 };
 use tokio::sync::Mutex;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::canary::BUCKETS;
 use crate::health::{probe, Health, HealthRegistry, HealthState};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::rollout::{
-    judge, percent, Outcome, Rollout, RolloutEvent, RolloutProgress, RolloutResult, RolloutSpec,
-    Snapshot, Verdict, MAX_WAIT_INTERVALS,
-};
+use crate::rollout::{percent, Outcome, Rollout};
 use crate::routing::{RoutingTable, ServiceRoute};
 
 /// Why a change was refused. Nothing changed when one of these is returned.
@@ -99,15 +95,6 @@ pub struct SwitchOutcome {
     pub generation: u64,
 }
 
-/// How a wait for the old pool to drain ended.
-#[derive(Debug, Clone)]
-pub struct DrainOutcome {
-    pub pool: String,
-    pub drained: bool,
-    pub in_flight: u64,
-    pub waited: Duration,
-}
-
 /// What `canary` did.
 #[derive(Debug, Clone)]
 pub struct CanaryOutcome {
@@ -124,7 +111,7 @@ pub struct CanaryOutcome {
 
 /// Which kind of change moves the active pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
+pub(crate) enum Change {
     Switch,
     Rollback,
     /// The last step of a rollout: the only change allowed while one runs.
@@ -143,14 +130,14 @@ pub struct PoolSetOutcome {
 
 pub struct Controller {
     config: Arc<Config>,
-    table: Arc<ArcSwap<RoutingTable>>,
-    live: Mutex<LiveState>,
+    pub(crate) table: Arc<ArcSwap<RoutingTable>>,
+    pub(crate) live: Mutex<LiveState>,
     store: StateStore,
     registry: Arc<HealthRegistry>,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     notices: Vec<String>,
     /// The last rollout of each service, running or finished.
-    rollouts: std::sync::Mutex<HashMap<String, Arc<Rollout>>>,
+    pub(crate) rollouts: std::sync::Mutex<HashMap<String, Arc<Rollout>>>,
     _lock: StateLock,
 }
 
@@ -277,7 +264,7 @@ impl Controller {
         }
     }
 
-    fn check_pool(route: &ServiceRoute, pool: &str) -> Result<(), DeployError> {
+    pub(crate) fn check_pool(route: &ServiceRoute, pool: &str) -> Result<(), DeployError> {
         match route.pool(pool) {
             Some(_) => Ok(()),
             None => Err(DeployError::UnknownPool {
@@ -331,7 +318,7 @@ impl Controller {
     }
 
     /// Changes one service's live state through `change` and commits it.
-    async fn update_service(
+    pub(crate) async fn update_service(
         &self,
         service: &str,
         even_unsaved: bool,
@@ -361,7 +348,7 @@ impl Controller {
             .cloned()
     }
 
-    fn refuse_during_rollout(&self, service: &str) -> Result<(), DeployError> {
+    pub(crate) fn refuse_during_rollout(&self, service: &str) -> Result<(), DeployError> {
         match self.running_rollout(service) {
             Some(r) => Err(DeployError::RolloutRunning {
                 service: service.to_string(),
@@ -372,7 +359,7 @@ impl Controller {
     }
 
     /// Refuses a pool with no healthy backend, saying what each backend is doing.
-    fn check_healthy(service: &str, target: &Pool) -> Result<(), DeployError> {
+    pub(crate) fn check_healthy(service: &str, target: &Pool) -> Result<(), DeployError> {
         if target.healthy_count() > 0 {
             return Ok(());
         }
@@ -414,7 +401,7 @@ impl Controller {
             .await
     }
 
-    async fn change_active(
+    pub(crate) async fn change_active(
         &self,
         service: Option<&str>,
         pool: &str,
@@ -587,295 +574,6 @@ impl Controller {
             previous,
             generation,
         })
-    }
-
-    /// Starts a rollout of `pool` on a service, as a task of its own; the returned handle
-    /// reports its progress and end.
-    pub async fn start_rollout(
-        self: &Arc<Self>,
-        service: Option<&str>,
-        pool: &str,
-        spec: RolloutSpec,
-        force: bool,
-        who: &str,
-    ) -> Result<Arc<Rollout>, DeployError> {
-        let service = self.resolve_service(service)?;
-        spec.check().map_err(DeployError::BadRollout)?;
-        if !self.metrics.enabled {
-            return Err(DeployError::BadRollout(
-                "a rollout judges the canary by its metrics, and [metrics] enabled = false turns them off".into(),
-            ));
-        }
-        let live = self.live.lock().await;
-        self.refuse_during_rollout(&service)?;
-        let table = self.table.load_full();
-        let route = table
-            .service(&service)
-            .expect("services come from the config");
-        Self::check_pool(route, pool)?;
-        let stable = route.active_pool().name.to_string();
-        if stable == pool {
-            return Err(DeployError::ActivePool {
-                service,
-                pool: pool.to_string(),
-            });
-        }
-        if !force {
-            Self::check_healthy(&service, route.pool(pool).expect("checked above"))?;
-        }
-        let rollout = Arc::new(Rollout::new(
-            service.clone(),
-            pool.to_string(),
-            stable.clone(),
-            spec,
-        ));
-        self.rollouts
-            .lock()
-            .expect("not poisoned")
-            .insert(service.clone(), rollout.clone());
-        drop(live);
-        let steps: Vec<f64> = rollout.spec.steps.iter().map(|s| percent(*s)).collect();
-        info!(service = %service, pool = %pool, stable = %stable, steps = ?steps, interval_ms = rollout.spec.interval.as_millis() as u64, by = %who, "rollout started");
-        tokio::spawn(self.clone().drive(rollout.clone()));
-        Ok(rollout)
-    }
-
-    /// Asks the rollout running on a service to stop and roll back, and waits until it has.
-    pub async fn abort_rollout(
-        &self,
-        service: Option<&str>,
-        who: &str,
-    ) -> Result<(Arc<Rollout>, RolloutResult), DeployError> {
-        let service = self.resolve_service(service)?;
-        let rollout = self
-            .running_rollout(&service)
-            .ok_or(DeployError::NoRollout { service })?;
-        rollout.abort(format!("aborted by {who}"));
-        let result = rollout.finished().await;
-        Ok((rollout, result))
-    }
-
-    fn snapshots(&self, service: &str, canary: &str, stable: &str) -> (Snapshot, Snapshot) {
-        let table = self.table.load();
-        let route = table
-            .service(service)
-            .expect("services come from the config");
-        let of = |name: &str| {
-            route
-                .pool(name)
-                .map(|p| Snapshot::of(p))
-                .unwrap_or_default()
-        };
-        (of(canary), of(stable))
-    }
-
-    /// The rollout task: each step, then the verdict.
-    async fn drive(self: Arc<Self>, rollout: Arc<Rollout>) {
-        let (service, pool, stable) = (&rollout.service, &rollout.pool, &rollout.stable);
-        let spec = &rollout.spec;
-        let steps = spec.steps.len();
-        let mut abort = rollout.abort_requested();
-        let started = switchback_config::time::unix_now();
-        let mut last = RolloutProgress {
-            step: 0,
-            steps,
-            permille: 0,
-            canary: Default::default(),
-            stable: Default::default(),
-            next_step_in: spec.interval,
-        };
-        for (i, &permille) in spec.steps.iter().enumerate() {
-            let step = i + 1;
-            last = RolloutProgress {
-                step,
-                permille,
-                ..last
-            };
-            let mark = RolloutMark {
-                pool: pool.clone(),
-                step,
-                steps,
-                started,
-            };
-            let applied = self
-                .update_service(service, false, |s| {
-                    s.canary = Some(CanaryState {
-                        pool: pool.clone(),
-                        permille,
-                    });
-                    s.rollout = Some(mark);
-                })
-                .await;
-            if let Err(e) = applied {
-                let reason = format!("step {step} could not be applied: {e}");
-                return self
-                    .end(&rollout, Outcome::RolledBack, Some(reason), last)
-                    .await;
-            }
-            info!(service = %service, pool = %pool, step, steps, percent = percent(permille), "rollout step");
-            rollout.send(RolloutEvent::Step {
-                step,
-                steps,
-                permille,
-            });
-            let (canary0, stable0) = self.snapshots(service, pool, stable);
-            let step_started = Instant::now();
-            loop {
-                let asked = abort.borrow_and_update().clone();
-                if let Some(reason) = asked {
-                    return self
-                        .end(&rollout, Outcome::Aborted, Some(reason), last)
-                        .await;
-                }
-                let left = spec.interval.saturating_sub(step_started.elapsed());
-                let tick = if left.is_zero() {
-                    Duration::from_secs(1)
-                } else {
-                    left.min(Duration::from_secs(1))
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(tick) => {}
-                    _ = abort.changed() => continue,
-                }
-                let (canary1, stable1) = self.snapshots(service, pool, stable);
-                let elapsed = step_started.elapsed();
-                last = RolloutProgress {
-                    step,
-                    steps,
-                    permille,
-                    canary: canary1.since(&canary0),
-                    stable: stable1.since(&stable0),
-                    next_step_in: spec.interval.saturating_sub(elapsed),
-                };
-                rollout.send(RolloutEvent::Progress(last.clone()));
-                match judge(spec, &last.canary, &last.stable) {
-                    Verdict::Breach(why) => {
-                        let reason = format!("step {step} ({}%): {why}", percent(permille));
-                        return self
-                            .end(&rollout, Outcome::RolledBack, Some(reason), last)
-                            .await;
-                    }
-                    Verdict::Pass if elapsed >= spec.interval => break,
-                    Verdict::TooFewRequests if elapsed >= spec.interval * MAX_WAIT_INTERVALS => {
-                        let reason = format!(
-                            "step {step} ({}%): only {} requests reached the canary in {}s; at least {} are needed to judge it",
-                            percent(permille),
-                            last.canary.requests,
-                            elapsed.as_secs(),
-                            spec.min_requests
-                        );
-                        return self
-                            .end(&rollout, Outcome::RolledBack, Some(reason), last)
-                            .await;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        self.end(&rollout, Outcome::Promoted, None, last).await
-    }
-
-    /// Ends a rollout: promotes the canary pool, or sends every client back to the stable
-    /// pool, then tells the watchers.
-    async fn end(
-        &self,
-        rollout: &Rollout,
-        outcome: Outcome,
-        mut reason: Option<String>,
-        progress: RolloutProgress,
-    ) {
-        let service = &rollout.service;
-        let applied = match outcome {
-            Outcome::Promoted => self
-                .change_active(
-                    Some(service),
-                    &rollout.pool,
-                    true,
-                    "rollout",
-                    Change::Promote,
-                )
-                .await
-                .map(|o| o.generation),
-            Outcome::RolledBack | Outcome::Aborted => {
-                self.metrics.count_canary_rollback(service);
-                self.update_service(service, true, |s| {
-                    s.canary = None;
-                    s.rollout = None;
-                })
-                .await
-            }
-        };
-        let generation = match applied {
-            Ok(g) => g,
-            Err(e) => {
-                error!(service = %service, pool = %rollout.pool, error = %e, "rollout could not record its end");
-                let note = format!("the end of the rollout could not be recorded: {e}");
-                reason = Some(match reason {
-                    Some(r) => format!("{r}; {note}"),
-                    None => note,
-                });
-                self.live.lock().await.generation
-            }
-        };
-        let reason_text = reason.clone().unwrap_or_default();
-        match outcome {
-            Outcome::Promoted => {
-                info!(service = %service, pool = %rollout.pool, generation, "rollout promoted")
-            }
-            _ => {
-                warn!(service = %service, pool = %rollout.pool, stable = %rollout.stable, outcome = outcome.as_str(), reason = %reason_text, generation, "rollout rolled back")
-            }
-        }
-        rollout.send(RolloutEvent::Finished(RolloutResult {
-            outcome,
-            reason,
-            progress,
-            generation,
-        }));
-    }
-
-    /// Waits until no request is in flight to `pool`, or `timeout` passes. `on_progress` hears
-    /// the count about once a second while it waits.
-    pub async fn wait_drain(
-        &self,
-        service: &str,
-        pool: &str,
-        timeout: Duration,
-        mut on_progress: impl FnMut(u64),
-    ) -> DrainOutcome {
-        let stats = self
-            .table
-            .load()
-            .service(service)
-            .and_then(|s| s.pool(pool))
-            .map(|p| p.stats.clone());
-        let started = Instant::now();
-        let mut last_report = started;
-        let Some(stats) = stats else {
-            return DrainOutcome {
-                pool: pool.to_string(),
-                drained: true,
-                in_flight: 0,
-                waited: Duration::ZERO,
-            };
-        };
-        loop {
-            let in_flight = stats.in_flight();
-            let waited = started.elapsed();
-            if in_flight == 0 || waited >= timeout {
-                return DrainOutcome {
-                    pool: pool.to_string(),
-                    drained: in_flight == 0,
-                    in_flight,
-                    waited,
-                };
-            }
-            if last_report.elapsed() >= Duration::from_secs(1) {
-                on_progress(in_flight);
-                last_report = Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(10).min(timeout - waited)).await;
-        }
     }
 
     /// Replaces the backends of a pool. With `wait`, the new backends must first pass their

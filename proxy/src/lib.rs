@@ -19,8 +19,10 @@ pub mod access_log;
 pub mod admin;
 pub mod canary;
 pub mod controller;
+mod drain;
 pub mod health;
 pub mod http;
+pub mod judge;
 pub mod metrics;
 pub mod pool;
 pub mod rollout;
@@ -28,8 +30,9 @@ pub mod routing;
 mod text;
 
 pub use controller::{
-    CanaryOutcome, Controller, DeployError, DrainOutcome, PoolSetOutcome, StartError, SwitchOutcome,
+    CanaryOutcome, Controller, DeployError, PoolSetOutcome, StartError, SwitchOutcome,
 };
+pub use drain::DrainOutcome;
 pub use health::{Health, HealthRegistry};
 pub use http::{ConnectionCounter, SwitchbackProxy};
 pub use metrics::Metrics;

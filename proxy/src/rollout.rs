@@ -8,255 +8,20 @@
 //! of the same window. A breach sends every client back to the stable pool at once. After the
 //! last step the canary pool becomes the active pool.
 //!
-//! The numbers come from the same counters and histograms the Prometheus exporter reads
-//! ([`crate::metrics`]), so what the rollout judged is what the dashboard shows.
+//! The judging itself is in [`crate::judge`]; this module holds the rollout's handle (what
+//! watchers subscribe to) and the task that drives it through the controller.
 
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::core::Metric;
+use switchback_config::{CanaryState, RolloutMark};
 use tokio::sync::{broadcast, watch};
+use tracing::{error, info, warn};
 
-use crate::canary::BUCKETS;
-use crate::pool::Pool;
-
-/// What a rollout does and where its limits are.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RolloutSpec {
-    /// Canary weights in thousandths, strictly increasing, 1 to 1000.
-    pub steps: Vec<u32>,
-    /// How long each step is watched before the next.
-    pub interval: Duration,
-    /// The highest acceptable share (0 to 1) of 5xx answers, and of failed connections.
-    pub max_error_rate: f64,
-    /// The highest acceptable 95th percentile of request duration.
-    pub max_p95: Duration,
-    /// Requests the canary must have answered in a step before it is judged.
-    pub min_requests: u64,
-}
-
-/// A step is given up to this many intervals to see `min_requests`; then the rollout rolls
-/// back, since a canary nobody uses was never judged.
-pub const MAX_WAIT_INTERVALS: u32 = 10;
-
-impl RolloutSpec {
-    /// Checks the spec; the message says what is wrong.
-    pub fn check(&self) -> Result<(), String> {
-        if self.steps.is_empty() {
-            return Err("no steps: give percentages like 5,25,50,100".into());
-        }
-        for w in self.steps.windows(2) {
-            if w[1] <= w[0] {
-                return Err(format!(
-                    "steps must increase: {} comes after {}",
-                    percent(w[1]),
-                    percent(w[0])
-                ));
-            }
-        }
-        if let Some(bad) = self.steps.iter().find(|s| **s == 0 || **s > BUCKETS) {
-            return Err(format!(
-                "step {} is out of range: use more than 0 and at most 100",
-                percent(*bad)
-            ));
-        }
-        if self.interval < Duration::from_secs(1) {
-            return Err("interval must be at least 1s".into());
-        }
-        if !(self.max_error_rate > 0.0 && self.max_error_rate <= 1.0) {
-            return Err("max error rate must be more than 0 and at most 100 (percent)".into());
-        }
-        if self.max_p95.is_zero() {
-            return Err("max p95 must be more than zero".into());
-        }
-        if self.min_requests == 0 {
-            return Err("min requests must be at least 1".into());
-        }
-        Ok(())
-    }
-}
-
-/// A weight in thousandths as a percentage.
-pub fn percent(permille: u32) -> f64 {
-    permille as f64 / 10.0
-}
-
-/// A pool's counters at one moment.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    by_class: [u64; 5],
-    connect_failures: u64,
-    /// Cumulative counts per histogram bucket, with the bucket's upper bound in seconds.
-    buckets: Vec<(f64, u64)>,
-}
-
-impl Snapshot {
-    pub fn of(pool: &Pool) -> Snapshot {
-        let metric = pool.metrics.duration.metric();
-        let buckets = metric
-            .get_histogram()
-            .get_bucket()
-            .iter()
-            .map(|b| (b.upper_bound(), b.cumulative_count()))
-            .collect();
-        Snapshot {
-            by_class: pool.requests_by_class(),
-            connect_failures: pool.connect_failures(),
-            buckets,
-        }
-    }
-
-    /// What happened between `start` and this snapshot.
-    pub fn since(&self, start: &Snapshot) -> Window {
-        let by_class: Vec<u64> = self
-            .by_class
-            .iter()
-            .zip(start.by_class)
-            .map(|(now, then)| now.saturating_sub(then))
-            .collect();
-        let buckets: Vec<(f64, u64)> = self
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, (bound, now))| {
-                let then = start.buckets.get(i).map_or(0, |b| b.1);
-                (*bound, now.saturating_sub(then))
-            })
-            .collect();
-        Window {
-            requests: by_class.iter().sum(),
-            errors: by_class[4],
-            connect_failures: self.connect_failures.saturating_sub(start.connect_failures),
-            p95: quantile(&buckets, 0.95),
-        }
-    }
-}
-
-/// The `q` quantile (seconds) of a cumulative histogram, interpolated linearly within the
-/// bucket it falls in, as Prometheus' `histogram_quantile` does. Beyond the last bound it is
-/// that bound.
-pub fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
-    let total = buckets.last()?.1;
-    if total == 0 {
-        return None;
-    }
-    let rank = q * total as f64;
-    let mut lower = (0.0, 0u64);
-    for &(bound, count) in buckets {
-        if count as f64 >= rank {
-            let in_bucket = (count - lower.1) as f64;
-            let fraction = if in_bucket > 0.0 {
-                (rank - lower.1 as f64) / in_bucket
-            } else {
-                1.0
-            };
-            return Some(lower.0 + (bound - lower.0) * fraction);
-        }
-        lower = (bound, count);
-    }
-    Some(lower.0)
-}
-
-/// One pool's numbers over a window of a rollout step.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Window {
-    pub requests: u64,
-    /// Answers with a 5xx status (the backend's or the proxy's own 502/503/504).
-    pub errors: u64,
-    pub connect_failures: u64,
-    /// Seconds; None before any request.
-    pub p95: Option<f64>,
-}
-
-impl Window {
-    /// The share (0 to 1) of 5xx answers.
-    pub fn error_rate(&self) -> f64 {
-        if self.requests == 0 {
-            0.0
-        } else {
-            self.errors as f64 / self.requests as f64
-        }
-    }
-}
-
-/// What the numbers of a window say.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
-    /// Within every limit.
-    Pass,
-    /// Too few canary requests to judge yet.
-    TooFewRequests,
-    /// Out of limits: the reason, for people.
-    Breach(String),
-}
-
-/// Judges the canary's window against the limits, and against the stable pool's window when
-/// the stable pool saw enough requests to compare with.
-pub fn judge(spec: &RolloutSpec, canary: &Window, stable: &Window) -> Verdict {
-    if canary.requests < spec.min_requests {
-        return Verdict::TooFewRequests;
-    }
-    let pct = |r: f64| r * 100.0;
-    let limit = spec.max_error_rate;
-    let errors = canary.error_rate();
-    if errors > limit {
-        return Verdict::Breach(format!(
-            "5xx ratio {:.1}% ({} of {}) is over the limit of {:.1}%",
-            pct(errors),
-            canary.errors,
-            canary.requests,
-            pct(limit)
-        ));
-    }
-    let failures = canary.connect_failures as f64 / canary.requests as f64;
-    if failures > limit {
-        return Verdict::Breach(format!(
-            "{} failed connections for {} requests ({:.1}%) is over the limit of {:.1}%",
-            canary.connect_failures,
-            canary.requests,
-            pct(failures),
-            pct(limit)
-        ));
-    }
-    let max_p95 = spec.max_p95.as_secs_f64();
-    if let Some(p95) = canary.p95.filter(|p| *p > max_p95) {
-        return Verdict::Breach(format!(
-            "p95 {} is over the limit of {}",
-            seconds(p95),
-            seconds(max_p95)
-        ));
-    }
-    if stable.requests >= spec.min_requests {
-        let stable_errors = stable.error_rate();
-        if errors > stable_errors + limit / 2.0 {
-            return Verdict::Breach(format!(
-                "5xx ratio {:.1}% is {:.1} points above the stable pool's {:.1}% (at most {:.1} allowed)",
-                pct(errors),
-                pct(errors - stable_errors),
-                pct(stable_errors),
-                pct(limit / 2.0)
-            ));
-        }
-        if let (Some(p95), Some(stable_p95)) = (canary.p95, stable.p95) {
-            if p95 > 2.0 * stable_p95 && p95 > max_p95 / 2.0 {
-                return Verdict::Breach(format!(
-                    "p95 {} is more than twice the stable pool's {} (and over half the limit)",
-                    seconds(p95),
-                    seconds(stable_p95)
-                ));
-            }
-        }
-    }
-    Verdict::Pass
-}
-
-fn seconds(s: f64) -> String {
-    if s < 1.0 {
-        format!("{:.0}ms", s * 1000.0)
-    } else {
-        format!("{s:.2}s")
-    }
-}
+use crate::controller::{Change, Controller, DeployError};
+pub use crate::judge::{
+    judge, percent, RolloutSpec, Snapshot, Verdict, Window, MAX_WAIT_INTERVALS,
+};
 
 /// How a rollout ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -422,115 +187,249 @@ impl Rollout {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec() -> RolloutSpec {
-        RolloutSpec {
-            steps: vec![50, 250, 500, 1000],
-            interval: Duration::from_secs(30),
-            max_error_rate: 0.05,
-            max_p95: Duration::from_secs(2),
-            min_requests: 50,
+impl Controller {
+    /// Starts a rollout of `pool` on a service, as a task of its own; the returned handle
+    /// reports its progress and end.
+    pub async fn start_rollout(
+        self: &Arc<Self>,
+        service: Option<&str>,
+        pool: &str,
+        spec: RolloutSpec,
+        force: bool,
+        who: &str,
+    ) -> Result<Arc<Rollout>, DeployError> {
+        let service = self.resolve_service(service)?;
+        spec.check().map_err(DeployError::BadRollout)?;
+        if !self.metrics.enabled {
+            return Err(DeployError::BadRollout(
+                "a rollout judges the canary by its metrics, and [metrics] enabled = false turns them off".into(),
+            ));
         }
-    }
-
-    fn window(requests: u64, errors: u64, p95: f64) -> Window {
-        Window {
-            requests,
-            errors,
-            connect_failures: 0,
-            p95: Some(p95),
+        let live = self.live.lock().await;
+        self.refuse_during_rollout(&service)?;
+        let table = self.table.load_full();
+        let route = table
+            .service(&service)
+            .expect("services come from the config");
+        Self::check_pool(route, pool)?;
+        let stable = route.active_pool().name.to_string();
+        if stable == pool {
+            return Err(DeployError::ActivePool {
+                service,
+                pool: pool.to_string(),
+            });
         }
-    }
-
-    #[test]
-    fn specs_are_checked() {
-        assert_eq!(spec().check(), Ok(()));
-        let bad = |f: fn(&mut RolloutSpec)| {
-            let mut s = spec();
-            f(&mut s);
-            s.check().unwrap_err()
-        };
-        assert!(bad(|s| s.steps = vec![250, 50]).contains("must increase"));
-        assert!(bad(|s| s.steps = vec![50, 50]).contains("must increase"));
-        assert!(bad(|s| s.steps = vec![]).contains("no steps"));
-        assert!(bad(|s| s.steps = vec![0, 10]).contains("out of range"));
-        assert!(bad(|s| s.steps = vec![500, 1010]).contains("out of range"));
-        assert!(bad(|s| s.max_error_rate = 0.0).contains("error rate"));
-        assert!(bad(|s| s.interval = Duration::from_millis(10)).contains("interval"));
-    }
-
-    #[test]
-    fn quantiles_interpolate_within_a_bucket() {
-        let b = [(0.01, 50), (0.1, 100), (1.0, 100)];
-        assert_eq!(quantile(&b, 0.5), Some(0.01));
-        let p95 = quantile(&b, 0.95).unwrap();
-        assert!((p95 - 0.091).abs() < 1e-9, "{p95}");
-        assert_eq!(quantile(&[(0.01, 0), (0.1, 0)], 0.95), None);
-        assert_eq!(quantile(&[(0.01, 0), (0.1, 0), (10.0, 0)], 0.5), None);
-    }
-
-    #[test]
-    fn a_window_is_the_difference_of_two_snapshots() {
-        let start = Snapshot {
-            by_class: [0, 100, 0, 0, 5],
-            connect_failures: 1,
-            buckets: vec![(0.01, 100), (0.1, 105)],
-        };
-        let now = Snapshot {
-            by_class: [0, 190, 0, 3, 7],
-            connect_failures: 4,
-            buckets: vec![(0.01, 150), (0.1, 200)],
-        };
-        let w = now.since(&start);
-        assert_eq!((w.requests, w.errors, w.connect_failures), (95, 2, 3));
-        assert!(w.p95.unwrap() > 0.01 && w.p95.unwrap() <= 0.1);
-    }
-
-    #[test]
-    fn judging_uses_the_limits_then_the_stable_pool() {
-        let s = spec();
-        let quiet = Window::default();
-        assert_eq!(
-            judge(&s, &window(49, 49, 9.0), &quiet),
-            Verdict::TooFewRequests
-        );
-        assert_eq!(judge(&s, &window(100, 5, 0.2), &quiet), Verdict::Pass);
-        let Verdict::Breach(why) = judge(&s, &window(100, 30, 0.2), &quiet) else {
-            panic!()
-        };
-        assert!(why.contains("5xx ratio 30.0%"), "{why}");
-        let Verdict::Breach(why) = judge(&s, &window(100, 0, 2.5), &quiet) else {
-            panic!()
-        };
-        assert!(
-            why.contains("p95 2.50s is over the limit of 2.00s"),
-            "{why}"
-        );
-        let mut failing = window(100, 0, 0.1);
-        failing.connect_failures = 10;
-        assert!(matches!(judge(&s, &failing, &quiet), Verdict::Breach(_)));
-        // Against the stable pool: 4% errors where stable has none is too many...
-        assert!(matches!(
-            judge(&s, &window(100, 4, 0.1), &window(1000, 0, 0.1)),
-            Verdict::Breach(_)
+        if !force {
+            Self::check_healthy(&service, route.pool(pool).expect("checked above"))?;
+        }
+        let rollout = Arc::new(Rollout::new(
+            service.clone(),
+            pool.to_string(),
+            stable.clone(),
+            spec,
         ));
-        // ...but not where stable fails as often.
-        assert_eq!(
-            judge(&s, &window(100, 4, 0.1), &window(1000, 30, 0.1)),
-            Verdict::Pass
-        );
-        // Three times slower than stable and over half the limit.
-        assert!(matches!(
-            judge(&s, &window(100, 0, 1.5), &window(1000, 0, 0.5)),
-            Verdict::Breach(_)
-        ));
-        assert_eq!(
-            judge(&s, &window(100, 0, 0.03), &window(1000, 0, 0.01)),
-            Verdict::Pass,
-            "fast in absolute terms is fine"
-        );
+        self.rollouts
+            .lock()
+            .expect("not poisoned")
+            .insert(service.clone(), rollout.clone());
+        drop(live);
+        let steps: Vec<f64> = rollout.spec.steps.iter().map(|s| percent(*s)).collect();
+        info!(service = %service, pool = %pool, stable = %stable, steps = ?steps, interval_ms = rollout.spec.interval.as_millis() as u64, by = %who, "rollout started");
+        tokio::spawn(self.clone().drive(rollout.clone()));
+        Ok(rollout)
+    }
+
+    /// Asks the rollout running on a service to stop and roll back, and waits until it has.
+    pub async fn abort_rollout(
+        &self,
+        service: Option<&str>,
+        who: &str,
+    ) -> Result<(Arc<Rollout>, RolloutResult), DeployError> {
+        let service = self.resolve_service(service)?;
+        let rollout = self
+            .running_rollout(&service)
+            .ok_or(DeployError::NoRollout { service })?;
+        rollout.abort(format!("aborted by {who}"));
+        let result = rollout.finished().await;
+        Ok((rollout, result))
+    }
+
+    fn snapshots(&self, service: &str, canary: &str, stable: &str) -> (Snapshot, Snapshot) {
+        let table = self.table.load();
+        let route = table
+            .service(service)
+            .expect("services come from the config");
+        let of = |name: &str| {
+            route
+                .pool(name)
+                .map(|p| Snapshot::of(p))
+                .unwrap_or_default()
+        };
+        (of(canary), of(stable))
+    }
+
+    /// The rollout task: each step, then the verdict.
+    async fn drive(self: Arc<Self>, rollout: Arc<Rollout>) {
+        let (service, pool, stable) = (&rollout.service, &rollout.pool, &rollout.stable);
+        let spec = &rollout.spec;
+        let steps = spec.steps.len();
+        let mut abort = rollout.abort_requested();
+        let started = switchback_config::time::unix_now();
+        let mut last = RolloutProgress {
+            step: 0,
+            steps,
+            permille: 0,
+            canary: Default::default(),
+            stable: Default::default(),
+            next_step_in: spec.interval,
+        };
+        for (i, &permille) in spec.steps.iter().enumerate() {
+            let step = i + 1;
+            last = RolloutProgress {
+                step,
+                permille,
+                ..last
+            };
+            let mark = RolloutMark {
+                pool: pool.clone(),
+                step,
+                steps,
+                started,
+            };
+            let applied = self
+                .update_service(service, false, |s| {
+                    s.canary = Some(CanaryState {
+                        pool: pool.clone(),
+                        permille,
+                    });
+                    s.rollout = Some(mark);
+                })
+                .await;
+            if let Err(e) = applied {
+                let reason = format!("step {step} could not be applied: {e}");
+                return self
+                    .end(&rollout, Outcome::RolledBack, Some(reason), last)
+                    .await;
+            }
+            info!(service = %service, pool = %pool, step, steps, percent = percent(permille), "rollout step");
+            rollout.send(RolloutEvent::Step {
+                step,
+                steps,
+                permille,
+            });
+            let (canary0, stable0) = self.snapshots(service, pool, stable);
+            let step_started = Instant::now();
+            loop {
+                let asked = abort.borrow_and_update().clone();
+                if let Some(reason) = asked {
+                    return self
+                        .end(&rollout, Outcome::Aborted, Some(reason), last)
+                        .await;
+                }
+                let left = spec.interval.saturating_sub(step_started.elapsed());
+                let tick = if left.is_zero() {
+                    Duration::from_secs(1)
+                } else {
+                    left.min(Duration::from_secs(1))
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => {}
+                    _ = abort.changed() => continue,
+                }
+                let (canary1, stable1) = self.snapshots(service, pool, stable);
+                let elapsed = step_started.elapsed();
+                last = RolloutProgress {
+                    step,
+                    steps,
+                    permille,
+                    canary: canary1.since(&canary0),
+                    stable: stable1.since(&stable0),
+                    next_step_in: spec.interval.saturating_sub(elapsed),
+                };
+                rollout.send(RolloutEvent::Progress(last.clone()));
+                match judge(spec, &last.canary, &last.stable) {
+                    Verdict::Breach(why) => {
+                        let reason = format!("step {step} ({}%): {why}", percent(permille));
+                        return self
+                            .end(&rollout, Outcome::RolledBack, Some(reason), last)
+                            .await;
+                    }
+                    Verdict::Pass if elapsed >= spec.interval => break,
+                    Verdict::TooFewRequests if elapsed >= spec.interval * MAX_WAIT_INTERVALS => {
+                        let reason = format!(
+                            "step {step} ({}%): only {} requests reached the canary in {}s; at least {} are needed to judge it",
+                            percent(permille),
+                            last.canary.requests,
+                            elapsed.as_secs(),
+                            spec.min_requests
+                        );
+                        return self
+                            .end(&rollout, Outcome::RolledBack, Some(reason), last)
+                            .await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.end(&rollout, Outcome::Promoted, None, last).await
+    }
+
+    /// Ends a rollout: promotes the canary pool, or sends every client back to the stable
+    /// pool, then tells the watchers.
+    async fn end(
+        &self,
+        rollout: &Rollout,
+        outcome: Outcome,
+        mut reason: Option<String>,
+        progress: RolloutProgress,
+    ) {
+        let service = &rollout.service;
+        let applied = match outcome {
+            Outcome::Promoted => self
+                .change_active(
+                    Some(service),
+                    &rollout.pool,
+                    true,
+                    "rollout",
+                    Change::Promote,
+                )
+                .await
+                .map(|o| o.generation),
+            Outcome::RolledBack | Outcome::Aborted => {
+                self.metrics.count_canary_rollback(service);
+                self.update_service(service, true, |s| {
+                    s.canary = None;
+                    s.rollout = None;
+                })
+                .await
+            }
+        };
+        let generation = match applied {
+            Ok(g) => g,
+            Err(e) => {
+                error!(service = %service, pool = %rollout.pool, error = %e, "rollout could not record its end");
+                let note = format!("the end of the rollout could not be recorded: {e}");
+                reason = Some(match reason {
+                    Some(r) => format!("{r}; {note}"),
+                    None => note,
+                });
+                self.live.lock().await.generation
+            }
+        };
+        let reason_text = reason.clone().unwrap_or_default();
+        match outcome {
+            Outcome::Promoted => {
+                info!(service = %service, pool = %rollout.pool, generation, "rollout promoted")
+            }
+            _ => {
+                warn!(service = %service, pool = %rollout.pool, stable = %rollout.stable, outcome = outcome.as_str(), reason = %reason_text, generation, "rollout rolled back")
+            }
+        }
+        rollout.send(RolloutEvent::Finished(RolloutResult {
+            outcome,
+            reason,
+            progress,
+            generation,
+        }));
     }
 }

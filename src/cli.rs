@@ -4,7 +4,7 @@
 //! Exit codes: 0 done, 1 refused (or the proxy could not be reached), 2 usage or config error,
 //! 3 a rollout rolled back or was aborted.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde::de::DeserializeOwned;
@@ -143,10 +143,13 @@ fn print_event(event: &Event) {
             canary,
             stable,
             next_step_in_ms,
+            waiting_for_requests,
             ..
         } => {
-            let next = if *next_step_in_ms == 0 {
-                "waiting for requests".to_string()
+            let next = if *waiting_for_requests {
+                "waiting for enough canary requests".to_string()
+            } else if *next_step_in_ms == 0 {
+                "step passed".to_string()
             } else {
                 format!("next step in {}s", next_step_in_ms.div_ceil(1000))
             };

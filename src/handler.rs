@@ -232,6 +232,7 @@ fn progress_event(r: &Rollout, p: &RolloutProgress) -> Event {
         canary: window_view(&p.canary),
         stable: window_view(&p.stable),
         next_step_in_ms: p.next_step_in.as_millis() as u64,
+        waiting_for_requests: p.waiting,
     }
 }
 

@@ -82,7 +82,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Go back to the pool that was active before the last switch.
+    /// Undo the last change: abort a running rollout, end a canary, or go back to the pool
+    /// that was active before the last switch.
     Rollback {
         #[command(flatten)]
         target: Target,
@@ -429,12 +430,7 @@ fn main() -> ExitCode {
             } else {
                 cli::rollout_exit
             };
-            match client(request.clone()) {
-                Ok(sock) => {
-                    cli::call_then::<RolloutReply>(&sock, request, json, cli::print_rollout, exit)
-                }
-                Err(code) => code,
-            }
+            cli::call_then::<RolloutReply>(socket(), request, json, cli::print_rollout, exit)
         }
         Command::ReloadCerts { json } => {
             let request = Request::ReloadCerts;

@@ -232,86 +232,74 @@ async fn overrides_force_a_pool_and_are_ignored_when_off() {
     );
     let proxy = Proxy::start(&config);
     let mut conn = KeepAlive::connect(proxy.addr()).await.unwrap();
-    // On by default, with no canary at all: the header, then the cookie.
-    assert_eq!(ask(&mut conn, "app.test", vec![]).await, "blue");
-    assert_eq!(
-        ask(&mut conn, "app.test", vec![("x-switchback-pool", "green")]).await,
-        "green"
-    );
-    assert_eq!(
-        ask(
-            &mut conn,
+    let secret = "green:0123456789abcdef";
+    let secret_cookie = format!("switchback_pool={secret}");
+    // (host, request headers, the pool that must answer, what the case is)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        // On by default, with no canary at all: the header, then the cookie.
+        ("app.test", vec![], "blue", "no override"),
+        (
             "app.test",
-            vec![("cookie", "a=b; switchback_pool=green")]
-        )
-        .await,
-        "green"
-    );
-    assert_eq!(
-        ask(&mut conn, "app.test", vec![("x-switchback-pool", "purple")]).await,
-        "blue",
-        "an unknown pool is ignored"
-    );
-    // Switched off.
-    assert_eq!(
-        ask(
-            &mut conn,
+            vec![("x-switchback-pool", "green")],
+            "green",
+            "header",
+        ),
+        (
+            "app.test",
+            vec![("cookie", "a=b; switchback_pool=green")],
+            "green",
+            "cookie",
+        ),
+        (
+            "app.test",
+            vec![("x-switchback-pool", "purple")],
+            "blue",
+            "an unknown pool is ignored",
+        ),
+        // Switched off.
+        (
             "closed.test",
-            vec![("x-switchback-pool", "green")]
-        )
-        .await,
-        "blue"
-    );
-    assert_eq!(
-        ask(
-            &mut conn,
+            vec![("x-switchback-pool", "green")],
+            "blue",
+            "header off",
+        ),
+        (
             "closed.test",
-            vec![("cookie", "switchback_pool=green")]
-        )
-        .await,
-        "blue"
-    );
-    // Renamed, with a secret.
-    assert_eq!(
-        ask(&mut conn, "qa.test", vec![("x-qa-pool", "green")]).await,
-        "blue"
-    );
-    assert_eq!(
-        ask(
-            &mut conn,
+            vec![("cookie", "switchback_pool=green")],
+            "blue",
+            "cookie off",
+        ),
+        // Renamed, with a secret.
+        ("qa.test", vec![("x-qa-pool", "green")], "blue", "no secret"),
+        (
             "qa.test",
-            vec![("x-qa-pool", "green:wrong-secret-value")]
-        )
-        .await,
-        "blue"
-    );
-    assert_eq!(
-        ask(
-            &mut conn,
+            vec![("x-qa-pool", "green:wrong-secret-value")],
+            "blue",
+            "wrong secret",
+        ),
+        (
             "qa.test",
-            vec![("x-switchback-pool", "green:0123456789abcdef")]
-        )
-        .await,
-        "blue"
-    );
-    assert_eq!(
-        ask(
-            &mut conn,
+            vec![("x-switchback-pool", secret)],
+            "blue",
+            "the old header name",
+        ),
+        (
             "qa.test",
-            vec![("x-qa-pool", "green:0123456789abcdef")]
-        )
-        .await,
-        "green"
-    );
-    assert_eq!(
-        ask(
-            &mut conn,
+            vec![("x-qa-pool", secret)],
+            "green",
+            "renamed header with its secret",
+        ),
+        (
             "qa.test",
-            vec![("cookie", "switchback_pool=green:0123456789abcdef")]
-        )
-        .await,
-        "green"
-    );
+            vec![("cookie", &secret_cookie)],
+            "green",
+            "cookie with its secret",
+        ),
+    ];
+    for (host, headers, pool, what) in cases {
+        assert_eq!(ask(&mut conn, host, headers).await, pool, "{host}: {what}");
+    }
     // An override wins over the canary split, both ways.
     proxy.cli_ok(&["canary", "green", "100", "-s", "app"]);
     assert_eq!(ask(&mut conn, "app.test", vec![]).await, "green");

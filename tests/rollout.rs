@@ -366,3 +366,40 @@ fn bad_rollout_input_is_refused_and_changes_nothing() {
     assert_eq!(after["generation"], before["generation"], "nothing changed");
     assert!(after["services"][0]["rollout"].is_null());
 }
+
+#[test]
+fn a_canary_that_gets_too_few_requests_is_never_promoted() {
+    let blue = Upstream::start("blue");
+    let green = Upstream::start("green");
+    let proxy = Proxy::start(&blue_green(&blue, &green));
+    proxy.wait_health("app", "green", "healthy");
+    let started = Instant::now();
+    let out = proxy.cli(&[
+        "rollout",
+        "green",
+        "--steps",
+        "50,100",
+        "--interval",
+        "1s",
+        "--min-requests",
+        "1000",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let lines = json_lines(&out.stdout);
+    assert!(
+        lines.iter().any(|l| l["waiting_for_requests"] == true),
+        "progress says the step waits for requests"
+    );
+    let end = lines.last().unwrap();
+    assert_eq!(end["outcome"], "rolled_back", "{end}");
+    assert_eq!(end["step"], 1);
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains("at least 1000 are needed"), "{reason}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "ten intervals are given first"
+    );
+    assert_eq!(app(&proxy)["active"], "blue");
+    assert!(app(&proxy)["canary"].is_null());
+}

@@ -477,8 +477,10 @@ pub enum Event {
         percent: f64,
         canary: WindowView,
         stable: WindowView,
-        /// Until the step is judged; 0 while it waits for enough canary requests.
+        /// Until the step is judged.
         next_step_in_ms: u64,
+        /// The step's interval is over, but the canary has had fewer than `min_requests`.
+        waiting_for_requests: bool,
     },
 }
 

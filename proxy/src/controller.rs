@@ -415,9 +415,7 @@ impl Controller {
             self.refuse_during_rollout(&service)?;
         }
         let table = self.table.load_full();
-        let route = table
-            .service(&service)
-            .expect("services come from the config");
+        let route = table.configured(&service);
         Self::check_pool(route, pool)?;
         let current = route.active_pool().name.to_string();
         let state = &live.services[route.name()];
@@ -527,9 +525,7 @@ impl Controller {
         let mut live = self.live.lock().await;
         self.refuse_during_rollout(&service)?;
         let table = self.table.load_full();
-        let route = table
-            .service(&service)
-            .expect("services come from the config");
+        let route = table.configured(&service);
         Self::check_pool(route, pool)?;
         let active = route.active_pool().name.to_string();
         if permille > 0 && active == pool {
@@ -590,9 +586,7 @@ impl Controller {
         let service = self.resolve_service(service)?;
         {
             let table = self.table.load();
-            let route = table
-                .service(&service)
-                .expect("services come from the config");
+            let route = table.configured(&service);
             Self::check_pool(route, pool)?;
         }
         if backends.is_empty() {

@@ -55,6 +55,8 @@ pub struct RolloutProgress {
     pub stable: Window,
     /// Until the step is judged (zero when it waits for requests).
     pub next_step_in: Duration,
+    /// The interval is over but the canary has not had enough requests to be judged.
+    pub waiting: bool,
 }
 
 /// The end of a rollout.
@@ -180,6 +182,7 @@ impl Rollout {
                     canary: Window::default(),
                     stable: Window::default(),
                     next_step_in: self.spec.interval,
+                    waiting: false,
                 });
             }
         }
@@ -208,9 +211,7 @@ impl Controller {
         let live = self.live.lock().await;
         self.refuse_during_rollout(&service)?;
         let table = self.table.load_full();
-        let route = table
-            .service(&service)
-            .expect("services come from the config");
+        let route = table.configured(&service);
         Self::check_pool(route, pool)?;
         let stable = route.active_pool().name.to_string();
         if stable == pool {
@@ -256,9 +257,7 @@ impl Controller {
 
     fn snapshots(&self, service: &str, canary: &str, stable: &str) -> (Snapshot, Snapshot) {
         let table = self.table.load();
-        let route = table
-            .service(service)
-            .expect("services come from the config");
+        let route = table.configured(service);
         let of = |name: &str| {
             route
                 .pool(name)
@@ -282,6 +281,7 @@ impl Controller {
             canary: Default::default(),
             stable: Default::default(),
             next_step_in: spec.interval,
+            waiting: false,
         };
         for (i, &permille) in spec.steps.iter().enumerate() {
             let step = i + 1;
@@ -345,9 +345,12 @@ impl Controller {
                     canary: canary1.since(&canary0),
                     stable: stable1.since(&stable0),
                     next_step_in: spec.interval.saturating_sub(elapsed),
+                    waiting: false,
                 };
+                let verdict = judge(spec, &last.canary, &last.stable);
+                last.waiting = verdict == Verdict::TooFewRequests && elapsed >= spec.interval;
                 rollout.send(RolloutEvent::Progress(last.clone()));
-                match judge(spec, &last.canary, &last.stable) {
+                match verdict {
                     Verdict::Breach(why) => {
                         let reason = format!("step {step} ({}%): {why}", percent(permille));
                         return self

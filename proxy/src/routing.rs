@@ -189,6 +189,12 @@ impl RoutingTable {
         self.services.iter().find(|s| s.name() == name)
     }
 
+    /// A service of the config: every table holds every one of them.
+    pub fn configured(&self, name: &str) -> &ServiceRoute {
+        self.service(name)
+            .expect("every table holds every service of the config")
+    }
+
     /// Builds the table for `state`, reusing from `previous` every pool, backend and counter
     /// that did not change, so that health and in-flight counts carry over.
     pub fn build(

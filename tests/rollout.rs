@@ -101,8 +101,15 @@ async fn a_green_that_fails_thirty_percent_is_rolled_back_at_the_first_step() {
     )
     .await;
     let verdict_at = Instant::now();
-    // Requests that start from now on must all be answered by blue.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Requests that start from now on must all be answered by blue: let 200 more reach it.
+    let target = blue.requests.load(Ordering::SeqCst) + 200;
+    while blue.requests.load(Ordering::SeqCst) < target {
+        assert!(
+            verdict_at.elapsed() < Duration::from_secs(20),
+            "the load stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     stop.store(true, Ordering::SeqCst);
     let seen = collect(clients).await;
 

@@ -382,13 +382,13 @@ impl Controller {
     async fn end(
         &self,
         rollout: &Rollout,
-        outcome: Outcome,
+        mut outcome: Outcome,
         mut reason: Option<String>,
         progress: RolloutProgress,
     ) {
         let service = &rollout.service;
-        let applied = match outcome {
-            Outcome::Promoted => self
+        if outcome == Outcome::Promoted {
+            let promoted = self
                 .change_active(
                     Some(service),
                     &rollout.pool,
@@ -396,17 +396,32 @@ impl Controller {
                     "rollout",
                     Change::Promote,
                 )
-                .await
-                .map(|o| o.generation),
-            Outcome::RolledBack | Outcome::Aborted => {
-                self.metrics.count_canary_rollback(service);
-                self.update_service(service, true, |s| {
-                    s.canary = None;
-                    s.rollout = None;
-                })
-                .await
+                .await;
+            match promoted {
+                Ok(o) => {
+                    info!(service = %service, pool = %rollout.pool, generation = o.generation, "rollout promoted");
+                    rollout.send(RolloutEvent::Finished(RolloutResult {
+                        outcome,
+                        reason,
+                        progress,
+                        generation: o.generation,
+                    }));
+                    return;
+                }
+                // Nothing changed: never leave the canary half-way, go back to stable.
+                Err(e) => {
+                    outcome = Outcome::RolledBack;
+                    reason = Some(format!("every step passed, but the promotion failed: {e}"));
+                }
             }
-        };
+        }
+        self.metrics.count_canary_rollback(service);
+        let applied = self
+            .update_service(service, true, |s| {
+                s.canary = None;
+                s.rollout = None;
+            })
+            .await;
         let generation = match applied {
             Ok(g) => g,
             Err(e) => {
@@ -420,14 +435,7 @@ impl Controller {
             }
         };
         let reason_text = reason.clone().unwrap_or_default();
-        match outcome {
-            Outcome::Promoted => {
-                info!(service = %service, pool = %rollout.pool, generation, "rollout promoted")
-            }
-            _ => {
-                warn!(service = %service, pool = %rollout.pool, stable = %rollout.stable, outcome = outcome.as_str(), reason = %reason_text, generation, "rollout rolled back")
-            }
-        }
+        warn!(service = %service, pool = %rollout.pool, stable = %rollout.stable, outcome = outcome.as_str(), reason = %reason_text, generation, "rollout rolled back");
         rollout.send(RolloutEvent::Finished(RolloutResult {
             outcome,
             reason,

@@ -65,13 +65,7 @@ async fn a_backend_that_fails_its_check_gets_no_traffic_until_it_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_retried_on_another_backend_of_the_pool() {
     let live = Upstream::start("blue");
-    let dead = free_port();
-    // No health check: nothing tells the proxy the dead backend is dead but the connect itself.
-    let services = format!(
-        "[services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:{dead}\", \"{}\"]\n",
-        live.addr
-    );
-    let proxy = Proxy::start(&services);
+    let proxy = Proxy::start(&dead_then_live(free_port(), &live));
     for i in 0..40 {
         let a = get_once(proxy.addr(), "/").await.unwrap();
         assert_eq!(a.status, 200, "request {i} failed: {}", a.body);

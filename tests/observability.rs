@@ -123,11 +123,7 @@ async fn a_scrape_counts_known_traffic_under_the_right_labels() {
 async fn connect_failures_and_retries_are_counted() {
     let live = Upstream::start("blue");
     let dead = free_port();
-    let services = format!(
-        "[services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:{dead}\", \"{}\"]\n",
-        live.addr
-    );
-    let proxy = Proxy::start(&services);
+    let proxy = Proxy::start(&dead_then_live(dead, &live));
     for _ in 0..10 {
         assert_eq!(get_once(proxy.addr(), "/").await.unwrap().status, 200);
     }

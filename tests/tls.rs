@@ -54,6 +54,19 @@ fn wait_issued(proxy: &Proxy, pebble: &Pebble, host: &str) -> (String, Duration)
     (serial.unwrap(), start.elapsed())
 }
 
+/// A proxy with an HTTPS listener whose acme service (in front of `blue`) orders from a new
+/// Pebble: `eab` are the bindings Pebble requires, `acme` extra lines of `[acme]`.
+fn acme_proxy(blue: &Upstream, eab: &[(&str, &str)], acme: &str) -> (Proxy, Pebble) {
+    let mut proxy = Proxy::unstarted(true);
+    let pebble = Pebble::start(proxy.port, eab);
+    proxy.launch(&format!(
+        "{}{}",
+        pebble.acme_section(acme),
+        acme_service(blue)
+    ));
+    (proxy, pebble)
+}
+
 fn curl(args: &[&str]) -> std::process::Output {
     std::process::Command::new("curl")
         .args(args)
@@ -64,13 +77,7 @@ fn curl(args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_gets_a_certificate_and_is_served_over_http1_and_http2() {
     let blue = Upstream::start("blue");
-    let mut proxy = Proxy::unstarted(true);
-    let pebble = Pebble::start(proxy.port, &[]);
-    proxy.launch(&format!(
-        "{}{}",
-        pebble.acme_section(""),
-        acme_service(&blue)
-    ));
+    let (proxy, pebble) = acme_proxy(&blue, &[], "");
     let (serial, took) = wait_issued(&proxy, &pebble, HOST);
     assert!(took < Duration::from_secs(20), "issuance took {took:?}");
     let root = pebble.issuing_root();
@@ -177,13 +184,7 @@ async fn a_host_gets_a_certificate_and_is_served_over_http1_and_http2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_renewal_under_https_load_fails_no_handshake() {
     let blue = Upstream::start("blue");
-    let mut proxy = Proxy::unstarted(true);
-    let pebble = Pebble::start(proxy.port, &[]);
-    proxy.launch(&format!(
-        "{}{}",
-        pebble.acme_section(""),
-        acme_service(&blue)
-    ));
+    let (proxy, pebble) = acme_proxy(&blue, &[], "");
     let (old, _) = wait_issued(&proxy, &pebble, HOST);
     let root = pebble.issuing_root();
     let https = proxy.https_port.unwrap();
@@ -293,13 +294,7 @@ async fn a_forced_renewal_under_https_load_fails_no_handshake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_reuses_the_account_and_the_certificate() {
     let blue = Upstream::start("blue");
-    let mut proxy = Proxy::unstarted(true);
-    let pebble = Pebble::start(proxy.port, &[]);
-    proxy.launch(&format!(
-        "{}{}",
-        pebble.acme_section(""),
-        acme_service(&blue)
-    ));
+    let (mut proxy, pebble) = acme_proxy(&blue, &[], "");
     let (serial, _) = wait_issued(&proxy, &pebble, HOST);
     let account = std::fs::read(proxy.state_dir().join("acme/account.json")).unwrap();
     let orders_before = pebble.pebble_log().matches("POST /order-plz").count();
@@ -347,13 +342,7 @@ async fn a_restart_reuses_the_account_and_the_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_ca_keeps_the_old_certificate_reports_and_retries() {
     let blue = Upstream::start("blue");
-    let mut proxy = Proxy::unstarted(true);
-    let mut pebble = Pebble::start(proxy.port, &[]);
-    proxy.launch(&format!(
-        "{}{}",
-        pebble.acme_section(""),
-        acme_service(&blue)
-    ));
+    let (proxy, mut pebble) = acme_proxy(&blue, &[], "");
     let (serial, _) = wait_issued(&proxy, &pebble, HOST);
     let root = pebble.issuing_root();
     pebble.stop();
@@ -414,13 +403,7 @@ async fn external_account_binding_is_used_when_the_ca_requires_it() {
     let blue = Upstream::start("blue");
 
     // Without the binding the CA refuses the account, and the error says so.
-    let mut refused = Proxy::unstarted(true);
-    let pebble = Pebble::start(refused.port, &[(KID, KEY)]);
-    refused.launch(&format!(
-        "{}{}",
-        pebble.acme_section(""),
-        acme_service(&blue)
-    ));
+    let (refused, pebble) = acme_proxy(&blue, &[(KID, KEY)], "");
     wait_for(
         "the refused order to be reported",
         Duration::from_secs(30),
@@ -433,14 +416,8 @@ async fn external_account_binding_is_used_when_the_ca_requires_it() {
     drop(refused);
     drop(pebble);
 
-    let mut proxy = Proxy::unstarted(true);
-    let pebble = Pebble::start(proxy.port, &[(KID, KEY)]);
     let eab = format!("eab_kid = \"{KID}\"\neab_hmac_key = \"{KEY}\"");
-    proxy.launch(&format!(
-        "{}{}",
-        pebble.acme_section(&eab),
-        acme_service(&blue)
-    ));
+    let (proxy, pebble) = acme_proxy(&blue, &[(KID, KEY)], &eab);
     wait_issued(&proxy, &pebble, HOST);
 }
 

@@ -650,6 +650,15 @@ pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Result<Answer
     c.get(path).await
 }
 
+/// `[services.app]` whose blue pool is port `dead` (where nobody listens), then `live`; no
+/// health check, so only a failed connect tells the proxy the first backend is dead.
+pub fn dead_then_live(dead: u16, live: &Upstream) -> String {
+    format!(
+        "[services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:{dead}\", \"{}\"]\n",
+        live.addr
+    )
+}
+
 /// `[services.app]` with a blue and a green pool and a fast health check.
 pub fn blue_green(blue: &Upstream, green: &Upstream) -> String {
     format!(

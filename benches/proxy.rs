@@ -1,11 +1,16 @@
 //! Load benchmarks: switchback beside nginx and HAProxy, on the same upstream and machine, one
-//! worker thread each, measured by wrk in alternating rounds.
+//! worker thread each, measured by wrk in alternating rounds, with the engine's floor beside
+//! them: the thinnest proxy pingora can be (one thread, no work stealing, mimalloc, a fixed
+//! peer, nothing else), which this bench binary becomes when run as `proxy --floor PORT
+//! UPSTREAM_PORT`. Nothing switchback does can be cheaper than the floor; the ratio to it is
+//! what switchback's own code costs.
 //!
 //! `cargo bench --bench proxy -- [SCENARIO…] [--rounds N] [--seconds S] [--connections C]`
 //!
 //! Scenarios (all by default):
-//! - `http`: keep-alive requests per second and p99 latency of each proxy, with the ratios of
-//!   switchback to each peer measured in the same round, and their medians;
+//! - `http`: keep-alive requests per second and p99 latency of switchback (its default config:
+//!   metrics and access log on), the floor, nginx and HAProxy, with the ratios of switchback and
+//!   of the floor to each other proxy measured in the same round, and their medians;
 //! - `https`: keep-alive requests per second over TLS, and new TLS handshakes per second, for
 //!   switchback, nginx and HAProxy with the same certificate;
 //! - `switch`: failed requests while switchback switches blue → green → blue 100 times under
@@ -14,7 +19,7 @@
 //! - `canary`: switchback with a 10% canary against the same proxy with a plain active pool,
 //!   for clients that carry their bucket cookie;
 //! - `instructions`: user-space instructions per request under callgrind for switchback (bare,
-//!   with metrics, with metrics and access log, with a 10% canary), nginx and HAProxy: a
+//!   with metrics, with metrics and access log, with a 10% canary), the floor, nginx and HAProxy: a
 //!   measure of work that, unlike requests per second, does not move with the load of a shared
 //!   machine.
 //!
@@ -30,6 +35,54 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchback");
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The engine's floor: a pingora proxy that does nothing of its own.
+mod floor {
+    use async_trait::async_trait;
+    use pingora::prelude::*;
+    use pingora::proxy::{ProxyHttp, Session};
+    use pingora::server::configuration::ServerConf;
+
+    struct Floor(HttpPeer);
+
+    #[async_trait]
+    impl ProxyHttp for Floor {
+        type CTX = ();
+
+        fn new_ctx(&self) {}
+
+        fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut (),
+        ) -> Result<Box<HttpPeer>> {
+            Ok(Box::new(self.0.clone()))
+        }
+    }
+
+    /// Serves on 127.0.0.1:`port` in front of 127.0.0.1:`upstream` until killed.
+    pub fn run(port: u16, upstream: u16) {
+        let conf = ServerConf {
+            threads: 1,
+            work_stealing: false,
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(0),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+        let peer = HttpPeer::new(("127.0.0.1", upstream), false, String::new());
+        let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Floor(peer));
+        proxy.add_tcp(&format!("127.0.0.1:{port}"));
+        server.add_service(proxy);
+        server.run_forever();
+    }
+}
 
 struct Options {
     scenarios: Vec<String>,
@@ -224,6 +277,21 @@ impl Bench {
             .arg(&config)
             .env("RUST_LOG", "warn");
         (cmd, socket)
+    }
+
+    /// The floor in front of the blue upstream.
+    fn floor_cmd(&self, port: u16) -> Command {
+        let mut cmd = Command::new(std::env::current_exe().expect("the bench binary's path"));
+        cmd.args([
+            "--floor",
+            &port.to_string(),
+            &self.upstream_blue.to_string(),
+        ]);
+        cmd
+    }
+
+    fn floor(&self, port: u16) -> Proc {
+        start("floor", self.floor_cmd(port), port, &self.dir)
     }
 
     fn nginx(&self, port: u16) -> Proc {
@@ -512,25 +580,32 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn http(bench: &Bench, o: &Options) {
-    let (sb_port, ng_port, hp_port) = (free_port(), free_port(), free_port());
-    let (_sb, _) = bench.switchback(sb_port);
+    let (sb_port, fl_port, ng_port, hp_port) = (free_port(), free_port(), free_port(), free_port());
+    // switchback as shipped: metrics on, the access log on (to its stdout, a file here).
+    let (_sb, _) = bench.switchback_with(sb_port, "");
+    let _fl = bench.floor(fl_port);
     let _ng = bench.nginx(ng_port);
     let _hp = bench.haproxy(hp_port);
     let url = |port: u16| format!("http://127.0.0.1:{port}/");
     compare(
         &format!(
-            "http: keep-alive GET through each proxy, 1 worker thread each, wrk -t1 -c{} -d{}s, {} rounds",
+            "http: keep-alive GET through each proxy, 1 worker thread each, wrk -t1 -c{} -d{}s, {} rounds; switchback with its default config (metrics and access log on)",
             o.connections, o.seconds, o.rounds
         ),
-        &[("switchback", url(sb_port)), ("nginx", url(ng_port)), ("haproxy", url(hp_port))],
+        &[
+            ("switchback", url(sb_port)),
+            ("floor", url(fl_port)),
+            ("nginx", url(ng_port)),
+            ("haproxy", url(hp_port)),
+        ],
         o,
         false,
     );
 }
 
 /// Runs wrk against each target in alternating rounds and prints per-round numbers, medians,
-/// and the median of switchback's same-round ratios to each peer (the first target is
-/// switchback).
+/// and the median of the same-round ratios of the first target (switchback) to each other one;
+/// when the second target is the floor, of the floor to the ones after it too.
 fn compare(title: &str, targets: &[(&str, String)], o: &Options, close: bool) {
     println!("\n== {title}");
     for (_, url) in targets {
@@ -567,18 +642,26 @@ fn compare(title: &str, targets: &[(&str, String)], o: &Options, close: bool) {
             r.iter().map(|x| x.errors + x.non_2xx).sum::<u64>()
         );
     }
-    for (i, (peer, _)) in targets.iter().enumerate().skip(1) {
-        let rps: Vec<f64> = (0..o.rounds)
-            .map(|k| results[0][k].rps / results[i][k].rps)
-            .collect();
-        let p99: Vec<f64> = (0..o.rounds)
-            .map(|k| results[0][k].p99_ms / results[i][k].p99_ms)
-            .collect();
-        println!(
-            "switchback / {peer}: req/s x{:.2} (median of same-round ratios; >1 is better), p99 x{:.2} (<1 is better)",
-            median(rps),
-            median(p99)
-        );
+    let bases = if targets.get(1).is_some_and(|(n, _)| *n == "floor") {
+        2
+    } else {
+        1
+    };
+    for base in 0..bases {
+        for (i, (peer, _)) in targets.iter().enumerate().skip(base + 1) {
+            let rps: Vec<f64> = (0..o.rounds)
+                .map(|k| results[base][k].rps / results[i][k].rps)
+                .collect();
+            let p99: Vec<f64> = (0..o.rounds)
+                .map(|k| results[base][k].p99_ms / results[i][k].p99_ms)
+                .collect();
+            println!(
+                "{} / {peer}: req/s x{:.3} (median of same-round ratios; >1 is better), p99 x{:.2} (<1 is better)",
+                targets[base].0,
+                median(rps),
+                median(p99)
+            );
+        }
     }
 }
 
@@ -852,6 +935,15 @@ fn instructions(bench: &Bench) {
         },
         {
             let port = free_port();
+            let (cmd, _) = bench.switchback_cmd(port, "", false);
+            ("switchback-default", cmd, port, String::new())
+        },
+        {
+            let port = free_port();
+            ("floor", bench.floor_cmd(port), port, String::new())
+        },
+        {
+            let port = free_port();
             ("nginx", bench.nginx_cmd(port), port, String::new())
         },
         {
@@ -915,6 +1007,11 @@ fn instructions(bench: &Bench) {
         (get("switchback-canary-new").0 / get("switchback-metrics").0 - 1.0) * 100.0
     );
     println!(
+        "switchback (default config: metrics and access log on) / floor x{:.3} on the request path, x{:.3} with the writer thread (instructions per request; <1 is less work)",
+        get("switchback-default").1 / get("floor").0,
+        get("switchback-default").0 / get("floor").0,
+    );
+    println!(
         "switchback (metrics on) / nginx x{:.2}, / haproxy x{:.2} (instructions per request; <1 is less work)",
         get("switchback-metrics").0 / get("nginx").0,
         get("switchback-metrics").0 / get("haproxy").0
@@ -962,6 +1059,16 @@ fn switch(bench: &Bench, o: &Options) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--floor") {
+        let port = |i: usize| -> u16 {
+            args.get(i)
+                .and_then(|p| p.parse().ok())
+                .expect("--floor PORT UPSTREAM_PORT")
+        };
+        floor::run(port(2), port(3));
+        return;
+    }
     let o = options();
     let bench = Bench::new();
     for s in &o.scenarios {

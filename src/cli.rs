@@ -10,8 +10,9 @@ use std::process::ExitCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use switchback_control::{
-    encode_err, encode_event, CanaryReply, CertsReply, Client, ClientError, Event, PoolSetReply,
-    Request, RolloutReply, StatusReply, SwitchReply, WindowView,
+    encode_err, encode_event, BackendHealth, CanaryReply, CertSourceKind, CertsReply, Client,
+    ClientError, Event, PoolSetReply, Request, RolloutOutcome, RolloutReply, StatusReply,
+    SwitchReply, WindowView,
 };
 
 /// Where the control socket is: `--socket`, else `SWITCHBACK_SOCKET`, else the `[control]`
@@ -192,15 +193,15 @@ pub fn print_canary(r: &CanaryReply) {
 }
 
 pub fn print_rollout(r: &RolloutReply) {
-    match r.outcome.as_str() {
-        "promoted" => println!(
+    match r.outcome {
+        RolloutOutcome::Promoted => println!(
             "{}: rollout promoted: {} is the active pool (generation {})",
             r.service, r.pool, r.generation
         ),
         outcome => println!(
             "{}: rollout {}: every client is back on {}: {}\n  at step {}/{} ({}%): {}: {}   {}: {}",
             r.service,
-            outcome.replace('_', " "),
+            outcome.as_str().replace('_', " "),
             r.stable_pool,
             r.reason.as_deref().unwrap_or("no reason given"),
             r.step,
@@ -216,7 +217,7 @@ pub fn print_rollout(r: &RolloutReply) {
 
 /// 0 when the rollout was promoted, 3 when it rolled back or was aborted.
 pub fn rollout_exit(r: &RolloutReply) -> ExitCode {
-    if r.outcome == "promoted" {
+    if r.outcome == RolloutOutcome::Promoted {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
@@ -257,8 +258,8 @@ pub fn print_status(s: &StatusReply) {
         if let Some(r) = &service.rollout {
             let state = match (&r.outcome, &r.reason) {
                 (None, _) => "running".to_string(),
-                (Some(o), Some(why)) => format!("{}: {why}", o.replace('_', " ")),
-                (Some(o), None) => o.replace('_', " "),
+                (Some(o), Some(why)) => format!("{}: {why}", o.as_str().replace('_', " ")),
+                (Some(o), None) => o.as_str().replace('_', " "),
             };
             println!(
                 "  rollout {} (stable {})   step {}/{} at {}%   {state}",
@@ -289,8 +290,10 @@ pub fn print_status(s: &StatusReply) {
             }
             for (j, b) in pool.backends.iter().enumerate() {
                 let health = match &b.last_error {
-                    Some(e) if b.health != "healthy" => format!("{} ({e})", b.health),
-                    _ => b.health.clone(),
+                    Some(e) if b.health != BackendHealth::Healthy => {
+                        format!("{} ({e})", b.health.as_str())
+                    }
+                    _ => b.health.as_str().to_string(),
                 };
                 let (pool_cell, flight) = if j == 0 {
                     (name.clone(), pool.in_flight.to_string())
@@ -382,10 +385,13 @@ pub fn print_certs(r: &CertsReply) {
         };
         rows.push([
             c.host.clone(),
-            c.source.clone(),
+            match c.source {
+                CertSourceKind::Acme => "acme".to_string(),
+                CertSourceKind::File => "file".to_string(),
+            },
             c.issuer.clone().unwrap_or_else(|| "(none served)".into()),
             time(c.not_after),
-            if c.source == "acme" {
+            if c.source == CertSourceKind::Acme {
                 time(c.next_renewal)
             } else {
                 "-".into()

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -35,6 +36,55 @@ pools.green = ["127.0.0.1:9002"]
 health = {{ path = "/", interval = "500ms", timeout = "1s" }}
 "#
     )
+}
+
+/// Gets everything ready for `switchback demo`: the config written and loaded, the blue and
+/// green backends serving, and what to try next printed. The caller runs the proxy.
+pub fn prepare(port: u16) -> Result<switchback_config::Config, ExitCode> {
+    let path = write_config(port).map_err(|e| {
+        eprintln!("switchback: cannot write the demo config in {DEMO_DIR}: {e}");
+        ExitCode::from(1)
+    })?;
+    let config = switchback_config::load(&path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })?;
+    let backends = [
+        ("blue", "127.0.0.1:9001".parse().expect("an address")),
+        ("green", "127.0.0.1:9002".parse().expect("an address")),
+    ];
+    start_backends(&backends).map_err(|e| {
+        eprintln!("switchback: {e}");
+        ExitCode::from(1)
+    })?;
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(
+                p.strip_prefix(&cwd)
+                    .map(|r| PathBuf::from(".").join(r))
+                    .unwrap_or(p),
+            )
+        })
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "switchback".into());
+    let sock = config.control.socket.display().to_string();
+    println!(
+        "\nswitchback demo: proxy on http://127.0.0.1:{port}, blue backend on 127.0.0.1:9001, green on 127.0.0.1:9002\n\
+         config {}   control socket {sock}\n\n\
+         Try, in another terminal:\n\
+         \x20 curl http://127.0.0.1:{port}/\n\
+         \x20 {me} --socket {sock} switch green\n\
+         \x20 curl http://127.0.0.1:{port}/\n\
+         \x20 {me} --socket {sock} status\n\
+         \x20 {me} --socket {sock} rollback\n\
+         \x20 {me} --socket {sock} canary green 50   # half the clients (curl -b jar -c jar keeps one on its pool)\n\
+         \x20 {me} --socket {sock} rollout green --steps 10,50,100 --interval 10s --min-requests 5\n\n\
+         Stop with Ctrl-C. The live pool is kept in {DEMO_DIR}/state and survives a restart.\n",
+        path.display(),
+    );
+    Ok(config)
 }
 
 /// Writes the demo config into the demo dir and returns its path.

@@ -1,12 +1,12 @@
 //! switchback: a reverse proxy for zero-downtime deploys.
 //!
-//! This file parses the command line and hands off: `run` and `demo` start the proxy
-//! (src/run.rs), every other command is a client of the control socket (src/cli.rs).
+//! This file parses the command line and hands off: `run` and `demo` start the proxy (the
+//! `switchback-daemon` crate), every other command is a client of the control socket
+//! (src/cli.rs). A client command sends only what the user typed; the proxy fills in every
+//! default, so there is one place that knows them.
 
 mod cli;
 mod demo;
-mod handler;
-mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,21 +133,22 @@ enum Command {
         pool: Option<String>,
         #[command(flatten)]
         target: Target,
-        /// Percentages of clients on POOL, increasing.
-        #[arg(long, value_delimiter = ',', value_parser = parse_percent, default_value = "5,25,50,100")]
-        steps: Vec<f64>,
-        /// How long each step is watched before the next.
-        #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
-        interval: Duration,
-        /// Percent of 5xx answers (or failed connections) in a step that rolls back.
-        #[arg(long, value_parser = parse_percent, default_value = "5", value_name = "PERCENT")]
-        max_error_rate: f64,
-        /// p95 latency in a step that rolls back.
-        #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
-        max_p95: Duration,
-        /// Canary requests a step needs before it is judged.
-        #[arg(long, default_value_t = 50, value_name = "N")]
-        min_requests: u64,
+        /// Percentages of clients on POOL, increasing [proxy's default: 5,25,50,100].
+        #[arg(long, value_delimiter = ',', value_parser = parse_percent)]
+        steps: Option<Vec<f64>>,
+        /// How long each step is watched before the next [proxy's default: 30s].
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        interval: Option<Duration>,
+        /// Percent of 5xx answers (or failed connections) in a step that rolls back [proxy's
+        /// default: 5].
+        #[arg(long, value_parser = parse_percent, value_name = "PERCENT")]
+        max_error_rate: Option<f64>,
+        /// p95 latency in a step that rolls back [proxy's default: 2s].
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        max_p95: Option<Duration>,
+        /// Canary requests a step needs before it is judged [proxy's default: 50].
+        #[arg(long, value_name = "N")]
+        min_requests: Option<u64>,
         /// Even when POOL has no healthy backend.
         #[arg(long)]
         force: bool,
@@ -244,17 +245,28 @@ fn load_config(path: Option<&PathBuf>) -> Result<switchback_config::Config, Exit
     })
 }
 
+/// Runs the proxy until it is told to stop.
 fn start(config: switchback_config::Config) -> ExitCode {
-    match run::run(config) {
+    match switchback_daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(run::RunError::Config(e)) => {
+        Err(e) => {
             eprintln!("switchback: {e}");
-            ExitCode::from(2)
+            ExitCode::from(if e.is_config() { 2 } else { 1 })
         }
-        Err(run::RunError::Start(e)) => {
-            eprintln!("switchback: {e}");
-            ExitCode::from(1)
+    }
+}
+
+fn check(path: Option<&PathBuf>) -> ExitCode {
+    match load_config(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} service(s))",
+                c.source.display(),
+                c.services.len()
+            );
+            ExitCode::SUCCESS
         }
+        Err(code) => code,
     }
 }
 
@@ -270,76 +282,29 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
-        Command::Check => match load_config(cli.config.as_ref()) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} service(s))",
-                    c.source.display(),
-                    c.services.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+        Command::Check => check(cli.config.as_ref()),
         Command::Demo { port } => {
             init_logs(LogFormat::Text);
-            let path = match demo::write_config(port) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!(
-                        "switchback: cannot write the demo config in {}: {e}",
-                        demo::DEMO_DIR
-                    );
-                    return ExitCode::from(1);
-                }
-            };
-            let config = match load_config(Some(&path)) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let backends = [
-                ("blue", "127.0.0.1:9001".parse().expect("an address")),
-                ("green", "127.0.0.1:9002".parse().expect("an address")),
-            ];
-            if let Err(e) = demo::start_backends(&backends) {
-                eprintln!("switchback: {e}");
-                return ExitCode::from(1);
+            match demo::prepare(port) {
+                Ok(config) => start(config),
+                Err(code) => code,
             }
-            let me = std::env::current_exe()
-                .ok()
-                .and_then(|p| {
-                    let cwd = std::env::current_dir().ok()?;
-                    Some(
-                        p.strip_prefix(&cwd)
-                            .map(|r| PathBuf::from(".").join(r))
-                            .unwrap_or(p),
-                    )
-                })
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "switchback".into());
-            let sock = config.control.socket.display().to_string();
-            println!(
-                "\nswitchback demo: proxy on http://127.0.0.1:{port}, blue backend on 127.0.0.1:9001, green on 127.0.0.1:9002\n\
-                 config {}   control socket {sock}\n\n\
-                 Try, in another terminal:\n\
-                 \x20 curl http://127.0.0.1:{port}/\n\
-                 \x20 {me} --socket {sock} switch green\n\
-                 \x20 curl http://127.0.0.1:{port}/\n\
-                 \x20 {me} --socket {sock} status\n\
-                 \x20 {me} --socket {sock} rollback\n\
-                 \x20 {me} --socket {sock} canary green 50   # half the clients (curl -b jar -c jar keeps one on its pool)\n\
-                 \x20 {me} --socket {sock} rollout green --steps 10,50,100 --interval 10s --min-requests 5\n\n\
-                 Stop with Ctrl-C. The live pool is kept in {}/state and survives a restart.\n",
-                path.display(),
-                demo::DEMO_DIR
-            );
-            start(config)
+        }
+        command => client(command, socket()),
+    }
+}
+
+/// A command for a running proxy: one request over the control socket, its answer printed.
+fn client(command: Command, socket: Result<PathBuf, String>) -> ExitCode {
+    match command {
+        Command::Run { .. } | Command::Demo { .. } | Command::Check => {
+            unreachable!("main runs these itself")
         }
         Command::Status { target, json } => {
             let request = Request::Status {
                 service: target.service,
             };
-            cli::call::<StatusReply>(socket(), request, json, cli::print_status)
+            cli::call::<StatusReply>(socket, request, json, cli::print_status)
         }
         Command::Switch {
             pool,
@@ -356,7 +321,7 @@ fn main() -> ExitCode {
                 wait_drain,
                 drain_timeout,
             };
-            cli::call::<SwitchReply>(socket(), request, json, cli::print_switch)
+            cli::call::<SwitchReply>(socket, request, json, cli::print_switch)
         }
         Command::Rollback {
             target,
@@ -367,7 +332,7 @@ fn main() -> ExitCode {
                 service: target.service,
                 force,
             };
-            cli::call::<SwitchReply>(socket(), request, json, cli::print_switch)
+            cli::call::<SwitchReply>(socket, request, json, cli::print_switch)
         }
         Command::Certs { command, json } => {
             let (request, json) = match command {
@@ -376,7 +341,7 @@ fn main() -> ExitCode {
                     (Request::CertsRenew { host }, json || j)
                 }
             };
-            cli::call::<CertsReply>(socket(), request, json, cli::print_certs)
+            cli::call::<CertsReply>(socket, request, json, cli::print_certs)
         }
         Command::Canary {
             pool,
@@ -391,7 +356,7 @@ fn main() -> ExitCode {
                 percent,
                 force,
             };
-            cli::call::<CanaryReply>(socket(), request, json, cli::print_canary)
+            cli::call::<CanaryReply>(socket, request, json, cli::print_canary)
         }
         Command::Rollout {
             pool,
@@ -413,11 +378,11 @@ fn main() -> ExitCode {
                 (_, _, Some(pool)) => Request::Rollout {
                     service,
                     pool,
-                    steps: Some(steps),
-                    interval: Some(interval),
-                    max_error_rate: Some(max_error_rate),
-                    max_p95: Some(max_p95),
-                    min_requests: Some(min_requests),
+                    steps,
+                    interval,
+                    max_error_rate,
+                    max_p95,
+                    min_requests,
                     force,
                 },
                 (false, false, None) => {
@@ -430,11 +395,10 @@ fn main() -> ExitCode {
             } else {
                 cli::rollout_exit
             };
-            cli::call_then::<RolloutReply>(socket(), request, json, cli::print_rollout, exit)
+            cli::call_then::<RolloutReply>(socket, request, json, cli::print_rollout, exit)
         }
         Command::ReloadCerts { json } => {
-            let request = Request::ReloadCerts;
-            cli::call::<CertsReply>(socket(), request, json, cli::print_certs)
+            cli::call::<CertsReply>(socket, Request::ReloadCerts, json, cli::print_certs)
         }
         Command::Pool {
             command:
@@ -461,7 +425,7 @@ fn main() -> ExitCode {
                 wait,
                 timeout,
             };
-            cli::call::<PoolSetReply>(socket(), request, json, cli::print_pool_set)
+            cli::call::<PoolSetReply>(socket, request, json, cli::print_pool_set)
         }
     }
 }

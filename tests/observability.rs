@@ -415,3 +415,78 @@ fn state_changes_are_logged_with_who_asked() {
         "{log}"
     );
 }
+
+/// Sends `n` requests, then `signal`, and returns the access log's lines once the proxy has
+/// exited. Every request answered before the signal must be in the log.
+async fn lines_after(signal: &str, n: usize) -> Vec<serde_json::Value> {
+    let blue = Upstream::start("blue");
+    let green = Upstream::start("green");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let services = format!(
+        "[access_log]\npath = \"{}\"\n\n{}",
+        log.display(),
+        blue_green(&blue, &green)
+    );
+    let mut proxy = Proxy::start(&services);
+    let mut conn = KeepAlive::connect(proxy.addr()).await.unwrap();
+    for i in 0..n {
+        let a = conn.get(&format!("/n/{i}")).await.unwrap();
+        assert_eq!(a.status, 200);
+    }
+    drop(conn);
+    // Answered, but not yet written: the writer drains its queue every 50 ms.
+    proxy.signal_and_wait(signal);
+    std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect()
+}
+
+#[tokio::test]
+async fn no_access_log_line_is_lost_on_sigterm() {
+    let lines = lines_after("TERM", 200).await;
+    assert_eq!(
+        lines.len(),
+        200,
+        "one line per request answered before SIGTERM"
+    );
+    assert_eq!(lines[199]["path"], "/n/199");
+}
+
+#[tokio::test]
+async fn no_access_log_line_is_lost_on_sigint() {
+    let lines = lines_after("INT", 200).await;
+    assert_eq!(
+        lines.len(),
+        200,
+        "one line per request answered before SIGINT"
+    );
+}
+
+#[tokio::test]
+async fn sighup_is_logged_and_the_proxy_keeps_serving() {
+    let blue = Upstream::start("blue");
+    let green = Upstream::start("green");
+    let proxy = Proxy::start(&blue_green(&blue, &green));
+    let ok = std::process::Command::new("kill")
+        .args(["-s", "HUP", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    wait_for("the SIGHUP log line", Duration::from_secs(5), || {
+        proxy.log().contains("SIGHUP received")
+    });
+    let mut conn = KeepAlive::connect(proxy.addr()).await.unwrap();
+    let a = conn.get("/").await.unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.pool.as_str()),
+        (200, "blue"),
+        "still serving"
+    );
+    assert!(
+        proxy.status()["generation"].is_u64(),
+        "the control socket still answers"
+    );
+}

@@ -6,7 +6,7 @@
 //! finalizes it with a fresh key, and downloads the chain. Only one process orders at a time
 //! per state dir.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +37,49 @@ pub struct AcmeClient {
     account: Mutex<Option<Account>>,
 }
 
-fn err(context: &str, e: impl std::fmt::Display) -> String {
-    format!("{context}: {e}")
+/// Why an order (or the account it needs) failed. The certificate served before stays
+/// served.
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    /// The CA or the way to it refused a step: `context` says which.
+    #[error("{context}: {source}")]
+    Ca {
+        context: String,
+        source: instant_acme::Error,
+    },
+    /// Reading or writing the state dir.
+    #[error("{context}: {source}")]
+    Store {
+        context: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the saved ACME account: {0}")]
+    SavedAccount(serde_json::Error),
+    #[error("acme.eab_hmac_key is not base64url")]
+    EabKey,
+    #[error("acme.ca_root {}: {reason}", path.display())]
+    CaRoot { path: PathBuf, reason: String },
+    #[error("TLS for the ACME client: {0}")]
+    Tls(rustls::Error),
+    #[error("another switchback process is ordering a certificate with this state dir")]
+    Locked,
+    #[error("the order for {host} took more than {}s", timeout.as_secs())]
+    Timeout { host: String, timeout: Duration },
+    #[error("authorization for {host} is {status}")]
+    Authorization { host: String, status: String },
+    #[error("the CA offers no HTTP-01 challenge for {host}")]
+    NoHttp01 { host: String },
+    #[error("validation of {host} failed: {detail}")]
+    Validation { host: String, detail: String },
+}
+
+fn ca(context: impl Into<String>) -> impl FnOnce(instant_acme::Error) -> AcmeError {
+    let context = context.into();
+    move |source| AcmeError::Ca { context, source }
+}
+
+fn store(context: &'static str) -> impl FnOnce(std::io::Error) -> AcmeError {
+    move |source| AcmeError::Store { context, source }
 }
 
 impl AcmeClient {
@@ -55,9 +96,9 @@ impl AcmeClient {
         }
     }
 
-    fn builder(&self) -> Result<instant_acme::AccountBuilder, String> {
+    fn builder(&self) -> Result<instant_acme::AccountBuilder, AcmeError> {
         match &self.config.ca_root {
-            None => Account::builder().map_err(|e| err("ACME HTTP client", e)),
+            None => Account::builder().map_err(ca("ACME HTTP client")),
             Some(root) => Ok(Account::builder_with_http(Box::new(
                 client_with_extra_root(root)?,
             ))),
@@ -66,7 +107,7 @@ impl AcmeClient {
 
     /// The account: from the state dir when it was made for this directory, else a new one
     /// (saved before it is used, so a crash never orphans it).
-    async fn account(&self) -> Result<Account, String> {
+    async fn account(&self) -> Result<Account, AcmeError> {
         let mut slot = self.account.lock().await;
         if let Some(a) = slot.as_ref() {
             return Ok(a.clone());
@@ -74,23 +115,23 @@ impl AcmeClient {
         let saved = self
             .store
             .load_account()
-            .map_err(|e| err("reading the ACME account", e))?;
+            .map_err(store("reading the ACME account"))?;
         let account = match saved {
             Some(saved) if saved.directory == self.config.directory => {
-                let creds: AccountCredentials = serde_json::from_value(saved.credentials)
-                    .map_err(|e| err("the saved ACME account", e))?;
+                let creds: AccountCredentials =
+                    serde_json::from_value(saved.credentials).map_err(AcmeError::SavedAccount)?;
                 self.builder()?
                     .from_credentials(creds)
                     .await
-                    .map_err(|e| err("restoring the ACME account", e))?
+                    .map_err(ca("restoring the ACME account"))?
             }
             _ => {
                 let contact = self.config.email.as_ref().map(|e| format!("mailto:{e}"));
                 let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
                 let eab = match &self.config.eab {
                     Some((kid, key)) => {
-                        let bytes = switchback_config::decode_base64url(key)
-                            .ok_or_else(|| "acme.eab_hmac_key is not base64url".to_string())?;
+                        let bytes =
+                            switchback_config::decode_base64url(key).ok_or(AcmeError::EabKey)?;
                         Some(ExternalAccountKey::new(kid.clone(), &bytes))
                     }
                     None => None,
@@ -107,20 +148,17 @@ impl AcmeClient {
                         eab.as_ref(),
                     )
                     .await
-                    .map_err(|e| {
-                        err(
-                            &format!("creating an ACME account at {}", self.config.directory),
-                            e,
-                        )
-                    })?;
-                let credentials =
-                    serde_json::to_value(&creds).map_err(|e| err("saving the ACME account", e))?;
+                    .map_err(ca(format!(
+                        "creating an ACME account at {}",
+                        self.config.directory
+                    )))?;
+                let credentials = serde_json::to_value(&creds).map_err(AcmeError::SavedAccount)?;
                 self.store
                     .save_account(&SavedAccount {
                         directory: self.config.directory.clone(),
                         credentials,
                     })
-                    .map_err(|e| err("saving the ACME account", e))?;
+                    .map_err(store("saving the ACME account"))?;
                 info!(directory = %self.config.directory, id = %account.id(), "ACME account created");
                 account
             }
@@ -131,15 +169,12 @@ impl AcmeClient {
 
     /// Orders a certificate for one host. Fails if another process is ordering with the same
     /// state dir.
-    pub async fn order(&self, host: &str) -> Result<Issued, String> {
+    pub async fn order(&self, host: &str) -> Result<Issued, AcmeError> {
         let _lock = self
             .store
             .try_lock_issuance()
-            .map_err(|e| err("the ACME lock", e))?
-            .ok_or_else(|| {
-                "another switchback process is ordering a certificate with this state dir"
-                    .to_string()
-            })?;
+            .map_err(store("the ACME lock"))?
+            .ok_or(AcmeError::Locked)?;
         let account = self.account().await?;
         let mut tokens = Vec::new();
         let result =
@@ -150,10 +185,10 @@ impl AcmeClient {
         }
         match result {
             Ok(r) => r,
-            Err(_) => Err(format!(
-                "the order for {host} took more than {}s",
-                ORDER_TIMEOUT.as_secs()
-            )),
+            Err(_) => Err(AcmeError::Timeout {
+                host: host.to_string(),
+                timeout: ORDER_TIMEOUT,
+            }),
         }
     }
 
@@ -162,39 +197,44 @@ impl AcmeClient {
         account: &Account,
         host: &str,
         tokens: &mut Vec<String>,
-    ) -> Result<Issued, String> {
+    ) -> Result<Issued, AcmeError> {
         let identifiers = [Identifier::Dns(host.to_string())];
         let mut order = account
             .new_order(&NewOrder::new(&identifiers))
             .await
-            .map_err(|e| err("new order", e))?;
+            .map_err(ca("new order"))?;
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
-            let mut authz = authz.map_err(|e| err("authorization", e))?;
+            let mut authz = authz.map_err(ca("authorization"))?;
             match authz.status {
                 AuthorizationStatus::Valid => continue,
                 AuthorizationStatus::Pending => {}
-                other => return Err(format!("authorization for {host} is {other:?}")),
+                other => {
+                    return Err(AcmeError::Authorization {
+                        host: host.to_string(),
+                        status: format!("{other:?}"),
+                    })
+                }
             }
-            let mut challenge = authz
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| format!("the CA offers no HTTP-01 challenge for {host}"))?;
+            let mut challenge =
+                authz
+                    .challenge(ChallengeType::Http01)
+                    .ok_or_else(|| AcmeError::NoHttp01 {
+                        host: host.to_string(),
+                    })?;
             let token = challenge.token.clone();
             let key_auth = challenge.key_authorization();
             self.challenges
                 .put(&token, key_auth.as_str())
-                .map_err(|e| err("publishing the challenge answer", e))?;
+                .map_err(store("publishing the challenge answer"))?;
             tokens.push(token);
-            challenge
-                .set_ready()
-                .await
-                .map_err(|e| err("challenge", e))?;
+            challenge.set_ready().await.map_err(ca("challenge"))?;
         }
         let retry = RetryPolicy::new().timeout(Duration::from_secs(60));
         let status = order
             .poll_ready(&retry)
             .await
-            .map_err(|e| err("waiting for validation", e))?;
+            .map_err(ca("waiting for validation"))?;
         if status != OrderStatus::Ready {
             let detail = order
                 .state()
@@ -202,43 +242,45 @@ impl AcmeClient {
                 .as_ref()
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| format!("{status:?}"));
-            return Err(format!("validation of {host} failed: {detail}"));
+            return Err(AcmeError::Validation {
+                host: host.to_string(),
+                detail,
+            });
         }
-        let key_pem = order.finalize().await.map_err(|e| err("finalize", e))?;
+        let key_pem = order.finalize().await.map_err(ca("finalize"))?;
         let chain_pem = order
             .poll_certificate(&retry)
             .await
-            .map_err(|e| err("downloading the certificate", e))?;
+            .map_err(ca("downloading the certificate"))?;
         Ok(Issued { key_pem, chain_pem })
     }
 }
 
 /// An HTTPS client for the ACME directory that trusts the platform's roots plus `root`.
-fn client_with_extra_root(root: &Path) -> Result<impl instant_acme::HttpClient, String> {
+fn client_with_extra_root(root: &Path) -> Result<impl instant_acme::HttpClient, AcmeError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let pem = std::fs::read(root).map_err(|e| format!("acme.ca_root {}: {e}", root.display()))?;
+    let bad_root = |reason: String| AcmeError::CaRoot {
+        path: root.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(root).map_err(|e| bad_root(e.to_string()))?;
     let extra: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("acme.ca_root {}: {e}", root.display()))?;
+        .map_err(|e| bad_root(e.to_string()))?;
     if extra.is_empty() {
-        return Err(format!(
-            "acme.ca_root {}: no certificate in it",
-            root.display()
-        ));
+        return Err(bad_root("no certificate in it".into()));
     }
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
     for cert in extra {
-        roots
-            .add(cert)
-            .map_err(|e| format!("acme.ca_root {}: {e}", root.display()))?;
+        roots.add(cert).map_err(|e| bad_root(e.to_string()))?;
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| err("TLS for the ACME client", e))?
+    .map_err(AcmeError::Tls)?
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()

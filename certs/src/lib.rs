@@ -29,6 +29,7 @@ pub use challenge::ChallengeStore;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
-pub use manager::{CertManager, CertSource, CertStatus};
+pub use acme::AcmeError;
+pub use manager::{CertManager, CertSource, CertStatus, RenewError};
 pub use material::{load_pair, CertError, CertInfo, CertMaterial};
 pub use resolver::SniResolver;

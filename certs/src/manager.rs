@@ -19,9 +19,9 @@ use switchback_config::{Config, TlsMode};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-use crate::acme::AcmeClient;
+use crate::acme::{AcmeClient, AcmeError};
 use crate::challenge::ChallengeStore;
-use crate::material::{load_pair, name_covers, CertInfo};
+use crate::material::{load_pair, name_covers, CertError, CertInfo};
 use crate::resolver::SniResolver;
 use crate::store::CertStore;
 
@@ -65,7 +65,26 @@ struct Entry {
     mtimes: Option<Mtimes>,
 }
 
-type RenewReply = oneshot::Sender<Result<CertStatus, String>>;
+/// Why `certs renew` did not give a host a new certificate. The one served before stays.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    #[error("no TLS host named {0:?}")]
+    UnknownHost(String),
+    #[error("{0} is served from files; replace them and run switchback reload-certs")]
+    FromFiles(String),
+    #[error("ACME is not configured")]
+    NoAcme,
+    #[error(transparent)]
+    Order(#[from] AcmeError),
+    #[error("the CA sent a certificate that cannot be served: {0}")]
+    Unusable(CertError),
+    #[error("saving the certificate: {0}")]
+    Save(std::io::Error),
+    #[error("the certificate manager is not running")]
+    NotRunning,
+}
+
+type RenewReply = oneshot::Sender<Result<CertStatus, RenewError>>;
 
 pub struct CertManager {
     resolver: Arc<SniResolver>,
@@ -308,27 +327,22 @@ impl CertManager {
     }
 
     /// Orders a certificate for `host` now and waits for the outcome.
-    pub async fn renew_now(&self, host: &str) -> Result<CertStatus, String> {
+    pub async fn renew_now(&self, host: &str) -> Result<CertStatus, RenewError> {
         let host = host.to_ascii_lowercase();
         match self.lock().get(&host).map(|e| e.status.source.clone()) {
             Some(CertSource::Acme) => {}
-            Some(CertSource::File { .. }) => {
-                return Err(format!(
-                    "{host} is served from files; replace them and run switchback reload-certs"
-                ))
-            }
-            None => return Err(format!("no TLS host named {host:?}")),
+            Some(CertSource::File { .. }) => return Err(RenewError::FromFiles(host)),
+            None => return Err(RenewError::UnknownHost(host)),
         }
         let (tx, rx) = oneshot::channel();
         self.renew_tx
             .send((host, tx))
-            .map_err(|_| "the certificate manager is not running".to_string())?;
-        rx.await
-            .map_err(|_| "the certificate manager stopped".to_string())?
+            .map_err(|_| RenewError::NotRunning)?;
+        rx.await.map_err(|_| RenewError::NotRunning)?
     }
 
-    async fn renew(&self, host: &str) -> Result<CertStatus, String> {
-        let acme = self.acme.as_ref().ok_or("ACME is not configured")?;
+    async fn renew(&self, host: &str) -> Result<CertStatus, RenewError> {
+        let acme = self.acme.as_ref().ok_or(RenewError::NoAcme)?;
         info!(host = %host, "ordering a certificate");
         let result = match acme.order(host).await {
             Ok(issued) => {
@@ -338,13 +352,11 @@ impl CertManager {
                         .store
                         .save_cert(host, &issued.key_pem, &issued.chain_pem)
                         .map(|()| m)
-                        .map_err(|e| format!("saving the certificate: {e}")),
-                    Err(e) => Err(format!(
-                        "the CA sent a certificate that cannot be served: {e}"
-                    )),
+                        .map_err(RenewError::Save),
+                    Err(e) => Err(RenewError::Unusable(e)),
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         match result {
             Ok(m) => {
@@ -361,7 +373,7 @@ impl CertManager {
             }
             Err(e) => {
                 warn!(host = %host, error = %e, "certificate order failed; the current certificate (if any) stays served");
-                self.record_failure(host, e.clone(), true);
+                self.record_failure(host, e.to_string(), true);
                 Err(e)
             }
         }

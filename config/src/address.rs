@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 
+use crate::model::MAX_BACKENDS_PER_POOL;
+
 /// Parses `"127.0.0.1:9001"` or `"[::1]:9001"`, with a message that says what to write instead.
 pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     let t = text.trim();
@@ -28,8 +30,15 @@ pub fn parse_backend_list(text: &str) -> Result<Vec<SocketAddr>, String> {
     parse_backends(&parts)
 }
 
-/// Parses a list of backend addresses, refusing duplicates and empty lists.
+/// Parses a list of backend addresses, refusing duplicates, empty lists and more than
+/// [`MAX_BACKENDS_PER_POOL`].
 pub fn parse_backends<S: AsRef<str>>(items: &[S]) -> Result<Vec<SocketAddr>, String> {
+    if items.len() > MAX_BACKENDS_PER_POOL {
+        return Err(format!(
+            "{} addresses: a pool has at most {MAX_BACKENDS_PER_POOL}",
+            items.len()
+        ));
+    }
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let addr = parse_socket_addr(item.as_ref())?;
@@ -79,5 +88,9 @@ mod tests {
         );
         assert!(parse_backend_list("127.0.0.1:1,127.0.0.1:1").is_err());
         assert!(parse_backend_list(" , ").is_err());
+        let many: Vec<String> = (1..=65).map(|p| format!("127.0.0.1:{p}")).collect();
+        let e = parse_backends(&many).unwrap_err();
+        assert!(e.contains("at most 64"), "{e}");
+        assert_eq!(parse_backends(&many[..64]).unwrap().len(), 64);
     }
 }

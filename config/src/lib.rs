@@ -29,7 +29,8 @@ pub use address::{parse_backend_list, parse_backends, parse_socket_addr};
 pub use duration::{parse_duration, HumanDuration};
 pub use model::*;
 pub use state::{
-    CanaryState, LiveState, PoolState, RolloutMark, ServiceState, StateError, StateLock, StateStore,
+    CanaryState, LiveState, Missing, PoolState, RestoreError, RolloutMark, ServiceState,
+    StateError, StateLock, StateStore,
 };
 pub use validate::{load, parse, valid_name, ConfigError, Problem};
 pub use validate_tls::decode_base64url;

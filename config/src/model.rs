@@ -43,7 +43,15 @@ pub mod defaults {
     pub const ROLLOUT_MAX_ERROR_RATE: f64 = 5.0;
     pub const ROLLOUT_MAX_P95: Duration = Duration::from_secs(2);
     pub const ROLLOUT_MIN_REQUESTS: u64 = 50;
+    /// How long `switch --wait-drain` waits for the old pool's requests to finish.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// How long `pool set --wait` waits for the new backends to pass their health checks.
+    pub const POOL_SET_WAIT: Duration = Duration::from_secs(30);
 }
+
+/// The most backends one pool may have. The request path keeps the backends a request has
+/// tried in one 64-bit word, and a pool that large belongs behind a load balancer of its own.
+pub const MAX_BACKENDS_PER_POOL: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -35,9 +35,10 @@ pub struct LiveState {
 #[serde(deny_unknown_fields)]
 pub struct ServiceState {
     pub active: String,
-    /// The pool that was active before the last switch: where `rollback` goes.
-    #[serde(default)]
-    pub previous: Option<String>,
+    /// The pool that was active before the last switch: where `rollback` goes. Kept as
+    /// `previous` in the file.
+    #[serde(default, rename = "previous")]
+    pub rollback_to: Option<String>,
     pub pools: BTreeMap<String, PoolState>,
     /// A share of clients sent to another pool than `active`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,7 +100,7 @@ impl LiveState {
                     .collect();
                 let state = ServiceState {
                     active: s.active.clone(),
-                    previous: None,
+                    rollback_to: None,
                     pools,
                     canary: None,
                     rollout: None,
@@ -118,43 +119,46 @@ impl LiveState {
     /// backends win, services and pools new in the file are added. Anything the state names
     /// that the config does not have is a mismatch, reported whole. A rollout that was under
     /// way is ended on its stable pool; the notices say so.
-    pub fn restore(config: &Config, saved: LiveState) -> Result<(LiveState, Vec<String>), String> {
+    pub fn restore(
+        config: &Config,
+        saved: LiveState,
+    ) -> Result<(LiveState, Vec<String>), RestoreError> {
         if saved.version != STATE_VERSION {
-            return Err(format!(
-                "state format version {} is not the version this build reads ({STATE_VERSION})",
-                saved.version
-            ));
+            return Err(RestoreError::Version {
+                found: saved.version,
+                expected: STATE_VERSION,
+            });
         }
         let mut problems = Vec::new();
         for (name, s) in &saved.services {
             let Some(conf) = config.service(name) else {
-                problems.push(format!("service {name:?} is not in the config file"));
+                problems.push(Missing::Service(name.clone()));
                 continue;
+            };
+            let missing_pool = |pool: &String| Missing::Pool {
+                service: name.clone(),
+                pool: pool.clone(),
             };
             for pool in s.pools.keys() {
                 if conf.pool(pool).is_none() {
-                    problems.push(format!(
-                        "service {name:?}: pool {pool:?} is not in the config file"
-                    ));
+                    problems.push(missing_pool(pool));
                 }
             }
             let canary = s.canary.as_ref().map(|c| &c.pool);
             let rollout = s.rollout.as_ref().map(|r| &r.pool);
             for pool in std::iter::once(&s.active)
-                .chain(s.previous.as_ref())
+                .chain(s.rollback_to.as_ref())
                 .chain(canary)
                 .chain(rollout)
             {
                 if conf.pool(pool).is_none() {
-                    problems.push(format!(
-                        "service {name:?}: pool {pool:?} is not in the config file"
-                    ));
+                    problems.push(missing_pool(pool));
                 }
             }
         }
         if !problems.is_empty() {
             problems.dedup();
-            return Err(problems.join("; "));
+            return Err(RestoreError::NotInConfig(problems));
         }
         let mut live = LiveState::from_config(config);
         let mut notices = Vec::new();
@@ -164,7 +168,7 @@ impl LiveState {
                 continue;
             };
             service.active = saved_service.active.clone();
-            service.previous = saved_service.previous.clone();
+            service.rollback_to = saved_service.rollback_to.clone();
             match &saved_service.rollout {
                 Some(r) => notices.push(format!(
                     "service {name:?}: the rollout of pool {:?} was stopped by a restart at step {} of {}; all traffic is on the stable pool {:?} (start it again with `switchback rollout {}`)",
@@ -198,6 +202,24 @@ pub enum StateError {
     Locked { path: PathBuf },
     #[error("{} is not a valid state file: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
+}
+
+/// Why a saved state cannot be laid over the config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("state format version {found} is not the version this build reads ({expected})")]
+    Version { found: u32, expected: u32 },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NotInConfig(Vec<Missing>),
+}
+
+/// Something a saved state names that the config does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Missing {
+    #[error("service {0:?} is not in the config file")]
+    Service(String),
+    #[error("service {service:?}: pool {pool:?} is not in the config file")]
+    Pool { service: String, pool: String },
 }
 
 /// The exclusive hold of a state dir; released when dropped (or when the process dies).
@@ -321,13 +343,13 @@ mod tests {
         let mut saved = LiveState::from_config(&c);
         let app = saved.services.get_mut("app").unwrap();
         app.active = "green".into();
-        app.previous = Some("blue".into());
+        app.rollback_to = Some("blue".into());
         app.pools.get_mut("green").unwrap().backends = vec!["127.0.0.1:9012".parse().unwrap()];
         let (live, notices) = LiveState::restore(&c, saved).unwrap();
         assert!(notices.is_empty());
         let app = &live.services["app"];
         assert_eq!(app.active, "green");
-        assert_eq!(app.previous.as_deref(), Some("blue"));
+        assert_eq!(app.rollback_to.as_deref(), Some("blue"));
         assert_eq!(
             app.pools["green"].backends,
             vec!["127.0.0.1:9012".parse().unwrap()]
@@ -396,7 +418,15 @@ mod tests {
         saved.services.get_mut("app").unwrap().active = "red".into();
         let err = LiveState::restore(&config(""), saved).unwrap_err();
         assert!(
-            err.contains("pool \"red\" is not in the config file"),
+            matches!(&err, RestoreError::NotInConfig(m) if m.contains(&Missing::Pool {
+                service: "app".into(),
+                pool: "red".into()
+            })),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("pool \"red\" is not in the config file"),
             "{err}"
         );
     }

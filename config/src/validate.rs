@@ -522,6 +522,29 @@ health = { path = "/", interval = "500ms", timeout = "1s" }
     }
 
     #[test]
+    fn a_pool_has_at_most_64_backends() {
+        let list = |n: u16| {
+            (1..=n)
+                .map(|p| format!("\"127.0.0.1:{}\"", 9000 + p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let with = |n: u16| {
+            MINIMAL.replace(
+                "pools.blue = [\"127.0.0.1:9001\"]",
+                &format!("pools.blue = [{}]", list(n)),
+            )
+        };
+        assert!(problems(&with(64)).is_empty());
+        let p = problems(&with(65));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("services.app.pools.blue: 65 backends: a pool has at most 64"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn observability_sections_have_defaults_and_checks() {
         let c = parse(Path::new("switchback.toml"), MINIMAL).unwrap();
         assert_eq!(c.admin, None, "the admin listener is off unless configured");

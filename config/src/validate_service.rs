@@ -69,6 +69,16 @@ impl Validator<'_> {
                     Err(e) => self.problem(b.span(), &pkey, e),
                 }
             }
+            if addrs.len() > MAX_BACKENDS_PER_POOL {
+                self.problem(
+                    backends.span(),
+                    &pkey,
+                    format!(
+                        "{} backends: a pool has at most {MAX_BACKENDS_PER_POOL}; split them into several services or put a load balancer in front",
+                        addrs.len()
+                    ),
+                );
+            }
             pools.push(PoolConfig {
                 name: pn.clone(),
                 backends: addrs,

@@ -287,8 +287,7 @@ pub struct RolloutReply {
     pub service: String,
     pub pool: String,
     pub stable_pool: String,
-    /// `promoted` (the pool is now active), `rolled_back` (a limit was breached) or `aborted`.
-    pub outcome: String,
+    pub outcome: RolloutOutcome,
     /// Why it rolled back or was aborted.
     pub reason: Option<String>,
     /// The step it ended on (1-based) and that step's percentage.
@@ -299,6 +298,29 @@ pub struct RolloutReply {
     pub canary: WindowView,
     pub stable: WindowView,
     pub generation: u64,
+}
+
+/// How a rollout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutOutcome {
+    /// Every step passed; the pool is now the active pool.
+    Promoted,
+    /// A limit was breached; every client is back on the stable pool.
+    RolledBack,
+    /// Stopped on request; every client is back on the stable pool.
+    Aborted,
+}
+
+impl RolloutOutcome {
+    /// The outcome as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutOutcome::Promoted => "promoted",
+            RolloutOutcome::RolledBack => "rolled_back",
+            RolloutOutcome::Aborted => "aborted",
+        }
+    }
 }
 
 /// A rollout as `status` shows it.
@@ -314,7 +336,7 @@ pub struct RolloutStatus {
     pub started: i64,
     /// For a finished rollout: how it ended, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<RolloutOutcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -325,12 +347,21 @@ pub struct CertsReply {
     pub certs: Vec<CertView>,
 }
 
+/// Where a host's certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertSourceKind {
+    /// Ordered and renewed by ACME.
+    Acme,
+    /// A certificate and key file pair.
+    File,
+}
+
 /// One TLS host and the certificate served for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CertView {
     pub host: String,
-    /// `acme` or `file`.
-    pub source: String,
+    pub source: CertSourceKind,
     /// For `file`: the certificate chain file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_file: Option<String>,
@@ -399,11 +430,41 @@ pub struct PoolStatus {
     pub backends: Vec<BackendStatus>,
 }
 
+/// What the proxy knows of a backend's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendHealth {
+    /// Checked and passing.
+    Healthy,
+    /// Checked and failing: no request goes there while the pool has a healthy backend.
+    Down,
+    /// Checked, but no probe has answered yet.
+    Unknown,
+    /// The service has no health check; the backend is presumed able to serve.
+    Unchecked,
+}
+
+impl BackendHealth {
+    /// The state as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendHealth::Healthy => "healthy",
+            BackendHealth::Down => "down",
+            BackendHealth::Unknown => "unknown",
+            BackendHealth::Unchecked => "unchecked",
+        }
+    }
+
+    /// Whether a request may be sent there (healthy, or not checked at all).
+    pub fn serves(self) -> bool {
+        matches!(self, BackendHealth::Healthy | BackendHealth::Unchecked)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub address: String,
-    /// `healthy`, `down`, `unknown` (not checked yet) or `unchecked` (no health check set).
-    pub health: String,
+    pub health: BackendHealth,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
@@ -761,6 +822,34 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
+    }
+
+    #[test]
+    fn wire_enums_keep_their_names() {
+        for o in [
+            RolloutOutcome::Promoted,
+            RolloutOutcome::RolledBack,
+            RolloutOutcome::Aborted,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+        for h in [
+            BackendHealth::Healthy,
+            BackendHealth::Down,
+            BackendHealth::Unknown,
+            BackendHealth::Unchecked,
+        ] {
+            assert_eq!(serde_json::to_value(h).unwrap(), h.as_str());
+        }
+        assert_eq!(serde_json::to_value(CertSourceKind::Acme).unwrap(), "acme");
+        assert_eq!(serde_json::to_value(CertSourceKind::File).unwrap(), "file");
+        let b: BackendStatus =
+            serde_json::from_str(r#"{"address":"127.0.0.1:1","health":"down"}"#).unwrap();
+        assert_eq!(b.health, BackendHealth::Down);
+        assert!(serde_json::from_str::<BackendStatus>(
+            r#"{"address":"127.0.0.1:1","health":"sickly"}"#
+        )
+        .is_err());
     }
 
     #[test]

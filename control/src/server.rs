@@ -44,6 +44,13 @@ impl Progress {
         Progress { tx: None }
     }
 
+    /// A sink whose events arrive on the returned receiver, for callers that handle requests
+    /// in process (tests, embedders).
+    pub fn channel() -> (Progress, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Progress { tx: Some(tx) }, rx)
+    }
+
     pub fn send(&self, event: Event) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(event);

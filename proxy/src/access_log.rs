@@ -5,12 +5,17 @@
 //! (JSON lines or the combined log format) and writes them in one batch. When the writer falls behind and the queue is full, the record is dropped and
 //! counted (`switchback_access_log_dropped_total`) rather than ever making a request wait. A
 //! log file that is moved away (logrotate) is noticed within a second and opened anew.
+//!
+//! A process that is about to exit calls [`AccessLog::flush`], which returns once every record
+//! queued before the call is written: no exit path may lose the lines of its last requests.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{
+    channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,6 +54,8 @@ pub struct AccessRecord {
 #[derive(Clone)]
 pub struct AccessLog {
     tx: SyncSender<AccessRecord>,
+    /// Asks the writer to write out everything queued so far; it answers on the sender.
+    flush_tx: Sender<Sender<()>>,
     dropped: IntCounter,
 }
 
@@ -63,10 +70,26 @@ impl AccessLog {
     ) -> io::Result<AccessLog> {
         let sink = Sink::open(path)?;
         let (tx, rx) = sync_channel(QUEUE);
+        let (flush_tx, flush_rx) = channel();
         std::thread::Builder::new()
             .name("access log".into())
-            .spawn(move || write_loop(rx, sink, format))?;
-        Ok(AccessLog { tx, dropped })
+            .spawn(move || write_loop(rx, flush_rx, sink, format))?;
+        Ok(AccessLog {
+            tx,
+            flush_tx,
+            dropped,
+        })
+    }
+
+    /// Waits until every record queued before this call is written and flushed, or `timeout`
+    /// passes; says which. For exit paths: a process that exits without it loses what the
+    /// writer had not reached yet.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (done_tx, done_rx) = channel();
+        if self.flush_tx.send(done_tx).is_err() {
+            return false;
+        }
+        done_rx.recv_timeout(timeout).is_ok()
     }
 
     /// Queues a record; never blocks.
@@ -153,9 +176,17 @@ impl Sink {
 /// so a worker's `try_send` never has a sleeping thread to wake (a futex call per request).
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
-fn write_loop(rx: Receiver<AccessRecord>, mut sink: Sink, format: Format) {
+fn write_loop(
+    rx: Receiver<AccessRecord>,
+    flush_rx: Receiver<Sender<()>>,
+    mut sink: Sink,
+    format: Format,
+) {
     let mut line = String::with_capacity(512);
     loop {
+        // Asks taken before the queue is drained: everything queued before them is written
+        // by the time they are answered.
+        let asks: Vec<Sender<()>> = flush_rx.try_iter().collect();
         let mut wrote = false;
         loop {
             match rx.try_recv() {
@@ -172,8 +203,11 @@ fn write_loop(rx: Receiver<AccessRecord>, mut sink: Sink, format: Format) {
                 }
             }
         }
-        if wrote {
+        if wrote || !asks.is_empty() {
             let _ = sink.writer().flush();
+        }
+        for done in asks {
+            let _ = done.send(());
         }
         sink.reopen_if_rotated();
         std::thread::sleep(DRAIN_EVERY);
@@ -399,11 +433,26 @@ mod tests {
         let (tx, _rx) = sync_channel(1);
         let log = AccessLog {
             tx,
+            flush_tx: channel().0,
             dropped: dropped.clone(),
         };
         log.log(record());
         log.log(record());
         log.log(record());
         assert_eq!(dropped.get(), 2);
+    }
+
+    #[test]
+    fn flush_returns_once_everything_queued_is_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let dropped = IntCounter::new("d", "d").unwrap();
+        let log = AccessLog::start(Format::Json, Some(path.clone()), dropped).unwrap();
+        for _ in 0..1000 {
+            log.log(record());
+        }
+        assert!(log.flush(Duration::from_secs(10)), "the writer answered");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1000, "every queued line is written");
     }
 }

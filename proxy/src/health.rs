@@ -1,10 +1,10 @@
-//! Active health checks: one HTTP probe per backend per interval, and the verdict the request
-//! path reads with a single atomic load.
+//! Backend health as the request path reads it: one atomic load per pick.
 //!
 //! A backend's [`HealthState`] is shared by every routing-table generation and every pool that
-//! lists the backend, keyed by (service, address) in the [`HealthRegistry`]. The checker of a
-//! service probes whatever the registry holds for it, so backends added by `pool set` are
-//! checked from the next round on, and backends no table uses any more are forgotten.
+//! lists the backend, keyed by (service, address) in the [`HealthRegistry`]. The checker (in the
+//! control plane) probes whatever the registry holds for a service and records each result
+//! here, so backends added by `pool set` are checked from the next round on, and backends no
+//! table uses any more are forgotten.
 //!
 //! Verdicts follow common practice (HAProxy's rise/fall): the first probe decides for a new
 //! backend; after that a healthy backend goes down after `unhealthy_threshold` failures in a row
@@ -20,11 +20,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-use switchback_config::HealthConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tracing::{info, warn};
 
 /// What the proxy knows of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,15 +127,16 @@ impl HealthState {
     }
 
     /// Records one probe result and returns the new verdict when it changed.
-    pub fn observe(
+    pub fn observe<E: std::fmt::Display>(
         &self,
-        result: Result<(), String>,
+        result: Result<(), E>,
         healthy_threshold: u32,
         unhealthy_threshold: u32,
     ) -> Option<Health> {
         let old = self.get();
         let passed = result.is_ok();
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = result.err();
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            result.err().map(|e| e.to_string());
         let (passes, failures) = if passed {
             self.failures.store(0, Ordering::Relaxed);
             (self.passes.fetch_add(1, Ordering::Relaxed) + 1, 0)
@@ -204,95 +200,6 @@ impl HealthRegistry {
     }
 }
 
-/// One HTTP probe: `GET path`, passing on any 2xx or 3xx status within `timeout`.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: switchback-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut buf = [0u8; 64];
-        let mut len = 0;
-        while len < 12 {
-            let n = stream
-                .read(&mut buf[len..])
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("connection closed before a status line".to_string());
-            }
-            len += n;
-        }
-        let status =
-            parse_status(&buf[..len]).ok_or_else(|| "answer is not HTTP/1.x".to_string())?;
-        if (200..400).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!("status {status}"))
-        }
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
-    }
-}
-
-fn parse_status(head: &[u8]) -> Option<u16> {
-    let rest = head.strip_prefix(b"HTTP/1.")?;
-    let code = rest.get(2..5)?;
-    if rest.get(1) != Some(&b' ') {
-        return None;
-    }
-    std::str::from_utf8(code).ok()?.parse().ok()
-}
-
-/// Probes every backend of one service each interval until `shutdown` turns true.
-pub async fn run_checker(
-    service: String,
-    config: HealthConfig,
-    registry: Arc<HealthRegistry>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(config.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => if *shutdown.borrow() { return },
-        }
-        let mut probes = tokio::task::JoinSet::new();
-        for (addr, state) in registry.targets(&service) {
-            let path = config.path.clone();
-            let timeout = config.timeout;
-            probes.spawn(async move { (addr, state, probe(addr, &path, timeout).await) });
-        }
-        while let Some(done) = probes.join_next().await {
-            let Ok((addr, state, result)) = done else {
-                continue;
-            };
-            let error = result.as_ref().err().cloned();
-            if let Some(new) =
-                state.observe(result, config.healthy_threshold, config.unhealthy_threshold)
-            {
-                match new {
-                    Health::Healthy => {
-                        info!(service = %service, backend = %addr, "backend is healthy")
-                    }
-                    _ => {
-                        warn!(service = %service, backend = %addr, error = error.as_deref().unwrap_or(""), "backend is down")
-                    }
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,23 +207,23 @@ mod tests {
     #[test]
     fn first_probe_decides_then_thresholds_apply() {
         let s = HealthState::new(Health::Unknown);
-        assert_eq!(s.observe(Ok(()), 2, 3), Some(Health::Healthy));
-        assert_eq!(s.observe(Err("x".into()), 2, 3), None);
-        assert_eq!(s.observe(Err("x".into()), 2, 3), None);
-        assert_eq!(s.observe(Err("x".into()), 2, 3), Some(Health::Down));
+        assert_eq!(s.observe(Ok::<(), &str>(()), 2, 3), Some(Health::Healthy));
+        assert_eq!(s.observe(Err("x"), 2, 3), None);
+        assert_eq!(s.observe(Err("x"), 2, 3), None);
+        assert_eq!(s.observe(Err("x"), 2, 3), Some(Health::Down));
         assert_eq!(s.last_error().as_deref(), Some("x"));
-        assert_eq!(s.observe(Ok(()), 2, 3), None);
-        assert_eq!(s.observe(Ok(()), 2, 3), Some(Health::Healthy));
+        assert_eq!(s.observe(Ok::<(), &str>(()), 2, 3), None);
+        assert_eq!(s.observe(Ok::<(), &str>(()), 2, 3), Some(Health::Healthy));
         assert_eq!(s.last_error(), None);
     }
 
     #[test]
     fn a_pass_resets_the_failure_count() {
         let s = HealthState::new(Health::Healthy);
-        s.observe(Err("x".into()), 2, 2);
-        s.observe(Ok(()), 2, 2);
+        s.observe(Err("x"), 2, 2);
+        s.observe(Ok::<(), &str>(()), 2, 2);
         assert_eq!(
-            s.observe(Err("x".into()), 2, 2),
+            s.observe(Err("x"), 2, 2),
             None,
             "failures must be consecutive"
         );
@@ -345,37 +252,5 @@ mod tests {
         assert_eq!(targets[0].0, a);
         assert!(Arc::ptr_eq(&targets[0].1, &held));
         assert!(r.targets("other").is_empty());
-    }
-
-    #[test]
-    fn status_lines_parse() {
-        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(parse_status(b"HTTP/1.0 503 x"), Some(503));
-        assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
-    }
-
-    #[tokio::test]
-    async fn probe_reports_refused_and_bad_status() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let mut buf = [0u8; 512];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n")
-                    .await;
-            }
-        });
-        let err = probe(addr, "/", Duration::from_secs(2)).await.unwrap_err();
-        assert_eq!(err, "status 500");
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let err = probe(closed, "/", Duration::from_secs(2))
-            .await
-            .unwrap_err();
-        assert!(err.starts_with("connect:"), "{err}");
     }
 }

@@ -2,13 +2,12 @@
 //!
 //! Per request: load the live [`RoutingTable`] once, route by host and path to a service, take
 //! the service's active pool (or its canary, or the pool an override names: see
-//! [`crate::canary`]) and count the request in flight there, pick a healthy backend
+//! [`crate::split`]) and count the request in flight there, pick a healthy backend
 //! round robin, and proxy. A connection that fails before any byte was sent is retried on
 //! another backend of the same pool. At the end, count the request in its pool's metrics and
 //! queue an access-log record. Nothing here takes a lock, formats a log line or writes to a
 //! file.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -24,10 +23,10 @@ use switchback_certs::challenge::CHALLENGE_PREFIX;
 use switchback_certs::ChallengeStore;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::canary;
 use crate::metrics::{status_class, Metrics};
 use crate::pool::{InFlight, Tried};
 use crate::routing::{normalize_request_host, RoutingTable};
+use crate::split;
 use crate::text::{push_ip, push_u64};
 
 /// The proxy service.
@@ -134,6 +133,8 @@ pub struct RequestCtx {
     new_bucket: Option<u32>,
     /// The pool came from an override header or cookie.
     forced: bool,
+    /// The Host header (or authority) as the client sent it, kept for the access log only.
+    host: String,
 }
 
 impl RequestCtx {
@@ -171,6 +172,9 @@ impl ProxyHttp for SwitchbackProxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
+        if self.access_log.is_some() {
+            ctx.host.push_str(raw_host);
+        }
         let host = normalize_request_host(raw_host);
         let path = req.uri.path();
         if let Some(challenges) = &self.challenges {
@@ -196,13 +200,19 @@ impl ProxyHttp for SwitchbackProxy {
                 self.redirect_to_https(session, &host).await?;
                 return Ok(true);
             }
-            let mut pool_index = service.active;
-            if service.canary.is_some() || service.overridable {
+            let mut pool_index = service.split.active;
+            if service.split.looks_at_requests() {
                 let client = session
                     .client_addr()
                     .and_then(|a| a.as_inet())
                     .map(|a| a.ip());
-                let choice = canary::choose(service, &session.req_header().headers, client);
+                let choice = split::choose(
+                    &service.split,
+                    &service.config.canary,
+                    |name| service.pool_index(name),
+                    &session.req_header().headers,
+                    client,
+                );
                 pool_index = choice.pool;
                 ctx.new_bucket = choice.new_bucket;
                 ctx.forced = choice.forced;
@@ -322,7 +332,7 @@ impl ProxyHttp for SwitchbackProxy {
         if let Some(bucket) = ctx.new_bucket {
             if let Some((service, _)) = ctx.route() {
                 if let switchback_config::Sticky::Cookie(name) = &service.config.canary.sticky {
-                    let cookie = canary::sticky_cookie(name, bucket, ctx.tls);
+                    let cookie = split::sticky_cookie(name, bucket, ctx.tls);
                     upstream_response.append_header("set-cookie", cookie)?;
                 }
             }
@@ -376,6 +386,7 @@ impl ProxyHttp for SwitchbackProxy {
         let status = session
             .response_written()
             .map_or(499, |r| r.status.as_u16());
+        let host = std::mem::take(&mut ctx.host);
         let route = ctx.route();
         if self.metrics.enabled {
             match route {
@@ -393,13 +404,6 @@ impl ProxyHttp for SwitchbackProxy {
         }
         if let Some(log) = &self.access_log {
             let req = session.req_header();
-            let host = req
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri.authority().map(|a| a.as_str()))
-                .unwrap_or("")
-                .to_string();
             let path = req
                 .uri
                 .path_and_query()
@@ -422,48 +426,5 @@ impl ProxyHttp for SwitchbackProxy {
                     .and_then(|(_, p)| ctx.backend.and_then(|i| p.backends.get(i)).map(|b| b.addr)),
             });
         }
-    }
-}
-
-/// Wraps the proxy's pingora app to count open client connections (HTTP/1, HTTP/2 and TLS
-/// alike: pingora hands each accepted connection to `process_new` once, for its whole life).
-pub struct ConnectionCounter<A> {
-    inner: Arc<A>,
-    open: Arc<AtomicI64>,
-}
-
-impl<A> ConnectionCounter<A> {
-    pub fn new(inner: A, open: Arc<AtomicI64>) -> ConnectionCounter<A> {
-        ConnectionCounter {
-            inner: Arc::new(inner),
-            open,
-        }
-    }
-}
-
-struct Open(Arc<AtomicI64>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-#[async_trait]
-impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerApp
-    for ConnectionCounter<A>
-{
-    async fn process_new(
-        self: &Arc<Self>,
-        session: pingora::protocols::Stream,
-        shutdown: &pingora::server::ShutdownWatch,
-    ) -> Option<pingora::protocols::Stream> {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        let _open = Open(self.open.clone());
-        self.inner.process_new(session, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
     }
 }

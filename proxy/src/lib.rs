@@ -1,39 +1,36 @@
-//! The data path of switchback: routing, pools, health checks and the pingora proxy.
+//! The data plane of switchback: what every request touches, and nothing else.
 //!
 //! ```text
-//!            control commands                        requests
-//!                  │                                     │
-//!           ┌──────▼──────┐  build, persist, swap  ┌──────▼──────┐
-//!           │ controller  │ ─────────────────────▶ │ ArcSwap<    │ load once per request
-//!           └──────┬──────┘                        │ RoutingTable│◀──── http (ProxyHttp)
-//!                  │ registers backends            └──────┬──────┘         │ select
-//!           ┌──────▼──────┐  verdicts (atomics)           │ pools          ▼
-//!           │ health      │ ─────────────────────────▶ pool::Backend ──▶ backend
-//!           └─────────────┘
+//!                         control plane (switchback-daemon): build, persist, swap
+//!                                              │
+//!   requests ──▶ http (ProxyHttp) ── load once ─▶ ArcSwap<RoutingTable>     routing.rs
+//!                  │                                 │ per service: pools + Split
+//!                  │ split::choose (bucket, cookie,  ▼
+//!                  │ override) ──────────────▶ pool::Pool ── select ──▶ Backend ──▶ upstream
+//!                  │                                 │ health: one atomic load (health.rs)
+//!                  └─ logging ─▶ metrics handles (atomics), access_log queue (own thread)
 //! ```
 //!
-//! The request path never takes a lock: it reads one `Arc` of the table, atomics for health
-//! and in-flight counts, and nothing else.
+//! The request path never takes a lock: it reads one `Arc` of the table, atomics for health,
+//! counters and in-flight counts, and nothing else. This crate depends on the config and on
+//! pingora (and on the ACME challenge store, to answer HTTP-01 challenges); it knows nothing of
+//! the control socket, the controller, or how certificates are ordered. Its modules form no
+//! cycle: `split`, `metrics`, `health` and `text` depend on nothing here; `pool` on `metrics` and
+//! `health`; `routing` on those; `http` on everything.
 
 pub mod access_log;
-pub mod admin;
-pub mod canary;
-pub mod controller;
-mod drain;
+pub mod connections;
 pub mod health;
 pub mod http;
-pub mod judge;
 pub mod metrics;
 pub mod pool;
-pub mod rollout;
 pub mod routing;
+pub mod split;
 mod text;
 
-pub use controller::{
-    CanaryOutcome, Controller, DeployError, PoolSetOutcome, StartError, SwitchOutcome,
-};
-pub use drain::DrainOutcome;
-pub use health::{Health, HealthRegistry};
-pub use http::{ConnectionCounter, SwitchbackProxy};
+pub use connections::ConnectionCounter;
+pub use health::{Health, HealthRegistry, HealthState};
+pub use http::SwitchbackProxy;
 pub use metrics::Metrics;
-pub use routing::RoutingTable;
+pub use pool::{Backend, Pool, PoolStats};
+pub use routing::{RoutingTable, ServiceRoute};

@@ -5,24 +5,18 @@
 //! once, when a routing table is built, and kept in the pool ([`PoolMetrics`]) and per backend
 //! ([`BackendMetrics`]): the request path only does atomic adds, never a label lookup. Gauges
 //! that describe state (in flight, health, active pool, traffic split) are not kept up to date
-//! on the request path at all; they are read from the live routing table at scrape time.
+//! on the request path at all: the exporter in the control plane reads them from the live
+//! routing table at scrape time. This module depends on nothing else in the crate.
 //!
 //! Labels are bounded: service, pool, backend address and status class. No path, no client.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
 };
-
-use switchback_certs::{CertSource, CertStatus};
-
-use crate::health::Health;
-use crate::routing::RoutingTable;
 
 /// Latency buckets, in seconds: fine enough to read p50/p95/p99 from 1 ms to 10 s, with edges at
 /// the alerting thresholds (1 s, 2 s).
@@ -198,123 +192,15 @@ impl Metrics {
         self.open_connections.clone()
     }
 
-    /// Every metric family, the state gauges read from `table` and `certs` now.
-    pub fn gather(&self, table: &RoutingTable, certs: &[CertStatus]) -> Vec<MetricFamily> {
-        let mut families = self.registry.gather();
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric")
-        };
-        let in_flight = gauge(
-            "switchback_in_flight_requests",
-            "Requests being proxied to a pool right now.",
-            &["service", "pool"],
-        );
-        let active = gauge(
-            "switchback_active_pool",
-            "1 for the pool new requests of a service go to, 0 for the others.",
-            &["service", "pool"],
-        );
-        let traffic = prometheus::GaugeVec::new(
-            Opts::new(
-                "switchback_pool_traffic_ratio",
-                "Share of new requests of a service sent to a pool (0 to 1): the canary weight.",
-            ),
-            &["service", "pool"],
-        )
-        .expect("a valid metric");
-        let up = gauge(
-            "switchback_backend_up",
-            "1 when a backend passes its health check (or has none), 0 when it is down or not checked yet.",
-            &["service", "pool", "backend"],
-        );
-        for service in &table.services {
-            let name = service.name();
-            for (i, pool) in service.pools.iter().enumerate() {
-                in_flight
-                    .with_label_values(&[name, &pool.name])
-                    .set(pool.stats.in_flight() as i64);
-                let is_active = i == service.active;
-                active
-                    .with_label_values(&[name, &pool.name])
-                    .set(is_active as i64);
-                traffic
-                    .with_label_values(&[name, &pool.name])
-                    .set(service.traffic_ratio(i));
-                for b in &pool.backends {
-                    let ok = matches!(b.health.get(), Health::Healthy | Health::Unchecked);
-                    up.with_label_values(&[name, &pool.name, &b.addr.to_string()])
-                        .set(ok as i64);
-                }
-            }
-        }
-        let connections = IntGauge::new(
-            "switchback_open_connections",
-            "Client connections open now.",
-        )
-        .expect("a valid metric");
-        connections.set(self.open_connections.load(Ordering::Relaxed));
-        let generation = IntGauge::new(
-            "switchback_routing_generation",
-            "Generation of the live routing table; bumped by every change.",
-        )
-        .expect("a valid metric");
-        generation.set(table.generation as i64);
-        let info = gauge(
-            "switchback_build_info",
-            "Always 1; the version label says which build is running.",
-            &["version"],
-        );
-        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for c in [&in_flight, &active, &up, &info] {
-            families.extend(c.collect());
-        }
-        families.extend(connections.collect());
-        families.extend(generation.collect());
-        families.extend(traffic.collect());
-        if !certs.is_empty() {
-            let not_after = gauge(
-                "switchback_certificate_not_after_seconds",
-                "Expiry of the certificate served for a host, in seconds since the Unix epoch.",
-                &["name"],
-            );
-            let failures = IntCounterVec::new(
-                Opts::new(
-                    "switchback_acme_failures_total",
-                    "Failed ACME orders for a host since start.",
-                ),
-                &["name"],
-            )
-            .expect("a valid metric");
-            for cert in certs {
-                if let Some(info) = &cert.served {
-                    not_after
-                        .with_label_values(&[&cert.host])
-                        .set(info.not_after);
-                }
-                if cert.source == CertSource::Acme {
-                    failures
-                        .with_label_values(&[&cert.host])
-                        .inc_by(cert.failures_total);
-                }
-            }
-            families.extend(not_after.collect());
-            families.extend(failures.collect());
-        }
-        // A labelled family with no series yet (no ACME host, say) is left out, as the text
-        // format has no way to write it.
-        families.retain(|f| !f.get_metric().is_empty());
-        families.sort_by(|a, b| a.name().cmp(b.name()));
-        families
+    /// The counters and histograms recorded so far, for the exporter, which adds the gauges
+    /// that describe state.
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
     }
 
-    /// The Prometheus text exposition of [`Metrics::gather`].
-    pub fn render(&self, table: &RoutingTable, certs: &[CertStatus]) -> String {
-        use prometheus::Encoder;
-        let mut out = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&self.gather(table, certs), &mut out)
-            .expect("text encoding into memory cannot fail");
-        String::from_utf8(out).expect("the text format is UTF-8")
+    /// Open client connections now.
+    pub fn open_connection_count(&self) -> i64 {
+        self.open_connections.load(Ordering::Relaxed)
     }
 }
 

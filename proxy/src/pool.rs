@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pingora::upstreams::peer::HttpPeer;
+use switchback_config::MAX_BACKENDS_PER_POOL;
 
 use crate::health::{Health, HealthState};
 use crate::metrics::{BackendMetrics, PoolMetrics};
@@ -75,17 +76,22 @@ pub struct PoolHandles {
     pub no_backend: BackendMetrics,
 }
 
-/// Which backends of a pool a request already tried, as a bit set of indexes.
+/// Which backends of a pool a request already tried, as a bit set of indexes. Exact because a
+/// pool never has more than [`MAX_BACKENDS_PER_POOL`] (64) backends: the config and `pool set`
+/// refuse more.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tried(u64);
 
+const _: () = assert!(MAX_BACKENDS_PER_POOL <= u64::BITS as usize);
+
 impl Tried {
     pub fn add(&mut self, index: usize) {
-        self.0 |= 1 << (index % 64);
+        debug_assert!(index < MAX_BACKENDS_PER_POOL);
+        self.0 |= 1 << index;
     }
 
     pub fn contains(self, index: usize) -> bool {
-        self.0 & (1 << (index % 64)) != 0
+        index < MAX_BACKENDS_PER_POOL && self.0 & (1 << index) != 0
     }
 
     pub fn count(self) -> u32 {
@@ -263,6 +269,19 @@ mod tests {
         tried.add(1 - first);
         assert!(p.select(tried).is_none());
         assert_eq!(tried.count(), 2);
+    }
+
+    #[test]
+    fn a_full_pool_of_64_is_tried_exactly() {
+        let p = pool(&[Health::Healthy; MAX_BACKENDS_PER_POOL]);
+        let mut tried = Tried::default();
+        let mut seen = std::collections::HashSet::new();
+        while let Some((i, _)) = p.select(tried) {
+            assert!(seen.insert(i), "backend {i} picked twice");
+            tried.add(i);
+        }
+        assert_eq!(seen.len(), MAX_BACKENDS_PER_POOL);
+        assert_eq!(tried.count() as usize, MAX_BACKENDS_PER_POOL);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! One immutable [`RoutingTable`] is live at a time, behind an `ArcSwap`. A request loads it once
 //! and keeps that `Arc` for its whole life, retries included, so it sees one generation from
 //! start to end. A change builds the next table from the current one (reusing the `Arc`s of what
-//! did not change, so health and counters carry over) and swaps it in whole; see
-//! [`crate::controller`].
+//! did not change, so health and counters carry over) and swaps it in whole. The control
+//! plane (the `switchback-daemon` crate) is the one writer.
 //!
 //! Routing is by Host (exact name, then `*.suffix`, then the catch-all service), then by the
 //! longest matching path prefix.
@@ -16,10 +16,10 @@ use std::sync::Arc;
 use pingora::upstreams::peer::HttpPeer;
 use switchback_config::{Config, LiveState, ServiceConfig};
 
-use crate::canary::{Canary, BUCKETS};
 use crate::health::HealthRegistry;
 use crate::metrics::{Metrics, NO_BACKEND};
 use crate::pool::{Backend, Pool, PoolHandles, PoolStats};
+use crate::split::{Canary, Split, BUCKETS};
 
 /// One generation of the routing state.
 #[derive(Debug)]
@@ -36,14 +36,11 @@ pub struct ServiceRoute {
     pub config: Arc<ServiceConfig>,
     /// Sorted by name.
     pub pools: Vec<Arc<Pool>>,
-    /// Index into `pools` of the pool new requests go to.
-    pub active: usize,
-    /// Index into `pools` of the pool `rollback` goes back to.
-    pub previous: Option<usize>,
-    /// A share of clients sent to another pool than the active one.
-    pub canary: Option<Canary>,
-    /// Whether a request may force its pool (an override header or cookie is configured).
-    pub overridable: bool,
+    /// Which pool each request goes to (indexes into `pools`).
+    pub split: Split,
+    /// Index into `pools` of the pool `rollback` goes back to: the one active before the
+    /// last switch.
+    pub rollback_to: Option<usize>,
 }
 
 impl ServiceRoute {
@@ -52,7 +49,7 @@ impl ServiceRoute {
     }
 
     pub fn active_pool(&self) -> &Arc<Pool> {
-        &self.pools[self.active]
+        &self.pools[self.split.active]
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
@@ -61,18 +58,6 @@ impl ServiceRoute {
 
     pub fn pool_index(&self, name: &str) -> Option<usize> {
         self.pools.iter().position(|p| &*p.name == name)
-    }
-
-    /// The share of new requests (0 to 1) pool `index` gets, overrides aside.
-    pub fn traffic_ratio(&self, index: usize) -> f64 {
-        let canary = self
-            .canary
-            .map_or(0.0, |c| c.permille as f64 / BUCKETS as f64);
-        match self.canary {
-            Some(c) if c.pool == index => canary,
-            _ if index == self.active => 1.0 - canary,
-            _ => 0.0,
-        }
     }
 }
 
@@ -195,20 +180,21 @@ impl RoutingTable {
             .expect("every table holds every service of the config")
     }
 
-    /// Builds the table for `state`, reusing from `previous` every pool, backend and counter
-    /// that did not change, so that health and in-flight counts carry over.
+    /// Builds the table for `state`, reusing from `current` (the live table, if any) every
+    /// pool, backend and counter that did not change, so that health and in-flight counts
+    /// carry over.
     pub fn build(
         config: &Config,
         state: &LiveState,
-        previous: Option<&RoutingTable>,
+        current: Option<&RoutingTable>,
         registry: &HealthRegistry,
         metrics: &Metrics,
     ) -> RoutingTable {
         let mut services = Vec::with_capacity(config.services.len());
         for service_config in &config.services {
-            let prev_service = previous.and_then(|t| t.service(&service_config.name));
+            let current_service = current.and_then(|t| t.service(&service_config.name));
             let live = state.services.get(&service_config.name);
-            let config_arc = prev_service
+            let config_arc = current_service
                 .map(|s| s.config.clone())
                 .unwrap_or_else(|| Arc::new(service_config.clone()));
             let mut pools = Vec::with_capacity(service_config.pools.len());
@@ -217,17 +203,17 @@ impl RoutingTable {
                     .and_then(|l| l.pools.get(&pool_config.name))
                     .map(|p| p.backends.as_slice())
                     .unwrap_or(&pool_config.backends);
-                let prev_pool = prev_service.and_then(|s| s.pool(&pool_config.name));
-                if let Some(prev_pool) = prev_pool {
-                    if prev_pool.addresses() == addrs {
-                        pools.push(prev_pool.clone());
+                let current_pool = current_service.and_then(|s| s.pool(&pool_config.name));
+                if let Some(current_pool) = current_pool {
+                    if current_pool.addresses() == addrs {
+                        pools.push(current_pool.clone());
                         continue;
                     }
                 }
                 let backends = addrs
                     .iter()
                     .map(|addr| {
-                        prev_service
+                        current_service
                             .and_then(|s| {
                                 s.pools
                                     .iter()
@@ -238,7 +224,7 @@ impl RoutingTable {
                             .unwrap_or_else(|| new_backend(service_config, *addr, registry))
                     })
                     .collect();
-                let stats = prev_pool
+                let stats = current_pool
                     .map(|p| p.stats.clone())
                     .unwrap_or_else(|| Arc::new(PoolStats::default()));
                 let (service_name, pool_name) = (&service_config.name, &pool_config.name);
@@ -262,7 +248,9 @@ impl RoutingTable {
                 .and_then(|l| position(&l.active))
                 .or_else(|| position(&service_config.active))
                 .unwrap_or(0);
-            let previous = live.and_then(|l| l.previous.as_deref()).and_then(position);
+            let rollback_to = live
+                .and_then(|l| l.rollback_to.as_deref())
+                .and_then(position);
             let canary = live
                 .and_then(|l| l.canary.as_ref())
                 .and_then(|c| {
@@ -277,10 +265,12 @@ impl RoutingTable {
             services.push(ServiceRoute {
                 config: config_arc,
                 pools,
-                active,
-                previous,
-                canary,
-                overridable,
+                split: Split {
+                    active,
+                    canary,
+                    overridable,
+                },
+                rollback_to,
             });
         }
         let hosts = HostIndex::build(&services);
@@ -382,7 +372,7 @@ pools.a = ["127.0.0.1:9004"]
         let first = RoutingTable::build(&c, &state, None, &registry, &metrics);
         let app = state.services.get_mut("app").unwrap();
         app.active = "green".into();
-        app.previous = Some("blue".into());
+        app.rollback_to = Some("blue".into());
         app.pools.get_mut("green").unwrap().backends = vec!["127.0.0.1:9012".parse().unwrap()];
         state.generation = 1;
         let second = RoutingTable::build(&c, &state, Some(&first), &registry, &metrics);
@@ -391,7 +381,7 @@ pools.a = ["127.0.0.1:9004"]
             second.service("app").unwrap(),
         );
         assert_eq!(b.active_pool().name.as_ref(), "green");
-        assert_eq!(b.previous, Some(0));
+        assert_eq!(b.rollback_to, Some(0));
         assert!(
             Arc::ptr_eq(&a.pools[0], &b.pools[0]),
             "blue did not change and is reused"

@@ -328,7 +328,8 @@ impl Proxy {
         }
     }
 
-    /// Sends a signal and waits for the process to exit, returning how long that took.
+    /// Sends a signal and waits (30 s at most) for the process to exit, returning how long
+    /// that took.
     pub fn signal_and_wait(&mut self, signal: &str) -> Duration {
         let mut c = self.child.take().expect("running");
         let start = Instant::now();
@@ -337,7 +338,17 @@ impl Proxy {
             .status()
             .unwrap();
         assert!(ok.success(), "kill -s {signal} failed");
-        let status = c.wait().unwrap();
+        let status = loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("switchback did not exit within 30 s of SIG{signal}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let took = start.elapsed();
         assert!(
             status.success() || status.code().is_none(),

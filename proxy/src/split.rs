@@ -1,4 +1,4 @@
-//! Canary assignment: which clients of a service go to the canary pool.
+//! The split: which pool of a service each client's request goes to.
 //!
 //! Every client has a bucket, 0 to 999, that does not change while it keeps its identity: a
 //! cookie the proxy sets (a new client draws a random bucket), or a hash of a request header or
@@ -8,15 +8,16 @@
 //!
 //! Testers can force a pool with a request header or cookie (`green`, or `green:SECRET` when
 //! the service sets a secret); an override naming an unknown pool is ignored.
+//!
+//! This module depends on nothing else in the crate: the routing table holds a [`Split`] per
+//! service and asks [`choose`] where a request goes.
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use switchback_config::Sticky;
-
-use crate::routing::ServiceRoute;
+use switchback_config::{CanaryConfig, Sticky};
 
 /// Buckets per client population: weights have one decimal of a percent.
 pub const BUCKETS: u32 = 1000;
@@ -37,6 +38,38 @@ impl Canary {
     }
 }
 
+/// How one table generation splits a service's requests between its pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    /// Index of the pool new requests go to.
+    pub active: usize,
+    /// A share of clients sent to another pool than the active one.
+    pub canary: Option<Canary>,
+    /// Whether a request may force its pool (an override header or cookie is configured).
+    pub overridable: bool,
+}
+
+impl Split {
+    /// Whether a request's headers or address can change its pool; when not, every request
+    /// goes to the active pool without a look at them.
+    #[inline]
+    pub fn looks_at_requests(&self) -> bool {
+        self.canary.is_some() || self.overridable
+    }
+
+    /// The share of new requests (0 to 1) pool `index` gets, overrides aside.
+    pub fn traffic_ratio(&self, index: usize) -> f64 {
+        let canary = self
+            .canary
+            .map_or(0.0, |c| c.permille as f64 / BUCKETS as f64);
+        match self.canary {
+            Some(c) if c.pool == index => canary,
+            _ if index == self.active => 1.0 - canary,
+            _ => 0.0,
+        }
+    }
+}
+
 /// Where one request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Choice {
@@ -48,16 +81,22 @@ pub struct Choice {
     pub forced: bool,
 }
 
-/// Picks the pool of one request of `route`: an override when the request carries a valid
-/// one, else the canary when the client's bucket falls in it, else the active pool.
-pub fn choose(route: &ServiceRoute, headers: &HeaderMap, client: Option<IpAddr>) -> Choice {
-    let config = &route.config.canary;
+/// Picks the pool of one request: an override when the request carries a valid one (naming a
+/// pool `pool_index` knows), else the canary when the client's bucket falls in it, else the
+/// active pool.
+pub fn choose(
+    split: &Split,
+    config: &CanaryConfig,
+    pool_index: impl Fn(&str) -> Option<usize>,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+) -> Choice {
     let mut choice = Choice {
-        pool: route.active,
+        pool: split.active,
         new_bucket: None,
         forced: false,
     };
-    if route.overridable {
+    if split.overridable {
         let secret = config.override_secret.as_deref();
         let from_header = || {
             let value = headers.get(config.override_header.as_deref()?)?;
@@ -65,16 +104,13 @@ pub fn choose(route: &ServiceRoute, headers: &HeaderMap, client: Option<IpAddr>)
         };
         let from_cookie =
             || override_pool(cookie(headers, config.override_cookie.as_deref()?)?, secret);
-        if let Some(index) = from_header()
-            .or_else(from_cookie)
-            .and_then(|name| route.pool_index(name))
-        {
+        if let Some(index) = from_header().or_else(from_cookie).and_then(&pool_index) {
             choice.pool = index;
             choice.forced = true;
             return choice;
         }
     }
-    let Some(canary) = route.canary else {
+    let Some(canary) = split.canary else {
         return choice;
     };
     let by_address = || client.map_or_else(random_bucket, bucket_of_ip);
@@ -241,6 +277,74 @@ mod tests {
             }
             assert!(was_canary, "everyone is on the canary at 100%");
         }
+    }
+
+    fn split(canary: Option<Canary>, overridable: bool) -> Split {
+        Split {
+            active: 0,
+            canary,
+            overridable,
+        }
+    }
+
+    fn pools(name: &str) -> Option<usize> {
+        ["blue", "green"].iter().position(|p| *p == name)
+    }
+
+    #[test]
+    fn choose_takes_overrides_then_buckets_then_the_active_pool() {
+        let config = CanaryConfig::default();
+        let none = HeaderMap::new();
+        let plain = split(None, false);
+        assert_eq!(choose(&plain, &config, pools, &none, None).pool, 0);
+
+        let mut forced = HeaderMap::new();
+        forced.insert("x-switchback-pool", "green".parse().unwrap());
+        let c = choose(&split(None, true), &config, pools, &forced, None);
+        assert_eq!((c.pool, c.forced), (1, true));
+        let c = choose(&plain, &config, pools, &forced, None);
+        assert_eq!((c.pool, c.forced), (0, false), "not overridable: ignored");
+        let mut unknown = HeaderMap::new();
+        unknown.insert("x-switchback-pool", "red".parse().unwrap());
+        let c = choose(&split(None, true), &config, pools, &unknown, None);
+        assert_eq!((c.pool, c.forced), (0, false), "an unknown pool is ignored");
+
+        let half = split(
+            Some(Canary {
+                pool: 1,
+                permille: 500,
+            }),
+            false,
+        );
+        let mut low = HeaderMap::new();
+        low.insert("cookie", "switchback_bucket=17".parse().unwrap());
+        let c = choose(&half, &config, pools, &low, None);
+        assert_eq!(
+            (c.pool, c.new_bucket),
+            (1, None),
+            "bucket 17 is in a 50% canary"
+        );
+        let mut high = HeaderMap::new();
+        high.insert("cookie", "switchback_bucket=917".parse().unwrap());
+        assert_eq!(choose(&half, &config, pools, &high, None).pool, 0);
+        let c = choose(&half, &config, pools, &none, None);
+        let drawn = c.new_bucket.expect("a new client draws a bucket");
+        assert_eq!(c.pool, if drawn < 500 { 1 } else { 0 });
+    }
+
+    #[test]
+    fn traffic_ratios_add_up() {
+        let s = split(
+            Some(Canary {
+                pool: 1,
+                permille: 125,
+            }),
+            false,
+        );
+        assert_eq!(s.traffic_ratio(1), 0.125);
+        assert_eq!(s.traffic_ratio(0), 0.875);
+        assert_eq!(s.traffic_ratio(2), 0.0);
+        assert_eq!(split(None, false).traffic_ratio(0), 1.0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Judging a canary: the limits of a rollout, a pool's numbers over a window, and the verdict.
 //!
 //! A window is the difference between two [`Snapshot`]s of a pool's counters and duration
-//! histogram, the same ones the Prometheus exporter reads ([`crate::metrics`]), so what a
+//! histogram, the same ones the Prometheus exporter reads ([`crate::scrape`]), so what a
 //! rollout judged is what the dashboard shows. Everything here is pure and tested beside the
 //! code.
 
@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use prometheus::core::Metric;
 
-use crate::canary::BUCKETS;
-use crate::pool::Pool;
+use switchback_proxy::split::BUCKETS;
+use switchback_proxy::Pool;
 
 /// What a rollout does and where its limits are.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,38 +31,53 @@ pub struct RolloutSpec {
 /// back, since a canary nobody uses was never judged.
 pub const MAX_WAIT_INTERVALS: u32 = 10;
 
+/// Why a rollout's steps or limits cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("no steps: give percentages like 5,25,50,100")]
+    NoSteps,
+    #[error("steps must increase: {} comes after {}", percent(*.later), percent(*.earlier))]
+    NotIncreasing { earlier: u32, later: u32 },
+    #[error("step {} is out of range: use more than 0 and at most 100", percent(*.0))]
+    StepOutOfRange(u32),
+    #[error("interval must be at least 1s")]
+    IntervalTooShort,
+    #[error("max error rate must be more than 0 and at most 100 (percent)")]
+    ErrorRateOutOfRange,
+    #[error("max p95 must be more than zero")]
+    ZeroP95,
+    #[error("min requests must be at least 1")]
+    ZeroMinRequests,
+}
+
 impl RolloutSpec {
-    /// Checks the spec; the message says what is wrong.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the spec; the error says what is wrong.
+    pub fn check(&self) -> Result<(), SpecError> {
         if self.steps.is_empty() {
-            return Err("no steps: give percentages like 5,25,50,100".into());
+            return Err(SpecError::NoSteps);
         }
         for w in self.steps.windows(2) {
             if w[1] <= w[0] {
-                return Err(format!(
-                    "steps must increase: {} comes after {}",
-                    percent(w[1]),
-                    percent(w[0])
-                ));
+                return Err(SpecError::NotIncreasing {
+                    earlier: w[0],
+                    later: w[1],
+                });
             }
         }
         if let Some(bad) = self.steps.iter().find(|s| **s == 0 || **s > BUCKETS) {
-            return Err(format!(
-                "step {} is out of range: use more than 0 and at most 100",
-                percent(*bad)
-            ));
+            return Err(SpecError::StepOutOfRange(*bad));
         }
         if self.interval < Duration::from_secs(1) {
-            return Err("interval must be at least 1s".into());
+            return Err(SpecError::IntervalTooShort);
         }
         if !(self.max_error_rate > 0.0 && self.max_error_rate <= 1.0) {
-            return Err("max error rate must be more than 0 and at most 100 (percent)".into());
+            return Err(SpecError::ErrorRateOutOfRange);
         }
         if self.max_p95.is_zero() {
-            return Err("max p95 must be more than zero".into());
+            return Err(SpecError::ZeroP95);
         }
         if self.min_requests == 0 {
-            return Err("min requests must be at least 1".into());
+            return Err(SpecError::ZeroMinRequests);
         }
         Ok(())
     }
@@ -281,13 +296,34 @@ mod tests {
             f(&mut s);
             s.check().unwrap_err()
         };
-        assert!(bad(|s| s.steps = vec![250, 50]).contains("must increase"));
-        assert!(bad(|s| s.steps = vec![50, 50]).contains("must increase"));
-        assert!(bad(|s| s.steps = vec![]).contains("no steps"));
-        assert!(bad(|s| s.steps = vec![0, 10]).contains("out of range"));
-        assert!(bad(|s| s.steps = vec![500, 1010]).contains("out of range"));
-        assert!(bad(|s| s.max_error_rate = 0.0).contains("error rate"));
-        assert!(bad(|s| s.interval = Duration::from_millis(10)).contains("interval"));
+        let e = bad(|s| s.steps = vec![250, 50]);
+        assert_eq!(
+            e,
+            SpecError::NotIncreasing {
+                earlier: 250,
+                later: 50
+            }
+        );
+        assert_eq!(e.to_string(), "steps must increase: 5 comes after 25");
+        assert!(matches!(
+            bad(|s| s.steps = vec![50, 50]),
+            SpecError::NotIncreasing { .. }
+        ));
+        assert_eq!(bad(|s| s.steps = vec![]), SpecError::NoSteps);
+        assert_eq!(bad(|s| s.steps = vec![0, 10]), SpecError::StepOutOfRange(0));
+        assert_eq!(
+            bad(|s| s.steps = vec![500, 1010]),
+            SpecError::StepOutOfRange(1010)
+        );
+        assert_eq!(
+            bad(|s| s.max_error_rate = 0.0),
+            SpecError::ErrorRateOutOfRange
+        );
+        assert_eq!(
+            bad(|s| s.interval = Duration::from_millis(10)),
+            SpecError::IntervalTooShort
+        );
+        assert_eq!(bad(|s| s.min_requests = 0), SpecError::ZeroMinRequests);
     }
 
     #[test]

@@ -1,26 +1,28 @@
 //! The control handler: turns protocol requests into controller calls and controller results
-//! into protocol replies. The only place that knows both the protocol and the proxy.
+//! into protocol replies. The only place that knows both the protocol and the controller.
+//!
+//! A request carries only what the user typed; every default (rollout steps and limits, drain
+//! and health-wait timeouts) is filled in here, from `switchback_config::defaults`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use switchback_certs::{CertManager, CertSource, CertStatus};
 use switchback_config::defaults;
 use switchback_control::{
-    BackendStatus, Caller, ControlError, DrainReport, ErrorCode, Event, Handler, PoolSetReply,
-    PoolStatus, Progress, Reply, Request, ServiceStatus, SplitShare, StatusReply, SwitchReply,
+    Caller, ControlError, DrainReport, ErrorCode, Event, Handler, PoolSetReply, Progress, Reply,
+    Request, SwitchReply,
 };
 use switchback_control::{
-    CanaryReply, CanaryView, CertView, CertsReply, RolloutReply, RolloutStatus, WindowView,
+    CanaryReply, CanaryView, CertSourceKind, CertView, CertsReply, RolloutReply, WindowView,
 };
-use switchback_proxy::rollout::{
-    percent, Rollout, RolloutEvent, RolloutProgress, RolloutResult, RolloutSpec, Window,
-};
-use switchback_proxy::{Controller, DeployError, SwitchOutcome};
 
-const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::controller::{Controller, DeployError, SwitchOutcome};
+use crate::drain;
+use crate::drive::start_rollout;
+use crate::judge::{percent, RolloutSpec, Window};
+use crate::rollout::{Rollout, RolloutEvent, RolloutProgress, RolloutResult};
+use crate::status;
 
 pub struct ControlHandler {
     controller: Arc<Controller>,
@@ -29,8 +31,8 @@ pub struct ControlHandler {
 
 fn cert_view(s: CertStatus) -> CertView {
     let (source, cert_file) = match &s.source {
-        CertSource::Acme => ("acme".to_string(), None),
-        CertSource::File { cert, .. } => ("file".to_string(), Some(cert.display().to_string())),
+        CertSource::Acme => (CertSourceKind::Acme, None),
+        CertSource::File { cert, .. } => (CertSourceKind::File, Some(cert.display().to_string())),
     };
     CertView {
         host: s.host,
@@ -117,80 +119,6 @@ impl ControlHandler {
             certs: list.into_iter().map(cert_view).collect(),
         }))
     }
-
-    async fn status(&self, only: Option<&str>) -> Result<Reply, ControlError> {
-        if let Some(name) = only {
-            self.controller
-                .resolve_service(Some(name))
-                .map_err(to_control)?;
-        }
-        let table = self.controller.table();
-        let config = self.controller.config();
-        let services = table
-            .services
-            .iter()
-            .filter(|s| only.is_none_or(|n| s.name() == n))
-            .map(|route| {
-                let configured = config
-                    .service(route.name())
-                    .expect("tables come from the config");
-                let active = route.active_pool().name.to_string();
-                ServiceStatus {
-                    name: route.name().to_string(),
-                    hosts: route.config.hosts.clone(),
-                    path_prefix: route.config.path_prefix.clone(),
-                    configured_active: configured.active.clone(),
-                    previous: route.previous.map(|i| route.pools[i].name.to_string()),
-                    split: route
-                        .pools
-                        .iter()
-                        .enumerate()
-                        .map(|(i, p)| SplitShare {
-                            pool: p.name.to_string(),
-                            percent: (route.traffic_ratio(i) * 1000.0).round() / 10.0,
-                        })
-                        .filter(|s| s.percent > 0.0)
-                        .collect(),
-                    canary: route.canary.map(|c| CanaryView {
-                        pool: route.pools[c.pool].name.to_string(),
-                        percent: percent(c.permille),
-                    }),
-                    rollout: self
-                        .controller
-                        .rollout(route.name())
-                        .map(|r| rollout_status(&r)),
-                    active,
-                    pools: route
-                        .pools
-                        .iter()
-                        .map(|pool| PoolStatus {
-                            name: pool.name.to_string(),
-                            in_flight: pool.stats.in_flight(),
-                            differs_from_config: configured
-                                .pool(&pool.name)
-                                .is_some_and(|p| p.backends != pool.addresses()),
-                            backends: pool
-                                .backends
-                                .iter()
-                                .map(|b| BackendStatus {
-                                    address: b.addr.to_string(),
-                                    health: b.health.get().as_str().to_string(),
-                                    last_error: b.health.last_error(),
-                                })
-                                .collect(),
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
-        Ok(Reply::Status(StatusReply {
-            generation: table.generation,
-            config_file: config.source.display().to_string(),
-            state_file: self.controller.state_path().display().to_string(),
-            notices: self.controller.notices().to_vec(),
-            services,
-        }))
-    }
 }
 
 /// A percentage from the wire as thousandths: 0 to 100, at most one decimal.
@@ -242,7 +170,7 @@ fn rollout_reply(r: &Rollout, result: &RolloutResult) -> Reply {
         service: r.service.clone(),
         pool: r.pool.clone(),
         stable_pool: r.stable.clone(),
-        outcome: result.outcome.as_str().to_string(),
+        outcome: result.outcome,
         reason: result.reason.clone(),
         step: p.step,
         steps: p.steps,
@@ -282,40 +210,21 @@ async fn follow(r: &Arc<Rollout>, progress: &Progress) -> Reply {
     }
 }
 
-fn rollout_status(r: &Rollout) -> RolloutStatus {
-    let latest = r.latest();
-    let result = r.result();
-    RolloutStatus {
-        pool: r.pool.clone(),
-        stable_pool: r.stable.clone(),
-        running: result.is_none(),
-        step: latest.as_ref().map_or(0, |p| p.step),
-        steps: r.spec.steps.len(),
-        percent: latest.as_ref().map_or(0.0, |p| percent(p.permille)),
-        started: r
-            .started
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64),
-        outcome: result.as_ref().map(|x| x.outcome.as_str().to_string()),
-        reason: result.and_then(|x| x.reason),
-    }
-}
-
 fn to_control(e: DeployError) -> ControlError {
     let code = match &e {
         DeployError::UnknownService { .. } => ErrorCode::UnknownService,
         DeployError::ServiceRequired { .. } => ErrorCode::ServiceRequired,
         DeployError::UnknownPool { .. } => ErrorCode::UnknownPool,
         DeployError::NoHealthyBackend { .. } => ErrorCode::NoHealthyBackend,
-        DeployError::NoPreviousPool { .. } => ErrorCode::NoPreviousPool,
+        DeployError::NothingToRollBackTo { .. } => ErrorCode::NoPreviousPool,
         DeployError::BadAddress(_) => ErrorCode::BadAddress,
         DeployError::HealthTimeout { .. } => ErrorCode::HealthTimeout,
         DeployError::StateWrite(_) => ErrorCode::StateWriteFailed,
         DeployError::RolloutRunning { .. } => ErrorCode::RolloutRunning,
         DeployError::NoRollout { .. } => ErrorCode::NoRollout,
-        DeployError::BadPercent(_) => ErrorCode::BadPercent,
+        DeployError::BadPercent { .. } => ErrorCode::BadPercent,
         DeployError::ActivePool { .. } => ErrorCode::ActivePool,
-        DeployError::BadRollout(_) => ErrorCode::BadRollout,
+        DeployError::BadRollout(_) | DeployError::MetricsOff => ErrorCode::BadRollout,
     };
     ControlError::new(code, e.to_string())
 }
@@ -324,7 +233,7 @@ fn switch_reply(o: SwitchOutcome, drain: Option<DrainReport>) -> Reply {
     Reply::Switch(SwitchReply {
         service: o.service,
         pool: o.pool,
-        previous: o.previous,
+        previous: o.moved_from,
         changed: o.changed,
         generation: o.generation,
         drain,
@@ -345,7 +254,9 @@ impl Handler for ControlHandler {
             _ => "control socket".to_string(),
         };
         match request {
-            Request::Status { service } => self.status(service.as_deref()).await,
+            Request::Status { service } => status::read(&self.controller, service.as_deref())
+                .map(Reply::Status)
+                .map_err(to_control),
             Request::Switch {
                 service,
                 pool,
@@ -359,22 +270,21 @@ impl Handler for ControlHandler {
                     .await
                     .map_err(to_control)?;
                 let drain = if wait_drain && outcome.changed {
-                    let (service, old) = (outcome.service.clone(), outcome.previous.clone());
-                    let d = self
-                        .controller
-                        .wait_drain(
-                            &service,
-                            &old,
-                            drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
-                            |n| {
-                                progress.send(Event::Draining {
-                                    service: service.clone(),
-                                    pool: old.clone(),
-                                    in_flight: n,
-                                })
-                            },
-                        )
-                        .await;
+                    let (service, old) = (outcome.service.clone(), outcome.moved_from.clone());
+                    let d = drain::wait_drain(
+                        &self.controller.table(),
+                        &service,
+                        &old,
+                        drain_timeout.unwrap_or(defaults::DRAIN_TIMEOUT),
+                        |n| {
+                            progress.send(Event::Draining {
+                                service: service.clone(),
+                                pool: old.clone(),
+                                in_flight: n,
+                            })
+                        },
+                    )
+                    .await;
                     Some(DrainReport {
                         pool: d.pool,
                         drained: d.drained,
@@ -412,7 +322,7 @@ impl Handler for ControlHandler {
                     pool: o.pool,
                     active: o.active,
                     percent: percent(o.permille),
-                    previous: o.previous.map(|(pool, w)| CanaryView {
+                    previous: o.replaced.map(|(pool, w)| CanaryView {
                         pool,
                         percent: percent(w),
                     }),
@@ -429,17 +339,13 @@ impl Handler for ControlHandler {
                 min_requests,
                 force,
             } => {
-                let steps = match steps {
-                    Some(steps) => steps
-                        .iter()
-                        .map(|s| permille(*s, "step"))
-                        .collect::<Result<Vec<u32>, _>>()
-                        .map_err(|e| ControlError::new(ErrorCode::BadRollout, e.message))?,
-                    None => defaults::ROLLOUT_STEPS
-                        .iter()
-                        .map(|s| (s * 10.0) as u32)
-                        .collect(),
-                };
+                let steps = steps
+                    .as_deref()
+                    .unwrap_or(defaults::ROLLOUT_STEPS)
+                    .iter()
+                    .map(|s| permille(*s, "step"))
+                    .collect::<Result<Vec<u32>, _>>()
+                    .map_err(|e| ControlError::new(ErrorCode::BadRollout, e.message))?;
                 let spec = RolloutSpec {
                     steps,
                     interval: interval.unwrap_or(defaults::ROLLOUT_INTERVAL),
@@ -448,11 +354,16 @@ impl Handler for ControlHandler {
                     max_p95: max_p95.unwrap_or(defaults::ROLLOUT_MAX_P95),
                     min_requests: min_requests.unwrap_or(defaults::ROLLOUT_MIN_REQUESTS),
                 };
-                let rollout = self
-                    .controller
-                    .start_rollout(service.as_deref(), &pool, spec, force, &who)
-                    .await
-                    .map_err(to_control)?;
+                let rollout = start_rollout(
+                    &self.controller,
+                    service.as_deref(),
+                    &pool,
+                    spec,
+                    force,
+                    &who,
+                )
+                .await
+                .map_err(to_control)?;
                 Ok(follow(&rollout, &progress).await)
             }
             Request::RolloutWatch { service } => {
@@ -488,7 +399,7 @@ impl Handler for ControlHandler {
                     .controller
                     .resolve_service(service.as_deref())
                     .map_err(to_control)?;
-                let wait = wait.then(|| timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT));
+                let wait = wait.then(|| timeout.unwrap_or(defaults::POOL_SET_WAIT));
                 let o = self
                     .controller
                     .set_pool(
@@ -513,7 +424,7 @@ impl Handler for ControlHandler {
                     pool: o.pool,
                     backends: o.backends.iter().map(ToString::to_string).collect(),
                     previous_backends: o
-                        .previous_backends
+                        .replaced_backends
                         .iter()
                         .map(ToString::to_string)
                         .collect(),

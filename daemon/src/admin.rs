@@ -17,6 +17,7 @@ use pingora::protocols::http::ServerSession;
 use switchback_certs::CertManager;
 
 use crate::controller::Controller;
+use crate::{scrape, status};
 
 pub struct AdminApp {
     controller: Arc<Controller>,
@@ -97,10 +98,9 @@ impl ServeHttp for AdminApp {
                     .as_ref()
                     .map(|c| c.statuses())
                     .unwrap_or_default();
-                let body = self
-                    .controller
-                    .metrics()
-                    .render(&self.controller.table(), &certs);
+                let status = status::read(&self.controller, None)
+                    .expect("every service is known when none is named");
+                let body = scrape::render(self.controller.metrics(), &status, &certs);
                 respond(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

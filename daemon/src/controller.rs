@@ -1,0 +1,710 @@
+//! The one writer of the routing state.
+//!
+//! Every change (switch, rollback, canary, pool set, a rollout's steps) goes through
+//! [`Controller::commit`]: it builds the next [`LiveState`] and [`RoutingTable`] from the
+//! current ones, persists the state (temp file, fsync, rename, fsync dir, on a blocking
+//! thread), and only then swaps the table in. A failed write changes nothing. Writers are
+//! serialized by one async mutex; readers (the request path) never take it.
+//!
+//! Rollouts keep a handle here ([`Rollout`]) so that a rollout and a person at the CLI can never
+//! both change a service at once: while one runs, `switch` and `canary` are refused and
+//! `rollback` aborts it. The task that drives a rollout ([`crate::drive`]) changes the state
+//! through the public methods below, like any other caller.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use switchback_config::{
+    CanaryState, Config, LiveState, RolloutMark, ServiceState, StateError, StateLock, StateStore,
+};
+use switchback_proxy::health::HealthState;
+use switchback_proxy::split::BUCKETS;
+use switchback_proxy::{HealthRegistry, Metrics, Pool, RoutingTable, ServiceRoute};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::health_check::wait_healthy;
+use crate::judge::{percent, RolloutSpec, SpecError};
+use crate::rollout::{Outcome, Rollout, RolloutResult};
+
+/// Why a change was refused. Nothing changed when one of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("no service named {name:?} (services: {known})")]
+    UnknownService { name: String, known: String },
+    #[error("there are several services ({known}): name one with -s SERVICE")]
+    ServiceRequired { known: String },
+    #[error("service {service:?} has no pool named {pool:?} (pools: {known})")]
+    UnknownPool {
+        service: String,
+        pool: String,
+        known: String,
+    },
+    #[error("pool {pool:?} of service {service:?} has no healthy backend ({detail}); nothing changed (use --force to switch anyway)")]
+    NoHealthyBackend {
+        service: String,
+        pool: String,
+        detail: String,
+    },
+    #[error("service {service:?} has no previous pool to roll back to")]
+    NothingToRollBackTo { service: String },
+    #[error("{0}")]
+    BadAddress(String),
+    #[error("pool {pool:?} of service {service:?}: the new backends did not pass their health checks within {}ms ({detail}); nothing changed", timeout.as_millis())]
+    HealthTimeout {
+        service: String,
+        pool: String,
+        timeout: Duration,
+        detail: String,
+    },
+    #[error("cannot write the state file: {0}; nothing changed")]
+    StateWrite(std::io::Error),
+    #[error("a rollout of pool {pool:?} is running on service {service:?}: wait for it, or stop it with `switchback rollout --abort -s {service}`; nothing changed")]
+    RolloutRunning { service: String, pool: String },
+    #[error("no rollout is running on service {service:?}")]
+    NoRollout { service: String },
+    #[error("{}% is out of range: use 0 to 100", percent(*permille))]
+    BadPercent { permille: u32 },
+    #[error("pool {pool:?} is the active pool of service {service:?}: a canary sends clients to another pool")]
+    ActivePool { service: String, pool: String },
+    #[error("{0}; nothing changed")]
+    BadRollout(#[from] SpecError),
+    #[error("a rollout judges the canary by its metrics, and [metrics] enabled = false turns them off; nothing changed")]
+    MetricsOff,
+}
+
+/// Why the proxy could not start from its state dir.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("state dir {}: {source}", dir.display())]
+    StateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// What a switch or rollback did.
+#[derive(Debug, Clone)]
+pub struct SwitchOutcome {
+    pub service: String,
+    /// The pool new requests go to now.
+    pub pool: String,
+    /// The pool traffic moved away from; for a switch that changed nothing, the pool
+    /// `rollback` would go back to.
+    pub moved_from: String,
+    pub changed: bool,
+    pub generation: u64,
+}
+
+/// What `canary` did.
+#[derive(Debug, Clone)]
+pub struct CanaryOutcome {
+    pub service: String,
+    /// The canary pool (for `canary POOL 0`: the pool named).
+    pub pool: String,
+    pub active: String,
+    /// The new weight in thousandths (0: no canary).
+    pub permille: u32,
+    /// The canary this change replaced, if there was one: pool and weight.
+    pub replaced: Option<(String, u32)>,
+    pub generation: u64,
+}
+
+/// What `pool set` did.
+#[derive(Debug, Clone)]
+pub struct PoolSetOutcome {
+    pub service: String,
+    pub pool: String,
+    pub backends: Vec<SocketAddr>,
+    pub replaced_backends: Vec<SocketAddr>,
+    pub generation: u64,
+}
+
+/// Which kind of change moves the active pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Switch,
+    Rollback,
+    /// The last step of a rollout: the only change allowed while one runs.
+    Promote,
+}
+
+/// Whether a change that could not be persisted still goes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsaved {
+    /// Nothing changes: the default for every change asked for.
+    Refuse,
+    /// Serve it anyway and report the failed write: for taking traffic off a failing canary,
+    /// where serving the stable pool matters more than remembering it.
+    ServeAnyway,
+}
+
+pub struct Controller {
+    config: Arc<Config>,
+    table: Arc<ArcSwap<RoutingTable>>,
+    live: Mutex<LiveState>,
+    store: StateStore,
+    registry: Arc<HealthRegistry>,
+    metrics: Arc<Metrics>,
+    notices: Vec<String>,
+    /// The last rollout of each service, running or finished.
+    rollouts: std::sync::Mutex<HashMap<String, Arc<Rollout>>>,
+    _lock: StateLock,
+}
+
+impl Controller {
+    /// Takes the state dir, restores the saved state over the config (setting an untrustworthy
+    /// state file aside, with a notice), and builds the first routing table.
+    pub fn start(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Controller, StartError> {
+        let store = StateStore::new(&config.state.dir);
+        let state_dir = |source| StartError::StateDir {
+            dir: config.state.dir.clone(),
+            source,
+        };
+        store.prepare().map_err(state_dir)?;
+        let lock = store.lock()?;
+        let mut notices = Vec::new();
+        let from_file = LiveState::from_config(&config);
+        let (live, saved_ok) = match store.load() {
+            Ok(None) => (from_file, true),
+            Ok(Some(saved)) => match LiveState::restore(&config, saved) {
+                Ok((live, restored_notices)) => {
+                    for n in &restored_notices {
+                        warn!("{n}");
+                    }
+                    notices.extend(restored_notices);
+                    (live, true)
+                }
+                Err(reason) => {
+                    notices.push(format!(
+                        "the state file {} does not match the config ({reason})",
+                        store.path().display()
+                    ));
+                    (from_file, false)
+                }
+            },
+            Err(e @ StateError::Corrupt { .. }) => {
+                notices.push(e.to_string());
+                (from_file, false)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !saved_ok {
+            let kept = store.set_aside().map_err(state_dir)?;
+            let last = notices.pop().unwrap_or_default();
+            let notice = format!(
+                "{last}; it was set aside as {} and the config file's state is live",
+                kept.display()
+            );
+            warn!("{notice}");
+            notices.push(notice);
+        }
+        store.save(&live).map_err(state_dir)?;
+        let registry = Arc::new(HealthRegistry::default());
+        let table = RoutingTable::build(&config, &live, None, &registry, &metrics);
+        Ok(Controller {
+            config,
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            live: Mutex::new(live),
+            store,
+            registry,
+            metrics,
+            notices,
+            rollouts: Default::default(),
+            _lock: lock,
+        })
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The handle the request path loads the live table from.
+    pub fn table_handle(&self) -> Arc<ArcSwap<RoutingTable>> {
+        self.table.clone()
+    }
+
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
+    pub fn registry(&self) -> Arc<HealthRegistry> {
+        self.registry.clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn notices(&self) -> &[String] {
+        &self.notices
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.store.path()
+    }
+
+    /// A copy of the live state, as last persisted.
+    pub async fn live_state(&self) -> LiveState {
+        self.live.lock().await.clone()
+    }
+
+    /// The generation of the live state.
+    pub async fn generation(&self) -> u64 {
+        self.live.lock().await.generation
+    }
+
+    /// The service a command is about: the one named, or the only one.
+    pub fn resolve_service(&self, name: Option<&str>) -> Result<String, DeployError> {
+        let known = || {
+            self.config
+                .services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match name {
+            Some(n) if self.config.service(n).is_some() => Ok(n.to_string()),
+            Some(n) => Err(DeployError::UnknownService {
+                name: n.to_string(),
+                known: known(),
+            }),
+            None if self.config.services.len() == 1 => Ok(self.config.services[0].name.clone()),
+            None => Err(DeployError::ServiceRequired { known: known() }),
+        }
+    }
+
+    /// The rollout running on `service`, if one is.
+    pub fn running_rollout(&self, service: &str) -> Option<Arc<Rollout>> {
+        self.rollout(service).filter(|r| r.is_running())
+    }
+
+    /// The last rollout of `service`, running or finished.
+    pub fn rollout(&self, service: &str) -> Option<Arc<Rollout>> {
+        self.rollouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+            .cloned()
+    }
+
+    /// Makes `pool` the active pool of a service, ending any canary. Refuses a pool with no
+    /// healthy backend unless `force`, and any switch while a rollout runs. `who` names the
+    /// asker in the log.
+    pub async fn switch(
+        &self,
+        service: Option<&str>,
+        pool: &str,
+        force: bool,
+        who: &str,
+    ) -> Result<SwitchOutcome, DeployError> {
+        let service = self.resolve_service(service)?;
+        self.change_active(&service, pool, force, who, Change::Switch)
+            .await
+    }
+
+    /// Undoes the last change: a running rollout is aborted, a canary is ended (every client
+    /// back on the active pool), else the pool that was active before the last switch comes
+    /// back.
+    pub async fn rollback(
+        &self,
+        service: Option<&str>,
+        force: bool,
+        who: &str,
+    ) -> Result<SwitchOutcome, DeployError> {
+        let service = self.resolve_service(service)?;
+        if let Some(rollout) = self.running_rollout(&service) {
+            rollout.abort(format!("rollback by {who}"));
+            let result = rollout.finished().await;
+            return Ok(SwitchOutcome {
+                service,
+                pool: rollout.stable.clone(),
+                moved_from: rollout.pool.clone(),
+                changed: result.outcome != Outcome::Promoted,
+                generation: result.generation,
+            });
+        }
+        let (canary, rollback_to) = {
+            let live = self.live.lock().await;
+            let s = &live.services[&service];
+            (s.canary.clone(), s.rollback_to.clone())
+        };
+        if let Some(canary) = canary {
+            let ended = self
+                .set_canary(Some(&service), &canary.pool, 0, false, who)
+                .await?;
+            self.metrics.count_canary_rollback(&service);
+            return Ok(SwitchOutcome {
+                service,
+                pool: ended.active,
+                moved_from: canary.pool,
+                changed: true,
+                generation: ended.generation,
+            });
+        }
+        let Some(rollback_to) = rollback_to else {
+            return Err(DeployError::NothingToRollBackTo { service });
+        };
+        self.change_active(&service, &rollback_to, force, who, Change::Rollback)
+            .await
+    }
+
+    /// Sends `permille` thousandths of a service's clients to `pool` (0 ends the canary).
+    /// Refuses the active pool, a pool with no healthy backend (unless `force`), and any
+    /// change while a rollout runs.
+    pub async fn set_canary(
+        &self,
+        service: Option<&str>,
+        pool: &str,
+        permille: u32,
+        force: bool,
+        who: &str,
+    ) -> Result<CanaryOutcome, DeployError> {
+        let service = self.resolve_service(service)?;
+        if permille > BUCKETS {
+            return Err(DeployError::BadPercent { permille });
+        }
+        let mut live = self.live.lock().await;
+        self.refuse_during_rollout(&service)?;
+        let table = self.table.load_full();
+        let route = table.configured(&service);
+        let target = Self::pool_of(route, pool)?;
+        let active = route.active_pool().name.to_string();
+        if permille > 0 && active == pool {
+            return Err(DeployError::ActivePool {
+                service,
+                pool: pool.to_string(),
+            });
+        }
+        if permille > 0 && !force {
+            Self::check_healthy(&service, target)?;
+        }
+        let replaced = live.services[&service]
+            .canary
+            .as_ref()
+            .map(|c| (c.pool.clone(), c.permille));
+        let wanted = (permille > 0).then(|| CanaryState {
+            pool: pool.to_string(),
+            permille,
+        });
+        let generation = if live.services[&service].canary == wanted {
+            live.generation
+        } else {
+            let mut next = live.clone();
+            service_mut(&mut next, &service).canary = wanted;
+            let generation = self.commit(&mut live, next, Unsaved::Refuse).await?;
+            info!(service = %service, pool = %pool, percent = percent(permille), stable = %active, generation, by = %who, "canary set");
+            generation
+        };
+        Ok(CanaryOutcome {
+            service,
+            pool: pool.to_string(),
+            active,
+            permille,
+            replaced,
+            generation,
+        })
+    }
+
+    /// Replaces the backends of a pool. With `wait`, the new backends must first pass their
+    /// health checks within that time, or nothing changes.
+    pub async fn set_pool(
+        &self,
+        service: Option<&str>,
+        pool: &str,
+        backends: Vec<SocketAddr>,
+        wait: Option<Duration>,
+        who: &str,
+        mut on_progress: impl FnMut(usize, usize),
+    ) -> Result<PoolSetOutcome, DeployError> {
+        let service = self.resolve_service(service)?;
+        Self::pool_of(self.table.load().configured(&service), pool)?;
+        if backends.is_empty() {
+            return Err(DeployError::BadAddress("no backend given".into()));
+        }
+        // Held until the new table holds them too, so the checker keeps probing them.
+        let mut held: Vec<Arc<HealthState>> = Vec::new();
+        if let Some(timeout) = wait {
+            let config = self.config.service(&service).expect("resolved above");
+            held = wait_healthy(&self.registry, config, &backends, timeout, &mut on_progress)
+                .await
+                .map_err(|e| DeployError::HealthTimeout {
+                    service: service.clone(),
+                    pool: pool.to_string(),
+                    timeout: e.timeout,
+                    detail: e.detail,
+                })?;
+        }
+        let mut live = self.live.lock().await;
+        let mut next = live.clone();
+        let p = service_mut(&mut next, &service)
+            .pools
+            .get_mut(pool)
+            .expect("pool checked above");
+        let replaced_backends = std::mem::replace(&mut p.backends, backends.clone());
+        let generation = self.commit(&mut live, next, Unsaved::Refuse).await?;
+        drop(held);
+        info!(service = %service, pool = %pool, backends = ?backends, replaced = ?replaced_backends, generation, by = %who, "pool backends replaced");
+        Ok(PoolSetOutcome {
+            service,
+            pool: pool.to_string(),
+            backends,
+            replaced_backends,
+            generation,
+        })
+    }
+
+    /// Checks and registers a rollout of `pool` on a service. The caller drives it (see
+    /// [`crate::drive`]); until it ends, `switch` and `canary` are refused on the service.
+    pub async fn begin_rollout(
+        &self,
+        service: Option<&str>,
+        pool: &str,
+        spec: RolloutSpec,
+        force: bool,
+    ) -> Result<Arc<Rollout>, DeployError> {
+        let service = self.resolve_service(service)?;
+        spec.check()?;
+        if !self.metrics.enabled {
+            return Err(DeployError::MetricsOff);
+        }
+        let _live = self.live.lock().await;
+        self.refuse_during_rollout(&service)?;
+        let table = self.table.load_full();
+        let route = table.configured(&service);
+        let target = Self::pool_of(route, pool)?;
+        let stable = route.active_pool().name.to_string();
+        if stable == pool {
+            return Err(DeployError::ActivePool {
+                service,
+                pool: pool.to_string(),
+            });
+        }
+        if !force {
+            Self::check_healthy(&service, target)?;
+        }
+        let rollout = Arc::new(Rollout::new(
+            service.clone(),
+            pool.to_string(),
+            stable,
+            spec,
+        ));
+        self.rollouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service, rollout.clone());
+        Ok(rollout)
+    }
+
+    /// Puts a rollout's step live: `permille` of the clients on its pool, marked in the state
+    /// so that a restart knows a rollout was under way.
+    pub async fn set_rollout_step(
+        &self,
+        rollout: &Rollout,
+        permille: u32,
+        mark: RolloutMark,
+    ) -> Result<u64, DeployError> {
+        let mut live = self.live.lock().await;
+        let mut next = live.clone();
+        let s = service_mut(&mut next, &rollout.service);
+        s.canary = Some(CanaryState {
+            pool: rollout.pool.clone(),
+            permille,
+        });
+        s.rollout = Some(mark);
+        self.commit(&mut live, next, Unsaved::Refuse).await
+    }
+
+    /// The end of a rollout that passed: its pool becomes the active pool.
+    pub async fn promote(&self, rollout: &Rollout) -> Result<SwitchOutcome, DeployError> {
+        self.change_active(
+            &rollout.service,
+            &rollout.pool,
+            true,
+            "rollout",
+            Change::Promote,
+        )
+        .await
+    }
+
+    /// Sends every client of a rollout's service back to the stable pool, and counts the
+    /// rollback. Goes live even when the state cannot be written (the error says so).
+    pub async fn return_to_stable(&self, rollout: &Rollout) -> Result<u64, DeployError> {
+        self.metrics.count_canary_rollback(&rollout.service);
+        let mut live = self.live.lock().await;
+        let mut next = live.clone();
+        let s = service_mut(&mut next, &rollout.service);
+        s.canary = None;
+        s.rollout = None;
+        self.commit(&mut live, next, Unsaved::ServeAnyway).await
+    }
+
+    /// Asks the rollout running on a service to stop and roll back, and waits until it has.
+    pub async fn abort_rollout(
+        &self,
+        service: Option<&str>,
+        who: &str,
+    ) -> Result<(Arc<Rollout>, RolloutResult), DeployError> {
+        let service = self.resolve_service(service)?;
+        let rollout = self
+            .running_rollout(&service)
+            .ok_or(DeployError::NoRollout { service })?;
+        rollout.abort(format!("aborted by {who}"));
+        let result = rollout.finished().await;
+        Ok((rollout, result))
+    }
+
+    fn refuse_during_rollout(&self, service: &str) -> Result<(), DeployError> {
+        match self.running_rollout(service) {
+            Some(r) => Err(DeployError::RolloutRunning {
+                service: service.to_string(),
+                pool: r.pool.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    async fn change_active(
+        &self,
+        service: &str,
+        pool: &str,
+        force: bool,
+        who: &str,
+        change: Change,
+    ) -> Result<SwitchOutcome, DeployError> {
+        let mut live = self.live.lock().await;
+        if change != Change::Promote {
+            self.refuse_during_rollout(service)?;
+        }
+        let table = self.table.load_full();
+        let route = table.configured(service);
+        let target = Self::pool_of(route, pool)?;
+        let current = route.active_pool().name.to_string();
+        let state = &live.services[service];
+        if current == pool && state.canary.is_none() && state.rollout.is_none() {
+            return Ok(SwitchOutcome {
+                service: service.to_string(),
+                pool: pool.to_string(),
+                moved_from: state.rollback_to.clone().unwrap_or_else(|| current.clone()),
+                changed: false,
+                generation: live.generation,
+            });
+        }
+        if !force {
+            Self::check_healthy(service, target)?;
+        }
+        let mut next = live.clone();
+        let s = service_mut(&mut next, service);
+        if current != pool {
+            s.rollback_to = Some(current.clone());
+        }
+        s.active = pool.to_string();
+        s.canary = None;
+        s.rollout = None;
+        let generation = self.commit(&mut live, next, Unsaved::Refuse).await?;
+        let what = match change {
+            Change::Switch => "switched",
+            Change::Rollback => "rolled back",
+            Change::Promote => "rollout promoted",
+        };
+        if current != pool {
+            self.metrics
+                .count_switch(service, change == Change::Rollback);
+        }
+        info!(service = %service, pool = %pool, previous = %current, generation, by = %who, "{what}");
+        Ok(SwitchOutcome {
+            service: service.to_string(),
+            pool: pool.to_string(),
+            moved_from: current,
+            changed: true,
+            generation,
+        })
+    }
+
+    /// Persists `next`, then makes it live. On a failed write nothing changes, unless
+    /// `unsaved` says to serve it anyway (the error is returned after).
+    async fn commit(
+        &self,
+        live: &mut LiveState,
+        mut next: LiveState,
+        unsaved: Unsaved,
+    ) -> Result<u64, DeployError> {
+        next.generation = live.generation + 1;
+        let table = RoutingTable::build(
+            &self.config,
+            &next,
+            Some(&self.table.load()),
+            &self.registry,
+            &self.metrics,
+        );
+        let store = self.store.clone();
+        let to_save = next.clone();
+        let saved = tokio::task::spawn_blocking(move || store.save(&to_save))
+            .await
+            .map_err(|e| DeployError::StateWrite(std::io::Error::other(e)))
+            .and_then(|r| r.map_err(DeployError::StateWrite));
+        if saved.is_err() && unsaved == Unsaved::Refuse {
+            return saved.map(|_| 0);
+        }
+        self.table.store(Arc::new(table));
+        let generation = next.generation;
+        *live = next;
+        saved.map(|_| generation)
+    }
+
+    fn pool_of<'a>(route: &'a ServiceRoute, pool: &str) -> Result<&'a Arc<Pool>, DeployError> {
+        route.pool(pool).ok_or_else(|| DeployError::UnknownPool {
+            service: route.name().to_string(),
+            pool: pool.to_string(),
+            known: route
+                .pools
+                .iter()
+                .map(|p| p.name.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    /// Refuses a pool with no healthy backend, saying what each backend is doing.
+    fn check_healthy(service: &str, target: &Pool) -> Result<(), DeployError> {
+        if target.healthy_count() > 0 {
+            return Ok(());
+        }
+        let detail = if target.backends.is_empty() {
+            "it has no backends".to_string()
+        } else {
+            target
+                .backends
+                .iter()
+                .map(|b| {
+                    let error = b
+                        .health
+                        .last_error()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
+                    format!("{} {}{error}", b.addr, b.health.get().as_str())
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(DeployError::NoHealthyBackend {
+            service: service.to_string(),
+            pool: target.name.to_string(),
+            detail,
+        })
+    }
+}
+
+/// One service's state in `next`; every service of the config has one.
+fn service_mut<'a>(next: &'a mut LiveState, service: &str) -> &'a mut ServiceState {
+    next.services
+        .get_mut(service)
+        .expect("services come from the config")
+}

@@ -1,0 +1,118 @@
+//! The status read model: what is live now, in the protocol's own types.
+//!
+//! One function reads the live routing table, the config and the rollouts into a
+//! [`StatusReply`]. The control handler answers `status` with it, and the admin listener's
+//! `/metrics` turns the same reply into its state gauges ([`crate::scrape`]), so the CLI and the
+//! dashboard can never disagree about which pool is active or which backend is down.
+
+use switchback_control::{
+    BackendHealth, BackendStatus, CanaryView, PoolStatus, RolloutStatus, ServiceStatus, SplitShare,
+    StatusReply,
+};
+use switchback_proxy::health::Health;
+use switchback_proxy::ServiceRoute;
+
+use crate::controller::{Controller, DeployError};
+use crate::judge::percent;
+use crate::rollout::Rollout;
+
+/// The status of every service, or of the one named.
+pub fn read(controller: &Controller, only: Option<&str>) -> Result<StatusReply, DeployError> {
+    if let Some(name) = only {
+        controller.resolve_service(Some(name))?;
+    }
+    let table = controller.table();
+    let services = table
+        .services
+        .iter()
+        .filter(|s| only.is_none_or(|n| s.name() == n))
+        .map(|route| service_status(controller, route))
+        .collect();
+    Ok(StatusReply {
+        generation: table.generation,
+        config_file: controller.config().source.display().to_string(),
+        state_file: controller.state_path().display().to_string(),
+        notices: controller.notices().to_vec(),
+        services,
+    })
+}
+
+fn service_status(controller: &Controller, route: &ServiceRoute) -> ServiceStatus {
+    let configured = controller
+        .config()
+        .service(route.name())
+        .expect("tables come from the config");
+    ServiceStatus {
+        name: route.name().to_string(),
+        hosts: route.config.hosts.clone(),
+        path_prefix: route.config.path_prefix.clone(),
+        active: route.active_pool().name.to_string(),
+        configured_active: configured.active.clone(),
+        previous: route.rollback_to.map(|i| route.pools[i].name.to_string()),
+        split: route
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| SplitShare {
+                pool: p.name.to_string(),
+                percent: (route.split.traffic_ratio(i) * 1000.0).round() / 10.0,
+            })
+            .filter(|s| s.percent > 0.0)
+            .collect(),
+        canary: route.split.canary.map(|c| CanaryView {
+            pool: route.pools[c.pool].name.to_string(),
+            percent: percent(c.permille),
+        }),
+        rollout: controller.rollout(route.name()).map(|r| rollout_status(&r)),
+        pools: route
+            .pools
+            .iter()
+            .map(|pool| PoolStatus {
+                name: pool.name.to_string(),
+                in_flight: pool.stats.in_flight(),
+                differs_from_config: configured
+                    .pool(&pool.name)
+                    .is_some_and(|p| p.backends != pool.addresses()),
+                backends: pool
+                    .backends
+                    .iter()
+                    .map(|b| BackendStatus {
+                        address: b.addr.to_string(),
+                        health: backend_health(b.health.get()),
+                        last_error: b.health.last_error(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// A backend's health as the protocol names it.
+pub fn backend_health(h: Health) -> BackendHealth {
+    match h {
+        Health::Healthy => BackendHealth::Healthy,
+        Health::Down => BackendHealth::Down,
+        Health::Unknown => BackendHealth::Unknown,
+        Health::Unchecked => BackendHealth::Unchecked,
+    }
+}
+
+/// A rollout, running or finished, as `status` shows it.
+pub fn rollout_status(r: &Rollout) -> RolloutStatus {
+    let latest = r.latest();
+    let result = r.result();
+    RolloutStatus {
+        pool: r.pool.clone(),
+        stable_pool: r.stable.clone(),
+        running: result.is_none(),
+        step: latest.as_ref().map_or(0, |p| p.step),
+        steps: r.spec.steps.len(),
+        percent: latest.as_ref().map_or(0.0, |p| percent(p.permille)),
+        started: r
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+        outcome: result.as_ref().map(|x| x.outcome),
+        reason: result.and_then(|x| x.reason),
+    }
+}

@@ -66,7 +66,7 @@ pub fn gather(metrics: &Metrics, status: &StatusReply, certs: &[CertStatus]) -> 
     }
     let connections = IntGauge::new(
         "switchback_open_connections",
-        "Client connections open now.",
+        "Client connections busy now: with a request in progress (HTTP/1.1; idle keep-alive connections are not counted yet) or open (HTTP/2).",
     )
     .expect("a valid metric");
     connections.set(metrics.open_connection_count());

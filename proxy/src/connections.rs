@@ -1,15 +1,19 @@
-//! Counting open client connections: a wrapper around the proxy's pingora app.
+//! Counting client connections: a wrapper around the proxy's pingora app.
 //!
-//! pingora hands each accepted connection (HTTP/1, HTTP/2 and TLS alike) to `process_new` once
-//! for its whole life, so a counter around that call is exact without any per-request work.
+//! pingora hands an HTTP/2 connection to `process_new` once for its whole life, but an
+//! HTTP/1.1 keep-alive connection once per request: between two requests the connection is
+//! back in pingora's own loop, out of this wrapper's sight. So the count is of connections that
+//! are busy (a request in progress, or an open HTTP/2 connection); idle keep-alive connections
+//! are not in it. Counting those needs a hold on the connection across pingora's keep-alive
+//! loop, which the connection caps and the per-connection memory work will add.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-/// Wraps the proxy's pingora app to count open client connections (HTTP/1, HTTP/2 and TLS
-/// alike: pingora hands each accepted connection to `process_new` once, for its whole life).
+/// Wraps the proxy's pingora app to count busy client connections (see the module's note on
+/// keep-alive).
 pub struct ConnectionCounter<A> {
     inner: Arc<A>,
     open: Arc<AtomicI64>,
@@ -24,9 +28,9 @@ impl<A> ConnectionCounter<A> {
     }
 }
 
-struct Open(Arc<AtomicI64>);
+struct Open<'a>(&'a AtomicI64);
 
-impl Drop for Open {
+impl Drop for Open<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -42,7 +46,7 @@ impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerA
         shutdown: &pingora::server::ShutdownWatch,
     ) -> Option<pingora::protocols::Stream> {
         self.open.fetch_add(1, Ordering::Relaxed);
-        let _open = Open(self.open.clone());
+        let _open = Open(&self.open);
         self.inner.process_new(session, shutdown).await
     }
 

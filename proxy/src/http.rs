@@ -133,8 +133,9 @@ pub struct RequestCtx {
     new_bucket: Option<u32>,
     /// The pool came from an override header or cookie.
     forced: bool,
-    /// The Host header (or authority) as the client sent it, kept for the access log only.
-    host: String,
+    /// For the access log only: the Host header (or authority) as the client sent it; the
+    /// path and query are appended at the end.
+    host_and_path: String,
 }
 
 impl RequestCtx {
@@ -143,6 +144,11 @@ impl RequestCtx {
         Some((service, &service.pools[self.pool]))
     }
 }
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
+const HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
 
 const NO_SERVICE: &[u8] = b"switchback: no service for this host and path\n";
 const NO_BACKEND: &[u8] = b"switchback: no healthy backend in the pool\n";
@@ -172,11 +178,13 @@ impl ProxyHttp for SwitchbackProxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
-        if self.access_log.is_some() {
-            ctx.host.push_str(raw_host);
-        }
-        let host = normalize_request_host(raw_host);
         let path = req.uri.path();
+        if self.access_log.is_some() {
+            // Host, then path and query, in one allocation for the access log record.
+            let query = req.uri.query().map_or(0, |q| q.len() + 1);
+            ctx.host_and_path = String::with_capacity(raw_host.len() + path.len() + query);
+            ctx.host_and_path.push_str(raw_host);
+        }
         if let Some(challenges) = &self.challenges {
             if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
                 let token = token.to_string();
@@ -188,14 +196,14 @@ impl ProxyHttp for SwitchbackProxy {
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         loop {
             let table = self.table.load_full();
-            let Some((service_index, service)) = table.route(&host, path) else {
+            let Some((service_index, service)) = table.route(raw_host, path) else {
                 session
                     .respond_error_with_body(503, Bytes::from_static(NO_SERVICE))
                     .await?;
                 return Ok(true);
             };
             if service.config.https_redirect && !ctx.tls {
-                let host = host.into_owned();
+                let host = normalize_request_host(raw_host).into_owned();
                 ctx.answered_here = true;
                 self.redirect_to_https(session, &host).await?;
                 return Ok(true);
@@ -208,7 +216,8 @@ impl ProxyHttp for SwitchbackProxy {
                     .map(|a| a.ip());
                 let choice = split::choose(
                     &service.split,
-                    &service.config.canary,
+                    &service.overrides,
+                    &service.config.canary.sticky,
                     |name| service.pool_index(name),
                     &session.req_header().headers,
                     client,
@@ -285,35 +294,26 @@ impl ProxyHttp for SwitchbackProxy {
     ) -> Result<()> {
         if ctx.forced {
             // The override may carry a secret: it is the proxy's business, not the backend's.
-            if let Some(header) = ctx
-                .route()
-                .and_then(|(s, _)| s.config.canary.override_header.as_deref())
-            {
+            if let Some(header) = ctx.route().and_then(|(s, _)| s.overrides.header.as_ref()) {
                 upstream_request.remove_header(header);
             }
         }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            let mut value = String::with_capacity(48);
-            if let Some(prior) = upstream_request.headers.get("x-forwarded-for") {
+            // Without a prior value the address is pushed in one piece, so the buffer is
+            // exactly its length and moves into the header value without another allocation.
+            let mut value = String::new();
+            if let Some(prior) = upstream_request.headers.get(&X_FORWARDED_FOR) {
                 value.push_str(&String::from_utf8_lossy(prior.as_bytes()));
                 value.push_str(", ");
             }
             push_ip(&mut value, addr.ip());
-            let value = http::HeaderValue::from_str(&value)
+            let value = http::HeaderValue::from_maybe_shared(Bytes::from(value))
                 .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "x-forwarded-for", e))?;
             upstream_request.insert_header("x-forwarded-for", value)?;
         }
-        if upstream_request.headers.get("x-forwarded-proto").is_none() {
-            let proto = if session
-                .digest()
-                .and_then(|d| d.ssl_digest.as_ref())
-                .is_some()
-            {
-                "https"
-            } else {
-                "http"
-            };
-            upstream_request.insert_header("x-forwarded-proto", proto)?;
+        if !upstream_request.headers.contains_key(&X_FORWARDED_PROTO) {
+            let proto = if ctx.tls { &HTTPS } else { &HTTP };
+            upstream_request.insert_header("x-forwarded-proto", proto.clone())?;
         }
         Ok(())
     }
@@ -386,7 +386,7 @@ impl ProxyHttp for SwitchbackProxy {
         let status = session
             .response_written()
             .map_or(499, |r| r.status.as_u16());
-        let host = std::mem::take(&mut ctx.host);
+        let mut host_and_path = std::mem::take(&mut ctx.host_and_path);
         let route = ctx.route();
         if self.metrics.enabled {
             match route {
@@ -404,23 +404,25 @@ impl ProxyHttp for SwitchbackProxy {
         }
         if let Some(log) = &self.access_log {
             let req = session.req_header();
-            let path = req
-                .uri
-                .path_and_query()
-                .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string());
+            let host_len = host_and_path.len();
+            host_and_path.push_str(
+                req.uri
+                    .path_and_query()
+                    .map_or(req.uri.path(), |p| p.as_str()),
+            );
             log.log(AccessRecord {
                 time: SystemTime::now(),
                 client: session
                     .client_addr()
                     .and_then(|a| a.as_inet())
                     .map(|a| a.ip()),
-                host,
+                host_and_path,
+                host_len,
                 method: req.method.clone(),
-                path,
                 status,
                 bytes: session.body_bytes_sent() as u64,
                 duration: elapsed,
-                service: route.map(|(s, _)| s.config.name.as_str().into()),
+                service: route.map(|(s, _)| s.label.clone()),
                 pool: route.map(|(_, p)| p.name.clone()),
                 backend: route
                     .and_then(|(_, p)| ctx.backend.and_then(|i| p.backends.get(i)).map(|b| b.addr)),

@@ -19,7 +19,7 @@ use switchback_config::{Config, LiveState, ServiceConfig};
 use crate::health::HealthRegistry;
 use crate::metrics::{Metrics, NO_BACKEND};
 use crate::pool::{Backend, Pool, PoolHandles, PoolStats};
-use crate::split::{Canary, Split, BUCKETS};
+use crate::split::{Canary, Overrides, Split, BUCKETS};
 
 /// One generation of the routing state.
 #[derive(Debug)]
@@ -34,10 +34,14 @@ pub struct RoutingTable {
 #[derive(Debug)]
 pub struct ServiceRoute {
     pub config: Arc<ServiceConfig>,
+    /// The service's name, shared with every access log record of its requests.
+    pub label: Arc<str>,
     /// Sorted by name.
     pub pools: Vec<Arc<Pool>>,
     /// Which pool each request goes to (indexes into `pools`).
     pub split: Split,
+    /// How a request may force its pool.
+    pub overrides: Overrides,
     /// Index into `pools` of the pool `rollback` goes back to: the one active before the
     /// last switch.
     pub rollback_to: Option<usize>,
@@ -129,6 +133,12 @@ impl HostIndex {
         index
     }
 
+    /// Whether any service routes by host name; when none does, the Host header is not even
+    /// looked at.
+    fn by_host(&self) -> bool {
+        !self.exact.is_empty() || !self.wildcard.is_empty()
+    }
+
     fn lookup(&self, host: &str, path: &str) -> Option<usize> {
         if !self.exact.is_empty() {
             if let Some(found) = self.exact.get(host).and_then(|p| first_match(p, path)) {
@@ -163,10 +173,14 @@ pub fn normalize_request_host(raw: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl RoutingTable {
-    /// The service for a request, by host (already normalized) and path.
+    /// The service for a request, by its Host header (or authority) as sent and its path.
     #[inline]
-    pub fn route(&self, host: &str, path: &str) -> Option<(usize, &ServiceRoute)> {
-        let index = self.hosts.lookup(host, path)?;
+    pub fn route(&self, raw_host: &str, path: &str) -> Option<(usize, &ServiceRoute)> {
+        let index = if self.hosts.by_host() {
+            self.hosts.lookup(&normalize_request_host(raw_host), path)?
+        } else {
+            first_match(&self.hosts.any, path)?
+        };
         Some((index, &self.services[index]))
     }
 
@@ -260,9 +274,10 @@ impl RoutingTable {
                     })
                 })
                 .filter(|c| c.pool != active && c.permille > 0);
-            let overridable = config_arc.canary.override_header.is_some()
-                || config_arc.canary.override_cookie.is_some();
+            let overrides = Overrides::from_config(&config_arc.canary);
+            let overridable = overrides.any();
             services.push(ServiceRoute {
+                label: config_arc.name.as_str().into(),
                 config: config_arc,
                 pools,
                 split: Split {
@@ -270,6 +285,7 @@ impl RoutingTable {
                     canary,
                     overridable,
                 },
+                overrides,
                 rollback_to,
             });
         }
@@ -333,7 +349,7 @@ pools.a = ["127.0.0.1:9004"]
 
     fn name(table: &RoutingTable, host: &str, path: &str) -> String {
         table
-            .route(&normalize_request_host(host), path)
+            .route(host, path)
             .map(|(_, s)| s.name().to_string())
             .unwrap_or_default()
     }

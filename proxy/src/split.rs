@@ -16,7 +16,7 @@ use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use switchback_config::{CanaryConfig, Sticky};
 
 /// Buckets per client population: weights have one decimal of a percent.
@@ -70,6 +70,34 @@ impl Split {
     }
 }
 
+/// How a request may force its pool, parsed once per table build so that a request pays no
+/// header-name parsing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub header: Option<HeaderName>,
+    pub cookie: Option<Box<str>>,
+    /// When set, an override must say `POOL:SECRET`.
+    pub secret: Option<Box<str>>,
+}
+
+impl Overrides {
+    pub fn from_config(config: &CanaryConfig) -> Overrides {
+        Overrides {
+            header: config
+                .override_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            cookie: config.override_cookie.as_deref().map(Into::into),
+            secret: config.override_secret.as_deref().map(Into::into),
+        }
+    }
+
+    /// Whether any override is on.
+    pub fn any(&self) -> bool {
+        self.header.is_some() || self.cookie.is_some()
+    }
+}
+
 /// Where one request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Choice {
@@ -86,7 +114,8 @@ pub struct Choice {
 /// active pool.
 pub fn choose(
     split: &Split,
-    config: &CanaryConfig,
+    overrides: &Overrides,
+    sticky: &Sticky,
     pool_index: impl Fn(&str) -> Option<usize>,
     headers: &HeaderMap,
     client: Option<IpAddr>,
@@ -97,13 +126,12 @@ pub fn choose(
         forced: false,
     };
     if split.overridable {
-        let secret = config.override_secret.as_deref();
+        let secret = overrides.secret.as_deref();
         let from_header = || {
-            let value = headers.get(config.override_header.as_deref()?)?;
+            let value = headers.get(overrides.header.as_ref()?)?;
             override_pool(value.to_str().ok()?, secret)
         };
-        let from_cookie =
-            || override_pool(cookie(headers, config.override_cookie.as_deref()?)?, secret);
+        let from_cookie = || override_pool(cookie(headers, overrides.cookie.as_deref()?)?, secret);
         if let Some(index) = from_header().or_else(from_cookie).and_then(&pool_index) {
             choice.pool = index;
             choice.forced = true;
@@ -114,7 +142,7 @@ pub fn choose(
         return choice;
     };
     let by_address = || client.map_or_else(random_bucket, bucket_of_ip);
-    let bucket = match &config.sticky {
+    let bucket = match sticky {
         Sticky::Cookie(name) => match cookie(headers, name).and_then(parse_bucket) {
             Some(b) => b,
             None => {
@@ -294,19 +322,24 @@ mod tests {
     #[test]
     fn choose_takes_overrides_then_buckets_then_the_active_pool() {
         let config = CanaryConfig::default();
+        let overrides = Overrides::from_config(&config);
+        assert!(overrides.any());
+        let choose = |split: &Split, headers: &HeaderMap| {
+            choose(split, &overrides, &config.sticky, pools, headers, None)
+        };
         let none = HeaderMap::new();
         let plain = split(None, false);
-        assert_eq!(choose(&plain, &config, pools, &none, None).pool, 0);
+        assert_eq!(choose(&plain, &none).pool, 0);
 
         let mut forced = HeaderMap::new();
         forced.insert("x-switchback-pool", "green".parse().unwrap());
-        let c = choose(&split(None, true), &config, pools, &forced, None);
+        let c = choose(&split(None, true), &forced);
         assert_eq!((c.pool, c.forced), (1, true));
-        let c = choose(&plain, &config, pools, &forced, None);
+        let c = choose(&plain, &forced);
         assert_eq!((c.pool, c.forced), (0, false), "not overridable: ignored");
         let mut unknown = HeaderMap::new();
         unknown.insert("x-switchback-pool", "red".parse().unwrap());
-        let c = choose(&split(None, true), &config, pools, &unknown, None);
+        let c = choose(&split(None, true), &unknown);
         assert_eq!((c.pool, c.forced), (0, false), "an unknown pool is ignored");
 
         let half = split(
@@ -318,7 +351,7 @@ mod tests {
         );
         let mut low = HeaderMap::new();
         low.insert("cookie", "switchback_bucket=17".parse().unwrap());
-        let c = choose(&half, &config, pools, &low, None);
+        let c = choose(&half, &low);
         assert_eq!(
             (c.pool, c.new_bucket),
             (1, None),
@@ -326,8 +359,8 @@ mod tests {
         );
         let mut high = HeaderMap::new();
         high.insert("cookie", "switchback_bucket=917".parse().unwrap());
-        assert_eq!(choose(&half, &config, pools, &high, None).pool, 0);
-        let c = choose(&half, &config, pools, &none, None);
+        assert_eq!(choose(&half, &high).pool, 0);
+        let c = choose(&half, &none);
         let drawn = c.new_bucket.expect("a new client draws a bucket");
         assert_eq!(c.pool, if drawn < 500 { 1 } else { 0 });
     }

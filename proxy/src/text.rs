@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-/// Appends `n` in decimal.
+/// Appends `n` in decimal, as one slice (one capacity check, not one per digit).
 pub fn push_u64(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
@@ -15,9 +15,7 @@ pub fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &d in &digits[i..] {
-        out.push(d as char);
-    }
+    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
 }
 
 /// Appends `n` with at least `width` digits, zero-padded.
@@ -38,12 +36,27 @@ pub fn push_padded(out: &mut String, n: u64, width: usize) {
 pub fn push_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // At most 15 bytes: filled on the stack, appended once.
+            let mut text = [0u8; 15];
+            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    text[len] = b'.';
+                    len += 1;
                 }
-                push_u64(out, octet as u64);
+                let (h, t, o) = (octet / 100, octet / 10 % 10, octet % 10);
+                if h > 0 {
+                    text[len] = b'0' + h;
+                    len += 1;
+                }
+                if h > 0 || t > 0 {
+                    text[len] = b'0' + t;
+                    len += 1;
+                }
+                text[len] = b'0' + o;
+                len += 1;
             }
+            out.push_str(std::str::from_utf8(&text[..len]).expect("ASCII digits and dots"));
         }
         IpAddr::V6(v6) => {
             use std::fmt::Write;
@@ -69,6 +82,8 @@ mod tests {
         assert_eq!(s, "0071234");
         for ip in [
             "127.0.0.1",
+            "255.255.255.255",
+            "100.7.90.109",
             "10.20.255.0",
             "0.0.0.0",
             "192.168.100.9",

@@ -135,7 +135,20 @@ struct Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first, so that a master process (nginx, HAProxy) takes its workers with it; a
+    /// SIGKILLed nginx master leaves its workers running, listening and eating CPU in the
+    /// rounds that follow. SIGKILL after 5 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use switchback_control::{
     CanaryReply, CertsReply, PoolSetReply, Request, RolloutReply, StatusReply, SwitchReply,
 };
@@ -77,6 +77,7 @@ enum Command {
         /// Return only once nothing is in flight to the old pool (or --drain-timeout passed).
         #[arg(long)]
         wait_drain: bool,
+        /// How long --wait-drain waits.
         #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
         drain_timeout: Option<Duration>,
         #[arg(long)]
@@ -133,20 +134,19 @@ enum Command {
         pool: Option<String>,
         #[command(flatten)]
         target: Target,
-        /// Percentages of clients on POOL, increasing [proxy's default: 5,25,50,100].
+        /// Percentages of clients on POOL, increasing.
         #[arg(long, value_delimiter = ',', value_parser = parse_percent)]
         steps: Option<Vec<f64>>,
-        /// How long each step is watched before the next [proxy's default: 30s].
+        /// How long each step is watched before the next.
         #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
         interval: Option<Duration>,
-        /// Percent of 5xx answers (or failed connections) in a step that rolls back [proxy's
-        /// default: 5].
+        /// Percent of 5xx answers (or failed connections) in a step that rolls back.
         #[arg(long, value_parser = parse_percent, value_name = "PERCENT")]
         max_error_rate: Option<f64>,
-        /// p95 latency in a step that rolls back [proxy's default: 2s].
+        /// p95 latency in a step that rolls back.
         #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
         max_p95: Option<Duration>,
-        /// Canary requests a step needs before it is judged [proxy's default: 50].
+        /// Canary requests a step needs before it is judged.
         #[arg(long, value_name = "N")]
         min_requests: Option<u64>,
         /// Even when POOL has no healthy backend.
@@ -270,9 +270,62 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
     }
 }
 
+/// The command line with the proxy's defaults in the help of the options left to it. The CLI
+/// never sends them: an option not typed is left out of the request and the proxy fills it in
+/// from the same constants.
+fn command_line() -> clap::Command {
+    use switchback_config::defaults as d;
+    use switchback_config::HumanDuration;
+    let default = |help: &str, value: String| format!("{help} [proxy's default: {value}]");
+    let help_of = |cmd: &clap::Command, arg: &str| {
+        cmd.get_arguments()
+            .find(|a| a.get_id() == arg)
+            .and_then(|a| a.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    };
+    let with_default = |mut cmd: clap::Command, arg: &str, value: String| {
+        let help = default(&help_of(&cmd, arg), value);
+        cmd = cmd.mut_arg(arg, |a| a.help(help));
+        cmd
+    };
+    let steps = d::ROLLOUT_STEPS
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    Cli::command()
+        .mut_subcommand("rollout", |c| {
+            let c = with_default(c, "steps", steps);
+            let c = with_default(
+                c,
+                "interval",
+                HumanDuration(d::ROLLOUT_INTERVAL).to_string(),
+            );
+            let c = with_default(c, "max_error_rate", d::ROLLOUT_MAX_ERROR_RATE.to_string());
+            let c = with_default(c, "max_p95", HumanDuration(d::ROLLOUT_MAX_P95).to_string());
+            with_default(c, "min_requests", d::ROLLOUT_MIN_REQUESTS.to_string())
+        })
+        .mut_subcommand("switch", |c| {
+            with_default(
+                c,
+                "drain_timeout",
+                HumanDuration(d::DRAIN_TIMEOUT).to_string(),
+            )
+        })
+        .mut_subcommand("pool", |c| {
+            c.mut_subcommand("set", |c| {
+                with_default(c, "timeout", HumanDuration(d::POOL_SET_WAIT).to_string())
+            })
+        })
+}
+
 fn main() -> ExitCode {
     switchback_certs::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command_line().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let socket = || cli::resolve_socket(cli.socket.clone(), cli.config.clone());
     match cli.command {
         Command::Run { log_format } => {
@@ -427,5 +480,64 @@ fn client(command: Command, socket: Result<PathBuf, String>) -> ExitCode {
             };
             cli::call::<PoolSetReply>(socket, request, json, cli::print_pool_set)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let matches = command_line()
+            .try_get_matches_from(args)
+            .expect("valid arguments");
+        Cli::from_arg_matches(&matches).expect("a command line")
+    }
+
+    #[test]
+    fn options_not_typed_are_left_to_the_proxy() {
+        let Command::Rollout {
+            steps,
+            interval,
+            max_error_rate,
+            max_p95,
+            min_requests,
+            ..
+        } = parse(&["switchback", "rollout", "green"]).command
+        else {
+            panic!("a rollout")
+        };
+        assert_eq!(
+            (steps, interval, max_error_rate, max_p95, min_requests),
+            (None, None, None, None, None)
+        );
+        let Command::Rollout {
+            steps, interval, ..
+        } = parse(&[
+            "switchback",
+            "rollout",
+            "green",
+            "--steps",
+            "10,50,100",
+            "--interval",
+            "5s",
+        ])
+        .command
+        else {
+            panic!("a rollout")
+        };
+        assert_eq!(steps, Some(vec![10.0, 50.0, 100.0]));
+        assert_eq!(interval, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn help_shows_the_proxys_defaults() {
+        let help = command_line()
+            .find_subcommand_mut("rollout")
+            .expect("rollout")
+            .render_help()
+            .to_string();
+        assert!(help.contains("[proxy's default: 5,25,50,100]"), "{help}");
+        assert!(help.contains("[proxy's default: 30s]"), "{help}");
     }
 }

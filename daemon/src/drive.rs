@@ -12,7 +12,8 @@ use switchback_config::RolloutMark;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::controller::{Controller, DeployError};
+use crate::change::DeployError;
+use crate::controller::Controller;
 use crate::judge::{judge, percent, RolloutSpec, Snapshot, Verdict, MAX_WAIT_INTERVALS};
 use crate::rollout::{Outcome, Rollout, RolloutEvent, RolloutProgress, RolloutResult};
 

@@ -17,7 +17,8 @@ use switchback_control::{
     CanaryReply, CanaryView, CertSourceKind, CertView, CertsReply, RolloutReply, WindowView,
 };
 
-use crate::controller::{Controller, DeployError, SwitchOutcome};
+use crate::change::{DeployError, SwitchOutcome};
+use crate::controller::Controller;
 use crate::drain;
 use crate::drive::start_rollout;
 use crate::judge::{percent, RolloutSpec, Window};

@@ -16,6 +16,7 @@
 //! handles but never drives one. No module here imports one that imports it back.
 
 pub mod admin;
+pub mod change;
 pub mod controller;
 pub mod drain;
 pub mod drive;
@@ -27,6 +28,7 @@ pub mod runtime;
 pub mod scrape;
 pub mod status;
 
-pub use controller::{Controller, DeployError, StartError};
+pub use change::{DeployError, StartError};
+pub use controller::Controller;
 pub use handler::ControlHandler;
 pub use runtime::{run, RunError};

@@ -34,7 +34,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::admin::AdminApp;
-use crate::controller::{Controller, StartError};
+use crate::change::StartError;
+use crate::controller::Controller;
 use crate::handler::ControlHandler;
 use crate::health_check::run_checker;
 

@@ -12,7 +12,8 @@ use switchback_control::{
 use switchback_proxy::health::Health;
 use switchback_proxy::ServiceRoute;
 
-use crate::controller::{Controller, DeployError};
+use crate::change::DeployError;
+use crate::controller::Controller;
 use crate::judge::percent;
 use crate::rollout::Rollout;
 

@@ -1,0 +1,105 @@
+//! What a change to the routing state did, or why it was refused: the controller's answers,
+//! which the control handler turns into protocol replies and error codes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use switchback_config::StateError;
+
+use crate::judge::{percent, SpecError};
+
+/// Why a change was refused. Nothing changed when one of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("no service named {name:?} (services: {known})")]
+    UnknownService { name: String, known: String },
+    #[error("there are several services ({known}): name one with -s SERVICE")]
+    ServiceRequired { known: String },
+    #[error("service {service:?} has no pool named {pool:?} (pools: {known})")]
+    UnknownPool {
+        service: String,
+        pool: String,
+        known: String,
+    },
+    #[error("pool {pool:?} of service {service:?} has no healthy backend ({detail}); nothing changed (use --force to switch anyway)")]
+    NoHealthyBackend {
+        service: String,
+        pool: String,
+        detail: String,
+    },
+    #[error("service {service:?} has no previous pool to roll back to")]
+    NothingToRollBackTo { service: String },
+    #[error("{0}")]
+    BadAddress(String),
+    #[error("pool {pool:?} of service {service:?}: the new backends did not pass their health checks within {}ms ({detail}); nothing changed", timeout.as_millis())]
+    HealthTimeout {
+        service: String,
+        pool: String,
+        timeout: Duration,
+        detail: String,
+    },
+    #[error("cannot write the state file: {0}; nothing changed")]
+    StateWrite(std::io::Error),
+    #[error("a rollout of pool {pool:?} is running on service {service:?}: wait for it, or stop it with `switchback rollout --abort -s {service}`; nothing changed")]
+    RolloutRunning { service: String, pool: String },
+    #[error("no rollout is running on service {service:?}")]
+    NoRollout { service: String },
+    #[error("{}% is out of range: use 0 to 100", percent(*permille))]
+    BadPercent { permille: u32 },
+    #[error("pool {pool:?} is the active pool of service {service:?}: a canary sends clients to another pool")]
+    ActivePool { service: String, pool: String },
+    #[error("{0}; nothing changed")]
+    BadRollout(#[from] SpecError),
+    #[error("a rollout judges the canary by its metrics, and [metrics] enabled = false turns them off; nothing changed")]
+    MetricsOff,
+}
+
+/// Why the proxy could not start from its state dir.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("state dir {}: {source}", dir.display())]
+    StateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// What a switch or rollback did.
+#[derive(Debug, Clone)]
+pub struct SwitchOutcome {
+    pub service: String,
+    /// The pool new requests go to now.
+    pub pool: String,
+    /// The pool traffic moved away from; for a switch that changed nothing, the pool
+    /// `rollback` would go back to.
+    pub moved_from: String,
+    pub changed: bool,
+    pub generation: u64,
+}
+
+/// What `canary` did.
+#[derive(Debug, Clone)]
+pub struct CanaryOutcome {
+    pub service: String,
+    /// The canary pool (for `canary POOL 0`: the pool named).
+    pub pool: String,
+    pub active: String,
+    /// The new weight in thousandths (0: no canary).
+    pub permille: u32,
+    /// The canary this change replaced, if there was one: pool and weight.
+    pub replaced: Option<(String, u32)>,
+    pub generation: u64,
+}
+
+/// What `pool set` did.
+#[derive(Debug, Clone)]
+pub struct PoolSetOutcome {
+    pub service: String,
+    pub pool: String,
+    pub backends: Vec<SocketAddr>,
+    pub replaced_backends: Vec<SocketAddr>,
+    pub generation: u64,
+}

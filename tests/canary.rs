@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use support::*;
 
@@ -218,7 +219,7 @@ async fn a_hashed_header_keeps_clients_without_cookies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overrides_force_a_pool_and_are_ignored_when_off() {
+async fn overrides_need_a_secret_and_never_reach_the_backend() {
     let blue = Upstream::start("blue");
     let green = Upstream::start("green");
     let pools = format!(
@@ -228,6 +229,7 @@ async fn overrides_force_a_pool_and_are_ignored_when_off() {
     let config = format!(
         "[services.app]\n{pools}\n\
          [services.closed]\nhosts = [\"closed.test\"]\n{pools}[services.closed.canary]\noverride_header = \"\"\noverride_cookie = \"\"\n\n\
+         [services.tester]\nhosts = [\"tester.test\"]\n{pools}[services.tester.canary]\noverride_secret = \"0123456789abcdef\"\n\n\
          [services.qa]\nhosts = [\"qa.test\"]\n{pools}[services.qa.canary]\noverride_header = \"X-QA-Pool\"\noverride_secret = \"0123456789abcdef\"\n"
     );
     let proxy = Proxy::start(&config);
@@ -237,52 +239,76 @@ async fn overrides_force_a_pool_and_are_ignored_when_off() {
     // (host, request headers, the pool that must answer, what the case is)
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
     let cases: Vec<Case> = vec![
-        // On by default, with no canary at all: the header, then the cookie.
+        // Off by default: no client chooses its pool, with or without a secret.
         ("app.test", vec![], "blue", "no override"),
         (
             "app.test",
             vec![("x-switchback-pool", "green")],
-            "green",
-            "header",
+            "blue",
+            "header, default",
+        ),
+        (
+            "app.test",
+            vec![("x-switchback-pool", secret)],
+            "blue",
+            "header with a secret, default",
         ),
         (
             "app.test",
             vec![("cookie", "a=b; switchback_pool=green")],
-            "green",
-            "cookie",
-        ),
-        (
-            "app.test",
-            vec![("x-switchback-pool", "purple")],
             "blue",
-            "an unknown pool is ignored",
+            "cookie, default",
         ),
-        // Switched off.
+        // Turned off explicitly.
         (
             "closed.test",
-            vec![("x-switchback-pool", "green")],
+            vec![("x-switchback-pool", secret)],
             "blue",
             "header off",
         ),
         (
             "closed.test",
-            vec![("cookie", "switchback_pool=green")],
+            vec![("cookie", &secret_cookie)],
             "blue",
             "cookie off",
         ),
-        // Renamed, with a secret.
-        ("qa.test", vec![("x-qa-pool", "green")], "blue", "no secret"),
+        // A secret turns the default names on; the value must carry it.
         (
-            "qa.test",
-            vec![("x-qa-pool", "green:wrong-secret-value")],
+            "tester.test",
+            vec![("x-switchback-pool", "green")],
+            "blue",
+            "no secret",
+        ),
+        (
+            "tester.test",
+            vec![("x-switchback-pool", "green:wrong-secret-value")],
             "blue",
             "wrong secret",
         ),
         (
+            "tester.test",
+            vec![("x-switchback-pool", secret)],
+            "green",
+            "header with its secret",
+        ),
+        (
+            "tester.test",
+            vec![("cookie", &secret_cookie)],
+            "green",
+            "cookie with its secret",
+        ),
+        (
+            "tester.test",
+            vec![("x-switchback-pool", "purple:0123456789abcdef")],
+            "blue",
+            "an unknown pool is ignored",
+        ),
+        // Renamed.
+        (
             "qa.test",
             vec![("x-switchback-pool", secret)],
             "blue",
-            "the old header name",
+            "the default header name",
         ),
         (
             "qa.test",
@@ -290,21 +316,62 @@ async fn overrides_force_a_pool_and_are_ignored_when_off() {
             "green",
             "renamed header with its secret",
         ),
-        (
-            "qa.test",
-            vec![("cookie", &secret_cookie)],
-            "green",
-            "cookie with its secret",
-        ),
     ];
     for (host, headers, pool, what) in cases {
         assert_eq!(ask(&mut conn, host, headers).await, pool, "{host}: {what}");
     }
+    // Neither the header nor the cookie reaches the backend, forced or not; other cookies do.
+    conn.host = "tester.test".into();
+    for (header, answering) in [(secret, "green"), ("green:wrong-secret-value", "blue")] {
+        let cookie = format!("a=b; switchback_pool={header}; c=d");
+        let a = conn
+            .get_with(
+                "/headers",
+                &[("x-switchback-pool", header), ("cookie", &cookie)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.pool, answering);
+        let seen = a.body.to_ascii_lowercase();
+        assert!(
+            !seen.contains("x-switchback-pool"),
+            "the header reached the backend:\n{seen}"
+        );
+        assert!(
+            !seen.contains("switchback_pool"),
+            "the cookie reached the backend:\n{seen}"
+        );
+        assert!(
+            seen.contains("cookie: a=b; c=d"),
+            "other cookies are kept:\n{seen}"
+        );
+    }
+    // The access log (the proxy's stdout here) marks forced requests, and only those.
+    wait_for("the access log lines", Duration::from_secs(5), || {
+        proxy
+            .log()
+            .lines()
+            .filter(|l| l.contains("\"path\":\"/headers\""))
+            .count()
+            == 2
+    });
+    let log = proxy.log();
+    let marks: Vec<bool> = log
+        .lines()
+        .filter(|l| l.contains("\"path\":\"/headers\""))
+        .map(|l| l.contains("\"forced\":true"))
+        .collect();
+    assert_eq!(marks, vec![true, false], "{log}");
     // An override wins over the canary split, both ways.
-    proxy.cli_ok(&["canary", "green", "100", "-s", "app"]);
-    assert_eq!(ask(&mut conn, "app.test", vec![]).await, "green");
+    proxy.cli_ok(&["canary", "green", "100", "-s", "tester"]);
+    assert_eq!(ask(&mut conn, "tester.test", vec![]).await, "green");
     assert_eq!(
-        ask(&mut conn, "app.test", vec![("x-switchback-pool", "blue")]).await,
+        ask(
+            &mut conn,
+            "tester.test",
+            vec![("x-switchback-pool", "blue:0123456789abcdef")]
+        )
+        .await,
         "blue"
     );
 }

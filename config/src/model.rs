@@ -33,7 +33,8 @@ pub mod defaults {
     pub const HSTS: &str = "max-age=31536000";
     /// The cookie that keeps a client's canary bucket.
     pub const STICKY_COOKIE: &str = "switchback_bucket";
-    /// The request header and cookie that force a pool, for testers.
+    /// The request header and cookie that force a pool, for testers, once `override_secret`
+    /// is set.
     pub const OVERRIDE_HEADER: &str = "x-switchback-pool";
     pub const OVERRIDE_COOKIE: &str = "switchback_pool";
     /// Rollout defaults, from common release practice.
@@ -190,11 +191,12 @@ pub struct CanaryConfig {
 }
 
 impl Default for CanaryConfig {
+    /// No override: no client can choose its pool unless the config sets a secret.
     fn default() -> CanaryConfig {
         CanaryConfig {
             sticky: Sticky::Cookie(defaults::STICKY_COOKIE.to_string()),
-            override_header: Some(defaults::OVERRIDE_HEADER.to_string()),
-            override_cookie: Some(defaults::OVERRIDE_COOKIE.to_string()),
+            override_header: None,
+            override_cookie: None,
             override_secret: None,
         }
     }

@@ -48,14 +48,30 @@ impl Validator<'_> {
             .sticky_header
             .as_ref()
             .and_then(|v| name(v, "sticky_header", true).flatten());
-        if let Some(v) = &raw.override_header {
-            if let Some(n) = name(v, "override_header", true) {
-                config.override_header = n;
-            }
-        }
-        if let Some(v) = &raw.override_cookie {
-            if let Some(n) = name(v, "override_cookie", false) {
-                config.override_cookie = n;
+        // Overrides are off unless a secret is set; the secret turns on the default header
+        // and cookie names, which may be renamed or turned off ("").
+        let secret_given = raw.override_secret.is_some();
+        let defaults_on = |name: &str| secret_given.then(|| name.to_string());
+        config.override_header = match &raw.override_header {
+            None => defaults_on(defaults::OVERRIDE_HEADER),
+            Some(v) => name(v, "override_header", true).flatten(),
+        };
+        config.override_cookie = match &raw.override_cookie {
+            None => defaults_on(defaults::OVERRIDE_COOKIE),
+            Some(v) => name(v, "override_cookie", false).flatten(),
+        };
+        if !secret_given {
+            for (k, value) in [
+                ("override_header", &raw.override_header),
+                ("override_cookie", &raw.override_cookie),
+            ] {
+                if let Some(v) = value.as_ref().filter(|v| !v.get_ref().trim().is_empty()) {
+                    self.problem(
+                        v.span(),
+                        key(k),
+                        "an override lets a client choose its pool, so it needs override_secret (16 characters or more; the override then says \"POOL:SECRET\"), or \"\" to leave it off",
+                    );
+                }
             }
         }
         if let Some(v) = &raw.override_secret {
@@ -132,12 +148,40 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_a_cookie_and_the_override_header_and_cookie() {
+    fn by_default_a_cookie_keeps_the_bucket_and_no_client_can_choose_its_pool() {
         let c = check("").unwrap();
         assert_eq!(c.sticky, Sticky::Cookie("switchback_bucket".into()));
+        assert_eq!(c.override_header, None);
+        assert_eq!(c.override_cookie, None);
+        assert_eq!(c.override_secret, None);
+    }
+
+    #[test]
+    fn a_secret_turns_the_default_override_names_on() {
+        let c = check("[services.app.canary]\noverride_secret = \"0123456789abcdef\"\n").unwrap();
         assert_eq!(c.override_header.as_deref(), Some("x-switchback-pool"));
         assert_eq!(c.override_cookie.as_deref(), Some("switchback_pool"));
-        assert_eq!(c.override_secret, None);
+        assert_eq!(c.override_secret.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[test]
+    fn an_override_without_a_secret_is_refused() {
+        let problems =
+            check("[services.app.canary]\noverride_header = \"X-Switchback-Pool\"\noverride_cookie = \"qa\"\n")
+                .unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("t.toml:12: services.app.canary.override_header:")
+                && problems[0].contains("needs override_secret"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("t.toml:13: services.app.canary.override_cookie:"),
+            "{problems:?}"
+        );
+        let off = check("[services.app.canary]\noverride_header = \"\"\noverride_cookie = \"\"\n")
+            .unwrap();
+        assert_eq!((off.override_header, off.override_cookie), (None, None));
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct AccessRecord {
     /// Where the host ends in `host_and_path`.
     pub host_len: usize,
     pub method: http::Method,
+    /// The pool was forced by an override, not chosen by the split.
+    pub forced: bool,
     pub status: u16,
     pub bytes: u64,
     pub duration: Duration,
@@ -273,7 +275,11 @@ pub fn format_record(r: &AccessRecord, format: Format, out: &mut String) {
                 }
                 None => out.push_str("null"),
             }
-            out.push_str("}\n");
+            out.push_str(if r.forced {
+                ",\"forced\":true}\n"
+            } else {
+                ",\"forced\":false}\n"
+            });
         }
         Format::Combined => {
             let client = r
@@ -295,6 +301,10 @@ pub fn format_record(r: &AccessRecord, format: Format, out: &mut String) {
                 r.pool.as_deref().unwrap_or("-"),
                 r.backend.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
             );
+            if r.forced {
+                // Appended only when true, so ordinary lines keep their shape.
+                out.insert_str(out.len() - 1, " forced=true");
+            }
         }
     }
 }
@@ -396,6 +406,7 @@ mod tests {
             host_and_path: "app.test/a\"b?x=1".into(),
             host_len: "app.test".len(),
             method: http::Method::GET,
+            forced: false,
             status: 200,
             bytes: 12,
             duration: Duration::from_micros(1500),
@@ -422,6 +433,23 @@ mod tests {
         assert_eq!(v["service"], "app");
         assert_eq!(v["pool"], "blue");
         assert_eq!(v["backend"], "127.0.0.1:9001");
+        assert_eq!(v["forced"], false);
+    }
+
+    #[test]
+    fn forced_requests_are_marked() {
+        let mut r = record();
+        r.forced = true;
+        let mut line = String::new();
+        format_record(&r, Format::Json, &mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["forced"], true);
+        line.clear();
+        format_record(&r, Format::Combined, &mut line);
+        assert!(
+            line.ends_with(" backend=127.0.0.1:9001 forced=true\n"),
+            "{line}"
+        );
     }
 
     #[test]

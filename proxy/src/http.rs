@@ -133,6 +133,9 @@ pub struct RequestCtx {
     new_bucket: Option<u32>,
     /// The pool came from an override header or cookie.
     forced: bool,
+    /// The request carried the override header / cookie, which must not reach the backend.
+    override_header_seen: bool,
+    override_cookie_seen: bool,
     /// For the access log only: the Host header (or authority) as the client sent it; the
     /// path and query are appended at the end.
     host_and_path: String,
@@ -225,6 +228,8 @@ impl ProxyHttp for SwitchbackProxy {
                 pool_index = choice.pool;
                 ctx.new_bucket = choice.new_bucket;
                 ctx.forced = choice.forced;
+                ctx.override_header_seen = choice.override_header_seen;
+                ctx.override_cookie_seen = choice.override_cookie_seen;
             }
             let in_flight = InFlight::start(&service.pools[pool_index].stats);
             // A switch that landed between the load and the count above could miss this request
@@ -292,10 +297,28 @@ impl ProxyHttp for SwitchbackProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.forced {
-            // The override may carry a secret: it is the proxy's business, not the backend's.
-            if let Some(header) = ctx.route().and_then(|(s, _)| s.overrides.header.as_ref()) {
-                upstream_request.remove_header(header);
+        if ctx.override_header_seen || ctx.override_cookie_seen {
+            // An override carries the secret: it is the proxy's business, never the backend's.
+            if let Some((service, _)) = ctx.route() {
+                let overrides = &service.overrides;
+                if let Some(header) = overrides
+                    .header
+                    .as_ref()
+                    .filter(|_| ctx.override_header_seen)
+                {
+                    upstream_request.remove_header(header);
+                }
+                if let Some(cookie) = overrides
+                    .cookie
+                    .as_deref()
+                    .filter(|_| ctx.override_cookie_seen)
+                {
+                    let kept = split::cookies_without(&upstream_request.headers, cookie);
+                    upstream_request.remove_header(&http::header::COOKIE);
+                    if let Some(kept) = kept {
+                        upstream_request.insert_header(http::header::COOKIE, kept)?;
+                    }
+                }
             }
         }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
@@ -419,6 +442,7 @@ impl ProxyHttp for SwitchbackProxy {
                 host_and_path,
                 host_len,
                 method: req.method.clone(),
+                forced: ctx.forced,
                 status,
                 bytes: session.body_bytes_sent() as u64,
                 duration: elapsed,

@@ -107,6 +107,10 @@ pub struct Choice {
     pub new_bucket: Option<u32>,
     /// The request named its pool with an override.
     pub forced: bool,
+    /// The request carried the override header (valid or not): it must not reach the backend.
+    pub override_header_seen: bool,
+    /// The request carried the override cookie (valid or not): it must not reach the backend.
+    pub override_cookie_seen: bool,
 }
 
 /// Picks the pool of one request: an override when the request carries a valid one (naming a
@@ -124,15 +128,19 @@ pub fn choose(
         pool: split.active,
         new_bucket: None,
         forced: false,
+        override_header_seen: false,
+        override_cookie_seen: false,
     };
     if split.overridable {
         let secret = overrides.secret.as_deref();
-        let from_header = || {
-            let value = headers.get(overrides.header.as_ref()?)?;
-            override_pool(value.to_str().ok()?, secret)
-        };
-        let from_cookie = || override_pool(cookie(headers, overrides.cookie.as_deref()?)?, secret);
-        if let Some(index) = from_header().or_else(from_cookie).and_then(&pool_index) {
+        let header = overrides.header.as_ref().and_then(|h| headers.get(h));
+        let cookie_value = overrides.cookie.as_deref().and_then(|c| cookie(headers, c));
+        choice.override_header_seen = header.is_some();
+        choice.override_cookie_seen = cookie_value.is_some();
+        let named = header
+            .and_then(|v| override_pool(v.to_str().ok()?, secret))
+            .or_else(|| override_pool(cookie_value?, secret));
+        if let Some(index) = named.and_then(&pool_index) {
             choice.pool = index;
             choice.forced = true;
             return choice;
@@ -245,6 +253,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The request's Cookie headers without cookie `name`, as one header value; None when nothing
+/// is left.
+pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
+    let kept: Vec<&str> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k.trim() != name))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
 /// The Set-Cookie value that keeps `bucket` for a client: a month, every path, not readable
 /// by scripts.
 pub fn sticky_cookie(name: &str, bucket: u32, secure: bool) -> String {
@@ -321,7 +344,11 @@ mod tests {
 
     #[test]
     fn choose_takes_overrides_then_buckets_then_the_active_pool() {
-        let config = CanaryConfig::default();
+        let config = CanaryConfig {
+            override_header: Some("x-switchback-pool".into()),
+            override_cookie: Some("switchback_pool".into()),
+            ..CanaryConfig::default()
+        };
         let overrides = Overrides::from_config(&config);
         assert!(overrides.any());
         let choose = |split: &Split, headers: &HeaderMap| {
@@ -398,5 +425,12 @@ mod tests {
         assert_eq!(override_pool("green:wrong", Some("s3cret")), None);
         assert_eq!(override_pool("green", Some("s3cret")), None);
         assert!(sticky_cookie("b", 5, true).ends_with("; Secure"));
+        assert_eq!(
+            cookies_without(&h, "switchback_pool").as_deref(),
+            Some("a=1; switchback_bucket=17")
+        );
+        let mut only = HeaderMap::new();
+        only.append("cookie", "switchback_pool=green:s3cret".parse().unwrap());
+        assert_eq!(cookies_without(&only, "switchback_pool"), None);
     }
 }

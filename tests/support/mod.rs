@@ -40,6 +40,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// - `/health`: 200, or 503 while `set_healthy(false)`;
 /// - `/slow?ms=N`: after N milliseconds;
 /// - `/status/N`: with status N;
+/// - `/headers`: 200 with the request headers it received, one `name: value` a line;
 /// - anything else: 200 with its name as the body and in the `x-pool` header, or 500 for
 ///   every request that `set_failing` selects.
 pub struct Upstream {
@@ -160,6 +161,11 @@ async fn respond(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let seen_headers: String = req
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
+        .collect();
     let _ = req.into_body().collect().await;
     let reply = |status: u16, body: String| {
         Response::builder()
@@ -168,6 +174,9 @@ async fn respond(
             .body(Full::new(Bytes::from(body)))
             .unwrap()
     };
+    if path == "/headers" {
+        return Ok(reply(200, seen_headers));
+    }
     if path == "/health" {
         let ok = healthy.load(Ordering::SeqCst);
         return Ok(reply(if ok { 200 } else { 503 }, name.clone()));

@@ -224,6 +224,9 @@ pub struct Proxy {
     pub config: PathBuf,
     services: String,
     child: Option<Child>,
+    /// The HTTP port was handed to someone else (an ACME CA validates on it) and must not
+    /// change; the other ports may, when another process took them first.
+    http_port_fixed: bool,
 }
 
 impl Proxy {
@@ -231,6 +234,7 @@ impl Proxy {
     /// generated `[listen]`, `[control]` and `[state]` sections, and waits until it serves.
     pub fn start(services: &str) -> Proxy {
         let mut proxy = Proxy::unstarted(false);
+        proxy.http_port_fixed = false;
         proxy.launch(services);
         proxy
     }
@@ -248,14 +252,41 @@ impl Proxy {
             services: String::new(),
             dir,
             child: None,
+            http_port_fixed: true,
         }
     }
 
-    /// Writes the config with `services` and starts the proxy.
+    /// Writes the config with `services` and starts the proxy. A port taken by another
+    /// process between the choice and the start ("a port that was free a moment ago") is
+    /// chosen anew, unless it was handed out already.
     pub fn launch(&mut self, services: &str) {
         self.services = services.to_string();
-        self.write_config();
-        self.spawn();
+        for _ in 0..5 {
+            self.write_config();
+            let log_before = self.log().len();
+            let Some(taken) = self.try_spawn() else {
+                return;
+            };
+            let log = self.log();
+            let new_output = log.get(log_before..).unwrap_or_default();
+            let in_use = |p: u16| {
+                new_output.contains(&format!("cannot listen on 127.0.0.1:{p} "))
+                    && new_output.contains("Address already in use")
+            };
+            if in_use(self.admin_port) {
+                self.admin_port = free_port();
+            } else if self.https_port.is_some_and(in_use) {
+                self.https_port = Some(free_port());
+            } else if in_use(self.port) && !self.http_port_fixed {
+                self.port = free_port();
+            } else {
+                panic!("switchback exited at start with {taken}:\n{log}");
+            }
+        }
+        panic!(
+            "switchback found its ports taken five times:\n{}",
+            self.log()
+        );
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -288,6 +319,13 @@ impl Proxy {
     }
 
     fn spawn(&mut self) {
+        if let Some(status) = self.try_spawn() {
+            panic!("switchback exited at start with {status}:\n{}", self.log());
+        }
+    }
+
+    /// Starts the proxy and waits until it serves; the exit status if it ended at start.
+    fn try_spawn(&mut self) -> Option<std::process::ExitStatus> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -307,14 +345,15 @@ impl Proxy {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("switchback exited at start with {status}:\n{}", self.log());
+                self.child = None;
+                return Some(status);
             }
             let serving = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
                 && https_port
                     .is_none_or(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok());
             if serving && control_answers(&socket) {
-                return;
+                return None;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),

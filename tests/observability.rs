@@ -90,8 +90,8 @@ async fn a_scrape_counts_known_traffic_under_the_right_labels() {
     );
     assert_eq!(
         proxy.metric("switchback_rollbacks_total{service=\"app\"}"),
-        None,
-        "no rollback yet"
+        Some(0.0),
+        "no rollback yet, and the series starts at 0 so that increase() sees the first one"
     );
     assert_eq!(
         proxy.metric(&format!(

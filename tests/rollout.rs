@@ -410,3 +410,130 @@ fn a_canary_that_gets_too_few_requests_is_never_promoted() {
     assert_eq!(app(&proxy)["active"], "blue");
     assert!(app(&proxy)["canary"].is_null());
 }
+
+/// One POST on a fresh connection with `cookie`, its 10-byte body sent over about `upload`;
+/// the pool that answered.
+async fn slow_upload(addr: std::net::SocketAddr, cookie: &str, upload: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: app.test\r\ncookie: {cookie}\r\ncontent-length: 10\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(upload / 5).await;
+        s.write_all(b"xx").await.unwrap();
+    }
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-pool: "))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_requests_and_slow_uploads_do_not_move_the_verdict() {
+    const SECRET: &str = "0123456789abcdef";
+    let blue = Upstream::start("blue");
+    let green = Upstream::start("green");
+    let proxy = Arc::new(Proxy::start(&format!(
+        "{}[services.app.canary]\noverride_secret = \"{SECRET}\"\n",
+        blue_green(&blue, &green)
+    )));
+    proxy.wait_health("app", "green", "healthy");
+
+    let rollout = {
+        let proxy = proxy.clone();
+        tokio::task::spawn_blocking(move || {
+            proxy.cli(&[
+                "rollout",
+                "green",
+                "--steps",
+                "50,100",
+                "--interval",
+                "4s",
+                "--min-requests",
+                "10",
+                "--max-p95",
+                "300ms",
+                "--json",
+            ])
+        })
+    };
+    wait_for("the rollout's canary", Duration::from_secs(10), || {
+        app(&proxy)["canary"]["pool"] == "green"
+    });
+    // A client the split put on green, by its signed bucket cookie.
+    let mut green_cookie = None;
+    for _ in 0..200 {
+        let a = get_once(proxy.addr(), "/").await.unwrap();
+        if a.pool == "green" {
+            let c = a
+                .set_cookies
+                .iter()
+                .find(|c| c.starts_with("switchback_bucket="));
+            green_cookie = c.map(|c| c.split(';').next().unwrap().to_string());
+            break;
+        }
+    }
+    let green_cookie = green_cookie.expect("a client on green at 50%");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let forced = {
+        let (addr, stop) = (proxy.addr(), stop.clone());
+        // A tester forcing green onto a failing endpoint: none of it is the split's traffic.
+        tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(addr).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut n = 0;
+            let force = format!("green:{SECRET}");
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let a = conn
+                    .get_with("/status/500", &[("x-switchback-pool", force.as_str())])
+                    .await
+                    .unwrap();
+                assert_eq!((a.status.as_u16(), a.pool.as_str()), (500, "green"));
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        })
+    };
+    let uploads: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, stop, cookie) = (proxy.addr(), stop.clone(), green_cookie.clone());
+            // Clients on green whose uploads take 600 ms, twice the p95 limit; the backend
+            // answers at once.
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    let pool = slow_upload(addr, &cookie, Duration::from_millis(600)).await;
+                    assert_eq!(pool, "green", "the signed cookie keeps the client on green");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let out = rollout.await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let forced_n = forced.await.unwrap();
+    let mut uploads_n = 0;
+    for u in uploads {
+        uploads_n += u.await.unwrap();
+    }
+    eprintln!("{forced_n} forced 500s and {uploads_n} slow uploads during the rollout");
+    assert!(forced_n > 100 && uploads_n >= 20, "{forced_n} {uploads_n}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "promoted: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(proxy.active_pool("app"), "green");
+}

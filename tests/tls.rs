@@ -573,3 +573,76 @@ async fn broken_certificate_files_are_reported_and_never_take_down_the_others() 
     let renew = proxy.cli(&["certs", "renew", "nowhere.switchback.test"]);
     assert!(String::from_utf8_lossy(&renew.stderr).contains("unknown_host"));
 }
+
+#[test]
+fn a_ca_that_never_answers_holds_up_nothing() {
+    // A "CA" that accepts every connection and never sends a byte.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hung.incoming().take(100) {
+            held.push(s);
+        }
+    });
+    let blue = Upstream::start("blue");
+    let mut proxy = Proxy::unstarted(true);
+    let dir = proxy.dir.path().to_path_buf();
+    let (cert, key) = self_signed(&["files.switchback.test"]);
+    std::fs::write(dir.join("files.pem"), &cert).unwrap();
+    std::fs::write(dir.join("files.key"), &key).unwrap();
+    proxy.launch(&format!(
+        "[acme]\ndirectory = \"https://{hung_addr}/dir\"\ntimeout = \"1s\"\nretry_after = \"1s\"\n\n\
+         {}\
+         [services.files]\nhosts = [\"files.switchback.test\"]\nactive = \"a\"\npools.a = [\"{}\"]\ntls = {{ cert = \"{d}/files.pem\", key = \"{d}/files.key\" }}\n",
+        acme_service(&blue),
+        blue.addr,
+        d = dir.display()
+    ));
+
+    // While the first order waits on the CA, everything else answers at once.
+    let timed = |args: &[&str]| {
+        let start = std::time::Instant::now();
+        let out = proxy.cli(args);
+        (out, start.elapsed())
+    };
+    let (out, took) = timed(&["certs", "--json"]);
+    assert!(
+        out.status.success() && took < Duration::from_secs(2),
+        "certs took {took:?}"
+    );
+    let (out, took) = timed(&["reload-certs"]);
+    assert!(
+        out.status.success() && took < Duration::from_secs(2),
+        "reload-certs took {took:?}"
+    );
+    let (_, took) = timed(&["certs", "renew", HOST]);
+    assert!(took < Duration::from_secs(5), "certs renew took {took:?}");
+
+    // Each call to the CA ends at acme.timeout, with an error that says so.
+    wait_for("the hung order to fail", Duration::from_secs(20), || {
+        certs(&proxy)
+            .iter()
+            .find(|c| c["host"] == HOST)
+            .and_then(|c| c["last_error"].as_str())
+            .is_some_and(|e| e.contains("no answer from the CA in 1s"))
+    });
+    // A file pair changed meanwhile is still picked up.
+    let files_serial = |proxy: &Proxy| {
+        certs(proxy)
+            .into_iter()
+            .find(|c| c["host"] == "files.switchback.test")
+            .and_then(|c| c["serial"].as_str().map(str::to_string))
+    };
+    let before = files_serial(&proxy);
+    assert!(before.is_some());
+    let (cert2, key2) = self_signed(&["files.switchback.test"]);
+    std::fs::write(dir.join("files.pem"), &cert2).unwrap();
+    std::fs::write(dir.join("files.key"), &key2).unwrap();
+    let (out, took) = timed(&["reload-certs"]);
+    assert!(
+        out.status.success() && took < Duration::from_secs(2),
+        "reload-certs took {took:?}"
+    );
+    assert_ne!(files_serial(&proxy), before, "the new pair is served");
+}

@@ -96,13 +96,13 @@ impl AcmeClient {
         }
     }
 
+    /// An account builder whose every call to the CA ends within `acme.timeout`.
     fn builder(&self) -> Result<instant_acme::AccountBuilder, AcmeError> {
-        match &self.config.ca_root {
-            None => Account::builder().map_err(ca("ACME HTTP client")),
-            Some(root) => Ok(Account::builder_with_http(Box::new(
-                client_with_extra_root(root)?,
-            ))),
-        }
+        let client = https_client(self.config.ca_root.as_deref())?;
+        Ok(Account::builder_with_http(Box::new(WithDeadline {
+            inner: Box::new(client),
+            timeout: self.config.timeout,
+        })))
     }
 
     /// The account: from the state dir when it was made for this directory, else a new one
@@ -175,11 +175,13 @@ impl AcmeClient {
             .try_lock_issuance()
             .map_err(store("the ACME lock"))?
             .ok_or(AcmeError::Locked)?;
-        let account = self.account().await?;
         let mut tokens = Vec::new();
-        let result =
-            tokio::time::timeout(ORDER_TIMEOUT, self.order_inner(&account, host, &mut tokens))
-                .await;
+        // The account (created or restored on first use) is part of the order's time.
+        let result = tokio::time::timeout(ORDER_TIMEOUT, async {
+            let account = self.account().await?;
+            self.order_inner(&account, host, &mut tokens).await
+        })
+        .await;
         for token in &tokens {
             self.challenges.remove(token);
         }
@@ -256,25 +258,76 @@ impl AcmeClient {
     }
 }
 
-/// An HTTPS client for the ACME directory that trusts the platform's roots plus `root`.
-fn client_with_extra_root(root: &Path) -> Result<impl instant_acme::HttpClient, AcmeError> {
+/// Wraps the CA's HTTP client so that every call (connect, TLS, answer and the whole body)
+/// ends within `timeout`: a CA that accepts connections and never answers fails the call
+/// instead of hanging certificate work for good.
+struct WithDeadline {
+    inner: Box<dyn instant_acme::HttpClient>,
+    timeout: Duration,
+}
+
+impl instant_acme::HttpClient for WithDeadline {
+    fn request(
+        &self,
+        req: http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                > + Send,
+        >,
+    > {
+        let call = self.inner.request(req);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let whole = async {
+                let mut response = call.await?;
+                let body = response
+                    .body
+                    .into_bytes()
+                    .await
+                    .map_err(instant_acme::Error::Other)?;
+                Ok(instant_acme::BytesResponse {
+                    parts: response.parts,
+                    body: Box::new(body),
+                })
+            };
+            match tokio::time::timeout(timeout, whole).await {
+                Ok(result) => result,
+                Err(_) => Err(instant_acme::Error::Other(
+                    format!(
+                        "no answer from the CA in {}s (acme.timeout)",
+                        timeout.as_secs_f64()
+                    )
+                    .into(),
+                )),
+            }
+        })
+    }
+}
+
+/// An HTTPS client for the ACME directory that trusts the Mozilla roots, plus `root` when
+/// given (a test CA).
+fn https_client(root: Option<&Path>) -> Result<impl instant_acme::HttpClient, AcmeError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let bad_root = |reason: String| AcmeError::CaRoot {
-        path: root.to_path_buf(),
-        reason,
-    };
-    let pem = std::fs::read(root).map_err(|e| bad_root(e.to_string()))?;
-    let extra: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad_root(e.to_string()))?;
-    if extra.is_empty() {
-        return Err(bad_root("no certificate in it".into()));
-    }
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
-    for cert in extra {
-        roots.add(cert).map_err(|e| bad_root(e.to_string()))?;
+    if let Some(root) = root {
+        let bad_root = |reason: String| AcmeError::CaRoot {
+            path: root.to_path_buf(),
+            reason,
+        };
+        let pem = std::fs::read(root).map_err(|e| bad_root(e.to_string()))?;
+        let extra: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad_root(e.to_string()))?;
+        if extra.is_empty() {
+            return Err(bad_root("no certificate in it".into()));
+        }
+        for cert in extra {
+            roots.add(cert).map_err(|e| bad_root(e.to_string()))?;
+        }
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

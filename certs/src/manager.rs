@@ -82,6 +82,8 @@ pub enum RenewError {
     Save(std::io::Error),
     #[error("the certificate manager is not running")]
     NotRunning,
+    #[error("an order for {0} is running already: see switchback certs for how it ends")]
+    InProgress(String),
 }
 
 type RenewReply = oneshot::Sender<Result<CertStatus, RenewError>>;
@@ -95,6 +97,8 @@ pub struct CertManager {
     entries: Mutex<BTreeMap<String, Entry>>,
     renew_tx: mpsc::UnboundedSender<(String, RenewReply)>,
     renew_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, RenewReply)>>,
+    /// Hosts queued for an order or being ordered.
+    ordering: Mutex<std::collections::HashSet<String>>,
 }
 
 fn now() -> i64 {
@@ -192,6 +196,7 @@ impl CertManager {
             entries: Mutex::new(entries),
             renew_tx,
             renew_rx: tokio::sync::Mutex::new(renew_rx),
+            ordering: Mutex::default(),
         };
         manager.load_saved_acme();
         manager.reload_files(true);
@@ -379,15 +384,32 @@ impl CertManager {
         }
     }
 
-    /// The renewal loop; returns when `shutdown` turns true.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+    /// The renewal loop; returns when `shutdown` turns true. Orders run one at a time in a
+    /// task of their own, so that a slow or hung CA never holds up file reloads or an answer
+    /// to `certs renew` (each order ends within its timeout).
+    pub async fn run(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let (jobs, mut queue) = mpsc::unbounded_channel::<(String, Option<RenewReply>)>();
+        let orderer = {
+            let manager = self.clone();
+            tokio::spawn(async move {
+                while let Some((host, reply)) = queue.recv().await {
+                    let result = manager.renew(&host).await;
+                    manager.ordering_lock().remove(&host);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+            })
+        };
         let mut forced = self.renew_rx.lock().await;
         loop {
             let due = {
                 let entries = self.lock();
+                let ordering = self.ordering_lock();
                 entries
                     .values()
                     .filter(|e| e.status.source == CertSource::Acme)
+                    .filter(|e| !ordering.contains(&e.status.host))
                     .filter_map(|e| e.status.next_renewal.map(|t| (t, e.status.host.clone())))
                     .min()
             };
@@ -395,20 +417,32 @@ impl CertManager {
                 Some((t, _)) => Duration::from_secs((*t - now()).max(0) as u64).min(FILE_POLL),
                 None => FILE_POLL,
             };
-            if let Some((t, host)) = &due {
-                if *t <= now() {
-                    let _ = self.renew(host).await;
+            if let Some((t, host)) = due {
+                if t <= now() {
+                    self.ordering_lock().insert(host.clone());
+                    let _ = jobs.send((host, None));
                     continue;
                 }
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => { self.reload_files(false); }
                 Some((host, reply)) = forced.recv() => {
-                    let _ = reply.send(self.renew(&host).await);
+                    if self.ordering_lock().insert(host.clone()) {
+                        let _ = jobs.send((host, Some(reply)));
+                    } else {
+                        let _ = reply.send(Err(RenewError::InProgress(host)));
+                    }
                 }
-                _ = shutdown.changed() => if *shutdown.borrow() { return },
+                _ = shutdown.changed() => if *shutdown.borrow() {
+                    orderer.abort();
+                    return;
+                },
             }
         }
+    }
+
+    fn ordering_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.ordering.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -4,6 +4,8 @@
 //! routing state, persisted separately by [`crate::state`]; `status` shows both.
 
 use std::net::SocketAddr;
+
+pub use crate::address::Cidr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,6 +15,17 @@ pub mod defaults {
 
     pub const CONTROL_MODE: u32 = 0o600;
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+    /// Client deadlines, close to nginx's: the whole request head; the idle time between two
+    /// requests; between two reads of a request body; for the client to take answer data.
+    pub const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Open client connections past which a new one is closed at once.
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    /// The largest request head (431 above it) and request target (414 above it), in bytes.
+    pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+    pub const MAX_URI_LENGTH: usize = 8 * 1024;
     pub const PATH_PREFIX: &str = "/";
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +42,8 @@ pub mod defaults {
         "https://acme-staging-v02.api.letsencrypt.org/directory";
     /// First wait after a failed order; doubles with each failure, up to a day.
     pub const ACME_RETRY_AFTER: Duration = Duration::from_secs(60);
+    /// Longest wait for one call to the CA: connect, TLS, answer and body.
+    pub const ACME_TIMEOUT: Duration = Duration::from_secs(30);
     /// The Strict-Transport-Security value `hsts = true` sends: one year.
     pub const HSTS: &str = "max-age=31536000";
     /// The cookie that keeps a client's canary bucket.
@@ -49,6 +64,9 @@ pub mod defaults {
     /// How long `pool set --wait` waits for the new backends to pass their health checks.
     pub const POOL_SET_WAIT: Duration = Duration::from_secs(30);
 }
+
+/// pingora's own cap on a request head (it answers 400 above it): the project's limit sits below.
+pub const MAX_REQUEST_HEAD_LIMIT: usize = 1024 * 1024 - 1;
 
 /// The most backends one pool may have. The request path keeps the backends a request has
 /// tried in one 64-bit word, and a pool that large belongs behind a load balancer of its own.
@@ -93,6 +111,8 @@ pub struct AcmeConfig {
     /// An extra root to trust for the directory's own HTTPS (a test CA).
     pub ca_root: Option<PathBuf>,
     pub retry_after: Duration,
+    /// Longest wait for one call to the CA.
+    pub timeout: Duration,
 }
 
 /// How a service terminates TLS.
@@ -114,6 +134,35 @@ pub struct ServerConfig {
     pub threads: Option<usize>,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub shutdown_grace: Duration,
+    pub client_header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub client_body_timeout: Duration,
+    pub send_timeout: Duration,
+    pub max_connections: usize,
+    /// `None`: no cap per client address.
+    pub max_connections_per_ip: Option<usize>,
+    pub max_request_head: usize,
+    pub max_uri_length: usize,
+    /// Peers whose forwarding headers are believed (appended to rather than replaced).
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            threads: None,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
+            client_header_timeout: defaults::CLIENT_HEADER_TIMEOUT,
+            keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
+            client_body_timeout: defaults::CLIENT_BODY_TIMEOUT,
+            send_timeout: defaults::SEND_TIMEOUT,
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_connections_per_ip: None,
+            max_request_head: defaults::MAX_REQUEST_HEAD,
+            max_uri_length: defaults::MAX_URI_LENGTH,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

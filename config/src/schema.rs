@@ -39,6 +39,7 @@ pub(crate) struct RawAcme {
     pub eab_hmac_key: Option<S<String>>,
     pub ca_root: Option<S<String>>,
     pub retry_after: Option<S<String>>,
+    pub timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +76,17 @@ pub(crate) struct RawListen {
 pub(crate) struct RawServer {
     pub threads: Option<S<i64>>,
     pub shutdown_grace: Option<S<String>>,
+    pub client_header_timeout: Option<S<String>>,
+    pub keepalive_timeout: Option<S<String>>,
+    pub client_body_timeout: Option<S<String>>,
+    pub send_timeout: Option<S<String>>,
+    pub max_connections: Option<S<i64>>,
+    pub max_connections_per_ip: Option<S<i64>>,
+    /// `"64k"`, `"1m"`, or a number of bytes.
+    pub max_request_head: Option<S<toml::Value>>,
+    pub max_uri_length: Option<S<toml::Value>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

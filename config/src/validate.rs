@@ -120,6 +120,27 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// `64k`, `"1m"`, `4096`: a size in bytes (k and m are powers of 1024). None if not a size.
+pub fn parse_size(value: &toml::Value) -> Option<usize> {
+    match value {
+        toml::Value::Integer(n) => usize::try_from(*n).ok(),
+        toml::Value::String(text) => {
+            let t = text.trim().to_ascii_lowercase();
+            let (digits, unit) = match t.strip_suffix(['k', 'm']) {
+                Some(d) if t.ends_with('k') => (d, 1024),
+                Some(d) => (d, 1024 * 1024),
+                None => (t.strip_suffix('b').unwrap_or(&t), 1),
+            };
+            let digits = digits.trim();
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            digits.parse::<usize>().ok()?.checked_mul(unit)
+        }
+        _ => None,
+    }
+}
+
 pub(crate) struct Validator<'a> {
     text: &'a str,
     problems: Vec<Problem>,
@@ -305,10 +326,7 @@ impl Validator<'_> {
 
     fn server(&mut self, raw: Option<&S<RawServer>>) -> ServerConfig {
         let Some(raw) = raw.map(|r| r.get_ref()) else {
-            return ServerConfig {
-                threads: None,
-                shutdown_grace: defaults::SHUTDOWN_GRACE,
-            };
+            return ServerConfig::default();
         };
         let threads = raw
             .threads
@@ -324,9 +342,105 @@ impl Validator<'_> {
             },
             None => defaults::SHUTDOWN_GRACE,
         };
+        let max_connections = self.count(
+            &raw.max_connections,
+            "server.max_connections",
+            1,
+            10_000_000,
+            defaults::MAX_CONNECTIONS as u32,
+        ) as usize;
+        let max_connections_per_ip = raw.max_connections_per_ip.as_ref().map(|_| {
+            self.count(
+                &raw.max_connections_per_ip,
+                "server.max_connections_per_ip",
+                1,
+                10_000_000,
+                1,
+            ) as usize
+        });
+        let max_request_head = self.size(
+            &raw.max_request_head,
+            "server.max_request_head",
+            1024,
+            MAX_REQUEST_HEAD_LIMIT,
+            defaults::MAX_REQUEST_HEAD,
+        );
+        let max_uri_length = self.size(
+            &raw.max_uri_length,
+            "server.max_uri_length",
+            16,
+            MAX_REQUEST_HEAD_LIMIT,
+            defaults::MAX_URI_LENGTH,
+        );
+        let mut trusted_proxies = Vec::new();
+        for item in &raw.trusted_proxies {
+            match item.get_ref().parse::<Cidr>() {
+                Ok(c) => trusted_proxies.push(c),
+                Err(e) => self.problem(item.span(), "server.trusted_proxies", e),
+            }
+        }
         ServerConfig {
             threads,
             shutdown_grace,
+            client_header_timeout: self.duration(
+                &raw.client_header_timeout,
+                "server.client_header_timeout",
+                defaults::CLIENT_HEADER_TIMEOUT,
+            ),
+            keepalive_timeout: self.duration(
+                &raw.keepalive_timeout,
+                "server.keepalive_timeout",
+                defaults::KEEPALIVE_TIMEOUT,
+            ),
+            client_body_timeout: self.duration(
+                &raw.client_body_timeout,
+                "server.client_body_timeout",
+                defaults::CLIENT_BODY_TIMEOUT,
+            ),
+            send_timeout: self.duration(
+                &raw.send_timeout,
+                "server.send_timeout",
+                defaults::SEND_TIMEOUT,
+            ),
+            max_connections,
+            max_connections_per_ip,
+            max_request_head,
+            max_uri_length,
+            trusted_proxies,
+        }
+    }
+
+    /// A size in bytes: a number, or a string like `"64k"` or `"1m"` (powers of 1024).
+    pub(crate) fn size(
+        &mut self,
+        value: &Option<S<toml::Value>>,
+        key: &str,
+        min: usize,
+        max: usize,
+        default: usize,
+    ) -> usize {
+        let Some(value) = value else { return default };
+        match parse_size(value.get_ref()) {
+            Some(n) if (min..=max).contains(&n) => n,
+            Some(n) => {
+                self.problem(
+                    value.span(),
+                    key,
+                    format!("{n} bytes is out of range: use {min} to {max}"),
+                );
+                default
+            }
+            None => {
+                self.problem(
+                    value.span(),
+                    key,
+                    format!(
+                        "{} is not a size: write a number of bytes or a string like \"64k\" or \"1m\"",
+                        value.get_ref()
+                    ),
+                );
+                default
+            }
         }
     }
 
@@ -519,6 +633,55 @@ health = { path = "/", interval = "500ms", timeout = "1s" }
             .any(|l| l.contains("server.threads: 0 is out of range")));
         assert!(p.iter().any(|l| l.contains("is listed twice")));
         assert!(p.iter().any(|l| l.contains("is not a host name")));
+    }
+
+    #[test]
+    fn server_deadlines_caps_and_limits_have_defaults_and_checks() {
+        let c = parse(Path::new("switchback.toml"), MINIMAL).unwrap();
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.server.client_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.max_request_head, 64 * 1024);
+
+        let text = MINIMAL.replace(
+            "[state]",
+            "[server]\nclient_header_timeout = \"2s\"\nkeepalive_timeout = \"5s\"\nmax_connections = 50\nmax_connections_per_ip = 4\nmax_request_head = \"16k\"\nmax_uri_length = 2048\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n\n[state]",
+        );
+        let c = parse(Path::new("switchback.toml"), &text).unwrap();
+        assert_eq!(c.server.client_header_timeout, Duration::from_secs(2));
+        assert_eq!(c.server.keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(c.server.max_connections, 50);
+        assert_eq!(c.server.max_connections_per_ip, Some(4));
+        assert_eq!(c.server.max_request_head, 16 * 1024);
+        assert_eq!(c.server.max_uri_length, 2048);
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+
+        let text = MINIMAL.replace(
+            "[state]",
+            "[server]\nsend_timeout = \"0s\"\nmax_connections = 0\nmax_request_head = \"2m\"\nmax_uri_length = \"lots\"\ntrusted_proxies = [\"10.0.0.0/40\"]\n\n[state]",
+        );
+        let p = problems(&text);
+        assert_eq!(p.len(), 5, "{p:?}");
+        for key in [
+            "server.send_timeout: must be more than zero",
+            "server.max_connections: 0 is out of range",
+            "server.max_request_head: 2097152 bytes is out of range",
+            "server.max_uri_length: \"lots\" is not a size",
+            "server.trusted_proxies: \"10.0.0.0/40\": the prefix length",
+        ] {
+            assert!(p.iter().any(|l| l.contains(key)), "{key} in {p:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_read_as_users_write_them() {
+        let size = |t: &str| parse_size(&t.parse::<toml::Value>().unwrap());
+        assert_eq!(size("64"), Some(64));
+        assert_eq!(size("\"64k\""), Some(65536));
+        assert_eq!(size("\"1M\""), Some(1 << 20));
+        assert_eq!(size("\"512b\""), Some(512));
+        assert_eq!(size("\"k\""), None);
+        assert_eq!(size("-1"), None);
+        assert_eq!(size("1.5"), None);
     }
 
     #[test]

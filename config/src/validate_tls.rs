@@ -19,6 +19,7 @@ impl Validator<'_> {
             eab: None,
             ca_root: None,
             retry_after: defaults::ACME_RETRY_AFTER,
+            timeout: defaults::ACME_TIMEOUT,
         };
         let Some(raw) = raw.map(|r| r.get_ref()) else {
             return acme;
@@ -103,6 +104,7 @@ impl Validator<'_> {
             "acme.retry_after",
             defaults::ACME_RETRY_AFTER,
         );
+        acme.timeout = self.duration(&raw.timeout, "acme.timeout", defaults::ACME_TIMEOUT);
         acme
     }
 

@@ -7,8 +7,6 @@
 
 use std::time::Duration;
 
-use prometheus::core::Metric;
-
 use switchback_proxy::split::BUCKETS;
 use switchback_proxy::Pool;
 
@@ -98,18 +96,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The pool's judged numbers: only requests the split assigned (no forced ones), timed
+    /// from the request sent to the backend's response header.
     pub fn of(pool: &Pool) -> Snapshot {
-        let metric = pool.metrics.duration.metric();
-        let buckets = metric
-            .get_histogram()
-            .get_bucket()
-            .iter()
-            .map(|b| (b.upper_bound(), b.cumulative_count()))
-            .collect();
         Snapshot {
-            by_class: pool.requests_by_class(),
+            by_class: pool.stats.judged_by_class(),
             connect_failures: pool.connect_failures(),
-            buckets,
+            buckets: pool.stats.judged_latency_buckets(),
         }
     }
 

@@ -29,7 +29,8 @@ use switchback_certs::CertManager;
 use switchback_config::{AccessLogFormat, Config, TlsMode};
 use switchback_control::BindError;
 use switchback_proxy::access_log::{self, AccessLog};
-use switchback_proxy::{ConnectionCounter, Metrics, SwitchbackProxy};
+use switchback_proxy::split::BucketSigner;
+use switchback_proxy::{ClientLimits, Connections, Metrics, SwitchbackProxy};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -64,6 +65,11 @@ pub enum RunError {
     ControlSocket(BindError),
     #[error("TLS listener {addr}: {reason}")]
     Tls { addr: SocketAddr, reason: String },
+    #[error("the bucket cookie key {}: {source}", path.display())]
+    BucketKey {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl RunError {
@@ -71,6 +77,70 @@ impl RunError {
     pub fn is_config(&self) -> bool {
         matches!(self, RunError::ControlGroup(_))
     }
+}
+
+/// Descriptors the process needs besides client and backend connections: listeners, the
+/// control socket, health checks, log and state files, the runtime's own.
+const OWN_FILES: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit, and warns when `max_connections`
+/// (a client and a backend connection each) does not fit under it: past the limit every
+/// accept fails, for the control socket and the health checks too, which the cap is there to
+/// prevent.
+fn raise_open_files_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let needed = 2 * max_connections as u64 + OWN_FILES;
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
+        warn!(
+            max_connections,
+            open_files_limit = limit.rlim_cur,
+            needed,
+            "server.max_connections does not fit under the open-files limit (a client and a backend connection each): raise the limit (LimitNOFILE= in a systemd unit, ulimit -n) or lower max_connections"
+        );
+    }
+}
+
+/// The key that signs canary bucket cookies: `bucket.key` in the state dir (32 random bytes,
+/// mode 0600), made on first start, so that clients keep their buckets across restarts.
+fn bucket_key(state_dir: &std::path::Path) -> Result<Vec<u8>, RunError> {
+    use std::io::Read;
+    let path = state_dir.join("bucket.key");
+    let fail = |source| RunError::BucketKey {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => {
+            warn!(path = %path.display(), "the bucket cookie key is too short: making a new one (clients draw new buckets)")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(fail)?;
+    switchback_config::atomic::write_atomic(&path, &key, 0o600).map_err(fail)?;
+    // Another process on the same state dir may have written its key first: use the one kept.
+    std::fs::read(&path).map_err(fail)
 }
 
 /// Starts the proxy and blocks until it is told to stop.
@@ -92,6 +162,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             warn!(%addr, "the admin listener is not on a loopback address: anyone who reaches it can read the metrics");
         }
     }
+    raise_open_files_limit(config.server.max_connections);
     let metrics = Arc::new(Metrics::new(config.metrics.enabled));
     let access_log = start_access_log(&config, &metrics)?;
     let certs = config
@@ -141,18 +212,28 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy = pingora::proxy::http_proxy(
+    let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
         SwitchbackProxy::new(controller.table_handle(), metrics.clone())
+            .with_server(&config.server)
+            .with_bucket_signer(BucketSigner::new(&bucket_key(&config.state.dir)?))
             .with_access_log(access_log.clone())
             .with_tls(
                 certs.as_ref().map(|c| c.challenges()),
                 config.listen.https.first().map(|a| a.port()),
             ),
     );
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(config.server.keepalive_timeout);
+    proxy.server_options = Some(options);
     let mut proxy = Service::new(
         "switchback proxy".to_string(),
-        ConnectionCounter::new(proxy, metrics.open_connections()),
+        Connections::new(
+            proxy,
+            ClientLimits::from_config(&config.server),
+            metrics.open_connections(),
+            metrics.client().clone(),
+        ),
     );
     for addr in &config.listen.http {
         proxy.add_tcp(&addr.to_string());

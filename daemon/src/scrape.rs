@@ -66,7 +66,7 @@ pub fn gather(metrics: &Metrics, status: &StatusReply, certs: &[CertStatus]) -> 
     }
     let connections = IntGauge::new(
         "switchback_open_connections",
-        "Client connections busy now: with a request in progress (HTTP/1.1; idle keep-alive connections are not counted yet) or open (HTTP/2).",
+        "Client connections open now, idle keep-alive connections included (server.max_connections caps them).",
     )
     .expect("a valid metric");
     connections.set(metrics.open_connection_count());

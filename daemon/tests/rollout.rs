@@ -24,15 +24,15 @@ fn spec(steps: &[u32]) -> RolloutSpec {
     }
 }
 
-/// Answers `n` requests of `pool`, `errors` of them with a 5xx, each taking `seconds`.
+/// Answers `n` requests the split assigned to `pool`, `errors` of them with a 5xx, each
+/// backend taking `seconds` to its response header: what the data path records for a judged
+/// request.
 fn serve(controller: &Controller, pool: &str, n: u64, errors: u64, seconds: f64) {
     let table = controller.table();
     let pool = table.configured("app").pool(pool).unwrap();
-    let backend = &pool.backend_metrics[0];
-    backend.by_class[1].inc_by(n - errors);
-    backend.by_class[4].inc_by(errors);
-    for _ in 0..n {
-        pool.metrics.duration.observe(seconds);
+    let took = Some(Duration::from_secs_f64(seconds));
+    for i in 0..n {
+        pool.stats.judge(if i < errors { 4 } else { 1 }, took);
     }
 }
 

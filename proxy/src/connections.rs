@@ -1,30 +1,112 @@
-//! Counting client connections: a wrapper around the proxy's pingora app.
+//! Client connections: the caps on how many are open, and the deadlines and size limits of
+//! HTTP/1.1 request heads.
 //!
-//! pingora hands an HTTP/2 connection to `process_new` once for its whole life, but an
-//! HTTP/1.1 keep-alive connection once per request: between two requests the connection is
-//! back in pingora's own loop, out of this wrapper's sight. So the count is of connections that
-//! are busy (a request in progress, or an open HTTP/2 connection); idle keep-alive connections
-//! are not in it. Counting those needs a hold on the connection across pingora's keep-alive
-//! loop, which the connection caps and the per-connection memory work will add.
+//! [`Connections`] wraps pingora's HTTP app and runs the HTTP/1.1 keep-alive loop itself,
+//! instead of pingora's loop, which gives the read of the next request no deadline at all and
+//! the head as a whole none either. Per connection it:
+//! - counts the connection (every open one, idle keep-alive connections included) and closes it
+//!   at once when `server.max_connections`, or `server.max_connections_per_ip`, is reached;
+//! - reads each request head itself: on a new connection the whole head must arrive within
+//!   `client_header_timeout` of the accept; on a reused one the first byte within
+//!   `keepalive_timeout` of the last answer, then the whole head within `client_header_timeout`;
+//! - answers 408 when a head was started and not finished in time (an idle connection that
+//!   sent nothing is closed without an answer), 414 when the request line is longer than
+//!   `max_uri_length`, and 431 when the head is larger than `max_request_head`;
+//! - hands the head to pingora as already-read bytes (the same buffer pingora would have
+//!   allocated, so no copy), with `client_body_timeout` as the read deadline of the body and
+//!   `send_timeout` as the write deadline of the answer.
+//!
+//! HTTP/2 connections go to pingora's own loop, with `keepalive_timeout` as its idle timeout.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::prelude::timeout;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Wraps the proxy's pingora app to count busy client connections (see the module's note on
-/// keep-alive).
-pub struct ConnectionCounter<A> {
-    inner: Arc<A>,
-    open: Arc<AtomicI64>,
+use crate::metrics::ClientCounters;
+
+/// The deadlines and caps of `[server]`, as the data path uses them.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub body_timeout: Duration,
+    pub send_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_request_head: usize,
+    pub max_uri_length: usize,
 }
 
-impl<A> ConnectionCounter<A> {
-    pub fn new(inner: A, open: Arc<AtomicI64>) -> ConnectionCounter<A> {
-        ConnectionCounter {
-            inner: Arc::new(inner),
-            open,
+impl ClientLimits {
+    pub fn from_config(server: &switchback_config::ServerConfig) -> ClientLimits {
+        ClientLimits {
+            header_timeout: server.client_header_timeout,
+            keepalive_timeout: server.keepalive_timeout,
+            body_timeout: server.client_body_timeout,
+            send_timeout: server.send_timeout,
+            max_connections: server.max_connections,
+            max_connections_per_ip: server.max_connections_per_ip,
+            max_request_head: server.max_request_head,
+            max_uri_length: server.max_uri_length,
         }
+    }
+}
+
+impl Default for ClientLimits {
+    fn default() -> ClientLimits {
+        ClientLimits::from_config(&switchback_config::ServerConfig::default())
+    }
+}
+
+/// Wraps the proxy's pingora app: counts and caps client connections, and reads HTTP/1.1
+/// request heads under the deadlines and size limits of [`ClientLimits`].
+pub struct Connections<A> {
+    app: Arc<A>,
+    limits: ClientLimits,
+    open: Arc<AtomicI64>,
+    per_ip: Option<Mutex<HashMap<IpAddr, usize>>>,
+    counters: ClientCounters,
+}
+
+impl<A> Connections<A> {
+    pub fn new(
+        app: A,
+        limits: ClientLimits,
+        open: Arc<AtomicI64>,
+        counters: ClientCounters,
+    ) -> Connections<A> {
+        Connections {
+            app: Arc::new(app),
+            per_ip: limits.max_connections_per_ip.map(|_| Mutex::default()),
+            limits,
+            open,
+            counters,
+        }
+    }
+
+    /// Takes a place for `ip` under `max_connections_per_ip`, or None at the cap.
+    fn enter(&self, ip: IpAddr) -> Option<PerIp<'_>> {
+        let (Some(map), Some(cap)) = (&self.per_ip, self.limits.max_connections_per_ip) else {
+            return Some(PerIp(None, ip));
+        };
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(ip).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(PerIp(Some(&self.per_ip), ip))
     }
 }
 
@@ -36,21 +118,270 @@ impl Drop for Open<'_> {
     }
 }
 
+/// A connection's place in the per-address count, given back on drop.
+struct PerIp<'a>(Option<&'a Option<Mutex<HashMap<IpAddr, usize>>>>, IpAddr);
+
+impl Drop for PerIp<'_> {
+    fn drop(&mut self) {
+        if let Some(Some(map)) = self.0 {
+            let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = map.get_mut(&self.1) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(&self.1);
+                }
+            }
+        }
+    }
+}
+
+/// How reading a request head ended, other than with a whole head.
+#[derive(Debug, PartialEq, Eq)]
+enum HeadEnd {
+    /// The client closed the connection, or it failed.
+    Closed,
+    /// The deadline passed; `started` when some of a head had arrived.
+    TimedOut { started: bool },
+    /// The request line is longer than `max_uri_length` allows.
+    UriTooLong,
+    /// The head is larger than `max_request_head`.
+    TooLarge,
+}
+
+/// The size pingora starts a head buffer with.
+const HEAD_BUFFER: usize = 4096;
+
+/// Where the head in `buf` ends (just past its empty line), looking from `from`; None while it
+/// is not all there. Lines may end in CRLF or a bare LF, as pingora's parser accepts both.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(offset) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + offset;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// Checks the request line in `buf` against `max_uri`: too long when the target (between the
+/// first two spaces) is longer, or when no line end has come in `max_uri` plus room for the
+/// method and version.
+fn uri_too_long(buf: &[u8], max_uri: usize) -> bool {
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    let line = &buf[..line_end.unwrap_or(buf.len())];
+    let Some(start) = line.iter().position(|&b| b == b' ') else {
+        return line_end.is_none() && line.len() > max_uri + 32;
+    };
+    let target = &line[start + 1..];
+    match target.iter().position(|&b| b == b' ') {
+        Some(len) => len > max_uri,
+        None => target.len() > max_uri,
+    }
+}
+
+impl ClientLimits {
+    /// Checks a whole head, `end` bytes long, against the limits.
+    fn check(&self, buf: &[u8], end: usize) -> Result<(), HeadEnd> {
+        if uri_too_long(buf, self.max_uri_length) {
+            Err(HeadEnd::UriTooLong)
+        } else if end > self.max_request_head {
+            Err(HeadEnd::TooLarge)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads into `buf` until a whole head is there (Ok), checking the size limits as bytes
+    /// come in. `buf` may already hold the start of the head.
+    async fn read_head(&self, stream: &mut Stream, buf: &mut BytesMut) -> Result<(), HeadEnd> {
+        let mut scanned = 0;
+        loop {
+            if !buf.is_empty() {
+                if let Some(end) = head_end(buf, scanned) {
+                    // A whole head, which can still be over a limit.
+                    return self.check(buf, end);
+                }
+                if uri_too_long(buf, self.max_uri_length) {
+                    return Err(HeadEnd::UriTooLong);
+                }
+                if buf.len() > self.max_request_head {
+                    return Err(HeadEnd::TooLarge);
+                }
+                // A line end may straddle two reads.
+                scanned = buf.len().saturating_sub(2);
+                if buf.len() == buf.capacity() {
+                    buf.reserve(buf.capacity().min(self.max_request_head + 1));
+                }
+            }
+            match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => return Err(HeadEnd::Closed),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The next request head on `stream`, under the deadlines: the whole head within
+    /// `header_timeout` on a new connection (`reused` false); the first byte within
+    /// `keepalive_timeout`, then the rest within `header_timeout`, on a reused one.
+    async fn next_head(&self, stream: &mut Stream, reused: bool) -> Result<BytesMut, HeadEnd> {
+        let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
+        if reused {
+            match timeout(self.keepalive_timeout, stream.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Err(HeadEnd::Closed),
+                Err(_) => return Err(HeadEnd::TimedOut { started: false }),
+            }
+            if let Some(end) = head_end(&buf, 0) {
+                return self.check(&buf, end).map(|()| buf);
+            }
+        }
+        match timeout(self.header_timeout, self.read_head(stream, &mut buf)).await {
+            Ok(result) => result.map(|()| buf),
+            Err(_) => Err(HeadEnd::TimedOut {
+                started: !buf.is_empty(),
+            }),
+        }
+    }
+}
+
+/// Writes a short error answer and closes the connection, reading (and dropping) what the
+/// client still sends for a moment, so that the close does not reset the connection before the
+/// client read the answer.
+async fn answer_and_close(mut stream: Stream, answer: &'static [u8]) {
+    let write = async {
+        stream.write_all(answer).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    };
+    if !matches!(timeout(Duration::from_secs(1), write).await, Ok(Ok(()))) {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left = 256 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n.min(left),
+            }
+        }
+    };
+    let _ = timeout(Duration::from_secs(1), drain).await;
+}
+
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const URI_TOO_LONG: &[u8] =
+    b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const HEAD_TOO_LARGE: &[u8] =
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
 #[async_trait]
-impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerApp
-    for ConnectionCounter<A>
-{
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
     async fn process_new(
         self: &Arc<Self>,
-        session: pingora::protocols::Stream,
-        shutdown: &pingora::server::ShutdownWatch,
-    ) -> Option<pingora::protocols::Stream> {
-        self.open.fetch_add(1, Ordering::Relaxed);
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let before = self.open.fetch_add(1, Ordering::Relaxed);
         let _open = Open(&self.open);
-        self.inner.process_new(session, shutdown).await
+        if before >= self.limits.max_connections as i64 {
+            self.counters.refused_max_connections.inc();
+            return None;
+        }
+        let _per_ip = match self.per_ip.is_some().then(|| peer_ip(&stream)).flatten() {
+            Some(ip) => match self.enter(ip) {
+                Some(place) => Some(place),
+                None => {
+                    self.counters.refused_per_ip.inc();
+                    return None;
+                }
+            },
+            None => None,
+        };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.app, stream, shutdown).await;
+        }
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut reused = false;
+        loop {
+            let head = match self.limits.next_head(&mut stream, reused).await {
+                Ok(head) => head,
+                Err(HeadEnd::Closed) | Err(HeadEnd::TimedOut { started: false }) => return None,
+                Err(HeadEnd::TimedOut { started: true }) => {
+                    self.counters.header_timeouts.inc();
+                    answer_and_close(stream, REQUEST_TIMEOUT).await;
+                    return None;
+                }
+                Err(HeadEnd::UriTooLong) => {
+                    self.counters.uri_too_long.inc();
+                    answer_and_close(stream, URI_TOO_LONG).await;
+                    return None;
+                }
+                Err(HeadEnd::TooLarge) => {
+                    self.counters.head_too_large.inc();
+                    answer_and_close(stream, HEAD_TOO_LARGE).await;
+                    return None;
+                }
+            };
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1))),
+            }
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            }
+            session.set_read_timeout(Some(self.limits.body_timeout));
+            session.set_write_timeout(Some(self.limits.send_timeout));
+            session.set_pipelined_prefix(head);
+            let done = self.app.process_new_http(session, shutdown).await?;
+            (stream, settings) = done.consume();
+            reused = true;
+        }
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await
+        ServerApp::cleanup(&*self.app).await
+    }
+}
+
+fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    Some(digest.peer_addr()?.as_inet()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_ends_at_its_empty_line_with_crlf_or_lf() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nbody", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
+        // Scanning on from where the last read ended still finds an end split across reads.
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(head_end(whole, whole.len() - 3), Some(27));
+    }
+
+    #[test]
+    fn the_uri_limit_looks_at_the_request_target() {
+        let line = |n: usize| format!("GET /{} HTTP/1.1\r\n", "a".repeat(n - 1));
+        assert!(!uri_too_long(line(100).as_bytes(), 100));
+        assert!(uri_too_long(line(101).as_bytes(), 100));
+        // A target still coming in is too long as soon as it passes the limit.
+        assert!(uri_too_long(
+            format!("GET /{}", "a".repeat(200)).as_bytes(),
+            100
+        ));
+        assert!(!uri_too_long(b"GET /abc", 100));
+        // A line with no space and no end is cut once it could hold no method and URI.
+        assert!(uri_too_long(&[b'x'; 200], 100));
+        assert!(!uri_too_long(&[b'x'; 120], 100));
     }
 }

@@ -8,8 +8,9 @@
 //! queue an access-log record. Nothing here takes a lock, formats a log line or writes to a
 //! file.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -21,9 +22,10 @@ use pingora::{ErrorSource, ErrorType};
 
 use switchback_certs::challenge::CHALLENGE_PREFIX;
 use switchback_certs::ChallengeStore;
+use switchback_config::Cidr;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::metrics::{status_class, Metrics};
+use crate::metrics::{status_class, ClientCounters, Metrics};
 use crate::pool::{InFlight, Tried};
 use crate::routing::{normalize_request_host, RoutingTable};
 use crate::split;
@@ -38,17 +40,60 @@ pub struct SwitchbackProxy {
     challenges: Option<Arc<ChallengeStore>>,
     /// The port HTTPS redirects point at (None: the default, 443).
     https_port: Option<u16>,
+    /// Peers whose forwarding headers are believed (`server.trusted_proxies`).
+    trusted_proxies: Vec<Cidr>,
+    /// The write deadline of HTTP/2 answers (HTTP/1.1 gets it from the connection wrapper).
+    send_timeout: Duration,
+    client_counters: ClientCounters,
+    /// Signs the canary bucket cookie.
+    buckets: Arc<split::BucketSigner>,
 }
 
 impl SwitchbackProxy {
     pub fn new(table: Arc<ArcSwap<RoutingTable>>, metrics: Arc<Metrics>) -> SwitchbackProxy {
         SwitchbackProxy {
             table,
-            metrics,
             access_log: None,
             challenges: None,
             https_port: None,
+            trusted_proxies: Vec::new(),
+            send_timeout: switchback_config::defaults::SEND_TIMEOUT,
+            client_counters: metrics.client().clone(),
+            buckets: Arc::new(split::BucketSigner::random()),
+            metrics,
         }
+    }
+
+    /// Signs bucket cookies with `signer` (its key kept in the state dir, so that cookies
+    /// outlive a restart).
+    pub fn with_bucket_signer(mut self, signer: split::BucketSigner) -> SwitchbackProxy {
+        self.buckets = Arc::new(signer);
+        self
+    }
+
+    /// The forwarding-header trust and the client deadlines of `[server]`.
+    pub fn with_server(mut self, server: &switchback_config::ServerConfig) -> SwitchbackProxy {
+        self.trusted_proxies = server.trusted_proxies.clone();
+        self.send_timeout = server.send_timeout;
+        self
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+
+    /// The client: the peer, or, when the peer is a trusted proxy, the first address in
+    /// `X-Forwarded-For`, read from the right, that is not a trusted proxy.
+    fn client_ip(&self, session: &Session) -> Option<IpAddr> {
+        let peer = session.client_addr()?.as_inet()?.ip();
+        if self.trusted_proxies.is_empty() || !self.trusted(peer) {
+            return Some(peer);
+        }
+        Some(forwarded_client(
+            peer,
+            session.req_header().headers.get_all(&X_FORWARDED_FOR),
+            |ip| self.trusted(ip),
+        ))
     }
 
     pub fn with_access_log(mut self, log: Option<AccessLog>) -> SwitchbackProxy {
@@ -127,12 +172,23 @@ pub struct RequestCtx {
     started: Option<Instant>,
     /// Whether the request came over TLS.
     tls: bool,
+    /// The client's address (see [`SwitchbackProxy::client_ip`]).
+    client: Option<IpAddr>,
+    /// The peer is a trusted proxy: its forwarding headers are kept and appended to.
+    from_trusted_proxy: bool,
     /// Answered by the proxy itself (ACME challenge, HTTPS redirect): not a pool's traffic.
     answered_here: bool,
     /// A canary bucket drawn for this client, to send back in the sticky cookie.
     new_bucket: Option<u32>,
     /// The pool came from an override header or cookie.
     forced: bool,
+    /// The split assigned this request while a canary runs: its answer counts in the pool's
+    /// judged numbers (what rollouts decide on).
+    judged: bool,
+    /// When the request was all sent to the backend (judged requests only).
+    sent: Option<Instant>,
+    /// The backend's time from `sent` to its response header.
+    backend_time: Option<Duration>,
     /// The request carried the override header / cookie, which must not reach the backend.
     override_header_seen: bool,
     override_cookie_seen: bool,
@@ -150,6 +206,7 @@ impl RequestCtx {
 
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
 const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
 const HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
 
@@ -171,6 +228,11 @@ impl ProxyHttp for SwitchbackProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if session.is_http2() {
+            // HTTP/1.1 connections get their deadlines from the connection wrapper; pingora
+            // has no read deadline for HTTP/2 streams, only this one.
+            session.set_write_timeout(Some(self.send_timeout));
+        }
         if self.metrics.enabled || self.access_log.is_some() {
             ctx.started = Some(Instant::now());
         }
@@ -197,6 +259,12 @@ impl ProxyHttp for SwitchbackProxy {
             }
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.client = self.client_ip(session);
+        ctx.from_trusted_proxy = !self.trusted_proxies.is_empty()
+            && session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .is_some_and(|a| self.trusted(a.ip()));
         loop {
             let table = self.table.load_full();
             let Some((service_index, service)) = table.route(raw_host, path) else {
@@ -213,10 +281,7 @@ impl ProxyHttp for SwitchbackProxy {
             }
             let mut pool_index = service.split.active;
             if service.split.looks_at_requests() {
-                let client = session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip());
+                let client = ctx.client;
                 let choice = split::choose(
                     &service.split,
                     &service.overrides,
@@ -224,10 +289,12 @@ impl ProxyHttp for SwitchbackProxy {
                     |name| service.pool_index(name),
                     &session.req_header().headers,
                     client,
+                    &self.buckets,
                 );
                 pool_index = choice.pool;
                 ctx.new_bucket = choice.new_bucket;
                 ctx.forced = choice.forced;
+                ctx.judged = service.split.canary.is_some() && !choice.forced;
                 ctx.override_header_seen = choice.override_header_seen;
                 ctx.override_cookie_seen = choice.override_cookie_seen;
             }
@@ -321,22 +388,67 @@ impl ProxyHttp for SwitchbackProxy {
                 }
             }
         }
-        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+        // Forwarding headers: a trusted proxy's are kept and appended to; anyone else's are
+        // replaced by what this proxy saw (X-Real-IP and Forwarded, which it does not write,
+        // are removed), so a backend never believes a client's own claim.
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(peer) = peer {
             // Without a prior value the address is pushed in one piece, so the buffer is
             // exactly its length and moves into the header value without another allocation.
             let mut value = String::new();
-            if let Some(prior) = upstream_request.headers.get(&X_FORWARDED_FOR) {
-                value.push_str(&String::from_utf8_lossy(prior.as_bytes()));
-                value.push_str(", ");
+            if ctx.from_trusted_proxy {
+                for prior in upstream_request.headers.get_all(&X_FORWARDED_FOR) {
+                    value.push_str(&String::from_utf8_lossy(prior.as_bytes()));
+                    value.push_str(", ");
+                }
             }
-            push_ip(&mut value, addr.ip());
+            push_ip(&mut value, peer);
             let value = http::HeaderValue::from_maybe_shared(Bytes::from(value))
                 .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "x-forwarded-for", e))?;
-            upstream_request.insert_header("x-forwarded-for", value)?;
+            upstream_request.insert_header(X_FORWARDED_FOR, value)?;
         }
-        if !upstream_request.headers.contains_key(&X_FORWARDED_PROTO) {
+        if !ctx.from_trusted_proxy || !upstream_request.headers.contains_key(&X_FORWARDED_PROTO) {
             let proto = if ctx.tls { &HTTPS } else { &HTTP };
-            upstream_request.insert_header("x-forwarded-proto", proto.clone())?;
+            upstream_request.insert_header(X_FORWARDED_PROTO, proto.clone())?;
+        }
+        if !ctx.from_trusted_proxy {
+            if upstream_request.headers.contains_key(&X_REAL_IP) {
+                upstream_request.remove_header(&X_REAL_IP);
+            }
+            if upstream_request
+                .headers
+                .contains_key(&http::header::FORWARDED)
+            {
+                upstream_request.remove_header(&http::header::FORWARDED);
+            }
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.judged && end_of_stream {
+            ctx.sent = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(sent) = ctx.sent {
+            ctx.backend_time = Some(sent.elapsed());
         }
         Ok(())
     }
@@ -355,7 +467,7 @@ impl ProxyHttp for SwitchbackProxy {
         if let Some(bucket) = ctx.new_bucket {
             if let Some((service, _)) = ctx.route() {
                 if let switchback_config::Sticky::Cookie(name) = &service.config.canary.sticky {
-                    let cookie = split::sticky_cookie(name, bucket, ctx.tls);
+                    let cookie = split::sticky_cookie(name, self.buckets.value(bucket), ctx.tls);
                     upstream_response.append_header("set-cookie", cookie)?;
                 }
             }
@@ -379,6 +491,16 @@ impl ProxyHttp for SwitchbackProxy {
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
+                    ErrorType::ReadTimedout => {
+                        // The body stalled past client_body_timeout.
+                        self.client_counters.body_timeouts.inc();
+                        408
+                    }
+                    ErrorType::WriteTimedout => {
+                        // The client took no answer data for send_timeout.
+                        self.client_counters.send_timeouts.inc();
+                        0
+                    }
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     _ => 400,
                 },
@@ -420,6 +542,9 @@ impl ProxyHttp for SwitchbackProxy {
                         .and_then(|i| pool.backend_metrics.get(i))
                         .unwrap_or(&pool.no_backend_metrics);
                     backend.by_class[status_class(status)].inc();
+                    if ctx.judged {
+                        pool.stats.judge(status_class(status), ctx.backend_time);
+                    }
                 }
                 None if ctx.answered_here => {}
                 None => self.metrics.unrouted.inc(),
@@ -435,10 +560,7 @@ impl ProxyHttp for SwitchbackProxy {
             );
             log.log(AccessRecord {
                 time: SystemTime::now(),
-                client: session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip()),
+                client: ctx.client,
                 host_and_path,
                 host_len,
                 method: req.method.clone(),
@@ -452,5 +574,81 @@ impl ProxyHttp for SwitchbackProxy {
                     .and_then(|(_, p)| ctx.backend.and_then(|i| p.backends.get(i)).map(|b| b.addr)),
             });
         }
+    }
+}
+
+/// The client behind a chain of proxies: `X-Forwarded-For` values read from the right, the
+/// first that is not a trusted proxy. An entry that is not an address ends the walk at the
+/// last trusted hop, as does a chain of trusted proxies only.
+fn forwarded_client<'a>(
+    peer: IpAddr,
+    values: impl IntoIterator<Item = &'a http::HeaderValue>,
+    trusted: impl Fn(IpAddr) -> bool,
+) -> IpAddr {
+    let values: Vec<&http::HeaderValue> = values.into_iter().collect();
+    let mut client = peer;
+    for value in values.iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
+        for entry in text.rsplit(',') {
+            let Some(ip) = parse_forwarded_ip(entry.trim()) else {
+                return client;
+            };
+            client = ip;
+            if !trusted(ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
+/// An address as proxies write it in `X-Forwarded-For`: bare, or with a port
+/// (`1.2.3.4:5678`, `[2001:db8::1]:443`).
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(peer: &str, xff: &[&str], trusted: &[&str]) -> String {
+        let trusted: Vec<Cidr> = trusted.iter().map(|c| c.parse().unwrap()).collect();
+        let values: Vec<http::HeaderValue> = xff
+            .iter()
+            .map(|v| http::HeaderValue::from_str(v).unwrap())
+            .collect();
+        forwarded_client(peer.parse().unwrap(), &values, |ip| {
+            trusted.iter().any(|c| c.contains(ip))
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        let lb = ["10.0.0.0/8"];
+        assert_eq!(client("10.0.0.1", &["203.0.113.9"], &lb), "203.0.113.9");
+        // A client that forges an entry only adds to the left of what the proxy saw.
+        assert_eq!(
+            client("10.0.0.1", &["1.1.1.1, 203.0.113.9"], &lb),
+            "203.0.113.9"
+        );
+        // Two trusted hops, and the header split over two lines.
+        assert_eq!(
+            client("10.0.0.1", &["198.51.100.7", "10.0.0.2"], &lb),
+            "198.51.100.7"
+        );
+        assert_eq!(
+            client("10.0.0.1", &["[2001:db8::1]:443"], &lb),
+            "2001:db8::1"
+        );
+        // Garbage or a chain of trusted proxies only: the last trusted hop.
+        assert_eq!(client("10.0.0.1", &["nonsense, 10.0.0.3"], &lb), "10.0.0.3");
+        assert_eq!(client("10.0.0.1", &[], &lb), "10.0.0.1");
     }
 }

@@ -28,7 +28,7 @@ pub mod routing;
 pub mod split;
 mod text;
 
-pub use connections::ConnectionCounter;
+pub use connections::{ClientLimits, Connections};
 pub use health::{Health, HealthRegistry, HealthState};
 pub use http::SwitchbackProxy;
 pub use metrics::Metrics;

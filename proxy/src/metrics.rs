@@ -48,8 +48,22 @@ pub struct Metrics {
     pub unrouted: IntCounter,
     pub access_log_dropped: IntCounter,
     open_connections: Arc<AtomicI64>,
+    client: ClientCounters,
     /// Off only when the config turns recording off (`[metrics] enabled = false`).
     pub enabled: bool,
+}
+
+/// What the connection wrapper and the request path count about clients: connections refused
+/// at a cap, and requests cut by a deadline or a size limit. Every series exists from the start.
+#[derive(Debug, Clone)]
+pub struct ClientCounters {
+    pub refused_max_connections: IntCounter,
+    pub refused_per_ip: IntCounter,
+    pub header_timeouts: IntCounter,
+    pub body_timeouts: IntCounter,
+    pub send_timeouts: IntCounter,
+    pub uri_too_long: IntCounter,
+    pub head_too_large: IntCounter,
 }
 
 /// Per-pool handles, resolved once per table build.
@@ -141,8 +155,28 @@ impl Metrics {
             "switchback_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind.",
         );
+        let refused = counter(
+            "switchback_connections_refused_total",
+            "Client connections closed at once because a cap was reached.",
+            &["reason"],
+        );
+        let client_errors = counter(
+            "switchback_client_errors_total",
+            "Client requests cut by a deadline (header_timeout 408, body_timeout, send_timeout) or refused by a size limit (uri_too_long 414, head_too_large 431).",
+            &["reason"],
+        );
+        let client = ClientCounters {
+            refused_max_connections: refused.with_label_values(&["max_connections"]),
+            refused_per_ip: refused.with_label_values(&["max_connections_per_ip"]),
+            header_timeouts: client_errors.with_label_values(&["header_timeout"]),
+            body_timeouts: client_errors.with_label_values(&["body_timeout"]),
+            send_timeouts: client_errors.with_label_values(&["send_timeout"]),
+            uri_too_long: client_errors.with_label_values(&["uri_too_long"]),
+            head_too_large: client_errors.with_label_values(&["head_too_large"]),
+        };
         Metrics {
             registry,
+            client,
             requests,
             duration,
             connect_failures,
@@ -154,6 +188,18 @@ impl Metrics {
             open_connections: Arc::new(AtomicI64::new(0)),
             enabled,
         }
+    }
+
+    /// The client counters, shared with the connection wrapper.
+    pub fn client(&self) -> &ClientCounters {
+        &self.client
+    }
+
+    /// Starts a service's counters at 0, so that `increase()` sees its first switch and its
+    /// first rollback.
+    pub fn service(&self, service: &str) {
+        self.switches.with_label_values(&[service]);
+        self.rollbacks.with_label_values(&[service]);
     }
 
     pub fn pool(&self, service: &str, pool: &str) -> PoolMetrics {

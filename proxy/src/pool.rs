@@ -16,14 +16,57 @@ use crate::health::{Health, HealthState};
 use crate::metrics::{BackendMetrics, PoolMetrics};
 
 /// Counters of a pool that survive table generations, keyed by (service, pool name).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PoolStats {
     in_flight: AtomicU64,
+    /// What rollouts judge: answers to requests the split assigned while a canary ran (never
+    /// a forced one), by status class, and the backend's time to its response header, from
+    /// the moment the request was all sent (so a client's slow upload is not in it).
+    judged: [AtomicU64; 5],
+    judged_latency: prometheus::Histogram,
+}
+
+impl Default for PoolStats {
+    fn default() -> PoolStats {
+        let opts = prometheus::HistogramOpts::new("judged", "backend time to header")
+            .buckets(crate::metrics::DURATION_BUCKETS.to_vec());
+        PoolStats {
+            in_flight: AtomicU64::new(0),
+            judged: Default::default(),
+            judged_latency: prometheus::Histogram::with_opts(opts).expect("valid buckets"),
+        }
+    }
 }
 
 impl PoolStats {
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Counts one judged answer of status class `class` (0-based), with the backend's time to
+    /// header when a backend answered.
+    pub fn judge(&self, class: usize, latency: Option<std::time::Duration>) {
+        self.judged[class.min(4)].fetch_add(1, Ordering::Relaxed);
+        if let Some(l) = latency {
+            self.judged_latency.observe(l.as_secs_f64());
+        }
+    }
+
+    /// Judged answers so far, by status class.
+    pub fn judged_by_class(&self) -> [u64; 5] {
+        self.judged.each_ref().map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// Judged backend times so far: cumulative counts per bucket, with the bucket's upper
+    /// bound in seconds.
+    pub fn judged_latency_buckets(&self) -> Vec<(f64, u64)> {
+        let metric = prometheus::core::Metric::metric(&self.judged_latency);
+        metric
+            .get_histogram()
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect()
     }
 }
 

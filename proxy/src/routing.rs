@@ -206,6 +206,7 @@ impl RoutingTable {
     ) -> RoutingTable {
         let mut services = Vec::with_capacity(config.services.len());
         for service_config in &config.services {
+            metrics.service(&service_config.name);
             let current_service = current.and_then(|t| t.service(&service_config.name));
             let live = state.services.get(&service_config.name);
             let config_arc = current_service

@@ -123,6 +123,7 @@ pub fn choose(
     pool_index: impl Fn(&str) -> Option<usize>,
     headers: &HeaderMap,
     client: Option<IpAddr>,
+    signer: &BucketSigner,
 ) -> Choice {
     let mut choice = Choice {
         pool: split.active,
@@ -151,7 +152,7 @@ pub fn choose(
     };
     let by_address = || client.map_or_else(random_bucket, bucket_of_ip);
     let bucket = match sticky {
-        Sticky::Cookie(name) => match cookie(headers, name).and_then(parse_bucket) {
+        Sticky::Cookie(name) => match cookie(headers, name).and_then(|v| signer.verify(v)) {
             Some(b) => b,
             None => {
                 let b = random_bucket();
@@ -216,7 +217,62 @@ pub fn random_bucket() -> u32 {
     })
 }
 
-/// A bucket as the sticky cookie carries it.
+/// Signs the bucket cookie, so that a client cannot choose its own bucket: the value is
+/// `BUCKET.TAG`, TAG the first 16 bytes of HMAC-SHA256(key, BUCKET) in hex. A value that does
+/// not verify (forged, unsigned, from another key) counts as no cookie: a fresh draw. With 1000
+/// buckets every value is computed once, so the request path compares strings and never hashes.
+pub struct BucketSigner {
+    values: Box<[Box<str>]>,
+}
+
+impl BucketSigner {
+    pub fn new(key: &[u8]) -> BucketSigner {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        let values = (0..BUCKETS)
+            .map(|bucket| {
+                let text = bucket.to_string();
+                let tag = ring::hmac::sign(&key, text.as_bytes());
+                let mut value = String::with_capacity(text.len() + 33);
+                value.push_str(&text);
+                value.push('.');
+                for b in &tag.as_ref()[..16] {
+                    value.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
+                    value.push(char::from_digit((b & 15) as u32, 16).unwrap_or('0'));
+                }
+                value.into_boxed_str()
+            })
+            .collect();
+        BucketSigner { values }
+    }
+
+    /// A signer with a random key of its own (a process that keeps no state dir, tests).
+    pub fn random() -> BucketSigner {
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .expect("the system's random source");
+        BucketSigner::new(&key)
+    }
+
+    /// The signed cookie value of `bucket`.
+    pub fn value(&self, bucket: u32) -> &str {
+        &self.values[bucket as usize % self.values.len()]
+    }
+
+    /// The bucket of a signed value, or None when the value is not one this key signed.
+    pub fn verify(&self, value: &str) -> Option<u32> {
+        let (bucket, _) = value.split_once('.')?;
+        let bucket = parse_bucket(bucket)?;
+        constant_time_eq(value.as_bytes(), self.value(bucket).as_bytes()).then_some(bucket)
+    }
+}
+
+impl std::fmt::Debug for BucketSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BucketSigner")
+    }
+}
+
+/// A bucket number as the sticky cookie carries it, before its tag.
 pub fn parse_bucket(value: &str) -> Option<u32> {
     if value.is_empty() || value.len() > 3 || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -268,13 +324,13 @@ pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("; "))
 }
 
-/// The Set-Cookie value that keeps `bucket` for a client: a month, every path, not readable
-/// by scripts.
-pub fn sticky_cookie(name: &str, bucket: u32, secure: bool) -> String {
-    let mut v = String::with_capacity(name.len() + 64);
+/// The Set-Cookie value that keeps a bucket (`value`, signed by [`BucketSigner::value`]) for a
+/// client: a month, every path, not readable by scripts.
+pub fn sticky_cookie(name: &str, value: &str, secure: bool) -> String {
+    let mut v = String::with_capacity(name.len() + value.len() + 64);
     v.push_str(name);
     v.push('=');
-    v.push_str(&bucket.to_string());
+    v.push_str(value);
     v.push_str("; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax");
     if secure {
         v.push_str("; Secure");
@@ -351,8 +407,17 @@ mod tests {
         };
         let overrides = Overrides::from_config(&config);
         assert!(overrides.any());
+        let signer = BucketSigner::new(b"a test key");
         let choose = |split: &Split, headers: &HeaderMap| {
-            choose(split, &overrides, &config.sticky, pools, headers, None)
+            choose(
+                split,
+                &overrides,
+                &config.sticky,
+                pools,
+                headers,
+                None,
+                &signer,
+            )
         };
         let none = HeaderMap::new();
         let plain = split(None, false);
@@ -377,7 +442,12 @@ mod tests {
             false,
         );
         let mut low = HeaderMap::new();
-        low.insert("cookie", "switchback_bucket=17".parse().unwrap());
+        let signed = |b: u32| {
+            format!("switchback_bucket={}", signer.value(b))
+                .parse()
+                .unwrap()
+        };
+        low.insert("cookie", signed(17));
         let c = choose(&half, &low);
         assert_eq!(
             (c.pool, c.new_bucket),
@@ -385,11 +455,52 @@ mod tests {
             "bucket 17 is in a 50% canary"
         );
         let mut high = HeaderMap::new();
-        high.insert("cookie", "switchback_bucket=917".parse().unwrap());
+        high.insert("cookie", signed(917));
         assert_eq!(choose(&half, &high).pool, 0);
+        // A bucket the client wrote itself, or one signed by another key, is a fresh draw.
+        for forged in ["17", "17.00000000000000000000000000000000"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "cookie",
+                format!("switchback_bucket={forged}").parse().unwrap(),
+            );
+            assert!(choose(&half, &h).new_bucket.is_some(), "{forged}");
+        }
+        let other = BucketSigner::new(b"another key");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            format!("switchback_bucket={}", other.value(17))
+                .parse()
+                .unwrap(),
+        );
+        assert!(
+            choose(&half, &h).new_bucket.is_some(),
+            "another key's cookie"
+        );
         let c = choose(&half, &none);
         let drawn = c.new_bucket.expect("a new client draws a bucket");
         assert_eq!(c.pool, if drawn < 500 { 1 } else { 0 });
+    }
+
+    #[test]
+    fn signed_bucket_values_verify_only_as_given() {
+        let signer = BucketSigner::new(b"k");
+        for b in [0, 17, 999] {
+            let v = signer.value(b);
+            assert_eq!(v.split_once('.').unwrap().1.len(), 32, "{v}");
+            assert_eq!(signer.verify(v), Some(b));
+        }
+        let v = signer.value(17).to_string();
+        let mut flipped = v.clone().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+        assert_eq!(signer.verify(std::str::from_utf8(&flipped).unwrap()), None);
+        // The tag of one bucket does not sign another.
+        let moved = v.replacen("17.", "18.", 1);
+        assert_eq!(signer.verify(&moved), None);
+        assert_eq!(signer.verify("17"), None);
+        assert_eq!(signer.verify(""), None);
     }
 
     #[test]
@@ -424,7 +535,7 @@ mod tests {
         assert_eq!(override_pool("green:s3cret", Some("s3cret")), Some("green"));
         assert_eq!(override_pool("green:wrong", Some("s3cret")), None);
         assert_eq!(override_pool("green", Some("s3cret")), None);
-        assert!(sticky_cookie("b", 5, true).ends_with("; Secure"));
+        assert!(sticky_cookie("b", "5.ab", true).ends_with("; Secure"));
         assert_eq!(
             cookies_without(&h, "switchback_pool").as_deref(),
             Some("a=1; switchback_bucket=17")

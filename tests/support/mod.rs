@@ -223,6 +223,8 @@ pub struct Proxy {
     pub socket: PathBuf,
     pub config: PathBuf,
     services: String,
+    /// Extra lines for the `[server]` section.
+    server: String,
     child: Option<Child>,
     /// The HTTP port was handed to someone else (an ACME CA validates on it) and must not
     /// change; the other ports may, when another process took them first.
@@ -233,8 +235,15 @@ impl Proxy {
     /// Starts switchback with `services` (TOML for `[services.*]`, and any other section) below
     /// generated `[listen]`, `[control]` and `[state]` sections, and waits until it serves.
     pub fn start(services: &str) -> Proxy {
+        Proxy::start_with_server("", services)
+    }
+
+    /// [`Proxy::start`], with `server` (lines like `max_connections = 10`) added to the
+    /// `[server]` section.
+    pub fn start_with_server(server: &str, services: &str) -> Proxy {
         let mut proxy = Proxy::unstarted(false);
         proxy.http_port_fixed = false;
+        proxy.server = server.to_string();
         proxy.launch(services);
         proxy
     }
@@ -250,6 +259,7 @@ impl Proxy {
             socket: dir.path().join("control.sock"),
             config: dir.path().join("switchback.toml"),
             services: String::new(),
+            server: String::new(),
             dir,
             child: None,
             http_port_fixed: true,
@@ -299,11 +309,12 @@ impl Proxy {
             .map(|p| format!("https = [\"127.0.0.1:{p}\"]\n"))
             .unwrap_or_default();
         let text = format!(
-            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n{https}\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\nthreads = 2\nshutdown_grace = \"10s\"\n\n{}",
+            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n{https}\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\nthreads = 2\nshutdown_grace = \"10s\"\n{}\n\n{}",
             self.port,
             self.admin_port,
             self.socket.display(),
             self.state_dir().display(),
+            self.server,
             self.services
         );
         std::fs::write(&self.config, text).unwrap();

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +33,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Sleep;
 
 use crate::metrics::ClientCounters;
 
@@ -226,21 +228,41 @@ impl ClientLimits {
     /// The next request head on `stream`, under the deadlines: the whole head within
     /// `header_timeout` on a new connection (`reused` false); the first byte within
     /// `keepalive_timeout`, then the rest within `header_timeout`, on a reused one.
-    async fn next_head(&self, stream: &mut Stream, reused: bool) -> Result<BytesMut, HeadEnd> {
+    ///
+    /// `deadline` is the connection's one timer, reset for each wait rather than made anew:
+    /// moving a tokio timer later only updates it in place, so the wait for each next request
+    /// costs no timer registration.
+    async fn next_head(
+        &self,
+        stream: &mut Stream,
+        reused: bool,
+        deadline: &mut Pin<Box<Sleep>>,
+    ) -> Result<BytesMut, HeadEnd> {
         let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
         if reused {
-            match timeout(self.keepalive_timeout, stream.read_buf(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return Err(HeadEnd::Closed),
-                Err(_) => return Err(HeadEnd::TimedOut { started: false }),
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.keepalive_timeout);
+            let read = tokio::select! {
+                biased;
+                read = stream.read_buf(&mut buf) => read,
+                () = deadline.as_mut() => return Err(HeadEnd::TimedOut { started: false }),
+            };
+            match read {
+                Ok(n) if n > 0 => {}
+                _ => return Err(HeadEnd::Closed),
             }
             if let Some(end) = head_end(&buf, 0) {
                 return self.check(&buf, end).map(|()| buf);
             }
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.header_timeout);
         }
-        match timeout(self.header_timeout, self.read_head(stream, &mut buf)).await {
-            Ok(result) => result.map(|()| buf),
-            Err(_) => Err(HeadEnd::TimedOut {
+        tokio::select! {
+            biased;
+            result = self.read_head(stream, &mut buf) => result.map(|()| buf),
+            () = deadline.as_mut() => Err(HeadEnd::TimedOut {
                 started: !buf.is_empty(),
             }),
         }
@@ -307,8 +329,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
         }
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut reused = false;
+        // A new connection's whole first head is due client_header_timeout after the accept.
+        let mut deadline = Box::pin(tokio::time::sleep(self.limits.header_timeout));
         loop {
-            let head = match self.limits.next_head(&mut stream, reused).await {
+            let head = match self
+                .limits
+                .next_head(&mut stream, reused, &mut deadline)
+                .await
+            {
                 Ok(head) => head,
                 Err(HeadEnd::Closed) | Err(HeadEnd::TimedOut { started: false }) => return None,
                 Err(HeadEnd::TimedOut { started: true }) => {

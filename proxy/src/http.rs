@@ -441,24 +441,16 @@ impl ProxyHttp for SwitchbackProxy {
         Ok(())
     }
 
-    async fn upstream_response_filter(
-        &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if let Some(sent) = ctx.sent {
-            ctx.backend_time = Some(sent.elapsed());
-        }
-        Ok(())
-    }
-
     async fn response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(sent) = ctx.sent {
+            // The backend's answer head has just come in.
+            ctx.backend_time = Some(sent.elapsed());
+        }
         if ctx.tls {
             if let Some(hsts) = ctx.route().and_then(|(s, _)| s.config.hsts.as_deref()) {
                 upstream_response.insert_header("strict-transport-security", hsts)?;

@@ -21,7 +21,9 @@
 //! - `instructions`: user-space instructions per request under callgrind for switchback (bare,
 //!   with metrics, with metrics and access log, with a 10% canary), the floor, nginx and HAProxy: a
 //!   measure of work that, unlike requests per second, does not move with the load of a shared
-//!   machine.
+//!   machine. With `SWITCHBACK_BASELINE=/path/to/switchback` (another build, say of the commit
+//!   before a change), that binary runs on the default config too, and the same-run ratio prices
+//!   the change.
 //!
 //! Needs wrk, nginx and haproxy (Debian packages `wrk nginx-light haproxy`), and valgrind for
 //! `instructions`. Everything listens
@@ -989,6 +991,21 @@ fn instructions(bench: &Bench) {
         }
         variants.push((name, cmd, port, headers));
     }
+    // Another build of switchback (SWITCHBACK_BASELINE=/path/to/switchback, say the commit
+    // before a change) on the default config, to price a change in the same run.
+    let baseline = std::env::var_os("SWITCHBACK_BASELINE");
+    if let Some(bin) = &baseline {
+        let port = free_port();
+        let (cmd, _) = bench.switchback_cmd(port, "", false);
+        let mut other = Command::new(bin);
+        other.args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                other.env(k, v);
+            }
+        }
+        variants.push(("baseline-default", other, port, String::new()));
+    }
     let mut results = Vec::new();
     for (name, cmd, port, headers) in &variants {
         let (all, request_path) =
@@ -1007,6 +1024,15 @@ fn instructions(bench: &Bench) {
             .map(|(_, a, r)| (*a, *r))
             .unwrap()
     };
+    if baseline.is_some() {
+        let (now, then) = (get("switchback-default"), get("baseline-default"));
+        println!(
+            "switchback-default / baseline-default x{:.4} on the request path, x{:.4} with the writer thread ({:+.0} instructions per request on the request path)",
+            now.1 / then.1,
+            now.0 / then.0,
+            now.1 - then.1
+        );
+    }
     let bare = get("switchback-bare").0;
     println!(
         "recording cost: metrics {:+.1}%; metrics + access log {:+.1}% on the request path, {:+.1}% with the writer thread (against switchback-bare)",

@@ -65,12 +65,6 @@ impl ClientLimits {
     }
 }
 
-impl Default for ClientLimits {
-    fn default() -> ClientLimits {
-        ClientLimits::from_config(&switchback_config::ServerConfig::default())
-    }
-}
-
 /// Wraps the proxy's pingora app: counts and caps client connections, and reads HTTP/1.1
 /// request heads under the deadlines and size limits of [`ClientLimits`].
 pub struct Connections<A> {
@@ -365,6 +359,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
             }
             session.set_read_timeout(Some(self.limits.body_timeout));
             session.set_write_timeout(Some(self.limits.send_timeout));
+            // pingora hands back no bytes of a next request with the stream (pipelining is
+            // off, so it closes a connection that sent some), so the head read here is all of it.
             session.set_pipelined_prefix(head);
             let done = self.app.process_new_http(session, shutdown).await?;
             (stream, settings) = done.consume();

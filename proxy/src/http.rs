@@ -82,18 +82,28 @@ impl SwitchbackProxy {
         self.trusted_proxies.iter().any(|c| c.contains(ip))
     }
 
-    /// The client: the peer, or, when the peer is a trusted proxy, the first address in
-    /// `X-Forwarded-For`, read from the right, that is not a trusted proxy.
-    fn client_ip(&self, session: &Session) -> Option<IpAddr> {
-        let peer = session.client_addr()?.as_inet()?.ip();
-        if self.trusted_proxies.is_empty() || !self.trusted(peer) {
-            return Some(peer);
-        }
-        Some(forwarded_client(
-            peer,
-            session.req_header().headers.get_all(&X_FORWARDED_FOR),
-            |ip| self.trusted(ip),
-        ))
+    /// Fills in the peer, whether it is a trusted proxy, and the client: the peer, or, behind
+    /// a trusted proxy, the first address in `X-Forwarded-For`, read from the right, that is
+    /// not a trusted proxy.
+    fn identify_client(&self, session: &Session, ctx: &mut RequestCtx) {
+        let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        else {
+            return;
+        };
+        ctx.peer = Some(peer);
+        ctx.from_trusted_proxy = !self.trusted_proxies.is_empty() && self.trusted(peer);
+        ctx.client = Some(if ctx.from_trusted_proxy {
+            forwarded_client(
+                peer,
+                session.req_header().headers.get_all(&X_FORWARDED_FOR),
+                |ip| self.trusted(ip),
+            )
+        } else {
+            peer
+        });
     }
 
     pub fn with_access_log(mut self, log: Option<AccessLog>) -> SwitchbackProxy {
@@ -172,7 +182,9 @@ pub struct RequestCtx {
     started: Option<Instant>,
     /// Whether the request came over TLS.
     tls: bool,
-    /// The client's address (see [`SwitchbackProxy::client_ip`]).
+    /// The connection's peer.
+    peer: Option<IpAddr>,
+    /// The client's address (see [`SwitchbackProxy::identify_client`]).
     client: Option<IpAddr>,
     /// The peer is a trusted proxy: its forwarding headers are kept and appended to.
     from_trusted_proxy: bool,
@@ -259,12 +271,7 @@ impl ProxyHttp for SwitchbackProxy {
             }
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.client = self.client_ip(session);
-        ctx.from_trusted_proxy = !self.trusted_proxies.is_empty()
-            && session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .is_some_and(|a| self.trusted(a.ip()));
+        self.identify_client(session, ctx);
         loop {
             let table = self.table.load_full();
             let Some((service_index, service)) = table.route(raw_host, path) else {

@@ -103,12 +103,14 @@ fn valid(config: &Config) {
     assert!(config.server.max_connections >= 1);
     assert!(config.server.max_request_head <= switchback_config::MAX_REQUEST_HEAD_LIMIT);
     for service in &config.services {
+        // Another pool may be empty (`pool set` fills it later); the active one may not.
+        let active = service.pools.iter().find(|p| p.name == service.active);
         assert!(
-            service.pools.iter().any(|p| p.name == service.active),
-            "the active pool exists"
+            active.is_some_and(|p| !p.backends.is_empty()),
+            "the active pool exists and has backends"
         );
         for pool in &service.pools {
-            assert!(!pool.backends.is_empty() && pool.backends.len() <= MAX_BACKENDS_PER_POOL);
+            assert!(pool.backends.len() <= MAX_BACKENDS_PER_POOL);
         }
     }
 }

@@ -133,7 +133,9 @@ async fn connect_failures_and_retries_are_counted() {
         ))
         .unwrap();
     let retries = proxy
-        .metric("switchback_upstream_retries_total{pool=\"blue\",service=\"app\"}")
+        .metric(
+            "switchback_upstream_retries_total{pool=\"blue\",reason=\"connect\",service=\"app\"}",
+        )
         .unwrap();
     assert_eq!(
         failures, 1.0,

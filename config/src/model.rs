@@ -29,9 +29,11 @@ pub mod defaults {
     pub const PATH_PREFIX: &str = "/";
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
-    /// Extra attempts on another backend of the same pool when a connection fails before any
-    /// byte of the request was sent.
+    /// Extra attempts on another backend of the same pool (see [`super::RetryOn`]).
     pub const RETRIES: u32 = 2;
+    /// The most of a request body held for a replay: pingora's retry buffer, whose size is
+    /// fixed. A body longer than the limit is never replayed.
+    pub const RETRY_BUFFER: usize = 64 * 1024;
     pub const HEALTH_PATH: &str = "/";
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -219,6 +221,13 @@ pub struct ServiceConfig {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub retries: u32,
+    /// Which failures of a backend that has the request are retried (idempotent requests).
+    pub retry_on: RetryOn,
+    /// Replay POST and PATCH too, like idempotent requests.
+    pub retry_non_idempotent: bool,
+    /// A request whose body is longer than this is not replayed (at most
+    /// [`defaults::RETRY_BUFFER`]).
+    pub retry_buffer: usize,
     pub tls: TlsMode,
     /// Answer plain-HTTP requests with a redirect to HTTPS (not the ACME challenge path).
     pub https_redirect: bool,
@@ -247,6 +256,27 @@ impl Default for CanaryConfig {
             override_header: None,
             override_cookie: None,
             override_secret: None,
+        }
+    }
+}
+
+/// `retry_on`: the failures, after a backend got the request and before any byte of its answer
+/// reached the client, that send an idempotent request to another backend (nginx's
+/// `proxy_next_upstream`). A failed connect, and a reused connection that failed before the
+/// request was all written, are retried whatever this says: the backend never had the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The connection was reset or closed, or the answer was empty or malformed.
+    pub error: bool,
+    /// No answer within `read_timeout`.
+    pub timeout: bool,
+}
+
+impl Default for RetryOn {
+    fn default() -> RetryOn {
+        RetryOn {
+            error: true,
+            timeout: false,
         }
     }
 }

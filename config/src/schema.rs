@@ -115,6 +115,10 @@ pub(crate) struct RawService {
     pub connect_timeout: Option<S<String>>,
     pub read_timeout: Option<S<String>>,
     pub retries: Option<S<i64>>,
+    pub retry_on: Option<S<Vec<S<String>>>>,
+    pub retry_non_idempotent: Option<S<bool>>,
+    /// A size: `"64k"` or a number of bytes.
+    pub retry_buffer: Option<S<toml::Value>>,
     /// `"acme"`, `"off"`, or `{ cert = "…", key = "…" }`.
     pub tls: Option<S<toml::Value>>,
     pub https_redirect: Option<S<bool>>,

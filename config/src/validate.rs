@@ -673,6 +673,54 @@ health = { path = "/", interval = "500ms", timeout = "1s" }
     }
 
     #[test]
+    fn retry_settings_have_defaults_and_checks() {
+        let c = parse(Path::new("switchback.toml"), MINIMAL).unwrap();
+        let app = c.service("app").unwrap();
+        assert_eq!(app.retries, 2);
+        assert_eq!(app.retry_on, RetryOn::default());
+        assert!(app.retry_on.error && !app.retry_on.timeout);
+        assert!(!app.retry_non_idempotent);
+        assert_eq!(app.retry_buffer, 64 * 1024);
+
+        let with = |lines: &str| {
+            MINIMAL.replace("active = \"blue\"", &format!("active = \"blue\"\n{lines}"))
+        };
+        let c = parse(
+            Path::new("switchback.toml"),
+            &with("retry_on = [\"timeout\"]\nretry_non_idempotent = true\nretry_buffer = \"1k\""),
+        )
+        .unwrap();
+        let app = c.service("app").unwrap();
+        assert_eq!(
+            app.retry_on,
+            RetryOn {
+                error: false,
+                timeout: true
+            }
+        );
+        assert!(app.retry_non_idempotent);
+        assert_eq!(app.retry_buffer, 1024);
+        let none = parse(Path::new("switchback.toml"), &with("retry_on = []")).unwrap();
+        assert_eq!(
+            none.service("app").unwrap().retry_on,
+            RetryOn {
+                error: false,
+                timeout: false
+            }
+        );
+
+        let p = problems(&with(
+            "retry_on = [\"error\", \"http_502\"]\nretry_buffer = \"1m\"",
+        ));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("switchback.toml:13: services.app.retry_on: \"http_502\" is not"),
+            "{p:?}"
+        );
+        assert!(p[1].starts_with("switchback.toml:14: services.app.retry_buffer: 1048576 bytes is out of range: use 0 to 65536"), "{p:?}");
+    }
+
+    #[test]
     fn sizes_read_as_users_write_them() {
         let size = |t: &str| parse_size(&t.parse::<toml::Value>().unwrap());
         assert_eq!(size("64"), Some(64));

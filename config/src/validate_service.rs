@@ -120,6 +120,18 @@ impl Validator<'_> {
             defaults::READ_TIMEOUT,
         );
         let retries = self.count(&raw.retries, &key("retries"), 0, 10, defaults::RETRIES);
+        let retry_on = self.retry_on(&raw.retry_on, &key("retry_on"));
+        let retry_non_idempotent = raw
+            .retry_non_idempotent
+            .as_ref()
+            .is_some_and(|b| *b.get_ref());
+        let retry_buffer = self.size(
+            &raw.retry_buffer,
+            &key("retry_buffer"),
+            0,
+            defaults::RETRY_BUFFER,
+            defaults::RETRY_BUFFER,
+        );
         let (tls, https_redirect, hsts) = self.service_tls(n, raw, &hosts);
         let canary = self.canary(n, raw.canary.as_ref());
         Some(ServiceConfig {
@@ -132,11 +144,36 @@ impl Validator<'_> {
             connect_timeout,
             read_timeout,
             retries,
+            retry_on,
+            retry_non_idempotent,
+            retry_buffer,
             tls,
             https_redirect,
             hsts,
             canary,
         })
+    }
+
+    fn retry_on(&mut self, raw: &Option<S<Vec<S<String>>>>, key: &str) -> RetryOn {
+        let Some(raw) = raw else {
+            return RetryOn::default();
+        };
+        let mut on = RetryOn {
+            error: false,
+            timeout: false,
+        };
+        for item in raw.get_ref() {
+            match item.get_ref().as_str() {
+                "error" => on.error = true,
+                "timeout" => on.timeout = true,
+                other => self.problem(
+                    item.span(),
+                    key,
+                    format!("{other:?} is not a failure switchback retries on: use \"error\", \"timeout\" or both"),
+                ),
+            }
+        }
+        on
     }
 
     fn health(&mut self, service: &str, raw: &S<RawHealth>) -> HealthConfig {

@@ -46,6 +46,8 @@ pub struct AccessRecord {
     pub method: http::Method,
     /// The pool was forced by an override, not chosen by the split.
     pub forced: bool,
+    /// Attempts after the first: the answer came from a retry when this is above 0.
+    pub retries: u32,
     pub status: u16,
     pub bytes: u64,
     pub duration: Duration,
@@ -275,6 +277,8 @@ pub fn format_record(r: &AccessRecord, format: Format, out: &mut String) {
                 }
                 None => out.push_str("null"),
             }
+            out.push_str(",\"retries\":");
+            push_u64(out, r.retries as u64);
             out.push_str(if r.forced {
                 ",\"forced\":true}\n"
             } else {
@@ -301,8 +305,11 @@ pub fn format_record(r: &AccessRecord, format: Format, out: &mut String) {
                 r.pool.as_deref().unwrap_or("-"),
                 r.backend.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
             );
+            // Appended only when they say something, so ordinary lines keep their shape.
+            if r.retries > 0 {
+                out.insert_str(out.len() - 1, &format!(" retries={}", r.retries));
+            }
             if r.forced {
-                // Appended only when true, so ordinary lines keep their shape.
                 out.insert_str(out.len() - 1, " forced=true");
             }
         }
@@ -407,6 +414,7 @@ mod tests {
             host_len: "app.test".len(),
             method: http::Method::GET,
             forced: false,
+            retries: 0,
             status: 200,
             bytes: 12,
             duration: Duration::from_micros(1500),
@@ -433,7 +441,28 @@ mod tests {
         assert_eq!(v["service"], "app");
         assert_eq!(v["pool"], "blue");
         assert_eq!(v["backend"], "127.0.0.1:9001");
+        assert_eq!(v["retries"], 0);
         assert_eq!(v["forced"], false);
+    }
+
+    #[test]
+    fn answers_that_came_from_a_retry_are_marked() {
+        let mut r = record();
+        r.retries = 2;
+        r.forced = true;
+        let mut line = String::new();
+        format_record(&r, Format::Json, &mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["retries"], 2);
+        line.clear();
+        format_record(&r, Format::Combined, &mut line);
+        assert!(
+            line.ends_with(" backend=127.0.0.1:9001 retries=2 forced=true\n"),
+            "{line}"
+        );
+        line.clear();
+        format_record(&record(), Format::Combined, &mut line);
+        assert!(!line.contains("retries="), "{line}");
     }
 
     #[test]

@@ -11,9 +11,10 @@
 //! and comes back after `healthy_threshold` passes in a row.
 //!
 //! Between probes, the request path adds a passive check, as nginx's `max_fails` does: a
-//! backend that refused a connection is passed over for [`PASSIVE_COOLDOWN`] while its pool has
+//! backend that refused a connection, or failed a request in a way the service's `retry_on`
+//! names (see [`crate::retry`]), is passed over for [`PASSIVE_COOLDOWN`] while its pool has
 //! another backend, so that a backend that died since the last probe does not cost every
-//! request a failed connect.
+//! request a failure.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -63,7 +64,7 @@ impl Health {
     }
 }
 
-/// How long a backend that refused a connection is passed over.
+/// How long a backend that failed a request is passed over.
 pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(5);
 
 /// Milliseconds on a monotonic clock private to this process (never 0).
@@ -95,15 +96,16 @@ impl HealthState {
         }
     }
 
-    /// A request could not connect: pass this backend over for a while.
-    pub fn connect_failed(&self) {
+    /// A request could not connect, or the backend failed it: pass this backend over for a
+    /// while.
+    pub fn failed(&self) {
         self.cooldown_until.store(
             now_ms() + PASSIVE_COOLDOWN.as_millis() as u64,
             Ordering::Relaxed,
         );
     }
 
-    /// Whether a recent failed connect says to pass this backend over.
+    /// Whether a recent failure says to pass this backend over.
     #[inline]
     pub fn cooling_down(&self) -> bool {
         let until = self.cooldown_until.load(Ordering::Relaxed);
@@ -234,7 +236,7 @@ mod tests {
     fn a_failed_connect_cools_a_backend_down_for_a_while() {
         let s = HealthState::new(Health::Healthy);
         assert!(!s.cooling_down());
-        s.connect_failed();
+        s.failed();
         assert!(s.cooling_down());
         s.cooldown_until.store(now_ms() - 1, Ordering::Relaxed);
         assert!(!s.cooling_down(), "the cooldown ends");

@@ -3,8 +3,8 @@
 //! Per request: load the live [`RoutingTable`] once, route by host and path to a service, take
 //! the service's active pool (or its canary, or the pool an override names: see
 //! [`crate::split`]) and count the request in flight there, pick a healthy backend
-//! round robin, and proxy. A connection that fails before any byte was sent is retried on
-//! another backend of the same pool. At the end, count the request in its pool's metrics and
+//! round robin, and proxy. A failed attempt is tried again, on another backend of the same
+//! pool, when [`crate::retry`] says it is safe. At the end, count the request in its pool's metrics and
 //! queue an access-log record. Nothing here takes a lock, formats a log line or writes to a
 //! file.
 
@@ -27,6 +27,7 @@ use switchback_config::Cidr;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::metrics::{status_class, ClientCounters, Metrics};
 use crate::pool::{InFlight, Tried};
+use crate::retry::{self, FailedAttempt, Failure, RetryReason};
 use crate::routing::{normalize_request_host, RoutingTable};
 use crate::split;
 use crate::text::{push_ip, push_u64};
@@ -175,6 +176,10 @@ pub struct RequestCtx {
     service: usize,
     pool: usize,
     tried: Tried,
+    /// Attempts so far (each call to `upstream_peer`).
+    attempts: u32,
+    /// The current attempt handed the whole request, body included, to its connection.
+    request_sent: bool,
     /// Counts this request in its pool's in-flight gauge until the context is dropped.
     in_flight: Option<InFlight>,
     /// The backend (index into the pool) of the last attempt.
@@ -213,6 +218,40 @@ impl RequestCtx {
     fn route(&self) -> Option<(&crate::routing::ServiceRoute, &Arc<crate::pool::Pool>)> {
         let service = &self.table.as_ref()?.services[self.service];
         Some((service, &service.pools[self.pool]))
+    }
+
+    /// Counts a failure of the current attempt's backend, and says whether another attempt may
+    /// follow for `retry`: attempts are left and a backend can take it (the same one, after a
+    /// reused connection failed, when no other is left).
+    fn after_failure(&mut self, kind: RetryReason, retry: Option<RetryReason>) -> bool {
+        let Some(table) = self.table.clone() else {
+            return false;
+        };
+        let service = &table.services[self.service];
+        let pool = &service.pools[self.pool];
+        let config = &service.config;
+        if let Some(i) = self.backend {
+            if kind == RetryReason::Connect {
+                if let Some(m) = pool.backend_metrics.get(i) {
+                    m.connect_failures.inc();
+                }
+            }
+            if kind.blames_backend(config.retry_on) {
+                pool.backends[i].health.failed();
+            }
+        }
+        let Some(reason) = retry else { return false };
+        if self.attempts > config.retries {
+            return false;
+        }
+        if !pool.has_untried(self.tried) {
+            match self.backend {
+                Some(i) if reason == RetryReason::ReusedConnection => self.tried.remove(i),
+                _ => return false,
+            }
+        }
+        pool.metrics.retries[reason.index()].inc();
+        true
     }
 }
 
@@ -332,6 +371,8 @@ impl ProxyHttp for SwitchbackProxy {
                 let peer = Box::new(backend.peer.clone());
                 ctx.tried.add(index);
                 ctx.backend = Some(index);
+                ctx.attempts += 1;
+                ctx.request_sent = false;
                 Ok(peer)
             }
             None => Err(Error::explain(
@@ -343,25 +384,49 @@ impl ProxyHttp for SwitchbackProxy {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some((service, pool)) = ctx.route() {
-            if let Some(i) = ctx.backend {
-                if let Some(m) = pool.backend_metrics.get(i) {
-                    m.connect_failures.inc();
-                }
-                pool.backends[i].health.connect_failed();
+        // The backend never had the request: any method may go elsewhere, its body permitting.
+        let retry = body_held(session, ctx).then_some(RetryReason::Connect);
+        e.set_retry(ctx.after_failure(RetryReason::Connect, retry));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        e.set_retry(false);
+        let failure = match (e.esource(), e.etype()) {
+            (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+                Failure::Timeout
             }
-            let attempts = ctx.tried.count();
-            let untried_left = pool.backends.len() as u32 > attempts;
-            if attempts <= service.config.retries && untried_left {
-                e.set_retry(true);
-                pool.metrics.retries.inc();
-            }
-        }
+            (ErrorSource::Upstream, _) => Failure::Error,
+            // The client's side, or the proxy's own: nothing a backend did.
+            _ => return e,
+        };
+        let Some((service, _)) = ctx.route() else {
+            return e;
+        };
+        let config = &service.config;
+        let attempt = FailedAttempt {
+            failure,
+            reused: client_reused,
+            request_sent: ctx.request_sent,
+            answer_started: session.response_written().is_some(),
+            body_held: body_held(session, ctx),
+            replayable_method: session.req_header().method.is_idempotent()
+                || config.retry_non_idempotent,
+        };
+        let (kind, retry) = retry::after_failure(&attempt, config.retry_on);
+        e.set_retry(ctx.after_failure(kind, retry));
         e
     }
 
@@ -442,8 +507,11 @@ impl ProxyHttp for SwitchbackProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.judged && end_of_stream {
-            ctx.sent = Some(Instant::now());
+        if end_of_stream {
+            ctx.request_sent = true;
+            if ctx.judged {
+                ctx.sent = Some(Instant::now());
+            }
         }
         Ok(())
     }
@@ -564,6 +632,7 @@ impl ProxyHttp for SwitchbackProxy {
                 host_len,
                 method: req.method.clone(),
                 forced: ctx.forced,
+                retries: ctx.attempts.saturating_sub(1),
                 status,
                 bytes: session.body_bytes_sent() as u64,
                 duration: elapsed,
@@ -574,6 +643,27 @@ impl ProxyHttp for SwitchbackProxy {
             });
         }
     }
+}
+
+/// Whether what was read of the request body is all held for another attempt, within the
+/// service's `retry_buffer`.
+fn body_held(session: &Session, ctx: &RequestCtx) -> bool {
+    let Some((service, _)) = ctx.route() else {
+        return false;
+    };
+    let downstream = session.as_ref();
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    retry::body_held(
+        downstream.body_bytes_read(),
+        declared,
+        downstream.retry_buffer_truncated(),
+        service.config.retry_buffer,
+    )
 }
 
 /// The client behind a chain of proxies: `X-Forwarded-For` values read from the right, the

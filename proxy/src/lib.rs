@@ -24,6 +24,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod pool;
+pub mod retry;
 pub mod routing;
 pub mod split;
 mod text;

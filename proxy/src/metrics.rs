@@ -18,6 +18,8 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
 };
 
+use crate::retry::RetryReason;
+
 /// Latency buckets, in seconds: fine enough to read p50/p95/p99 from 1 ms to 10 s, with edges at
 /// the alerting thresholds (1 s, 2 s).
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -70,7 +72,8 @@ pub struct ClientCounters {
 #[derive(Debug, Clone)]
 pub struct PoolMetrics {
     pub duration: Histogram,
-    pub retries: IntCounter,
+    /// By [`RetryReason::index`].
+    pub retries: [IntCounter; 4],
 }
 
 /// Per-(pool, backend) handles.
@@ -115,8 +118,8 @@ impl Metrics {
         );
         let retries = counter(
             "switchback_upstream_retries_total",
-            "Requests retried on another backend of the pool after a failed connection.",
-            &["service", "pool"],
+            "Requests tried again after a failed attempt, by why: connect, reused_connection, error, timeout.",
+            &["service", "pool", "reason"],
         );
         let switches = counter(
             "switchback_switches_total",
@@ -205,7 +208,8 @@ impl Metrics {
     pub fn pool(&self, service: &str, pool: &str) -> PoolMetrics {
         PoolMetrics {
             duration: self.duration.with_label_values(&[service, pool]),
-            retries: self.retries.with_label_values(&[service, pool]),
+            retries: RetryReason::ALL
+                .map(|r| self.retries.with_label_values(&[service, pool, r.as_str()])),
         }
     }
 

@@ -137,6 +137,12 @@ impl Tried {
         index < MAX_BACKENDS_PER_POOL && self.0 & (1 << index) != 0
     }
 
+    pub fn remove(&mut self, index: usize) {
+        if index < MAX_BACKENDS_PER_POOL {
+            self.0 &= !(1 << index);
+        }
+    }
+
     pub fn count(self) -> u32 {
         self.0.count_ones()
     }
@@ -217,6 +223,15 @@ impl Pool {
         unknown.or(cooling)
     }
 
+    /// Whether a backend `tried` does not hold could take the request ([`Pool::select`] would
+    /// find one), without moving the round robin on.
+    pub fn has_untried(&self, tried: Tried) -> bool {
+        self.backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| !tried.contains(i) && b.health.get() != Health::Down)
+    }
+
     /// Backends that can take a request now.
     pub fn healthy_count(&self) -> usize {
         self.backends
@@ -287,7 +302,7 @@ mod tests {
     #[test]
     fn a_backend_that_refused_a_connection_is_passed_over_while_others_serve() {
         let p = pool(&[Health::Unchecked, Health::Unchecked]);
-        p.backends[0].health.connect_failed();
+        p.backends[0].health.failed();
         for _ in 0..10 {
             assert_eq!(p.select(Tried::default()).unwrap().0, 1);
         }
@@ -309,9 +324,17 @@ mod tests {
         for _ in 0..5 {
             assert_ne!(p.select(tried).unwrap().0, first);
         }
+        assert!(p.has_untried(tried));
         tried.add(1 - first);
         assert!(p.select(tried).is_none());
+        assert!(!p.has_untried(tried));
         assert_eq!(tried.count(), 2);
+        tried.remove(first);
+        assert_eq!(p.select(tried).unwrap().0, first);
+        let down = pool(&[Health::Healthy, Health::Down]);
+        let mut tried = Tried::default();
+        tried.add(0);
+        assert!(!down.has_untried(tried), "a down backend takes no retry");
     }
 
     #[test]

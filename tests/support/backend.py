@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""A backend in a process of its own, for the tests that kill one with SIGKILL.
+
+    backend.py NAME
+
+Answers every request 200 with NAME as its body and its `x-pool` header; `/slow?ms=N` answers
+after N milliseconds. Prints `listening PORT` once it listens on 127.0.0.1, then
+`request METHOD PATH` as each request arrives (its body read), one line each.
+"""
+
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+NAME = sys.argv[1]
+OUT = threading.Lock()
+
+
+def say(line):
+    with OUT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Without it, Nagle and delayed ACK add 40 ms to every answer on a reused connection.
+    disable_nagle_algorithm = True
+
+    def answer(self):
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        say(f"request {self.command} {self.path}")
+        url = urlparse(self.path)
+        if url.path == "/slow":
+            time.sleep(int(parse_qs(url.query).get("ms", ["1000"])[0]) / 1000)
+        body = NAME.encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-pool", NAME)
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = answer
+
+    def log_message(self, *args):
+        pass
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server.daemon_threads = True
+say(f"listening {server.server_address[1]}")
+server.serve_forever()

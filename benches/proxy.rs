@@ -23,7 +23,10 @@
 //!   measure of work that, unlike requests per second, does not move with the load of a shared
 //!   machine. With `SWITCHBACK_BASELINE=/path/to/switchback` (another build, say of the commit
 //!   before a change), that binary runs on the default config too, and the same-run ratio prices
-//!   the change.
+//!   the change;
+//! - `retry`: failed requests when a backend is killed under slow GETs, and when a backend
+//!   closes idle keep-alive connections, for switchback and nginx (see `proxy/retry.rs`; needs
+//!   python3).
 //!
 //! Needs wrk, nginx and haproxy (Debian packages `wrk nginx-light haproxy`), and valgrind for
 //! `instructions`. Everything listens
@@ -37,6 +40,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchback");
+
+#[path = "proxy/retry.rs"]
+mod retry;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -124,6 +130,7 @@ fn options() -> Options {
             "observability".into(),
             "canary".into(),
             "instructions".into(),
+            "retry".into(),
         ];
     }
     o
@@ -1118,8 +1125,9 @@ fn main() {
             "canary" => canary(&bench, &o),
             "instructions" => instructions(&bench),
             "https" => https(&bench, &o),
+            "retry" => retry::retry(&bench, &o),
             other => panic!(
-                "unknown scenario {other} (http, https, switch, observability, canary, instructions)"
+                "unknown scenario {other} (http, https, switch, observability, canary, instructions, retry)"
             ),
         }
     }

@@ -310,29 +310,50 @@ async fn slow_gets_on_a_backend_killed_with_sigkill_all_answer_from_the_other() 
 async fn a_post_in_flight_on_a_killed_backend_fails_once_and_is_never_replayed() {
     let mut doomed = ProcessBackend::start("doomed");
     let live = Upstream::start("live");
-    let proxy = Proxy::start(&service("app", "app.test", &[doomed.addr, live.addr], ""));
+    let services = [
+        service("app", "app.test", &[doomed.addr, live.addr], ""),
+        // The same pool, for a service that says its POSTs are safe to replay.
+        service(
+            "replays",
+            "replays.test",
+            &[doomed.addr, live.addr],
+            "retry_non_idempotent = true",
+        ),
+    ]
+    .concat();
+    let proxy = Proxy::start(&services);
 
-    let addr = proxy.addr();
-    let post = tokio::spawn(async move {
-        let mut c = KeepAlive::connect(addr).await.unwrap();
-        c.request("POST", "/slow?ms=5000", b"order=1".to_vec())
-            .await
-    });
+    let post = |host: &'static str| {
+        let addr = proxy.addr();
+        tokio::spawn(async move {
+            let mut c = KeepAlive::connect(addr).await.unwrap();
+            c.host = host.to_string();
+            c.request("POST", "/slow?ms=5000", b"order=1".to_vec())
+                .await
+        })
+    };
+    let (post, replayed) = (post("app.test"), post("replays.test"));
+    // Each service's first pick is the first backend of its pool.
     wait_for(
-        "the POST on the doomed backend",
+        "both POSTs on the doomed backend",
         Duration::from_secs(10),
-        || doomed.seen() == ["POST /slow?ms=5000"],
+        || doomed.seen() == ["POST /slow?ms=5000", "POST /slow?ms=5000"],
     );
     doomed.kill();
 
     let answer = post.await.unwrap().expect("an answer");
     assert_eq!(answer.status, 502, "{answer:?}");
+    assert_eq!(total_retries(&proxy, "app"), 0.0);
+    let answer = replayed.await.unwrap().expect("an answer");
+    assert_eq!(
+        (answer.status.as_u16(), answer.body.as_str()),
+        (200, "live")
+    );
     assert_eq!(
         live.requests.load(Ordering::SeqCst),
-        0,
-        "the surviving backend never saw the POST"
+        1,
+        "the surviving backend saw only the POST its service allows to replay"
     );
-    assert_eq!(total_retries(&proxy, "app"), 0.0);
     wait_for(
         "the failure in the access log",
         Duration::from_secs(5),

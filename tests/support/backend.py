@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """A backend in a process of its own, for the tests that kill one with SIGKILL.
 
-    backend.py NAME
+    backend.py NAME [IDLE_SECONDS]
 
 Answers every request 200 with NAME as its body and its `x-pool` header; `/slow?ms=N` answers
-after N milliseconds. Prints `listening PORT` once it listens on 127.0.0.1, then
+after N milliseconds. With IDLE_SECONDS, it closes a keep-alive connection idle that long, as
+gunicorn and other app servers do. Prints `listening PORT` once it listens on 127.0.0.1, then
 `request METHOD PATH` as each request arrives (its body read), one line each.
 """
 
@@ -15,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 NAME = sys.argv[1]
+IDLE = float(sys.argv[2]) if len(sys.argv) > 2 else None
 OUT = threading.Lock()
 
 
@@ -28,6 +30,8 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Without it, Nagle and delayed ACK add 40 ms to every answer on a reused connection.
     disable_nagle_algorithm = True
+    # The socket timeout: a connection idle this long is closed (None: never).
+    timeout = IDLE
 
     def answer(self):
         length = int(self.headers.get("content-length") or 0)

@@ -24,6 +24,8 @@
 //!   machine. With `SWITCHBACK_BASELINE=/path/to/switchback` (another build, say of the commit
 //!   before a change), that binary runs on the default config too, and the same-run ratio prices
 //!   the change;
+//! - `memory`: resident memory per idle keep-alive connection and per open WebSocket, for
+//!   switchback, the floor and nginx (see `proxy/memory.rs`; needs python3);
 //! - `retry`: failed requests when a backend is killed under slow GETs, and when a backend
 //!   closes idle keep-alive connections, for switchback and nginx (see `proxy/retry.rs`; needs
 //!   python3).
@@ -41,6 +43,8 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchback");
 
+#[path = "proxy/memory.rs"]
+mod memory;
 #[path = "proxy/retry.rs"]
 mod retry;
 
@@ -130,6 +134,7 @@ fn options() -> Options {
             "observability".into(),
             "canary".into(),
             "instructions".into(),
+            "memory".into(),
             "retry".into(),
         ];
     }
@@ -1125,9 +1130,10 @@ fn main() {
             "canary" => canary(&bench, &o),
             "instructions" => instructions(&bench),
             "https" => https(&bench, &o),
+            "memory" => memory::memory(&bench, &o),
             "retry" => retry::retry(&bench, &o),
             other => panic!(
-                "unknown scenario {other} (http, https, switch, observability, canary, instructions, retry)"
+                "unknown scenario {other} (http, https, switch, observability, canary, instructions, memory, retry)"
             ),
         }
     }

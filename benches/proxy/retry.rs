@@ -21,15 +21,15 @@ use std::time::{Duration, Instant};
 use super::{nginx_bin, nginx_conf, spawn, wait_http, Bench, Options, Proc, BIN};
 
 /// A Python backend, killed on drop.
-struct Backend {
+pub(super) struct Backend {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
     /// Requests it received.
     seen: Arc<AtomicU64>,
 }
 
 impl Backend {
-    fn start(name: &str, idle: Option<f64>) -> Backend {
+    pub(super) fn start(name: &str, idle: Option<f64>) -> Backend {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
         let mut cmd = Command::new("python3");
         cmd.arg(script).arg(name);

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -39,6 +40,19 @@ use crate::change::StartError;
 use crate::controller::Controller;
 use crate::handler::ControlHandler;
 use crate::health_check::run_checker;
+
+/// The socket buffers of a plain-HTTP client connection. pingora gives every accepted
+/// connection a 64 KiB read buffer, held for the connection's whole life, idle or not; for
+/// plain HTTP it saves nothing, because heads and bodies are read into buffers of their own,
+/// one read per arrival either way. Without it an idle keep-alive connection costs 20 KB
+/// instead of 86 KB (`cargo bench --bench proxy -- memory`), at the same requests per second
+/// and instructions per request. TLS listeners keep pingora's default: rustls reads records
+/// in small pieces, which the buffer turns into one read each.
+const PLAIN_L4_BUFFER: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    // pingora's default: about one segment, flushed by the HTTP layer after each write.
+    write: None,
+};
 
 /// How long an exit waits for the access log writer to catch up.
 const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(5);
@@ -236,7 +250,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         ),
     );
     for addr in &config.listen.http {
-        proxy.add_tcp(&addr.to_string());
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(PLAIN_L4_BUFFER));
     }
     if let Some(certs) = &certs {
         for addr in &config.listen.https {

@@ -4,11 +4,14 @@
     backend.py NAME [IDLE_SECONDS]
 
 Answers every request 200 with NAME as its body and its `x-pool` header; `/slow?ms=N` answers
-after N milliseconds. With IDLE_SECONDS, it closes a keep-alive connection idle that long, as
+after N milliseconds; a WebSocket upgrade gets its 101 and then every byte back (an echo).
+With IDLE_SECONDS, it closes a keep-alive connection idle that long, as
 gunicorn and other app servers do. Prints `listening PORT` once it listens on 127.0.0.1, then
 `request METHOD PATH` as each request arrives (its body read), one line each.
 """
 
+import base64
+import hashlib
 import sys
 import threading
 import time
@@ -34,6 +37,8 @@ class Handler(BaseHTTPRequestHandler):
     timeout = IDLE
 
     def answer(self):
+        if self.headers.get("upgrade", "").lower() == "websocket":
+            return self.websocket()
         length = int(self.headers.get("content-length") or 0)
         if length:
             self.rfile.read(length)
@@ -47,6 +52,23 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("x-pool", NAME)
         self.end_headers()
         self.wfile.write(body)
+
+    def websocket(self):
+        key = self.headers.get("sec-websocket-key", "")
+        accept = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        self.send_response(101)
+        self.send_header("upgrade", "websocket")
+        self.send_header("connection", "Upgrade")
+        self.send_header("sec-websocket-accept", base64.b64encode(accept).decode())
+        self.end_headers()
+        say(f"websocket {self.path}")
+        self.connection.settimeout(None)
+        while True:
+            data = self.connection.recv(4096)
+            if not data:
+                break
+            self.connection.sendall(data)
+        self.close_connection = True
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = answer
 

@@ -13,8 +13,14 @@
 //!   sent nothing is closed without an answer), 414 when the request line is longer than
 //!   `max_uri_length`, and 431 when the head is larger than `max_request_head`;
 //! - hands the head to pingora as already-read bytes (the same buffer pingora would have
-//!   allocated, so no copy), with `client_body_timeout` as the read deadline of the body and
+//!   allocated), with `client_body_timeout` as the read deadline of the body and
 //!   `send_timeout` as the write deadline of the answer.
+//!
+//! An idle keep-alive connection holds as little as it can: no head buffer while it waits (the
+//! first read goes through a buffer on the stack and is copied into a new head buffer), and
+//! the rare error answers are boxed, so their buffers are not part of every connection's
+//! state. What it still holds is mostly pingora's: the task of the accepted connection, whose
+//! future keeps room for the TLS handshake (about 8.8 KB), and its 1,460-byte write buffer.
 //!
 //! HTTP/2 connections go to pingora's own loop, with `keepalive_timeout` as its idle timeout.
 
@@ -32,7 +38,8 @@ use pingora::prelude::timeout;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::metrics::ClientCounters;
@@ -232,27 +239,38 @@ impl ClientLimits {
         reused: bool,
         deadline: &mut Pin<Box<Sleep>>,
     ) -> Result<BytesMut, HeadEnd> {
-        let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
         if reused {
             deadline
                 .as_mut()
                 .reset(tokio::time::Instant::now() + self.keepalive_timeout);
             let read = tokio::select! {
                 biased;
-                read = stream.read_buf(&mut buf) => read,
+                read = first_read(stream) => read,
                 () = deadline.as_mut() => return Err(HeadEnd::TimedOut { started: false }),
             };
-            match read {
-                Ok(n) if n > 0 => {}
+            let buf = match read {
+                Ok(buf) if !buf.is_empty() => buf,
                 _ => return Err(HeadEnd::Closed),
-            }
+            };
             if let Some(end) = head_end(&buf, 0) {
                 return self.check(&buf, end).map(|()| buf);
             }
             deadline
                 .as_mut()
                 .reset(tokio::time::Instant::now() + self.header_timeout);
+            return self.rest_of_head(stream, buf, deadline).await;
         }
+        self.rest_of_head(stream, BytesMut::with_capacity(HEAD_BUFFER), deadline)
+            .await
+    }
+
+    /// Reads the rest of a head into `buf` until `deadline`.
+    async fn rest_of_head(
+        &self,
+        stream: &mut Stream,
+        mut buf: BytesMut,
+        deadline: &mut Pin<Box<Sleep>>,
+    ) -> Result<BytesMut, HeadEnd> {
         tokio::select! {
             biased;
             result = self.read_head(stream, &mut buf) => result.map(|()| buf),
@@ -261,6 +279,28 @@ impl ClientLimits {
             }),
         }
     }
+}
+
+/// The first read of a kept-alive connection's next request, into a head buffer allocated only
+/// once bytes came: an idle connection holds no buffer while it waits (the read goes through a
+/// stack buffer that lives for one poll, then is copied, a few hundred bytes, into the head
+/// buffer). Empty when the client closed.
+async fn first_read(stream: &mut Stream) -> std::io::Result<BytesMut> {
+    std::future::poll_fn(|cx| {
+        // Uninitialized: zeroing 4 KiB on every poll would cost more than the read.
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_BUFFER];
+        let mut read = ReadBuf::uninit(&mut scratch);
+        match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
+                buf.extend_from_slice(read.filled());
+                Poll::Ready(Ok(buf))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Writes a short error answer and closes the connection, reading (and dropping) what the
@@ -335,17 +375,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 Err(HeadEnd::Closed) | Err(HeadEnd::TimedOut { started: false }) => return None,
                 Err(HeadEnd::TimedOut { started: true }) => {
                     self.counters.header_timeouts.inc();
-                    answer_and_close(stream, REQUEST_TIMEOUT).await;
+                    Box::pin(answer_and_close(stream, REQUEST_TIMEOUT)).await;
                     return None;
                 }
                 Err(HeadEnd::UriTooLong) => {
                     self.counters.uri_too_long.inc();
-                    answer_and_close(stream, URI_TOO_LONG).await;
+                    Box::pin(answer_and_close(stream, URI_TOO_LONG)).await;
                     return None;
                 }
                 Err(HeadEnd::TooLarge) => {
                     self.counters.head_too_large.inc();
-                    answer_and_close(stream, HEAD_TOO_LARGE).await;
+                    Box::pin(answer_and_close(stream, HEAD_TOO_LARGE)).await;
                     return None;
                 }
             };

@@ -35,7 +35,7 @@
 //! on 127.0.0.1. Machines are shared and noisy: read the medians and the same-round ratios, not
 //! any single number.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -398,27 +398,38 @@ fn send_requests(port: u16, n: usize, headers: &str) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 16384];
     let request = format!("GET / HTTP/1.1\r\nHost: bench\r\n{headers}\r\n");
     for _ in 0..n {
         s.write_all(request.as_bytes()).unwrap();
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .expect("a content-length");
-                if buf.len() >= end + 4 + len {
-                    buf.drain(..end + 4 + len);
-                    break;
-                }
+        assert!(
+            read_answer(&mut s, &mut buf).is_some(),
+            "the proxy closed the connection"
+        );
+    }
+}
+
+/// Reads one answer (its head, and its Content-Length body) off `s`, with `buf` holding what
+/// was read ahead: its status line, lower-cased, or None when the connection ended first.
+fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                buf.drain(..end + 4 + len);
+                return head.lines().next().map(str::to_string);
             }
-            let got = std::io::Read::read(&mut s, &mut chunk).unwrap();
-            assert!(got > 0, "the proxy closed the connection");
-            buf.extend_from_slice(&chunk[..got]);
         }
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

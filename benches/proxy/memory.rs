@@ -13,8 +13,8 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use super::retry::Backend;
-use super::{nginx_bin, nginx_conf, spawn, wait_http, Bench, Options, Proc, BIN};
+use super::retry::{switchback_config, Backend};
+use super::{nginx_bin, nginx_conf, read_answer, spawn, wait_http, Bench, Options, Proc, BIN};
 
 /// Resident memory of `pid` and its descendants, in bytes.
 fn tree_rss(pid: u32) -> u64 {
@@ -51,17 +51,7 @@ fn proxy(bench: &Bench, name: &str, port: u16, backend: u16) -> Proc {
     std::fs::create_dir_all(&dir).unwrap();
     let mut cmd = match name {
         "switchback" => {
-            let config = dir.join("switchback.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n\
-                     [access_log]\nenabled = false\n[services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:{backend}\"]\n",
-                    dir.join("control.sock").display(),
-                    dir.join("state").display(),
-                ),
-            )
-            .unwrap();
+            let config = switchback_config(&dir, port, &[backend]);
             let mut cmd = Command::new(BIN);
             cmd.args(["run", "--config"])
                 .arg(&config)
@@ -95,28 +85,6 @@ fn proxy(bench: &Bench, name: &str, port: u16, backend: u16) -> Proc {
     p
 }
 
-/// Reads one answer head (and its Content-Length body) off `s`; its status line.
-fn read_answer(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w: &[u8]| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return head.lines().next().unwrap_or("").to_string();
-            }
-        }
-        let n = s.read(&mut chunk).expect("an answer");
-        assert!(n > 0, "the proxy closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 /// N connections that each made one request and stay idle.
 fn idle_connections(port: u16, n: usize) -> Vec<TcpStream> {
     (0..n)
@@ -124,7 +92,7 @@ fn idle_connections(port: u16, n: usize) -> Vec<TcpStream> {
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
             s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
                 .unwrap();
-            let status = read_answer(&mut s);
+            let status = read_answer(&mut s, &mut Vec::new()).expect("an answer");
             assert!(status.contains(" 200"), "{status}");
             s
         })
@@ -143,7 +111,7 @@ fn websockets(port: u16, n: usize) -> Vec<TcpStream> {
                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
             )
             .unwrap();
-            let status = read_answer(&mut s);
+            let status = read_answer(&mut s, &mut Vec::new()).expect("an answer");
             assert!(status.contains(" 101"), "WebSocket {i}: {status}");
             // A masked text frame, "ping", echoed back as the bytes it was.
             let frame = [

@@ -10,15 +10,15 @@
 //!
 //! The backends are tests/support/backend.py, in processes of their own (python3).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{nginx_bin, nginx_conf, spawn, wait_http, Bench, Options, Proc, BIN};
+use super::{nginx_bin, nginx_conf, read_answer, spawn, wait_http, Bench, Options, Proc, BIN};
 
 /// A Python backend, killed on drop.
 pub(super) struct Backend {
@@ -70,28 +70,35 @@ impl Drop for Backend {
     }
 }
 
+/// A switchback config in `dir`: one worker on `port`, no access log, one service whose blue
+/// pool is `backends`, in order, with no health check. Returns its path.
+pub(super) fn switchback_config(dir: &Path, port: u16, backends: &[u16]) -> PathBuf {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|p| format!("\"127.0.0.1:{p}\""))
+        .collect();
+    let config = dir.join("switchback.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n\
+             [access_log]\nenabled = false\n[services.app]\nactive = \"blue\"\npools.blue = [{}]\n",
+            dir.join("control.sock").display(),
+            dir.join("state").display(),
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// The proxy `name` ("switchback", "baseline" or "nginx") on `port` in front of `backends`.
 fn proxy(bench: &Bench, name: &str, port: u16, backends: &[u16]) -> Proc {
     let dir = bench.dir.join(format!("retry-{name}-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut p = match name {
         "switchback" | "baseline" => {
-            let list: Vec<String> = backends
-                .iter()
-                .map(|p| format!("\"127.0.0.1:{p}\""))
-                .collect();
-            let config = dir.join("switchback.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n\
-                     [access_log]\nenabled = false\n[services.app]\nactive = \"blue\"\npools.blue = [{}]\n",
-                    dir.join("control.sock").display(),
-                    dir.join("state").display(),
-                    list.join(", ")
-                ),
-            )
-            .unwrap();
+            let config = switchback_config(&dir, port, backends);
             let bin = match name {
                 "baseline" => std::env::var("SWITCHBACK_BASELINE").expect("SWITCHBACK_BASELINE"),
                 _ => BIN.to_string(),
@@ -198,27 +205,7 @@ fn idle_close(bench: &Bench, name: &str) -> usize {
 /// One GET on a kept-alive connection: its status, or None when the connection failed.
 fn keep_alive_get(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
     s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n").ok()?;
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let status = head.split_whitespace().nth(1)?.parse().ok()?;
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                buf.drain(..end + 4 + len);
-                return Some(status);
-            }
-        }
-        let n = s.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    read_answer(s, buf)?.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub fn retry(bench: &Bench, o: &Options) {

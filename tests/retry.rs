@@ -547,3 +547,22 @@ async fn a_body_longer_than_the_retry_buffer_is_not_replayed() {
     assert_eq!(total_retries(&proxy, "big"), 0.0);
     assert_eq!(retries(&proxy, "small", "error"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_larger_than_the_retry_buffer_still_goes_on_after_a_failed_connect() {
+    // Nothing of the body was read when the connect failed: the next attempt reads it all.
+    let live = Upstream::start("live");
+    let proxy = Proxy::start(&dead_then_live(free_port(), &live));
+    let mut c = KeepAlive::connect(proxy.addr()).await.unwrap();
+    let a = c
+        .request("POST", "/upload", vec![b'x'; 256 * 1024])
+        .await
+        .unwrap();
+    assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "live"), "{a:?}");
+    assert_eq!(
+        proxy.metric(
+            "switchback_upstream_retries_total{pool=\"blue\",reason=\"connect\",service=\"app\"}"
+        ),
+        Some(1.0)
+    );
+}

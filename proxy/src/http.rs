@@ -397,12 +397,14 @@ impl ProxyHttp for SwitchbackProxy {
 
     fn error_while_proxy(
         &self,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         session: &mut Session,
-        mut e: Box<Error>,
+        e: Box<Error>,
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        // As pingora's default does: the error log names the backend.
+        let mut e = e.more_context(format!("Peer: {peer}"));
         e.set_retry(false);
         let failure = match (e.esource(), e.etype()) {
             (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
@@ -432,7 +434,7 @@ impl ProxyHttp for SwitchbackProxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -463,11 +465,7 @@ impl ProxyHttp for SwitchbackProxy {
         // Forwarding headers: a trusted proxy's are kept and appended to; anyone else's are
         // replaced by what this proxy saw (X-Real-IP and Forwarded, which it does not write,
         // are removed), so a backend never believes a client's own claim.
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        if let Some(peer) = peer {
+        if let Some(peer) = ctx.peer {
             // Without a prior value the address is pushed in one piece, so the buffer is
             // exactly its length and moves into the header value without another allocation.
             let mut value = String::new();
@@ -645,22 +643,15 @@ impl ProxyHttp for SwitchbackProxy {
     }
 }
 
-/// Whether what was read of the request body is all held for another attempt, within the
-/// service's `retry_buffer`.
+/// Whether what was read of the request body so far is all held for another attempt, within
+/// the service's `retry_buffer` (what is not read yet is read by the next attempt itself).
 fn body_held(session: &Session, ctx: &RequestCtx) -> bool {
     let Some((service, _)) = ctx.route() else {
         return false;
     };
     let downstream = session.as_ref();
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     retry::body_held(
         downstream.body_bytes_read(),
-        declared,
         downstream.retry_buffer_truncated(),
         service.config.retry_buffer,
     )

@@ -114,11 +114,12 @@ pub fn after_failure(a: &FailedAttempt, on: RetryOn) -> (RetryReason, Option<Ret
     (reason, (a.replayable_method && named).then_some(reason))
 }
 
-/// Whether a request body of which `read` bytes came so far (and `declared` by its
-/// Content-Length, when it has one) can still be sent again: pingora holds it
-/// (`truncated` false) and it is within the service's `limit`.
-pub fn body_held(read: usize, declared: Option<usize>, truncated: bool, limit: usize) -> bool {
-    !truncated && read <= limit && declared.is_none_or(|n| n <= limit)
+/// Whether the `read` bytes of a request body that came so far can be sent again: pingora
+/// still holds them (`truncated` false) and they are within the service's `limit`. The rest of
+/// the body, not read yet, goes to the next attempt as it comes, so a large upload whose
+/// connect failed is still retried.
+pub fn body_held(read: usize, truncated: bool, limit: usize) -> bool {
+    !truncated && read <= limit
 }
 
 #[cfg(test)]
@@ -246,15 +247,14 @@ mod tests {
     }
 
     #[test]
-    fn the_body_limit_counts_what_was_read_and_what_was_declared() {
-        assert!(body_held(0, None, false, 0));
-        assert!(body_held(1024, Some(1024), false, 1024));
+    fn the_body_limit_counts_what_was_read() {
         assert!(
-            !body_held(1025, None, false, 1024),
-            "chunked, past the limit"
+            body_held(0, false, 0),
+            "nothing read yet: the next attempt reads it"
         );
-        assert!(!body_held(10, Some(4096), false, 1024), "more is coming");
-        assert!(!body_held(10, None, true, 65536), "pingora let go of it");
+        assert!(body_held(1024, false, 1024));
+        assert!(!body_held(1025, false, 1024));
+        assert!(!body_held(10, true, 65536), "pingora let go of it");
     }
 
     #[test]

@@ -158,8 +158,12 @@ async fn serve_raw(
         if served > 0 {
             match behaviour {
                 Behaviour::ClosesReusedConnections => {
-                    // Wait for the next request to arrive, then close with it unread.
-                    let _ = stream.readable().await;
+                    // Wait for the next request to arrive, then close with it unread. The
+                    // proxy may also close the connection itself (an idle one its pool lets
+                    // go), which is no reset.
+                    if !matches!(stream.peek(&mut [0u8; 1]).await, Ok(n) if n > 0) {
+                        return;
+                    }
                     // Counted before the reset, so that whoever sees the reset sees the count.
                     resets.fetch_add(1, Ordering::SeqCst);
                     stream.set_zero_linger().unwrap();
@@ -253,11 +257,33 @@ fn retries(proxy: &Proxy, service: &str, reason: &str) -> f64 {
         .unwrap_or_else(|| panic!("no retries series for {service}/{reason}"))
 }
 
-fn total_retries(proxy: &Proxy, service: &str) -> f64 {
+/// A proxy on one thread, whose kept-alive backend connections are always reused: with more,
+/// pingora's pool can miss one (a request on one thread races the pool's idle watch of the
+/// connection on another) and open a new connection instead.
+fn one_thread_proxy(services: &str) -> Proxy {
+    Proxy::start_with_server("threads = 1", services)
+}
+
+/// Waits until the proxy is done with its `n`th request, which it logs only after its backend
+/// connection went back to the pool: a client has the answer a moment before that, and a next
+/// request sent in that moment would go on a new connection.
+fn backend_connection_pooled(proxy: &Proxy, n: usize) {
+    wait_for(
+        "the request's access log line",
+        Duration::from_secs(5),
+        || proxy.log().matches("\"retries\":").count() >= n,
+    );
+}
+
+fn retries_by_reason(proxy: &Proxy, service: &str) -> Vec<(&'static str, f64)> {
     ["connect", "reused_connection", "error", "timeout"]
-        .iter()
-        .map(|r| retries(proxy, service, r))
-        .sum()
+        .into_iter()
+        .map(|r| (r, retries(proxy, service, r)))
+        .collect()
+}
+
+fn total_retries(proxy: &Proxy, service: &str) -> f64 {
+    retries_by_reason(proxy, service).iter().map(|r| r.1).sum()
 }
 
 /// A service on `host` whose blue pool is `backends`, in that order, with `extra` lines.
@@ -403,7 +429,7 @@ async fn a_reused_connection_the_backend_closed_is_retried_on_the_same_backend()
     // Every reused connection fails as the request comes: the keep-alive race, made certain.
     // The pool has one backend, so the retry must go to the same backend, on a new connection.
     let backend = RawBackend::start(Behaviour::ClosesReusedConnections);
-    let proxy = Proxy::start(&service("app", "app.test", &[backend.addr], ""));
+    let proxy = one_thread_proxy(&service("app", "app.test", &[backend.addr], ""));
 
     let mut c = KeepAlive::connect(proxy.addr()).await.unwrap();
     c.host = "app.test".into();
@@ -414,9 +440,15 @@ async fn a_reused_connection_the_backend_closed_is_retried_on_the_same_backend()
             (200, "ok:GET:"),
             "GET {i}"
         );
+        backend_connection_pooled(&proxy, i + 1);
     }
     assert_eq!(backend.resets.load(Ordering::SeqCst), 19);
-    assert_eq!(retries(&proxy, "app", "reused_connection"), 19.0);
+    assert_eq!(
+        retries(&proxy, "app", "reused_connection"),
+        19.0,
+        "retries by reason: {:?}",
+        retries_by_reason(&proxy, "app")
+    );
     // The access log says which answers came from a retry.
     wait_for("the access log", Duration::from_secs(5), || {
         proxy.log().matches("\"retries\":1").count() == 19
@@ -427,10 +459,11 @@ async fn a_reused_connection_the_backend_closed_is_retried_on_the_same_backend()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_whose_reused_connection_failed_before_it_was_all_sent_is_retried() {
     let backend = RawBackend::start(Behaviour::ClosesReusedConnections);
-    let proxy = Proxy::start(&service("app", "app.test", &[backend.addr], ""));
+    let proxy = one_thread_proxy(&service("app", "app.test", &[backend.addr], ""));
     // One answered request leaves a kept-alive connection in the proxy's pool.
     let a = get_host(proxy.addr(), "app.test", "/").await.unwrap();
     assert_eq!(a.status, 200);
+    backend_connection_pooled(&proxy, 1);
 
     // The POST's head and half its body go out on that connection, which the backend resets;
     // the rest of the body comes only once the proxy has seen the failure.

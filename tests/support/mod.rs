@@ -308,8 +308,14 @@ impl Proxy {
             .https_port
             .map(|p| format!("https = [\"127.0.0.1:{p}\"]\n"))
             .unwrap_or_default();
+        // Two threads unless the test's server lines say otherwise.
+        let threads = if self.server.contains("threads =") {
+            ""
+        } else {
+            "threads = 2\n"
+        };
         let text = format!(
-            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n{https}\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\nthreads = 2\nshutdown_grace = \"10s\"\n{}\n\n{}",
+            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n{https}\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\n{threads}shutdown_grace = \"10s\"\n{}\n\n{}",
             self.port,
             self.admin_port,
             self.socket.display(),

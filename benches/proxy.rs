@@ -23,7 +23,7 @@
 //!   measure of work that, unlike requests per second, does not move with the load of a shared
 //!   machine. With `SWITCHBACK_BASELINE=/path/to/switchback` (another build, say of the commit
 //!   before a change), that binary runs on the default config too, and the same-run ratio prices
-//!   the change;
+//!   the change (`http` runs it beside the others too);
 //! - `memory`: resident memory per idle keep-alive connection and per open WebSocket, for
 //!   switchback, the floor and nginx (see `proxy/memory.rs`; needs python3);
 //! - `retry`: failed requests when a backend is killed under slow GETs, and when a backend
@@ -304,6 +304,22 @@ impl Bench {
             .arg(&config)
             .env("RUST_LOG", "warn");
         (cmd, socket)
+    }
+
+    /// The command line of another build of switchback (SWITCHBACK_BASELINE, say of the commit
+    /// before a change) on the same config as [`Bench::switchback_cmd`]'s, to price a change in
+    /// the same run.
+    fn baseline_cmd(&self, port: u16, extra: &str, health: bool) -> Option<Command> {
+        let bin = std::env::var_os("SWITCHBACK_BASELINE")?;
+        let (cmd, _) = self.switchback_cmd(port, extra, health);
+        let mut other = Command::new(bin);
+        other.args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                other.env(k, v);
+            }
+        }
+        Some(other)
     }
 
     /// The floor in front of the blue upstream.
@@ -625,17 +641,26 @@ fn http(bench: &Bench, o: &Options) {
     let _ng = bench.nginx(ng_port);
     let _hp = bench.haproxy(hp_port);
     let url = |port: u16| format!("http://127.0.0.1:{port}/");
+    let mut targets = vec![
+        ("switchback", url(sb_port)),
+        ("floor", url(fl_port)),
+        ("nginx", url(ng_port)),
+        ("haproxy", url(hp_port)),
+    ];
+    // With SWITCHBACK_BASELINE, that build too, on the same config: a change's price.
+    let bl_port = free_port();
+    let _bl = bench
+        .baseline_cmd(bl_port, "", true)
+        .map(|cmd| start("baseline", cmd, bl_port, &bench.dir));
+    if _bl.is_some() {
+        targets.push(("baseline", url(bl_port)));
+    }
     compare(
         &format!(
             "http: keep-alive GET through each proxy, 1 worker thread each, wrk -t1 -c{} -d{}s, {} rounds; switchback with its default config (metrics and access log on)",
             o.connections, o.seconds, o.rounds
         ),
-        &[
-            ("switchback", url(sb_port)),
-            ("floor", url(fl_port)),
-            ("nginx", url(ng_port)),
-            ("haproxy", url(hp_port)),
-        ],
+        &targets,
         o,
         false,
     );
@@ -1016,17 +1041,10 @@ fn instructions(bench: &Bench) {
     }
     // Another build of switchback (SWITCHBACK_BASELINE=/path/to/switchback, say the commit
     // before a change) on the default config, to price a change in the same run.
-    let baseline = std::env::var_os("SWITCHBACK_BASELINE");
-    if let Some(bin) = &baseline {
-        let port = free_port();
-        let (cmd, _) = bench.switchback_cmd(port, "", false);
-        let mut other = Command::new(bin);
-        other.args(cmd.get_args());
-        for (k, v) in cmd.get_envs() {
-            if let Some(v) = v {
-                other.env(k, v);
-            }
-        }
+    let port = free_port();
+    let other = bench.baseline_cmd(port, "", false);
+    let baseline = other.is_some();
+    if let Some(other) = other {
         variants.push(("baseline-default", other, port, String::new()));
     }
     let mut results = Vec::new();
@@ -1047,7 +1065,7 @@ fn instructions(bench: &Bench) {
             .map(|(_, a, r)| (*a, *r))
             .unwrap()
     };
-    if baseline.is_some() {
+    if baseline {
         let (now, then) = (get("switchback-default"), get("baseline-default"));
         println!(
             "switchback-default / baseline-default x{:.4} on the request path, x{:.4} with the writer thread ({:+.0} instructions per request on the request path)",

@@ -16,11 +16,15 @@
 //!   allocated), with `client_body_timeout` as the read deadline of the body and
 //!   `send_timeout` as the write deadline of the answer.
 //!
-//! An idle keep-alive connection holds as little as it can: no head buffer while it waits (the
-//! first read goes through a buffer on the stack and is copied into a new head buffer), and
-//! the rare error answers are boxed, so their buffers are not part of every connection's
-//! state. What it still holds is mostly pingora's: the task of the accepted connection, whose
-//! future keeps room for the TLS handshake (about 8.8 KB), and its 1,460-byte write buffer.
+//! An idle keep-alive connection holds as little as it can:
+//! - it runs in a task of its own, not in pingora's task of the accepted connection, whose
+//!   state keeps room for the TLS handshake (about 8.8 KB) for as long as the task lives;
+//! - no head buffer while it waits (the first read goes through a buffer on the stack and is
+//!   copied into a new head buffer);
+//! - the rare error answers are boxed, so their buffers are not part of every connection's
+//!   state.
+//!
+//! What it still holds is mostly pingora's stream, with its 1,460-byte write buffer.
 //!
 //! HTTP/2 connections go to pingora's own loop, with `keepalive_timeout` as its idle timeout.
 
@@ -337,29 +341,50 @@ const HEAD_TOO_LARGE: &[u8] =
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
+    /// Moves the connection to a task of its own and lets pingora's end: pingora's task for an
+    /// accepted connection keeps room for a TLS handshake in its state (about 8.8 KB), and
+    /// would hold it for as long as the connection lives; this one holds the connection's
+    /// state only.
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        tokio::spawn(self.clone().serve(stream, shutdown.clone()));
+        None
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.app).await
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
+    /// Serves one client connection to its end.
+    async fn serve(self: Arc<Self>, mut stream: Stream, shutdown: ShutdownWatch) {
+        let shutdown = &shutdown;
         let before = self.open.fetch_add(1, Ordering::Relaxed);
         let _open = Open(&self.open);
         if before >= self.limits.max_connections as i64 {
             self.counters.refused_max_connections.inc();
-            return None;
+            return;
         }
         let _per_ip = match self.per_ip.is_some().then(|| peer_ip(&stream)).flatten() {
             Some(ip) => match self.enter(ip) {
                 Some(place) => Some(place),
                 None => {
                     self.counters.refused_per_ip.inc();
-                    return None;
+                    return;
                 }
             },
             None => None,
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return ServerApp::process_new(&self.app, stream, shutdown).await;
+            let mut next = ServerApp::process_new(&self.app, stream, shutdown).await;
+            while let Some(stream) = next {
+                next = ServerApp::process_new(&self.app, stream, shutdown).await;
+            }
+            return;
         }
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut reused = false;
@@ -372,21 +397,21 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 .await
             {
                 Ok(head) => head,
-                Err(HeadEnd::Closed) | Err(HeadEnd::TimedOut { started: false }) => return None,
+                Err(HeadEnd::Closed) | Err(HeadEnd::TimedOut { started: false }) => return,
                 Err(HeadEnd::TimedOut { started: true }) => {
                     self.counters.header_timeouts.inc();
                     Box::pin(answer_and_close(stream, REQUEST_TIMEOUT)).await;
-                    return None;
+                    return;
                 }
                 Err(HeadEnd::UriTooLong) => {
                     self.counters.uri_too_long.inc();
                     Box::pin(answer_and_close(stream, URI_TOO_LONG)).await;
-                    return None;
+                    return;
                 }
                 Err(HeadEnd::TooLarge) => {
                     self.counters.head_too_large.inc();
                     Box::pin(answer_and_close(stream, HEAD_TOO_LARGE)).await;
-                    return None;
+                    return;
                 }
             };
             let mut session = ServerSession::new_http1(stream);
@@ -402,14 +427,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
             // pingora hands back no bytes of a next request with the stream (pipelining is
             // off, so it closes a connection that sent some), so the head read here is all of it.
             session.set_pipelined_prefix(head);
-            let done = self.app.process_new_http(session, shutdown).await?;
+            let Some(done) = self.app.process_new_http(session, shutdown).await else {
+                return;
+            };
             (stream, settings) = done.consume();
             reused = true;
         }
-    }
-
-    async fn cleanup(&self) {
-        ServerApp::cleanup(&*self.app).await
     }
 }
 

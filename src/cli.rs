@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use switchback_control::{
     encode_err, encode_event, BackendHealth, CanaryReply, CertSourceKind, CertsReply, Client,
-    ClientError, Event, PoolSetReply, Request, RolloutOutcome, RolloutReply, StatusReply,
-    SwitchReply, WindowView,
+    ClientError, Event, PoolSetReply, ReloadReply, Request, RolloutOutcome, RolloutReply,
+    StatusReply, SwitchReply, WindowView,
 };
 
 /// Where the control socket is: `--socket`, else `SWITCHBACK_SOCKET`, else the `[control]`
@@ -356,6 +356,23 @@ pub fn print_switch(r: &SwitchReply) {
                 r.service, d.pool, d.in_flight
             );
         }
+    }
+}
+
+pub fn print_reload(r: &ReloadReply) {
+    if r.changes.is_empty() {
+        println!("{}: reloaded, nothing changed", r.config_file);
+    } else {
+        println!("{}: reloaded (generation {})", r.config_file, r.generation);
+        for change in &r.changes {
+            println!("  {change}");
+        }
+    }
+    if !r.needs_upgrade.is_empty() {
+        println!(
+            "not applied, needs `switchback upgrade` (a new process): {}",
+            r.needs_upgrade.join(", ")
+        );
     }
 }
 

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use switchback_control::{
-    CanaryReply, CertsReply, PoolSetReply, Request, RolloutReply, StatusReply, SwitchReply,
+    CanaryReply, CertsReply, PoolSetReply, ReloadReply, Request, RolloutReply, StatusReply,
+    SwitchReply,
 };
 
 #[global_allocator]
@@ -108,6 +109,16 @@ enum Command {
     },
     /// Load every certificate file pair again (after replacing the files).
     ReloadCerts {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the config file again and apply it with no restart (SIGHUP does the same). A file
+    /// with any problem changes nothing: every problem is shown as file:line: key.
+    Reload {
+        /// Apply it even when it removes a pool in use (the active pool, a canary, a
+        /// rollout's): traffic goes to the file's active pool, canaries and rollouts end.
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -452,6 +463,9 @@ fn client(command: Command, socket: Result<PathBuf, String>) -> ExitCode {
         }
         Command::ReloadCerts { json } => {
             cli::call::<CertsReply>(socket, Request::ReloadCerts, json, cli::print_certs)
+        }
+        Command::Reload { force, json } => {
+            cli::call::<ReloadReply>(socket, Request::Reload { force }, json, cli::print_reload)
         }
         Command::Pool {
             command:

@@ -70,6 +70,13 @@ pub enum Request {
     CertsRenew { host: String },
     /// Load every file certificate pair again.
     ReloadCerts,
+    /// Read the config file again and apply it: checked whole first; on any problem nothing
+    /// changes. A reload that removes a pool in use (the active one, a canary, a rollout's) is
+    /// refused unless `force`.
+    Reload {
+        #[serde(default, skip_serializing_if = "is_false")]
+        force: bool,
+    },
     /// Send `percent` (0 to 100, one decimal) of the service's clients to `pool`; 0 ends the
     /// canary.
     Canary {
@@ -138,6 +145,7 @@ pub const COMMANDS: &[&str] = &[
     "certs",
     "certs_renew",
     "reload_certs",
+    "reload",
     "canary",
     "rollout",
     "rollout_watch",
@@ -184,6 +192,11 @@ pub enum ErrorCode {
     NoRollout,
     /// Rollout steps or limits that cannot work (steps that do not increase, …).
     BadRollout,
+    /// `reload`: the config file has problems (the message lists each as file:line: key);
+    /// nothing changed.
+    BadConfig,
+    /// `reload`: the new config removes a pool in use; nothing changed (add `force`).
+    ReloadRefused,
     /// The server is shutting down or out of connection slots.
     Unavailable,
     Internal,
@@ -212,6 +225,8 @@ impl ErrorCode {
             ErrorCode::RolloutRunning => "rollout_running",
             ErrorCode::NoRollout => "no_rollout",
             ErrorCode::BadRollout => "bad_rollout",
+            ErrorCode::BadConfig => "bad_config",
+            ErrorCode::ReloadRefused => "reload_refused",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -245,6 +260,20 @@ pub enum Reply {
     Certs(CertsReply),
     Canary(CanaryReply),
     Rollout(RolloutReply),
+    Reload(ReloadReply),
+}
+
+/// The answer to `reload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    /// The file that was read.
+    pub config_file: String,
+    /// What changed, one line each (empty: the file changes nothing that runs).
+    pub changes: Vec<String>,
+    /// What the file changes that only a new process applies (`switchback upgrade`): the
+    /// rest was applied.
+    pub needs_upgrade: Vec<String>,
+    pub generation: u64,
 }
 
 /// A canary: `percent` of a service's clients go to `pool`.
@@ -700,6 +729,14 @@ mod tests {
             decode_request(br#"{"cmd":"reload_certs"}"#).unwrap(),
             Request::ReloadCerts
         );
+        assert_eq!(
+            decode_request(br#"{"cmd":"reload"}"#).unwrap(),
+            Request::Reload { force: false }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Reload { force: true }).unwrap(),
+            r#"{"cmd":"reload","force":true}"#
+        );
     }
 
     #[test]
@@ -724,6 +761,7 @@ mod tests {
                 host: "app.example.com".into(),
             },
             Request::ReloadCerts,
+            Request::Reload { force: true },
             Request::PoolSet {
                 service: Some("app".into()),
                 pool: "blue".into(),
@@ -817,6 +855,8 @@ mod tests {
             ErrorCode::UnknownHost,
             ErrorCode::RenewFailed,
             ErrorCode::CertLoadFailed,
+            ErrorCode::BadConfig,
+            ErrorCode::ReloadRefused,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
         ] {

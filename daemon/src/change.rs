@@ -51,6 +51,8 @@ pub enum DeployError {
     ActivePool { service: String, pool: String },
     #[error("{0}; nothing changed")]
     BadRollout(#[from] SpecError),
+    #[error("the reload was refused, nothing changed: {}; use --force to apply it anyway", .0.join("; "))]
+    ReloadRefused(Vec<String>),
     #[error("a rollout judges the canary by its metrics, and [metrics] enabled = false turns them off; nothing changed")]
     MetricsOff,
 }
@@ -101,5 +103,16 @@ pub struct PoolSetOutcome {
     pub pool: String,
     pub backends: Vec<SocketAddr>,
     pub replaced_backends: Vec<SocketAddr>,
+    pub generation: u64,
+}
+
+/// What `reload` did.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub config_file: PathBuf,
+    /// What changed, one line each.
+    pub changes: Vec<String>,
+    /// What the file changes that only a new process applies.
+    pub needs_upgrade: Vec<String>,
     pub generation: u64,
 }

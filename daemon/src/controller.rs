@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use switchback_config::{
-    CanaryState, Config, LiveState, RolloutMark, ServiceState, StateError, StateLock, StateStore,
+    plan_reload, CanaryState, Config, LiveState, RolloutMark, ServiceState, StateError, StateLock,
+    StateStore,
 };
 use switchback_proxy::health::HealthState;
 use switchback_proxy::split::BUCKETS;
@@ -27,7 +28,9 @@ use switchback_proxy::{HealthRegistry, Metrics, Pool, RoutingTable, ServiceRoute
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::change::{CanaryOutcome, DeployError, PoolSetOutcome, StartError, SwitchOutcome};
+use crate::change::{
+    CanaryOutcome, DeployError, PoolSetOutcome, ReloadOutcome, StartError, SwitchOutcome,
+};
 use crate::health_check::wait_healthy;
 use crate::judge::{percent, RolloutSpec};
 use crate::rollout::{Outcome, Rollout, RolloutResult};
@@ -52,7 +55,10 @@ enum Unsaved {
 }
 
 pub struct Controller {
-    config: Arc<Config>,
+    /// The config running now: replaced whole by a reload.
+    config: ArcSwap<Config>,
+    /// Bumped by every reload, for the services that set themselves up from the config.
+    reloads: tokio::sync::watch::Sender<u64>,
     table: Arc<ArcSwap<RoutingTable>>,
     live: Mutex<LiveState>,
     store: StateStore,
@@ -115,7 +121,8 @@ impl Controller {
         let registry = Arc::new(HealthRegistry::default());
         let table = RoutingTable::build(&config, &live, None, &registry, &metrics);
         Ok(Controller {
-            config,
+            config: ArcSwap::new(config),
+            reloads: tokio::sync::watch::Sender::new(0),
             table: Arc::new(ArcSwap::from_pointee(table)),
             live: Mutex::new(live),
             store,
@@ -127,8 +134,14 @@ impl Controller {
         })
     }
 
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
+    /// The config running now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Changes with every reload: for what sets itself up from the config (health checks).
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     /// The handle the request path loads the live table from.
@@ -168,8 +181,9 @@ impl Controller {
 
     /// The service a command is about: the one named, or the only one.
     pub fn resolve_service(&self, name: Option<&str>) -> Result<String, DeployError> {
+        let config = self.config.load();
         let known = || {
-            self.config
+            config
                 .services
                 .iter()
                 .map(|s| s.name.as_str())
@@ -177,12 +191,12 @@ impl Controller {
                 .join(", ")
         };
         match name {
-            Some(n) if self.config.service(n).is_some() => Ok(n.to_string()),
+            Some(n) if config.service(n).is_some() => Ok(n.to_string()),
             Some(n) => Err(DeployError::UnknownService {
                 name: n.to_string(),
                 known: known(),
             }),
-            None if self.config.services.len() == 1 => Ok(self.config.services[0].name.clone()),
+            None if config.services.len() == 1 => Ok(config.services[0].name.clone()),
             None => Err(DeployError::ServiceRequired { known: known() }),
         }
     }
@@ -239,7 +253,10 @@ impl Controller {
         }
         let (canary, rollback_to) = {
             let live = self.live.lock().await;
-            let s = &live.services[&service];
+            let s = live
+                .services
+                .get(&service)
+                .ok_or_else(|| unknown(&service))?;
             (s.canary.clone(), s.rollback_to.clone())
         };
         if let Some(canary) = canary {
@@ -280,7 +297,7 @@ impl Controller {
         let mut live = self.live.lock().await;
         self.refuse_during_rollout(&service)?;
         let table = self.table.load_full();
-        let route = table.configured(&service);
+        let route = route(&table, &service)?;
         let target = Self::pool_of(route, pool)?;
         let active = route.active_pool().name.to_string();
         if permille > 0 && active == pool {
@@ -292,19 +309,22 @@ impl Controller {
         if permille > 0 && !force {
             Self::check_healthy(&service, target)?;
         }
-        let replaced = live.services[&service]
+        let current = live
+            .services
+            .get(&service)
+            .ok_or_else(|| unknown(&service))?
             .canary
-            .as_ref()
-            .map(|c| (c.pool.clone(), c.permille));
+            .clone();
+        let replaced = current.as_ref().map(|c| (c.pool.clone(), c.permille));
         let wanted = (permille > 0).then(|| CanaryState {
             pool: pool.to_string(),
             permille,
         });
-        let generation = if live.services[&service].canary == wanted {
+        let generation = if current == wanted {
             live.generation
         } else {
             let mut next = live.clone();
-            service_mut(&mut next, &service).canary = wanted;
+            service_mut(&mut next, &service)?.canary = wanted;
             let generation = self.commit(&mut live, next, Unsaved::Refuse).await?;
             info!(service = %service, pool = %pool, percent = percent(permille), stable = %active, generation, by = %who, "canary set");
             generation
@@ -331,14 +351,15 @@ impl Controller {
         mut on_progress: impl FnMut(usize, usize),
     ) -> Result<PoolSetOutcome, DeployError> {
         let service = self.resolve_service(service)?;
-        Self::pool_of(self.table.load().configured(&service), pool)?;
+        Self::pool_of(route(&self.table.load(), &service)?, pool)?;
         if backends.is_empty() {
             return Err(DeployError::BadAddress("no backend given".into()));
         }
         // Held until the new table holds them too, so the checker keeps probing them.
         let mut held: Vec<Arc<HealthState>> = Vec::new();
         if let Some(timeout) = wait {
-            let config = self.config.service(&service).expect("resolved above");
+            let config = self.config.load_full();
+            let config = config.service(&service).ok_or_else(|| unknown(&service))?;
             held = wait_healthy(&self.registry, config, &backends, timeout, &mut on_progress)
                 .await
                 .map_err(|e| DeployError::HealthTimeout {
@@ -350,10 +371,14 @@ impl Controller {
         }
         let mut live = self.live.lock().await;
         let mut next = live.clone();
-        let p = service_mut(&mut next, &service)
+        let p = service_mut(&mut next, &service)?
             .pools
             .get_mut(pool)
-            .expect("pool checked above");
+            .ok_or_else(|| DeployError::UnknownPool {
+                service: service.clone(),
+                pool: pool.to_string(),
+                known: String::new(),
+            })?;
         let replaced_backends = std::mem::replace(&mut p.backends, backends.clone());
         let generation = self.commit(&mut live, next, Unsaved::Refuse).await?;
         drop(held);
@@ -384,7 +409,7 @@ impl Controller {
         let _live = self.live.lock().await;
         self.refuse_during_rollout(&service)?;
         let table = self.table.load_full();
-        let route = table.configured(&service);
+        let route = route(&table, &service)?;
         let target = Self::pool_of(route, pool)?;
         let stable = route.active_pool().name.to_string();
         if stable == pool {
@@ -419,7 +444,7 @@ impl Controller {
     ) -> Result<u64, DeployError> {
         let mut live = self.live.lock().await;
         let mut next = live.clone();
-        let s = service_mut(&mut next, &rollout.service);
+        let s = service_mut(&mut next, &rollout.service)?;
         s.canary = Some(CanaryState {
             pool: rollout.pool.clone(),
             permille,
@@ -446,7 +471,7 @@ impl Controller {
         self.metrics.count_canary_rollback(&rollout.service);
         let mut live = self.live.lock().await;
         let mut next = live.clone();
-        let s = service_mut(&mut next, &rollout.service);
+        let s = service_mut(&mut next, &rollout.service)?;
         s.canary = None;
         s.rollout = None;
         self.commit(&mut live, next, Unsaved::ServeAnyway).await
@@ -490,10 +515,10 @@ impl Controller {
             self.refuse_during_rollout(service)?;
         }
         let table = self.table.load_full();
-        let route = table.configured(service);
+        let route = route(&table, service)?;
         let target = Self::pool_of(route, pool)?;
         let current = route.active_pool().name.to_string();
-        let state = &live.services[service];
+        let state = live.services.get(service).ok_or_else(|| unknown(service))?;
         if current == pool && state.canary.is_none() && state.rollout.is_none() {
             return Ok(SwitchOutcome {
                 service: service.to_string(),
@@ -507,7 +532,7 @@ impl Controller {
             Self::check_healthy(service, target)?;
         }
         let mut next = live.clone();
-        let s = service_mut(&mut next, service);
+        let s = service_mut(&mut next, service)?;
         if current != pool {
             s.rollback_to = Some(current.clone());
         }
@@ -534,6 +559,89 @@ impl Controller {
         })
     }
 
+    /// Applies a new config file, checked whole by the caller: its routing becomes one new
+    /// table generation; the live choices it still has room for stay (see
+    /// [`switchback_config::reload`]). A reload that removes a pool in use is refused unless
+    /// `force`, which first ends the rollouts it would break. Requests in flight finish on the
+    /// table they started with.
+    pub async fn reload(
+        &self,
+        new: Config,
+        force: bool,
+        who: &str,
+    ) -> Result<ReloadOutcome, DeployError> {
+        if force {
+            // Rollouts end outside the state lock: their last step takes it.
+            let plan = {
+                let live = self.live.lock().await;
+                self.plan(&new, &live, true)?
+            };
+            for service in &plan.ends_rollouts {
+                if let Some(rollout) = self.running_rollout(service) {
+                    rollout.abort(format!("ended by a forced reload ({who})"));
+                    rollout.finished().await;
+                }
+            }
+        }
+        let mut live = self.live.lock().await;
+        let plan = self.plan(&new, &live, force)?;
+        if let Some(service) = plan.ends_rollouts.first() {
+            // A rollout began again meanwhile.
+            return Err(DeployError::ReloadRefused(vec![format!(
+                "a rollout started on service {service:?} during the reload; try again"
+            )]));
+        }
+        let old = self.config.swap(Arc::new(new));
+        let generation = match self.commit(&mut live, plan.state, Unsaved::Refuse).await {
+            Ok(generation) => generation,
+            Err(e) => {
+                self.config.store(old);
+                return Err(e);
+            }
+        };
+        self.reloads.send_modify(|n| *n += 1);
+        info!(generation, changes = ?plan.changes, needs_upgrade = ?plan.needs_upgrade, by = %who, "config reloaded");
+        Ok(ReloadOutcome {
+            config_file: self.config.load().source.clone(),
+            changes: plan.changes,
+            needs_upgrade: plan.needs_upgrade,
+            generation,
+        })
+    }
+
+    /// The reload of `new` over the running config and `live`, counting a rollout that was
+    /// started but has not marked its first step yet as running.
+    fn plan(
+        &self,
+        new: &Config,
+        live: &LiveState,
+        force: bool,
+    ) -> Result<switchback_config::ReloadPlan, DeployError> {
+        let mut seen = live.clone();
+        for (service, state) in seen.services.iter_mut() {
+            if let (None, Some(rollout)) = (&state.rollout, self.running_rollout(service)) {
+                state.rollout = Some(RolloutMark {
+                    pool: rollout.pool.clone(),
+                    step: 0,
+                    steps: 0,
+                    started: 0,
+                });
+            }
+        }
+        let mut plan = plan_reload(&self.config.load(), new, &seen, force)
+            .map_err(DeployError::ReloadRefused)?;
+        for (service, state) in plan.state.services.iter_mut() {
+            if live
+                .services
+                .get(service)
+                .is_none_or(|s| s.rollout.is_none())
+            {
+                state.rollout = None;
+            }
+        }
+        Ok(plan)
+    }
+
     /// Persists `next`, then makes it live. On a failed write nothing changes, unless
     /// `unsaved` says to serve it anyway (the error is returned after).
     async fn commit(
@@ -544,7 +652,7 @@ impl Controller {
     ) -> Result<u64, DeployError> {
         next.generation = live.generation + 1;
         let table = RoutingTable::build(
-            &self.config,
+            &self.config.load(),
             &next,
             Some(&self.table.load()),
             &self.registry,
@@ -608,9 +716,26 @@ impl Controller {
     }
 }
 
-/// One service's state in `next`; every service of the config has one.
-fn service_mut<'a>(next: &'a mut LiveState, service: &str) -> &'a mut ServiceState {
+/// One service's state in `next`; every service of the config has one (a reload may have
+/// removed the service since the request named it).
+fn service_mut<'a>(
+    next: &'a mut LiveState,
+    service: &str,
+) -> Result<&'a mut ServiceState, DeployError> {
     next.services
         .get_mut(service)
-        .expect("services come from the config")
+        .ok_or_else(|| unknown(service))
+}
+
+/// A service's routes in `table`.
+fn route<'a>(table: &'a RoutingTable, service: &str) -> Result<&'a ServiceRoute, DeployError> {
+    table.service(service).ok_or_else(|| unknown(service))
+}
+
+/// A service a reload removed while a request about it waited.
+fn unknown(service: &str) -> DeployError {
+    DeployError::UnknownService {
+        name: service.to_string(),
+        known: "it was removed by a reload".to_string(),
+    }
 }

@@ -14,7 +14,8 @@ use switchback_control::{
     Request, SwitchReply,
 };
 use switchback_control::{
-    CanaryReply, CanaryView, CertSourceKind, CertView, CertsReply, RolloutReply, WindowView,
+    CanaryReply, CanaryView, CertSourceKind, CertView, CertsReply, ReloadReply, RolloutReply,
+    WindowView,
 };
 
 use crate::change::{DeployError, SwitchOutcome};
@@ -122,6 +123,35 @@ impl ControlHandler {
     }
 }
 
+/// Reads the running config's file again and applies it (`reload`, and SIGHUP): a file with
+/// any problem changes nothing, and the error lists every problem as file:line: key.
+pub async fn reload(
+    controller: &Controller,
+    force: bool,
+    who: &str,
+) -> Result<ReloadReply, ControlError> {
+    let path = controller.config().source.clone();
+    let new = tokio::task::spawn_blocking(move || switchback_config::load(&path))
+        .await
+        .map_err(|e| ControlError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| {
+            ControlError::new(
+                ErrorCode::BadConfig,
+                format!("{e}\nthe config file has problems; nothing changed"),
+            )
+        })?;
+    let o = controller
+        .reload(new, force, who)
+        .await
+        .map_err(to_control)?;
+    Ok(ReloadReply {
+        config_file: o.config_file.display().to_string(),
+        changes: o.changes,
+        needs_upgrade: o.needs_upgrade,
+        generation: o.generation,
+    })
+}
+
 /// A percentage from the wire as thousandths: 0 to 100, at most one decimal.
 fn permille(value: f64, what: &str) -> Result<u32, ControlError> {
     let tenths = value * 10.0;
@@ -226,6 +256,7 @@ fn to_control(e: DeployError) -> ControlError {
         DeployError::BadPercent { .. } => ErrorCode::BadPercent,
         DeployError::ActivePool { .. } => ErrorCode::ActivePool,
         DeployError::BadRollout(_) | DeployError::MetricsOff => ErrorCode::BadRollout,
+        DeployError::ReloadRefused(_) => ErrorCode::ReloadRefused,
     };
     ControlError::new(code, e.to_string())
 }
@@ -306,6 +337,9 @@ impl Handler for ControlHandler {
             request @ (Request::Certs | Request::CertsRenew { .. } | Request::ReloadCerts) => {
                 self.handle_certs(request).await
             }
+            Request::Reload { force } => reload(&self.controller, force, &who)
+                .await
+                .map(Reply::Reload),
             Request::Canary {
                 service,
                 pool,

@@ -12,8 +12,8 @@
 //!
 //! Signals: SIGINT stops at once (requests in flight are cut). SIGTERM stops accepting, lets in-flight requests finish (at
 //! most `server.shutdown_grace`), and exits as soon as none is left. SIGQUIT hands the
-//! listeners to a new process (pingora's upgrade). SIGHUP is logged and changes nothing: the
-//! process keeps serving. Every way out flushes the access log first.
+//! listeners to a new process (pingora's upgrade). SIGHUP reloads the config file, as
+//! `switchback reload` does. Every way out flushes the access log first.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 use crate::admin::AdminApp;
 use crate::change::StartError;
 use crate::controller::Controller;
-use crate::handler::ControlHandler;
+use crate::handler::{reload, ControlHandler};
 use crate::health_check::run_checker;
 
 /// The socket buffers of a plain-HTTP client connection. pingora gives every accepted
@@ -316,7 +316,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     }
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
-            config: config.clone(),
+            controller: controller.clone(),
             access_log: access_log.clone(),
         }),
     });
@@ -366,7 +366,7 @@ fn finish(config: &Config, access_log: Option<&AccessLog>) {
 /// service's runtime thread while the listeners, never told to stop, spin on accept errors
 /// from the runtime being shut down, so the process never ends.
 struct Signals {
-    config: Arc<Config>,
+    controller: Arc<Controller>,
     access_log: Option<AccessLog>,
 }
 
@@ -384,10 +384,20 @@ impl ShutdownSignalWatch for Signals {
                 _ = term.recv() => return ShutdownSignal::GracefulTerminate,
                 _ = int.recv() => {
                     info!("SIGINT received, exiting now");
-                    finish(&self.config, self.access_log.as_ref());
+                    finish(&self.controller.config(), self.access_log.as_ref());
                     std::process::exit(0);
                 }
-                _ = hup.recv() => warn!("SIGHUP received: it changes nothing, switchback keeps serving (stop with SIGTERM)"),
+                _ = hup.recv() => {
+                    // As `switchback reload`, in a task of its own: signals keep being watched.
+                    let controller = self.controller.clone();
+                    tokio::spawn(async move {
+                        match reload(&controller, false, "SIGHUP").await {
+                            Ok(r) if r.needs_upgrade.is_empty() => info!(changes = ?r.changes, generation = r.generation, "SIGHUP: config reloaded"),
+                            Ok(r) => warn!(changes = ?r.changes, generation = r.generation, needs_upgrade = ?r.needs_upgrade, "SIGHUP: config reloaded; some changes need `switchback upgrade`"),
+                            Err(e) => error!("SIGHUP: the config was not reloaded: {}", e.message),
+                        }
+                    });
+                }
             }
         }
     }
@@ -480,19 +490,29 @@ struct HealthService {
 
 #[async_trait]
 impl BackgroundService for HealthService {
-    async fn start(&self, shutdown: ShutdownWatch) {
+    /// The checkers of the running config; after a reload, those of the new one (health state
+    /// lives in the registry, so a backend that stays keeps what was known of it).
+    async fn start(&self, mut shutdown: ShutdownWatch) {
         let registry = self.controller.registry();
-        let mut checkers = tokio::task::JoinSet::new();
-        for service in &self.controller.config().services {
-            if let Some(health) = &service.health {
-                checkers.spawn(run_checker(
-                    service.name.clone(),
-                    health.clone(),
-                    registry.clone(),
-                    shutdown.clone(),
-                ));
+        let mut reloads = self.controller.reloads();
+        loop {
+            let mut checkers = tokio::task::JoinSet::new();
+            for service in &self.controller.config().services {
+                if let Some(health) = &service.health {
+                    checkers.spawn(run_checker(
+                        service.name.clone(),
+                        health.clone(),
+                        registry.clone(),
+                        shutdown.clone(),
+                    ));
+                }
             }
+            reloads.borrow_and_update();
+            tokio::select! {
+                changed = reloads.changed() => if changed.is_err() { break },
+                _ = shutdown.changed() => break,
+            }
+            checkers.abort_all();
         }
-        while checkers.join_next().await.is_some() {}
     }
 }

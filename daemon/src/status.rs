@@ -39,16 +39,12 @@ pub fn read(controller: &Controller, only: Option<&str>) -> Result<StatusReply, 
 }
 
 fn service_status(controller: &Controller, route: &ServiceRoute) -> ServiceStatus {
-    let configured = controller
-        .config()
-        .service(route.name())
-        .expect("tables come from the config");
     ServiceStatus {
         name: route.name().to_string(),
         hosts: route.config.hosts.clone(),
         path_prefix: route.config.path_prefix.clone(),
         active: route.active_pool().name.to_string(),
-        configured_active: configured.active.clone(),
+        configured_active: route.config.active.clone(),
         previous: route.rollback_to.map(|i| route.pools[i].name.to_string()),
         split: route
             .pools
@@ -71,7 +67,8 @@ fn service_status(controller: &Controller, route: &ServiceRoute) -> ServiceStatu
             .map(|pool| PoolStatus {
                 name: pool.name.to_string(),
                 in_flight: pool.stats.in_flight(),
-                differs_from_config: configured
+                differs_from_config: route
+                    .config
                     .pool(&pool.name)
                     .is_some_and(|p| p.backends != pool.addresses()),
                 backends: pool

@@ -486,3 +486,51 @@ async fn certificate_commands_report_and_refuse() {
         "the broken pair did not replace the served one"
     );
 }
+
+#[tokio::test]
+async fn reload_applies_the_file_or_says_why_nothing_changed() {
+    let p = Plane::new("");
+    // The plane's file is not written yet: it cannot be read.
+    let e = p
+        .refused(Request::Reload { force: false }, ErrorCode::BadConfig)
+        .await;
+    assert!(e.message.contains("cannot read"), "{}", e.message);
+    p.write_config("pools.red = [\"127.0.0.1:9003\"]\nread_timeout = \"never\"\n");
+    let e = p
+        .refused(Request::Reload { force: false }, ErrorCode::BadConfig)
+        .await;
+    assert!(
+        e.message.contains("services.app.read_timeout"),
+        "{}",
+        e.message
+    );
+
+    p.write_config("pools.red = [\"127.0.0.1:9003\"]\n");
+    let Reply::Reload(r) = p.ask(Request::Reload { force: false }).await.unwrap() else {
+        panic!("reload answers with a reload reply")
+    };
+    assert_eq!(r.changes, ["service \"app\": pool \"red\" added"]);
+    assert!(r.needs_upgrade.is_empty());
+    assert_eq!(r.generation, 1);
+    assert!(
+        r.config_file.ends_with("switchback.toml"),
+        "{}",
+        r.config_file
+    );
+
+    // Red serves; a file without it is refused, then applied when forced.
+    p.set_health("app", "127.0.0.1:9003", true);
+    p.ask(switch("red")).await.unwrap();
+    p.write_config("");
+    let e = p
+        .refused(Request::Reload { force: false }, ErrorCode::ReloadRefused)
+        .await;
+    assert!(e.message.contains("pool \"red\" serves"), "{}", e.message);
+    let Reply::Reload(r) = p.ask(Request::Reload { force: true }).await.unwrap() else {
+        panic!("reload answers with a reload reply")
+    };
+    assert_eq!(r.generation, 3);
+    let live = p.controller.live_state().await;
+    assert_eq!(live.services["app"].active, "blue");
+    assert!(!live.services["app"].pools.contains_key("red"));
+}

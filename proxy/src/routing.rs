@@ -211,6 +211,7 @@ impl RoutingTable {
             let live = state.services.get(&service_config.name);
             let config_arc = current_service
                 .map(|s| s.config.clone())
+                .filter(|c| **c == *service_config)
                 .unwrap_or_else(|| Arc::new(service_config.clone()));
             let mut pools = Vec::with_capacity(service_config.pools.len());
             for pool_config in &service_config.pools {

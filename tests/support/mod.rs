@@ -422,6 +422,13 @@ impl Proxy {
         took
     }
 
+    /// Writes the config again with `services` in place of the ones it had (the process is
+    /// left alone: `reload` or SIGHUP reads it).
+    pub fn rewrite(&mut self, services: &str) {
+        self.services = services.to_string();
+        self.write_config();
+    }
+
     /// Crash and start again on the same config, port and state dir.
     pub fn restart(&mut self) {
         self.kill();

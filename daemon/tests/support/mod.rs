@@ -18,17 +18,22 @@ pub const GREEN: &str = "127.0.0.1:9002";
 
 /// The config of one service `app` with pools blue and green, plus `extra` TOML.
 pub fn config(dir: &Path, extra: &str) -> Config {
+    switchback_config::parse(&dir.join("switchback.toml"), &config_text(dir, extra))
+        .expect("a valid test config")
+}
+
+/// The text of [`config`].
+pub fn config_text(dir: &Path, extra: &str) -> String {
     let d = dir.display();
     let https = if extra.contains("tls =") {
         "https = [\"127.0.0.1:2\"]\n"
     } else {
         ""
     };
-    let text = format!(
+    format!(
         "[listen]\nhttp = [\"127.0.0.1:1\"]\n{https}[control]\nsocket = \"{d}/control.sock\"\n[state]\ndir = \"{d}/state\"\n\
          [services.app]\nactive = \"blue\"\npools.blue = [\"{BLUE}\"]\npools.green = [\"{GREEN}\"]\n{extra}"
-    );
-    switchback_config::parse(&dir.join("switchback.toml"), &text).expect("a valid test config")
+    )
 }
 
 pub struct Plane {
@@ -60,6 +65,16 @@ impl Plane {
             controller,
             handler,
         }
+    }
+
+    /// Writes the config file the controller runs from (which a test plane never reads
+    /// itself), with `extra` TOML: what `reload` reads.
+    pub fn write_config(&self, extra: &str) {
+        std::fs::write(
+            self.dir.path().join("switchback.toml"),
+            config_text(self.dir.path(), extra),
+        )
+        .unwrap();
     }
 
     /// Marks a backend as having passed (or failed) its health check, as the checker would.

@@ -1,0 +1,380 @@
+//! A config reload: what a new config file changes against the one running, and the live state
+//! after it.
+//!
+//! The file's routing (services, hosts, path prefixes, pools and their backends, health checks,
+//! timeouts, retries, canary settings) is applied; live choices survive where the new file
+//! still has what they name: the active pool, the pool `rollback` goes to, a canary, a running
+//! rollout, and backends set with `pool set` while the file's list for that pool is unchanged.
+//! Removing a pool that serves (the active pool, a canary, a running rollout's pool) is refused
+//! unless forced. What only a new process can apply (listeners, threads, the state dir, the
+//! control socket, TLS hosts, …) is reported, not applied.
+
+use crate::model::{Config, ServiceConfig, TlsMode};
+use crate::state::{LiveState, PoolState};
+
+/// What a reload does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadPlan {
+    /// The live state after the reload (its generation is the current one; the commit bumps it).
+    pub state: LiveState,
+    /// What changed, one line each.
+    pub changes: Vec<String>,
+    /// What the new file changes that only a new process applies (`switchback upgrade`).
+    pub needs_upgrade: Vec<String>,
+    /// Services whose running rollout must end first (only when forced).
+    pub ends_rollouts: Vec<String>,
+}
+
+/// Plans the reload of `new` over `old`, with `live` the state now. Without `force`, a reload
+/// that removes a pool in use is refused: the errors say what and why, one per line.
+pub fn plan_reload(
+    old: &Config,
+    new: &Config,
+    live: &LiveState,
+    force: bool,
+) -> Result<ReloadPlan, Vec<String>> {
+    let mut refusals = Vec::new();
+    let mut changes = Vec::new();
+    let mut ends_rollouts = Vec::new();
+    let mut state = LiveState::from_config(new);
+    state.generation = live.generation;
+
+    for old_service in &old.services {
+        let name = &old_service.name;
+        if new.service(name).is_some() {
+            continue;
+        }
+        changes.push(format!("service {name:?} removed"));
+        if let Some(mark) = live.services.get(name).and_then(|s| s.rollout.as_ref()) {
+            if force {
+                ends_rollouts.push(name.clone());
+            } else {
+                refusals.push(format!(
+                    "service {name:?} is removed while a rollout of its pool {:?} runs",
+                    mark.pool
+                ));
+            }
+        }
+    }
+
+    for new_service in &new.services {
+        let name = &new_service.name;
+        let (Some(old_service), Some(now)) = (old.service(name), live.services.get(name)) else {
+            changes.push(format!("service {name:?} added"));
+            continue;
+        };
+        let next = state
+            .services
+            .get_mut(name)
+            .expect("from_config has every service of the new config");
+        let kept = |pool: &str| new_service.pool(pool).is_some();
+
+        for pool in &old_service.pools {
+            if !kept(&pool.name) {
+                changes.push(format!("service {name:?}: pool {:?} removed", pool.name));
+            }
+        }
+        for pool in &new_service.pools {
+            let Some(old_pool) = old_service.pool(&pool.name) else {
+                changes.push(format!("service {name:?}: pool {:?} added", pool.name));
+                continue;
+            };
+            let live_pool = now.pools.get(&pool.name);
+            if old_pool.backends == pool.backends {
+                // The file did not touch it: backends set with `pool set` stay.
+                if let Some(live_pool) = live_pool {
+                    next.pools.insert(
+                        pool.name.clone(),
+                        PoolState {
+                            backends: live_pool.backends.clone(),
+                            configured: pool.backends.clone(),
+                        },
+                    );
+                }
+            } else {
+                changes.push(format!(
+                    "service {name:?}: pool {:?} backends {}",
+                    pool.name,
+                    list(&pool.backends)
+                ));
+            }
+        }
+
+        // The pool that serves.
+        if kept(&now.active) {
+            next.active = now.active.clone();
+        } else if force {
+            changes.push(format!(
+                "service {name:?}: its active pool {:?} is removed; {:?} serves now (forced)",
+                now.active, new_service.active
+            ));
+        } else {
+            refusals.push(format!(
+                "service {name:?}: pool {:?} serves its traffic and the new config removes it (switch to another pool first)",
+                now.active
+            ));
+        }
+        next.rollback_to = now
+            .rollback_to
+            .clone()
+            .filter(|p| kept(p) && *p != next.active);
+
+        match &now.rollout {
+            Some(mark) if kept(&mark.pool) && kept(&now.active) => {
+                next.rollout = Some(mark.clone());
+                next.canary = now.canary.clone();
+            }
+            Some(mark) => {
+                if force {
+                    ends_rollouts.push(name.clone());
+                    changes.push(format!(
+                        "service {name:?}: the rollout of pool {:?} ends (forced)",
+                        mark.pool
+                    ));
+                } else {
+                    refusals.push(format!(
+                        "service {name:?}: a rollout of pool {:?} runs and the new config removes a pool it uses",
+                        mark.pool
+                    ));
+                }
+            }
+            None => match &now.canary {
+                Some(canary) if kept(&canary.pool) && canary.pool != next.active => {
+                    next.canary = Some(canary.clone());
+                }
+                Some(canary) if force || canary.pool == next.active => {
+                    changes.push(format!(
+                        "service {name:?}: the canary of pool {:?} ends",
+                        canary.pool
+                    ));
+                }
+                Some(canary) => refusals.push(format!(
+                    "service {name:?}: pool {:?} has a canary and the new config removes it (end it with `switchback canary {} 0` first)",
+                    canary.pool, canary.pool
+                )),
+                None => {}
+            },
+        }
+
+        let settings = changed_settings(old_service, new_service);
+        if !settings.is_empty() {
+            changes.push(format!("service {name:?}: {} changed", settings.join(", ")));
+        }
+        if new_service.active != old_service.active && next.active != new_service.active {
+            changes.push(format!(
+                "service {name:?}: the file's active pool is now {:?}; the live active pool {:?} stays (use `switchback switch` to move traffic)",
+                new_service.active, next.active
+            ));
+        }
+    }
+
+    if !refusals.is_empty() {
+        return Err(refusals);
+    }
+    Ok(ReloadPlan {
+        state,
+        changes,
+        needs_upgrade: needs_upgrade(old, new),
+        ends_rollouts,
+    })
+}
+
+fn list(addrs: &[std::net::SocketAddr]) -> String {
+    if addrs.is_empty() {
+        return "none".to_string();
+    }
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The keys of a service, other than its pools and active pool, that differ.
+fn changed_settings(old: &ServiceConfig, new: &ServiceConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |key: &'static str, differs: bool| {
+        if differs {
+            changed.push(key);
+        }
+    };
+    check("hosts", old.hosts != new.hosts);
+    check("path_prefix", old.path_prefix != new.path_prefix);
+    check("health", old.health != new.health);
+    check(
+        "connect_timeout",
+        old.connect_timeout != new.connect_timeout,
+    );
+    check("read_timeout", old.read_timeout != new.read_timeout);
+    check("retries", old.retries != new.retries);
+    check("retry_on", old.retry_on != new.retry_on);
+    check(
+        "retry_non_idempotent",
+        old.retry_non_idempotent != new.retry_non_idempotent,
+    );
+    check("retry_buffer", old.retry_buffer != new.retry_buffer);
+    check("tls", old.tls != new.tls);
+    check("https_redirect", old.https_redirect != new.https_redirect);
+    check("hsts", old.hsts != new.hsts);
+    check("canary", old.canary != new.canary);
+    changed
+}
+
+/// The hosts that need a certificate, as `host (mode)`.
+fn tls_hosts(config: &Config) -> Vec<String> {
+    let mut hosts: Vec<String> = config
+        .services
+        .iter()
+        .filter(|s| s.tls != TlsMode::Off)
+        .flat_map(|s| s.hosts.iter().map(move |h| format!("{h} ({:?})", s.tls)))
+        .collect();
+    hosts.sort();
+    hosts
+}
+
+/// The parts of the file that the running process set up once, at its start.
+fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut check = |key: &str, differs: bool| {
+        if differs {
+            keys.push(key.to_string());
+        }
+    };
+    check("[listen]", old.listen != new.listen);
+    check("[server]", old.server != new.server);
+    check("[control]", old.control != new.control);
+    check("[state]", old.state != new.state);
+    check("[admin]", old.admin != new.admin);
+    check("[acme]", old.acme != new.acme);
+    check("[access_log]", old.access_log != new.access_log);
+    check("[metrics]", old.metrics != new.metrics);
+    check(
+        "the TLS hosts (certificates are ordered and loaded at start)",
+        tls_hosts(old) != tls_hosts(new),
+    );
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{CanaryState, RolloutMark};
+    use std::path::Path;
+
+    fn config(services: &str) -> Config {
+        let text = format!(
+            "[listen]\nhttp = [\"127.0.0.1:8080\"]\n[control]\nsocket = \"/tmp/sb.sock\"\n[state]\ndir = \"/tmp/sb\"\n{services}"
+        );
+        crate::parse(Path::new("test.toml"), &text).unwrap()
+    }
+
+    const BLUE_GREEN: &str = "[services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:9001\"]\npools.green = [\"127.0.0.1:9002\"]\n";
+
+    #[test]
+    fn a_new_service_and_new_backends_are_added_and_the_live_choice_stays() {
+        let old = config(BLUE_GREEN);
+        let mut live = LiveState::from_config(&old);
+        live.generation = 7;
+        let app = live.services.get_mut("app").unwrap();
+        app.active = "green".into();
+        app.rollback_to = Some("blue".into());
+        let new = config(&format!(
+            "{}\n[services.api]\nhosts = [\"api.test\"]\nactive = \"a\"\npools.a = [\"127.0.0.1:9100\"]\n",
+            BLUE_GREEN.replace("9002", "9003")
+        ));
+        let plan = plan_reload(&old, &new, &live, false).unwrap();
+        assert_eq!(plan.state.generation, 7);
+        let app = &plan.state.services["app"];
+        assert_eq!(app.active, "green");
+        assert_eq!(app.rollback_to.as_deref(), Some("blue"));
+        assert_eq!(
+            app.pools["green"].backends,
+            ["127.0.0.1:9003".parse().unwrap()]
+        );
+        assert!(plan.state.services.contains_key("api"));
+        assert_eq!(
+            plan.changes,
+            [
+                "service \"api\" added",
+                "service \"app\": pool \"green\" backends 127.0.0.1:9003"
+            ]
+        );
+        assert!(plan.needs_upgrade.is_empty());
+    }
+
+    #[test]
+    fn backends_set_live_stay_while_the_file_keeps_its_list() {
+        let old = config(BLUE_GREEN);
+        let mut live = LiveState::from_config(&old);
+        let set: std::net::SocketAddr = "127.0.0.1:9555".parse().unwrap();
+        live.services
+            .get_mut("app")
+            .unwrap()
+            .pools
+            .get_mut("blue")
+            .unwrap()
+            .backends = vec![set];
+        let new = config(&format!("{BLUE_GREEN}hosts = [\"app.test\"]\n"));
+        let plan = plan_reload(&old, &new, &live, false).unwrap();
+        assert_eq!(plan.state.services["app"].pools["blue"].backends, [set]);
+        assert_eq!(plan.changes, ["service \"app\": hosts changed"]);
+    }
+
+    #[test]
+    fn removing_the_serving_pool_is_refused_unless_forced() {
+        let old = config(BLUE_GREEN);
+        let mut live = LiveState::from_config(&old);
+        live.services.get_mut("app").unwrap().active = "green".into();
+        let new = config(
+            "[services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:9001\"]\npools.red = [\"127.0.0.1:9004\"]\n",
+        );
+        let refused = plan_reload(&old, &new, &live, false).unwrap_err();
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0].contains("pool \"green\" serves"), "{refused:?}");
+        let plan = plan_reload(&old, &new, &live, true).unwrap();
+        assert_eq!(plan.state.services["app"].active, "blue");
+        assert!(plan.changes.iter().any(|c| c.contains("forced")));
+    }
+
+    #[test]
+    fn a_canary_or_rollout_on_a_removed_pool_is_refused_unless_forced() {
+        let old = config(BLUE_GREEN);
+        let only_blue =
+            config("[services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:9001\"]\n");
+        let mut live = LiveState::from_config(&old);
+        live.services.get_mut("app").unwrap().canary = Some(CanaryState {
+            pool: "green".into(),
+            permille: 100,
+        });
+        assert!(plan_reload(&old, &only_blue, &live, false).is_err());
+        let plan = plan_reload(&old, &only_blue, &live, true).unwrap();
+        assert_eq!(plan.state.services["app"].canary, None);
+
+        live.services.get_mut("app").unwrap().rollout = Some(RolloutMark {
+            pool: "green".into(),
+            step: 1,
+            steps: 4,
+            started: 0,
+        });
+        let refused = plan_reload(&old, &only_blue, &live, false).unwrap_err();
+        assert!(refused[0].contains("rollout"), "{refused:?}");
+        let plan = plan_reload(&old, &only_blue, &live, true).unwrap();
+        assert_eq!(plan.ends_rollouts, ["app"]);
+        // A rollout whose pools all stay keeps running, canary and all.
+        let plan = plan_reload(&old, &old, &live, false).unwrap();
+        assert!(plan.state.services["app"].rollout.is_some());
+        assert!(plan.state.services["app"].canary.is_some());
+        assert!(plan.changes.is_empty());
+    }
+
+    #[test]
+    fn keys_set_up_at_start_are_reported_for_an_upgrade() {
+        let old = config(BLUE_GREEN);
+        let mut new = old.clone();
+        new.listen.http = vec!["127.0.0.1:8081".parse().unwrap()];
+        new.server.threads = Some(3);
+        let plan = plan_reload(&old, &new, &LiveState::from_config(&old), false).unwrap();
+        assert_eq!(plan.needs_upgrade, ["[listen]", "[server]"]);
+        assert!(plan.changes.is_empty());
+    }
+}

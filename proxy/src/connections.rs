@@ -20,7 +20,8 @@
 //! - it runs in a task of its own, not in pingora's task of the accepted connection, whose
 //!   state keeps room for the TLS handshake (about 8.8 KB) for as long as the task lives;
 //! - no head buffer while it waits (the first read goes through a buffer on the stack and is
-//!   copied into a new head buffer);
+//!   copied into a head buffer of its size, which a request held open for long, a WebSocket
+//!   say, keeps instead of 4 KiB);
 //! - the rare error answers are boxed, so their buffers are not part of every connection's
 //!   state.
 //!
@@ -155,7 +156,8 @@ enum HeadEnd {
     TooLarge,
 }
 
-/// The size pingora starts a head buffer with.
+/// The size pingora starts a head buffer with: the first read of a head, and the least a head
+/// buffer grows by.
 const HEAD_BUFFER: usize = 4096;
 
 /// Where the head in `buf` ends (just past its empty line), looking from `from`; None while it
@@ -220,7 +222,11 @@ impl ClientLimits {
                 // A line end may straddle two reads.
                 scanned = buf.len().saturating_sub(2);
                 if buf.len() == buf.capacity() {
-                    buf.reserve(buf.capacity().min(self.max_request_head + 1));
+                    buf.reserve(
+                        buf.capacity()
+                            .max(HEAD_BUFFER)
+                            .min(self.max_request_head + 1),
+                    );
                 }
             }
             match stream.read_buf(buf).await {
@@ -247,25 +253,25 @@ impl ClientLimits {
             deadline
                 .as_mut()
                 .reset(tokio::time::Instant::now() + self.keepalive_timeout);
-            let read = tokio::select! {
-                biased;
-                read = first_read(stream) => read,
-                () = deadline.as_mut() => return Err(HeadEnd::TimedOut { started: false }),
-            };
-            let buf = match read {
-                Ok(buf) if !buf.is_empty() => buf,
-                _ => return Err(HeadEnd::Closed),
-            };
-            if let Some(end) = head_end(&buf, 0) {
-                return self.check(&buf, end).map(|()| buf);
-            }
+        }
+        let read = tokio::select! {
+            biased;
+            read = first_read(stream) => read,
+            () = deadline.as_mut() => return Err(HeadEnd::TimedOut { started: false }),
+        };
+        let buf = match read {
+            Ok(buf) if !buf.is_empty() => buf,
+            _ => return Err(HeadEnd::Closed),
+        };
+        if let Some(end) = head_end(&buf, 0) {
+            return self.check(&buf, end).map(|()| buf);
+        }
+        if reused {
             deadline
                 .as_mut()
                 .reset(tokio::time::Instant::now() + self.header_timeout);
-            return self.rest_of_head(stream, buf, deadline).await;
         }
-        self.rest_of_head(stream, BytesMut::with_capacity(HEAD_BUFFER), deadline)
-            .await
+        self.rest_of_head(stream, buf, deadline).await
     }
 
     /// Reads the rest of a head into `buf` until `deadline`.
@@ -285,21 +291,18 @@ impl ClientLimits {
     }
 }
 
-/// The first read of a kept-alive connection's next request, into a head buffer allocated only
-/// once bytes came: an idle connection holds no buffer while it waits (the read goes through a
-/// stack buffer that lives for one poll, then is copied, a few hundred bytes, into the head
-/// buffer). Empty when the client closed.
+/// The first read of a connection's next request, into a head buffer allocated only once bytes
+/// came, and only as large as what came: an idle connection holds no buffer while it waits
+/// (the read goes through a stack buffer that lives for one poll, then is copied, a few hundred
+/// bytes, into the head buffer), and a request held open for long (a WebSocket, a slow
+/// answer) holds its head, not 4 KiB. Empty when the client closed.
 async fn first_read(stream: &mut Stream) -> std::io::Result<BytesMut> {
     std::future::poll_fn(|cx| {
         // Uninitialized: zeroing 4 KiB on every poll would cost more than the read.
         let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_BUFFER];
         let mut read = ReadBuf::uninit(&mut scratch);
         match Pin::new(&mut *stream).poll_read(cx, &mut read) {
-            Poll::Ready(Ok(())) => {
-                let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
-                buf.extend_from_slice(read.filled());
-                Poll::Ready(Ok(buf))
-            }
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(BytesMut::from(read.filled()))),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }

@@ -6,7 +6,7 @@
 //! connection settled, per connection.
 //!
 //! `cargo bench --bench proxy -- memory [--connections N]` (N: 1000 unless given more than the
-//! default 32).
+//! default 32). With `SWITCHBACK_BASELINE=/path/to/switchback`, that build gets a row too.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -45,14 +45,19 @@ fn tree_rss(pid: u32) -> u64 {
     total
 }
 
-/// The proxy `name` ("switchback", "floor" or "nginx") on `port` in front of `backend`.
+/// The proxy `name` ("switchback", "floor", "nginx", or "baseline": SWITCHBACK_BASELINE, another
+/// build of switchback, say one on a patched pingora) on `port` in front of `backend`.
 fn proxy(bench: &Bench, name: &str, port: u16, backend: u16) -> Proc {
     let dir = bench.dir.join(format!("memory-{name}-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut cmd = match name {
-        "switchback" => {
+        "switchback" | "baseline" => {
             let config = switchback_config(&dir, port, &[backend]);
-            let mut cmd = Command::new(BIN);
+            let bin = match name {
+                "baseline" => std::env::var("SWITCHBACK_BASELINE").expect("SWITCHBACK_BASELINE"),
+                _ => BIN.to_string(),
+            };
+            let mut cmd = Command::new(bin);
             cmd.args(["run", "--config"])
                 .arg(&config)
                 .env("RUST_LOG", "error");
@@ -159,7 +164,11 @@ pub fn memory(bench: &Bench, o: &Options) {
         "proxy", "idle keep-alive", "WebSocket"
     );
     let mut rows = Vec::new();
-    for name in ["switchback", "floor", "nginx"] {
+    let mut names = vec!["switchback", "floor", "nginx"];
+    if std::env::var_os("SWITCHBACK_BASELINE").is_some() {
+        names.push("baseline");
+    }
+    for name in names {
         let port = super::free_port();
         let p = proxy(bench, name, port, backend.port);
         let pid = p.child.id();

@@ -4,15 +4,16 @@
 //! Exit codes: 0 done, 1 refused (or the proxy could not be reached), 2 usage or config error,
 //! 3 a rollout rolled back or was aborted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use switchback_control::{
     encode_err, encode_event, BackendHealth, CanaryReply, CertSourceKind, CertsReply, Client,
     ClientError, Event, PoolSetReply, ReloadReply, Request, RolloutOutcome, RolloutReply,
-    StatusReply, SwitchReply, WindowView,
+    StatusReply, SwitchReply, UpgradeReply, WindowView,
 };
 
 /// Where the control socket is: `--socket`, else `SWITCHBACK_SOCKET`, else the `[control]`
@@ -225,6 +226,13 @@ pub fn rollout_exit(r: &RolloutReply) -> ExitCode {
 }
 
 pub fn print_status(s: &StatusReply) {
+    println!(
+        "switchback {}   pid {}   since {}   generation {}",
+        s.version,
+        s.pid,
+        switchback_config::time::format_utc(s.started),
+        s.generation
+    );
     for notice in &s.notices {
         println!("notice: {notice}");
     }
@@ -355,6 +363,50 @@ pub fn print_switch(r: &SwitchReply) {
                 "{}: drain timeout: {} still has {} request(s) in flight after {secs:.1}s",
                 r.service, d.pool, d.in_flight
             );
+        }
+    }
+}
+
+pub fn print_upgrade(r: &UpgradeReply) {
+    println!(
+        "upgrade: the listening sockets went from pid {} to pid {}",
+        r.old_pid, r.new_pid
+    );
+}
+
+/// After `upgrade`: waits until the new process answers on the control socket, which it does
+/// once it serves; exit 0 then, 1 if it does not within 30 s.
+pub fn wait_serving(socket: &Path, new_pid: u32, json: bool) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the CLI");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let serving = rt.block_on(async {
+        while std::time::Instant::now() < deadline {
+            if let Ok(mut client) = Client::connect(socket).await {
+                let status = client
+                    .call::<StatusReply>(&Request::Status { service: None }, |_| {})
+                    .await;
+                match status {
+                    Ok(status) if status.pid == new_pid => return Some(status),
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    });
+    match serving {
+        Some(status) => {
+            if !json {
+                println!("pid {} serves (switchback {})", status.pid, status.version);
+            }
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("switchback: the new process (pid {new_pid}) did not answer on {} within 30 s: see its log", socket.display());
+            ExitCode::from(1)
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use switchback_control::{
     CanaryReply, CertsReply, PoolSetReply, ReloadReply, Request, RolloutReply, StatusReply,
-    SwitchReply,
+    SwitchReply, UpgradeReply,
 };
 
 #[global_allocator]
@@ -109,6 +109,14 @@ enum Command {
     },
     /// Load every certificate file pair again (after replacing the files).
     ReloadCerts {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new process from the binary at the path this one was started from (after
+    /// `install new-switchback /usr/local/bin/switchback`, say), hand it the listening sockets
+    /// with no refused connection, and drain and stop the old one. Exits 0 once the new
+    /// process serves; 1, with the old one still serving, if it cannot start.
+    Upgrade {
         #[arg(long)]
         json: bool,
     },
@@ -463,6 +471,19 @@ fn client(command: Command, socket: Result<PathBuf, String>) -> ExitCode {
         }
         Command::ReloadCerts { json } => {
             cli::call::<CertsReply>(socket, Request::ReloadCerts, json, cli::print_certs)
+        }
+        Command::Upgrade { json } => {
+            let path = socket.clone();
+            cli::call_then::<UpgradeReply>(
+                socket,
+                Request::Upgrade,
+                json,
+                cli::print_upgrade,
+                |r| match &path {
+                    Ok(path) => cli::wait_serving(path, r.new_pid, json),
+                    Err(_) => ExitCode::from(2),
+                },
+            )
         }
         Command::Reload { force, json } => {
             cli::call::<ReloadReply>(socket, Request::Reload { force }, json, cli::print_reload)

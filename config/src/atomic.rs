@@ -89,6 +89,33 @@ pub fn try_lock(path: &Path) -> io::Result<Option<FileLock>> {
     }
 }
 
+impl FileLock {
+    /// The lock's descriptor: a process started with it open shares the lock (an upgrade's
+    /// new process, which then holds it when this one exits).
+    pub fn raw_fd(&self) -> std::os::unix::io::RawFd {
+        use std::os::unix::io::AsRawFd;
+        self._file.as_raw_fd()
+    }
+
+    /// Takes over the lock held through `fd`, a descriptor this process inherited from the one
+    /// that took it. Fails unless `fd` holds the lock (or can take it).
+    pub fn adopt(fd: std::os::unix::io::RawFd) -> io::Result<FileLock> {
+        use std::os::unix::io::FromRawFd;
+        // SAFETY: flock on a descriptor number; a wrong one fails with EBADF.
+        let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor is open (flock succeeded) and was handed to this process to
+        // own; nothing else in it uses that number.
+        let file = unsafe { File::from_raw_fd(fd) };
+        // Not passed on to processes this one starts, unless it hands it over itself.
+        // SAFETY: fcntl on an open descriptor.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        Ok(FileLock { _file: file })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

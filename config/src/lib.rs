@@ -29,7 +29,7 @@ mod validate_tls;
 pub use address::{parse_backend_list, parse_backends, parse_socket_addr};
 pub use duration::{parse_duration, HumanDuration};
 pub use model::*;
-pub use reload::{plan_reload, ReloadPlan};
+pub use reload::{applied_config, plan_reload, ReloadPlan};
 pub use state::{
     CanaryState, LiveState, Missing, PoolState, RestoreError, RolloutMark, ServiceState,
     StateError, StateLock, StateStore,

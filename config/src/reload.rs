@@ -179,6 +179,24 @@ pub fn plan_reload(
     })
 }
 
+/// The config that runs after a reload of `new` over `old`: the new file's services, and the
+/// old one's sections that the process set up at its start (see [`ReloadPlan::needs_upgrade`]),
+/// so that a later reload still sees them as not applied.
+pub fn applied_config(old: &Config, new: Config) -> Config {
+    Config {
+        source: new.source,
+        services: new.services,
+        listen: old.listen.clone(),
+        server: old.server.clone(),
+        control: old.control.clone(),
+        state: old.state.clone(),
+        admin: old.admin.clone(),
+        acme: old.acme.clone(),
+        access_log: old.access_log.clone(),
+        metrics: old.metrics.clone(),
+    }
+}
+
 fn list(addrs: &[std::net::SocketAddr]) -> String {
     if addrs.is_empty() {
         return "none".to_string();

@@ -228,6 +228,13 @@ pub struct StateLock {
     _lock: crate::atomic::FileLock,
 }
 
+impl StateLock {
+    /// The descriptor that holds the lock, for handing it to an upgrade's new process.
+    pub fn raw_fd(&self) -> std::os::unix::io::RawFd {
+        self._lock.raw_fd()
+    }
+}
+
 /// The state dir and the files switchback keeps in it.
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -261,6 +268,15 @@ impl StateStore {
             Ok(None) => Err(StateError::Locked { path }),
             Err(source) => Err(StateError::Read { path, source }),
         }
+    }
+
+    /// Takes over the lock of the state dir through `fd`, inherited from the process that held
+    /// it (an upgrade): the lock passes with no moment where nobody holds it.
+    pub fn adopt_lock(&self, fd: std::os::unix::io::RawFd) -> Result<StateLock, StateError> {
+        let path = self.dir.join("lock");
+        crate::atomic::FileLock::adopt(fd)
+            .map(|lock| StateLock { _lock: lock })
+            .map_err(|source| StateError::Read { path, source })
     }
 
     /// The saved state, `None` when there is none yet.

@@ -18,4 +18,4 @@ pub mod server;
 
 pub use client::{Client, ClientError};
 pub use protocol::*;
-pub use server::{bind, serve, BindError, Caller, Handler, Progress};
+pub use server::{bind, bind_taking_over, serve, BindError, Caller, Handler, Progress};

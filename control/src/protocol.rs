@@ -77,6 +77,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "is_false")]
         force: bool,
     },
+    /// Start a new process from the binary at the path this one was started from, hand it
+    /// the listening sockets once it is ready, and drain and exit. Answers once the sockets
+    /// are handed over, with both pids; the new process answers `status` once it serves.
+    Upgrade,
     /// Send `percent` (0 to 100, one decimal) of the service's clients to `pool`; 0 ends the
     /// canary.
     Canary {
@@ -146,6 +150,7 @@ pub const COMMANDS: &[&str] = &[
     "certs_renew",
     "reload_certs",
     "reload",
+    "upgrade",
     "canary",
     "rollout",
     "rollout_watch",
@@ -197,7 +202,9 @@ pub enum ErrorCode {
     BadConfig,
     /// `reload`: the new config removes a pool in use; nothing changed (add `force`).
     ReloadRefused,
-    /// The server is shutting down or out of connection slots.
+    /// `upgrade`: the new process could not start or take over; this one keeps serving.
+    UpgradeFailed,
+    /// The server is shutting down, out of connection slots, or handing over to a new process.
     Unavailable,
     Internal,
 }
@@ -227,6 +234,7 @@ impl ErrorCode {
             ErrorCode::BadRollout => "bad_rollout",
             ErrorCode::BadConfig => "bad_config",
             ErrorCode::ReloadRefused => "reload_refused",
+            ErrorCode::UpgradeFailed => "upgrade_failed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -261,6 +269,14 @@ pub enum Reply {
     Canary(CanaryReply),
     Rollout(RolloutReply),
     Reload(ReloadReply),
+    Upgrade(UpgradeReply),
+}
+
+/// The answer to `upgrade`: the sockets went from `old_pid` to `new_pid`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeReply {
+    pub old_pid: u32,
+    pub new_pid: u32,
 }
 
 /// The answer to `reload`.
@@ -412,6 +428,12 @@ pub struct CertView {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
+    /// The process that answers: it serves (after an upgrade, the new one).
+    pub pid: u32,
+    /// Its version (the binary's).
+    pub version: String,
+    /// When it started, in seconds since the Unix epoch.
+    pub started: i64,
     /// Bumped by every change to the routing state.
     pub generation: u64,
     pub config_file: String,
@@ -762,6 +784,7 @@ mod tests {
             },
             Request::ReloadCerts,
             Request::Reload { force: true },
+            Request::Upgrade,
             Request::PoolSet {
                 service: Some("app".into()),
                 pool: "blue".into(),
@@ -857,6 +880,7 @@ mod tests {
             ErrorCode::CertLoadFailed,
             ErrorCode::BadConfig,
             ErrorCode::ReloadRefused,
+            ErrorCode::UpgradeFailed,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
         ] {

@@ -91,6 +91,25 @@ pub fn bind(
     mode: u32,
     group: Option<&str>,
 ) -> Result<std::os::unix::net::UnixListener, BindError> {
+    bind_with(path, mode, group, false)
+}
+
+/// As [`bind`], taking the path over from a live process: the new process of an upgrade, whose
+/// old process keeps answering on the socket it already accepted on until it exits.
+pub fn bind_taking_over(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> Result<std::os::unix::net::UnixListener, BindError> {
+    bind_with(path, mode, group, true)
+}
+
+fn bind_with(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+    take_over: bool,
+) -> Result<std::os::unix::net::UnixListener, BindError> {
     let io_err = |what: &'static str| {
         let path = path.to_path_buf();
         move |source| BindError::Io { path, what, source }
@@ -99,7 +118,7 @@ pub fn bind(
         std::fs::create_dir_all(dir).map_err(io_err("cannot create its directory"))?;
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if !take_over && std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(BindError::InUse {
                 path: path.to_path_buf(),
             });

@@ -51,6 +51,8 @@ pub enum DeployError {
     ActivePool { service: String, pool: String },
     #[error("{0}; nothing changed")]
     BadRollout(#[from] SpecError),
+    #[error("an upgrade is handing this process over to a new one: changes go to the new process (try again in a moment); nothing changed")]
+    Upgrading,
     #[error("the reload was refused, nothing changed: {}; use --force to apply it anyway", .0.join("; "))]
     ReloadRefused(Vec<String>),
     #[error("a rollout judges the canary by its metrics, and [metrics] enabled = false turns them off; nothing changed")]

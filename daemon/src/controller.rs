@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use switchback_config::{
-    plan_reload, CanaryState, Config, LiveState, RolloutMark, ServiceState, StateError, StateLock,
-    StateStore,
+    applied_config, plan_reload, CanaryState, Config, LiveState, RolloutMark, ServiceState,
+    StateError, StateLock, StateStore,
 };
 use switchback_proxy::health::HealthState;
 use switchback_proxy::split::BUCKETS;
@@ -67,7 +67,18 @@ pub struct Controller {
     notices: Vec<String>,
     /// The last rollout of each service, running or finished.
     rollouts: std::sync::Mutex<HashMap<String, Arc<Rollout>>>,
-    _lock: StateLock,
+    /// Set while an upgrade hands the process over: no change is written any more (the new
+    /// process owns the state from its start).
+    frozen: std::sync::atomic::AtomicBool,
+    lock: StateLock,
+}
+
+/// The environment variable that hands an upgrade's new process the state dir's lock: the
+/// number of the descriptor, inherited, that holds it.
+pub const STATE_LOCK_FD_ENV: &str = "SWITCHBACK_STATE_LOCK_FD";
+
+fn inherited_lock() -> Option<std::os::unix::io::RawFd> {
+    std::env::var(STATE_LOCK_FD_ENV).ok()?.parse().ok()
 }
 
 impl Controller {
@@ -80,7 +91,10 @@ impl Controller {
             source,
         };
         store.prepare().map_err(state_dir)?;
-        let lock = store.lock()?;
+        let lock = match inherited_lock() {
+            Some(fd) => store.adopt_lock(fd)?,
+            None => store.lock()?,
+        };
         let mut notices = Vec::new();
         let from_file = LiveState::from_config(&config);
         let (live, saved_ok) = match store.load() {
@@ -130,8 +144,21 @@ impl Controller {
             metrics,
             notices,
             rollouts: Default::default(),
-            _lock: lock,
+            frozen: Default::default(),
+            lock,
         })
+    }
+
+    /// The descriptor that holds the state dir's lock.
+    pub fn state_lock_fd(&self) -> std::os::unix::io::RawFd {
+        self.lock.raw_fd()
+    }
+
+    /// Stops (or, with `false`, resumes) every change: while an upgrade's new process starts,
+    /// it is the one that writes the state.
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The config running now.
@@ -591,7 +618,18 @@ impl Controller {
                 "a rollout started on service {service:?} during the reload; try again"
             )]));
         }
-        let old = self.config.swap(Arc::new(new));
+        let running = self.config.load_full();
+        let applied = applied_config(&running, new);
+        if applied == *running {
+            info!(needs_upgrade = ?plan.needs_upgrade, by = %who, "config reloaded: nothing changed");
+            return Ok(ReloadOutcome {
+                config_file: running.source.clone(),
+                changes: Vec::new(),
+                needs_upgrade: plan.needs_upgrade,
+                generation: live.generation,
+            });
+        }
+        let old = self.config.swap(Arc::new(applied));
         let generation = match self.commit(&mut live, plan.state, Unsaved::Refuse).await {
             Ok(generation) => generation,
             Err(e) => {
@@ -650,6 +688,9 @@ impl Controller {
         mut next: LiveState,
         unsaved: Unsaved,
     ) -> Result<u64, DeployError> {
+        if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(DeployError::Upgrading);
+        }
         next.generation = live.generation + 1;
         let table = RoutingTable::build(
             &self.config.load(),

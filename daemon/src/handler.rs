@@ -15,7 +15,7 @@ use switchback_control::{
 };
 use switchback_control::{
     CanaryReply, CanaryView, CertSourceKind, CertView, CertsReply, ReloadReply, RolloutReply,
-    WindowView,
+    UpgradeReply, WindowView,
 };
 
 use crate::change::{DeployError, SwitchOutcome};
@@ -25,10 +25,12 @@ use crate::drive::start_rollout;
 use crate::judge::{percent, RolloutSpec, Window};
 use crate::rollout::{Rollout, RolloutEvent, RolloutProgress, RolloutResult};
 use crate::status;
+use crate::upgrade::Upgrader;
 
 pub struct ControlHandler {
     controller: Arc<Controller>,
     certs: Option<Arc<CertManager>>,
+    upgrader: Option<Arc<Upgrader>>,
 }
 
 fn cert_view(s: CertStatus) -> CertView {
@@ -59,7 +61,17 @@ fn cert_view(s: CertStatus) -> CertView {
 
 impl ControlHandler {
     pub fn new(controller: Arc<Controller>, certs: Option<Arc<CertManager>>) -> ControlHandler {
-        ControlHandler { controller, certs }
+        ControlHandler {
+            controller,
+            certs,
+            upgrader: None,
+        }
+    }
+
+    /// Answers `upgrade` with `upgrader` (a handler without one refuses it).
+    pub fn with_upgrader(mut self, upgrader: Arc<Upgrader>) -> ControlHandler {
+        self.upgrader = Some(upgrader);
+        self
     }
 
     fn certs(&self) -> Result<&Arc<CertManager>, ControlError> {
@@ -257,6 +269,7 @@ fn to_control(e: DeployError) -> ControlError {
         DeployError::ActivePool { .. } => ErrorCode::ActivePool,
         DeployError::BadRollout(_) | DeployError::MetricsOff => ErrorCode::BadRollout,
         DeployError::ReloadRefused(_) => ErrorCode::ReloadRefused,
+        DeployError::Upgrading => ErrorCode::Unavailable,
     };
     ControlError::new(code, e.to_string())
 }
@@ -340,6 +353,13 @@ impl Handler for ControlHandler {
             Request::Reload { force } => reload(&self.controller, force, &who)
                 .await
                 .map(Reply::Reload),
+            Request::Upgrade => {
+                let upgrader = self.upgrader.as_ref().ok_or_else(|| {
+                    ControlError::new(ErrorCode::UpgradeFailed, "this process cannot upgrade")
+                })?;
+                let (old_pid, new_pid) = upgrader.upgrade(&self.controller).await?;
+                Ok(Reply::Upgrade(UpgradeReply { old_pid, new_pid }))
+            }
             Request::Canary {
                 service,
                 pool,

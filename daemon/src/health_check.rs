@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchback_config::{defaults, HealthConfig, ServiceConfig};
+use switchback_config::{defaults, Config, HealthConfig, ServiceConfig};
 use switchback_proxy::health::{Health, HealthRegistry, HealthState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -99,26 +99,41 @@ pub async fn run_checker(
             _ = ticker.tick() => {}
             _ = shutdown.changed() => if *shutdown.borrow() { return },
         }
-        let mut probes = tokio::task::JoinSet::new();
-        for (addr, state) in registry.targets(&service) {
-            let path = config.path.clone();
-            let timeout = config.timeout;
-            probes.spawn(async move { (addr, state, probe(addr, &path, timeout).await) });
-        }
-        while let Some(done) = probes.join_next().await {
-            let Ok((addr, state, result)) = done else {
-                continue;
-            };
-            let error = result.as_ref().err().map(ToString::to_string);
-            match state.observe(result, config.healthy_threshold, config.unhealthy_threshold) {
-                Some(Health::Healthy) => {
-                    info!(service = %service, backend = %addr, "backend is healthy")
-                }
-                Some(_) => {
-                    warn!(service = %service, backend = %addr, error = error.as_deref().unwrap_or(""), "backend is down")
-                }
-                None => {}
+        check_round(&service, &config, &registry).await;
+    }
+}
+
+/// Probes every backend of `service` once, each verdict counted as the checker counts it.
+async fn check_round(service: &str, config: &HealthConfig, registry: &HealthRegistry) {
+    let mut probes = tokio::task::JoinSet::new();
+    for (addr, state) in registry.targets(service) {
+        let path = config.path.clone();
+        let timeout = config.timeout;
+        probes.spawn(async move { (addr, state, probe(addr, &path, timeout).await) });
+    }
+    while let Some(done) = probes.join_next().await {
+        let Ok((addr, state, result)) = done else {
+            continue;
+        };
+        let error = result.as_ref().err().map(ToString::to_string);
+        match state.observe(result, config.healthy_threshold, config.unhealthy_threshold) {
+            Some(Health::Healthy) => {
+                info!(service = %service, backend = %addr, "backend is healthy")
             }
+            Some(_) => {
+                warn!(service = %service, backend = %addr, error = error.as_deref().unwrap_or(""), "backend is down")
+            }
+            None => {}
+        }
+    }
+}
+
+/// One round of health checks for every service that has them (a service's backends at once):
+/// how an upgrade's new process learns its backends' health before it takes traffic over.
+pub async fn check_all_once(config: &Config, registry: &HealthRegistry) {
+    for service in &config.services {
+        if let Some(health) = &service.health {
+            check_round(&service.name, health, registry).await;
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod rollout;
 pub mod runtime;
 pub mod scrape;
 pub mod status;
+pub mod upgrade;
 
 pub use change::{DeployError, StartError};
 pub use controller::Controller;

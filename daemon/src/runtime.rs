@@ -16,13 +16,14 @@
 //! `switchback reload` does. Every way out flushes the access log first.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
@@ -33,13 +34,15 @@ use switchback_proxy::access_log::{self, AccessLog};
 use switchback_proxy::split::BucketSigner;
 use switchback_proxy::{ClientLimits, Connections, Metrics, SwitchbackProxy};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::admin::AdminApp;
 use crate::change::StartError;
 use crate::controller::Controller;
 use crate::handler::{reload, ControlHandler};
-use crate::health_check::run_checker;
+use crate::health_check::{check_all_once, run_checker};
+use crate::upgrade::{self, Upgrader};
 
 /// The socket buffers of a plain-HTTP client connection. pingora gives every accepted
 /// connection a 64 KiB read buffer, held for the connection's whole life, idle or not; for
@@ -84,6 +87,8 @@ pub enum RunError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start a runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 impl RunError {
@@ -159,7 +164,11 @@ fn bucket_key(state_dir: &std::path::Path) -> Result<Vec<u8>, RunError> {
 
 /// Starts the proxy and blocks until it is told to stop.
 pub fn run(config: Config) -> Result<(), RunError> {
+    std::sync::LazyLock::force(&crate::status::STARTED);
     let config = Arc::new(config);
+    // An upgrade's new process: the listeners, the control socket's path and the state dir's
+    // lock are the old process's until they are handed over.
+    let taking_over = upgrade::taking_over();
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let listeners = config
         .listen
@@ -168,7 +177,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .map(|a| (*a, "listen.http"))
         .chain(config.listen.https.iter().map(|a| (*a, "listen.https")))
         .chain(admin_listen.map(|a| (a, "admin.listen")));
-    for (addr, key) in listeners {
+    for (addr, key) in listeners.filter(|_| !taking_over) {
         TcpListener::bind(addr).map_err(|source| RunError::Listen { addr, key, source })?;
     }
     if let Some(addr) = admin_listen {
@@ -193,7 +202,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
     for notice in controller.notices() {
         error!("{notice}");
     }
-    let control_listener = switchback_control::bind(
+    let bind = if taking_over {
+        switchback_control::bind_taking_over
+    } else {
+        switchback_control::bind
+    };
+    let control_listener = bind(
         &config.control.socket,
         config.control.mode,
         config.control.group.as_deref(),
@@ -203,6 +217,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
         e => RunError::ControlSocket(e),
     })?;
 
+    if let Ok(meta) = std::fs::metadata(&config.control.socket) {
+        let _ = CONTROL_SOCKET_INODE.set(std::os::unix::fs::MetadataExt::ino(&meta));
+    }
     let threads = config
         .server
         .threads
@@ -223,8 +240,28 @@ pub fn run(config: Config) -> Result<(), RunError> {
             .to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let upgrade_sock = PathBuf::from(&conf.upgrade_sock);
+    let opt = taking_over.then(|| Opt {
+        upgrade: true,
+        ..Opt::default()
+    });
+    if taking_over {
+        // Ready before the sockets come: every backend's health known.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RunError::Runtime)?
+            .block_on(check_all_once(&config, &controller.registry()));
+    }
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // In an upgrade's new process, this waits for the old one to hand the listeners over.
     server.bootstrap();
+    if taking_over {
+        info!("upgrade: took the listening sockets over");
+    }
+    upgrade::notify_ready();
+    let hand_over = Arc::new(Notify::new());
+    let upgrader = Arc::new(Upgrader::new(upgrade_sock, hand_over.clone()));
 
     let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
@@ -286,6 +323,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             listener: Mutex::new(Some(control_listener)),
             controller: controller.clone(),
             certs: certs.clone(),
+            upgrader,
             access_log: access_log.clone(),
         },
     ));
@@ -317,6 +355,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
             controller: controller.clone(),
+            hand_over,
             access_log: access_log.clone(),
         }),
     });
@@ -348,15 +387,25 @@ fn start_access_log(config: &Config, metrics: &Metrics) -> Result<Option<AccessL
     })
 }
 
+/// The control socket file this process bound: after an upgrade, the path is the new
+/// process's, and the old one must leave it.
+static CONTROL_SOCKET_INODE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 /// The last thing before the process ends, whichever way it ends: the access log's last lines
-/// are written and the control socket is removed.
+/// are written and the control socket is removed (unless a new process took its path over).
 fn finish(config: &Config, access_log: Option<&AccessLog>) {
     if let Some(log) = access_log {
         if !log.flush(ACCESS_LOG_FLUSH) {
             warn!("the access log writer did not finish within {ACCESS_LOG_FLUSH:?}; its last lines may be missing");
         }
     }
-    let _ = std::fs::remove_file(&config.control.socket);
+    let path = &config.control.socket;
+    let ours = std::fs::metadata(path).is_ok_and(|m| {
+        Some(&std::os::unix::fs::MetadataExt::ino(&m)) == CONTROL_SOCKET_INODE.get()
+    });
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// pingora's signals (SIGQUIT upgrade, SIGTERM graceful), SIGINT, and SIGHUP, which pingora
@@ -367,6 +416,8 @@ fn finish(config: &Config, access_log: Option<&AccessLog>) {
 /// from the runtime being shut down, so the process never ends.
 struct Signals {
     controller: Arc<Controller>,
+    /// `switchback upgrade`'s new process is ready: hand it the listeners, as SIGQUIT does.
+    hand_over: Arc<Notify>,
     access_log: Option<AccessLog>,
 }
 
@@ -381,6 +432,7 @@ impl ShutdownSignalWatch for Signals {
         loop {
             tokio::select! {
                 _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+                _ = self.hand_over.notified() => return ShutdownSignal::GracefulUpgrade,
                 _ = term.recv() => return ShutdownSignal::GracefulTerminate,
                 _ = int.recv() => {
                     info!("SIGINT received, exiting now");
@@ -408,6 +460,7 @@ struct ControlService {
     listener: Mutex<Option<std::os::unix::net::UnixListener>>,
     controller: Arc<Controller>,
     certs: Option<Arc<CertManager>>,
+    upgrader: Arc<Upgrader>,
     access_log: Option<AccessLog>,
 }
 
@@ -427,10 +480,10 @@ impl BackgroundService for ControlService {
             self.access_log.clone(),
             shutdown.clone(),
         ));
-        let handler = Arc::new(ControlHandler::new(
-            self.controller.clone(),
-            self.certs.clone(),
-        ));
+        let handler = Arc::new(
+            ControlHandler::new(self.controller.clone(), self.certs.clone())
+                .with_upgrader(self.upgrader.clone()),
+        );
         if let Err(e) = switchback_control::serve(listener, handler, shutdown).await {
             error!(error = %e, "the control socket failed");
         }

@@ -30,6 +30,9 @@ pub fn read(controller: &Controller, only: Option<&str>) -> Result<StatusReply, 
         .map(|route| service_status(controller, route))
         .collect();
     Ok(StatusReply {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started: *STARTED,
         generation: table.generation,
         config_file: controller.config().source.display().to_string(),
         state_file: controller.state_path().display().to_string(),
@@ -114,3 +117,10 @@ pub fn rollout_status(r: &Rollout) -> RolloutStatus {
         reason: result.and_then(|x| x.reason),
     }
 }
+
+/// When this process started (first asked, which `run` does at once).
+pub static STARTED: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+});

@@ -534,3 +534,21 @@ async fn reload_applies_the_file_or_says_why_nothing_changed() {
     assert_eq!(live.services["app"].active, "blue");
     assert!(!live.services["app"].pools.contains_key("red"));
 }
+
+#[tokio::test]
+async fn upgrade_needs_a_process_to_hand_over_and_a_frozen_plane_changes_nothing() {
+    let p = Plane::new(HEALTH);
+    // A handler with no upgrader (this one, in process) cannot start a new process.
+    p.refused(Request::Upgrade, ErrorCode::UpgradeFailed).await;
+    // While an upgrade hands over, no change is written: the new process owns the state.
+    p.set_health("app", GREEN, true);
+    p.controller.freeze(true);
+    let e = p.refused(switch("green"), ErrorCode::Unavailable).await;
+    assert!(e.message.contains("upgrade"), "{}", e.message);
+    p.controller.freeze(false);
+    p.ask(switch("green")).await.unwrap();
+    assert_eq!(
+        p.controller.live_state().await.services["app"].active,
+        "green"
+    );
+}

@@ -248,16 +248,16 @@ impl ClientLimits {
         stream: &mut Stream,
         reused: bool,
         deadline: &mut Pin<Box<Sleep>>,
+        shutdown: &mut ShutdownWatch,
     ) -> Result<BytesMut, HeadEnd> {
-        if reused {
-            deadline
-                .as_mut()
-                .reset(tokio::time::Instant::now() + self.keepalive_timeout);
-        }
-        let read = tokio::select! {
-            biased;
-            read = first_read(stream) => read,
-            () = deadline.as_mut() => return Err(HeadEnd::TimedOut { started: false }),
+        let read = if reused {
+            self.next_request(stream, deadline, shutdown).await?
+        } else {
+            tokio::select! {
+                biased;
+                read = first_read(stream) => read,
+                () = deadline.as_mut() => return Err(HeadEnd::TimedOut { started: false }),
+            }
         };
         let buf = match read {
             Ok(buf) if !buf.is_empty() => buf,
@@ -274,6 +274,40 @@ impl ClientLimits {
         self.rest_of_head(stream, buf, deadline).await
     }
 
+    /// The first read of a kept-alive connection's next request, within `keepalive_timeout`.
+    ///
+    /// A connection that waits is closed as the process stops (a SIGTERM, an upgrade's old
+    /// process): its client sees the close while idle and opens its next connection to
+    /// whoever serves, rather than sending into a process about to exit. Only a connection
+    /// idle for [`STOP_WATCH_AFTER`] watches for the stop, so a busy one pays nothing for it
+    /// (its next answer says `connection: close` instead); the close comes at most that long
+    /// after the stop.
+    async fn next_request(
+        &self,
+        stream: &mut Stream,
+        deadline: &mut Pin<Box<Sleep>>,
+        shutdown: &mut ShutdownWatch,
+    ) -> Result<std::io::Result<BytesMut>, HeadEnd> {
+        let start = tokio::time::Instant::now();
+        let quiet = STOP_WATCH_AFTER.min(self.keepalive_timeout);
+        deadline.as_mut().reset(start + quiet);
+        tokio::select! {
+            biased;
+            read = first_read(stream) => return Ok(read),
+            () = deadline.as_mut() => {}
+        }
+        if quiet == self.keepalive_timeout {
+            return Err(HeadEnd::TimedOut { started: false });
+        }
+        deadline.as_mut().reset(start + self.keepalive_timeout);
+        tokio::select! {
+            biased;
+            read = first_read(stream) => Ok(read),
+            () = deadline.as_mut() => Err(HeadEnd::TimedOut { started: false }),
+            () = shutting_down(shutdown) => Err(HeadEnd::Closed),
+        }
+    }
+
     /// Reads the rest of a head into `buf` until `deadline`.
     async fn rest_of_head(
         &self,
@@ -287,6 +321,21 @@ impl ClientLimits {
             () = deadline.as_mut() => Err(HeadEnd::TimedOut {
                 started: !buf.is_empty(),
             }),
+        }
+    }
+}
+
+/// How long a kept-alive connection waits before it watches for the process to stop.
+const STOP_WATCH_AFTER: Duration = Duration::from_secs(1);
+
+/// Returns once the process is stopping.
+async fn shutting_down(shutdown: &mut ShutdownWatch) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }
@@ -365,6 +414,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
 impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
     /// Serves one client connection to its end.
     async fn serve(self: Arc<Self>, mut stream: Stream, shutdown: ShutdownWatch) {
+        let mut stopping = shutdown.clone();
         let shutdown = &shutdown;
         let before = self.open.fetch_add(1, Ordering::Relaxed);
         let _open = Open(&self.open);
@@ -396,7 +446,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
         loop {
             let head = match self
                 .limits
-                .next_head(&mut stream, reused, &mut deadline)
+                .next_head(&mut stream, reused, &mut deadline, &mut stopping)
                 .await
             {
                 Ok(head) => head,

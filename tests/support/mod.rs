@@ -226,6 +226,8 @@ pub struct Proxy {
     /// Extra lines for the `[server]` section.
     server: String,
     child: Option<Child>,
+    /// Processes an upgrade started (not children of the test): stopped with the proxy.
+    upgraded: Vec<u32>,
     /// The HTTP port was handed to someone else (an ACME CA validates on it) and must not
     /// change; the other ports may, when another process took them first.
     http_port_fixed: bool,
@@ -262,6 +264,7 @@ impl Proxy {
             server: String::new(),
             dir,
             child: None,
+            upgraded: Vec::new(),
             http_port_fixed: true,
         }
     }
@@ -385,8 +388,19 @@ impl Proxy {
         self.child.as_ref().expect("running").id()
     }
 
+    /// The process `switchback upgrade` started, which now serves: stopped with the proxy.
+    pub fn upgraded_to(&mut self, pid: u32) {
+        self.upgraded.push(pid);
+    }
+
     /// Kills the process without warning, as a crash would.
     pub fn kill(&mut self) {
+        for pid in self.upgraded.drain(..) {
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -1,0 +1,196 @@
+//! `switchback upgrade`: a new process takes the listening sockets over under load, with no
+//! failed request and no refused connection; one that cannot start leaves the old one serving.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn status_pid(proxy: &Proxy) -> u64 {
+    proxy.status()["pid"].as_u64().expect("status has the pid")
+}
+
+/// Runs `switchback upgrade` and returns the new pid, once it serves.
+fn upgrade(proxy: &mut Proxy) -> u64 {
+    let out = proxy.cli_ok(&["upgrade", "--json"]);
+    let reply: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("a reply line")).unwrap();
+    let new_pid = reply["new_pid"].as_u64().expect("the new pid");
+    proxy.upgraded_to(new_pid as u32);
+    new_pid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_upgrades_under_load_fail_nothing_and_keep_the_state() {
+    let blue = Upstream::start("blue");
+    let green = Upstream::start("green");
+    let mut proxy = Proxy::start(&blue_green(&blue, &green));
+    proxy.wait_health("app", "green", "healthy");
+    proxy.cli_ok(&["switch", "green"]);
+
+    // Keep-alive clients, and one that opens a new connection for every request: a refused
+    // connection shows there.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for keep_alive in [true, true, false, false] {
+        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+        let addr = proxy.addr();
+        clients.push(tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(addr).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let answer = if keep_alive {
+                    conn.get("/").await
+                } else {
+                    get_once(addr, "/").await
+                };
+                match answer {
+                    Ok(a) if a.status == 200 && a.pool == "green" => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(a) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {} from {:?}: {}", a.status, a.pool, a.body)),
+                    Err(e) => {
+                        // An answer that said `connection: close` (the old process, draining)
+                        // leaves the connection closed before the next request is sent: a
+                        // client opens a new one, and nothing failed.
+                        if !e.starts_with("connection not ready") {
+                            failures.lock().unwrap().push(e);
+                        }
+                        if keep_alive {
+                            match KeepAlive::connect(addr).await {
+                                Ok(c) => conn = c,
+                                Err(e) => failures.lock().unwrap().push(e.to_string()),
+                            }
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    let mut pids = vec![status_pid(&proxy)];
+    for i in 0..3 {
+        let before = ok.load(Ordering::SeqCst);
+        wait_for(
+            "requests before the upgrade",
+            Duration::from_secs(10),
+            || ok.load(Ordering::SeqCst) >= before + 50,
+        );
+        let new_pid = upgrade(&mut proxy);
+        assert!(!pids.contains(&new_pid), "upgrade {i}: pid {new_pid} again");
+        // `upgrade` returned: the new process answers, and it serves.
+        assert_eq!(status_pid(&proxy), new_pid, "upgrade {i}");
+        pids.push(new_pid);
+        assert_eq!(proxy.active_pool("app"), "green", "upgrade {i}");
+        // The old process drained and went away.
+        let old = pids[pids.len() - 2];
+        wait_for("the old process to exit", Duration::from_secs(20), || {
+            !std::path::Path::new(&format!("/proc/{old}")).exists()
+                || std::fs::read_to_string(format!("/proc/{old}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+        });
+    }
+    let before = ok.load(Ordering::SeqCst);
+    wait_for(
+        "requests after the upgrades",
+        Duration::from_secs(10),
+        || ok.load(Ordering::SeqCst) >= before + 50,
+    );
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        ok.load(Ordering::SeqCst) + failures.len() as u64,
+        &failures[..failures.len().min(10)]
+    );
+    // The state went along: the generation of the switch, and green.
+    assert_eq!(proxy.status()["generation"], 1);
+    let log = proxy.log();
+    assert_eq!(
+        log.matches("upgrade: took the listening sockets over")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
+    let blue = Upstream::start("blue");
+    let green = Upstream::start("green");
+    let mut proxy = Proxy::start(&blue_green(&blue, &green));
+    let pid = status_pid(&proxy);
+
+    // The new process reads the file again, and this one does not parse.
+    proxy.rewrite("[services.app]\nactive = \"blue\"\npools.blue = [\"nowhere\"]\n");
+    let out = proxy.cli(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("upgrade_failed"), "{stderr}");
+    assert!(stderr.contains("keeps serving"), "{stderr}");
+
+    assert_eq!(status_pid(&proxy), pid);
+    let a = get_once(proxy.addr(), "/").await.unwrap();
+    assert_eq!((a.status.as_u16(), a.pool.as_str()), (200, "blue"));
+    // Changes go on in the old process: it thawed.
+    proxy.wait_health("app", "green", "healthy");
+    proxy.cli_ok(&["switch", "green"]);
+    assert_eq!(proxy.active_pool("app"), "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_process_closes_idle_kept_alive_connections_while_it_drains() {
+    use std::io::{Read, Write};
+    let blue = Upstream::start("blue");
+    let proxy = Proxy::start(&format!(
+        "[services.app]\nactive = \"blue\"\npools.blue = [\"{}\"]\n",
+        blue.addr
+    ));
+    // One connection that made a request and waits, kept alive.
+    let mut idle = std::net::TcpStream::connect(proxy.addr()).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 1024];
+    let n = idle.read(&mut answer).unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    // And a request in flight, which holds the process up while it drains.
+    let addr = proxy.addr();
+    let slow = tokio::spawn(async move { get_once(addr, "/slow?ms=3000").await });
+    wait_for(
+        "the slow request at the backend",
+        Duration::from_secs(5),
+        || blue.slow_in_flight.load(Ordering::SeqCst) == 1,
+    );
+
+    let pid = proxy.pid().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    // The idle connection is closed at once, not when the process exits.
+    idle.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let closed = idle.read(&mut answer);
+    assert!(
+        matches!(closed, Ok(0)),
+        "the idle connection is still open: {closed:?}"
+    );
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the process is still draining"
+    );
+    let a = slow.await.unwrap().unwrap();
+    assert_eq!(a.status, 200, "the request in flight finished");
+}

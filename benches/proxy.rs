@@ -28,7 +28,9 @@
 //!   switchback, the floor and nginx (see `proxy/memory.rs`; needs python3);
 //! - `retry`: failed requests when a backend is killed under slow GETs, and when a backend
 //!   closes idle keep-alive connections, for switchback and nginx (see `proxy/retry.rs`; needs
-//!   python3).
+//!   python3);
+//! - `reload`: failed requests and refused connections during 20 config reloads (switchback,
+//!   nginx, HAProxy) and 3 upgrades of switchback itself (see `proxy/reload.rs`).
 //!
 //! Needs wrk, nginx and haproxy (Debian packages `wrk nginx-light haproxy`), and valgrind for
 //! `instructions`. Everything listens
@@ -45,6 +47,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchback");
 
 #[path = "proxy/memory.rs"]
 mod memory;
+#[path = "proxy/reload.rs"]
+mod reload;
 #[path = "proxy/retry.rs"]
 mod retry;
 
@@ -1161,8 +1165,9 @@ fn main() {
             "https" => https(&bench, &o),
             "memory" => memory::memory(&bench, &o),
             "retry" => retry::retry(&bench, &o),
+            "reload" => reload::reload(&bench, &o),
             other => panic!(
-                "unknown scenario {other} (http, https, switch, observability, canary, instructions, memory, retry)"
+                "unknown scenario {other} (http, https, switch, observability, canary, instructions, memory, retry, reload)"
             ),
         }
     }

@@ -171,7 +171,8 @@ pub fn reload(bench: &Bench, o: &Options) {
         pids.push(reply["new_pid"].as_u64().unwrap());
     });
     row("switchback", "3 x switchback upgrade", &seen);
-    for pid in pids {
+    // The last new process serves (the others drained and exited); the first is `p`.
+    if let Some(pid) = pids.last() {
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();

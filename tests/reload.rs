@@ -3,9 +3,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -40,46 +38,10 @@ async fn twenty_reloads_under_load_fail_no_request_and_apply_at_once() {
     let mut proxy = Proxy::start(&services(&one, None));
 
     // Keep-alive clients, and one that opens a new connection for every request.
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut clients = Vec::new();
-    for keep_alive in [true, true, true, false] {
-        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-        let addr = proxy.addr();
-        clients.push(tokio::spawn(async move {
-            let mut conn = KeepAlive::connect(addr).await.unwrap();
-            conn.host = "app.test".into();
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let answer = if keep_alive {
-                    conn.get("/").await
-                } else {
-                    get_host(addr, "app.test", "/").await
-                };
-                match answer {
-                    Ok(a) if a.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(a) => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("status {}: {}", a.status, a.body)),
-                    Err(e) => {
-                        failures.lock().unwrap().push(e);
-                        conn = KeepAlive::connect(addr).await.unwrap();
-                        conn.host = "app.test".into();
-                    }
-                }
-            }
-        }));
-    }
+    let load = Load::start(proxy.addr(), "app.test", 3, 1, |a| a.status == 200);
 
     for i in 0..20 {
-        let before = ok.load(Ordering::SeqCst);
-        wait_for("requests between reloads", Duration::from_secs(10), || {
-            ok.load(Ordering::SeqCst) >= before + 20
-        });
+        load.wait_for_more(20, "requests between reloads");
         let with_api = i % 2 == 0;
         let app_backend = if with_api { &two } else { &one };
         proxy.rewrite(&services(app_backend, with_api.then_some(&api)));
@@ -109,24 +71,8 @@ async fn twenty_reloads_under_load_fail_no_request_and_apply_at_once() {
             );
         }
     }
-    let before = ok.load(Ordering::SeqCst);
-    wait_for(
-        "requests after the reloads",
-        Duration::from_secs(10),
-        || ok.load(Ordering::SeqCst) >= before + 20,
-    );
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let failures = failures.lock().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        ok.load(Ordering::SeqCst) + failures.len() as u64,
-        &failures[..failures.len().min(10)]
-    );
+    load.wait_for_more(20, "requests after the reloads");
+    load.stop_with_no_failure().await;
     assert_eq!(proxy.status()["generation"], 20);
 }
 

@@ -3,9 +3,8 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use support::*;
 
@@ -31,59 +30,15 @@ async fn three_upgrades_under_load_fail_nothing_and_keep_the_state() {
     proxy.wait_health("app", "green", "healthy");
     proxy.cli_ok(&["switch", "green"]);
 
-    // Keep-alive clients, and one that opens a new connection for every request: a refused
+    // Keep-alive clients, and ones that open a new connection for every request: a refused
     // connection shows there.
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut clients = Vec::new();
-    for keep_alive in [true, true, false, false] {
-        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-        let addr = proxy.addr();
-        clients.push(tokio::spawn(async move {
-            let mut conn = KeepAlive::connect(addr).await.unwrap();
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let answer = if keep_alive {
-                    conn.get("/").await
-                } else {
-                    get_once(addr, "/").await
-                };
-                match answer {
-                    Ok(a) if a.status == 200 && a.pool == "green" => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(a) => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("status {} from {:?}: {}", a.status, a.pool, a.body)),
-                    Err(e) => {
-                        // An answer that said `connection: close` (the old process, draining)
-                        // leaves the connection closed before the next request is sent: a
-                        // client opens a new one, and nothing failed.
-                        if !e.starts_with("connection not ready") {
-                            failures.lock().unwrap().push(e);
-                        }
-                        if keep_alive {
-                            match KeepAlive::connect(addr).await {
-                                Ok(c) => conn = c,
-                                Err(e) => failures.lock().unwrap().push(e.to_string()),
-                            }
-                        }
-                    }
-                }
-            }
-        }));
-    }
+    let load = Load::start(proxy.addr(), "app.test", 2, 2, |a| {
+        a.status == 200 && a.pool == "green"
+    });
 
     let mut pids = vec![status_pid(&proxy)];
     for i in 0..3 {
-        let before = ok.load(Ordering::SeqCst);
-        wait_for(
-            "requests before the upgrade",
-            Duration::from_secs(10),
-            || ok.load(Ordering::SeqCst) >= before + 50,
-        );
+        load.wait_for_more(50, "requests before the upgrade");
         let new_pid = upgrade(&mut proxy);
         assert!(!pids.contains(&new_pid), "upgrade {i}: pid {new_pid} again");
         // `upgrade` returned: the new process answers, and it serves.
@@ -98,24 +53,8 @@ async fn three_upgrades_under_load_fail_nothing_and_keep_the_state() {
                     .is_ok_and(|s| s.contains(") Z "))
         });
     }
-    let before = ok.load(Ordering::SeqCst);
-    wait_for(
-        "requests after the upgrades",
-        Duration::from_secs(10),
-        || ok.load(Ordering::SeqCst) >= before + 50,
-    );
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let failures = failures.lock().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        ok.load(Ordering::SeqCst) + failures.len() as u64,
-        &failures[..failures.len().min(10)]
-    );
+    load.wait_for_more(50, "requests after the upgrades");
+    load.stop_with_no_failure().await;
     // The state went along: the generation of the switch, and green.
     assert_eq!(proxy.status()["generation"], 1);
     let log = proxy.log();

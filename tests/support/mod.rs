@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -762,4 +762,103 @@ pub fn blue_green(blue: &Upstream, green: &Upstream) -> String {
         "[services.app]\nhosts = []\nactive = \"blue\"\npools.blue = [\"{}\"]\npools.green = [\"{}\"]\nhealth = {{ path = \"/health\", interval = \"100ms\", timeout = \"1s\" }}\n",
         blue.addr, green.addr
     )
+}
+
+/// Clients that keep sending GET / through a proxy until told to stop: some on kept-alive
+/// connections, some opening a new connection for every request (a refused connection shows
+/// there). An answer `wanted` rejects, and every request that fails, is kept as a failure. A
+/// kept-alive connection the proxy closed after an answer that said `connection: close` is
+/// no failure: the client opens a new one before it sends anything, as any client does.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(
+        addr: SocketAddr,
+        host: &str,
+        kept_alive: usize,
+        new_connections: usize,
+        wanted: fn(&Answer) -> bool,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut clients = Vec::new();
+        let kinds = std::iter::repeat_n(true, kept_alive)
+            .chain(std::iter::repeat_n(false, new_connections));
+        for keep_alive in kinds {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            let host = host.to_string();
+            clients.push(tokio::spawn(async move {
+                let connect = || async {
+                    let mut conn = KeepAlive::connect(addr).await?;
+                    conn.host = host.clone();
+                    Ok::<_, std::io::Error>(conn)
+                };
+                let mut conn = connect().await.expect("connect to the proxy");
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    let answer = if keep_alive {
+                        conn.get("/").await
+                    } else {
+                        get_host(addr, &host, "/").await
+                    };
+                    match answer {
+                        Ok(a) if wanted(&a) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(a) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {} from {:?}: {}", a.status, a.pool, a.body)),
+                        Err(e) => {
+                            if !e.starts_with("connection not ready") {
+                                failures.lock().unwrap().push(e);
+                            }
+                            if keep_alive {
+                                match connect().await {
+                                    Ok(c) => conn = c,
+                                    Err(e) => failures.lock().unwrap().push(e.to_string()),
+                                }
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        Load {
+            stop,
+            ok,
+            failures,
+            clients,
+        }
+    }
+
+    /// Waits until `n` more requests were answered as wanted.
+    pub fn wait_for_more(&self, n: u64, what: &str) {
+        let before = self.ok.load(Ordering::SeqCst);
+        wait_for(what, Duration::from_secs(10), || {
+            self.ok.load(Ordering::SeqCst) >= before + n
+        });
+    }
+
+    /// Stops the clients and insists that no request failed.
+    pub async fn stop_with_no_failure(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for c in self.clients {
+            c.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failures.len(),
+            self.ok.load(Ordering::SeqCst) + failures.len() as u64,
+            &failures[..failures.len().min(10)]
+        );
+    }
 }

@@ -646,3 +646,78 @@ fn a_ca_that_never_answers_holds_up_nothing() {
     );
     assert_ne!(files_serial(&proxy), before, "the new pair is served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_serves_the_same_certificate_with_no_failed_handshake_and_no_new_order() {
+    let blue = Upstream::start("blue");
+    let (mut proxy, pebble) = acme_proxy(&blue, &[], "");
+    let (serial, _) = wait_issued(&proxy, &pebble, HOST);
+    let orders_before = pebble.pebble_log().matches("POST /order-plz").count();
+    let root = pebble.issuing_root();
+    let https = proxy.https_port.unwrap();
+    let config = client_config(&root, &[b"http/1.1"]);
+
+    // New HTTPS connections (a handshake each) all through the upgrade.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let client = {
+        let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match https_get(config.clone(), https, HOST, "/").await {
+                    Ok(a) if a.status == 200 && a.serial == serial => {
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(a) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {} serial {}", a.status, a.serial)),
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+            }
+        })
+    };
+    let wait_more = |n: u64, what: &'static str| {
+        let done = done.clone();
+        let before = done.load(Ordering::SeqCst);
+        tokio::task::spawn_blocking(move || {
+            wait_for(what, Duration::from_secs(20), || {
+                done.load(Ordering::SeqCst) >= before + n
+            })
+        })
+    };
+    wait_more(20, "handshakes before the upgrade")
+        .await
+        .unwrap();
+
+    let old_pid = proxy.status()["pid"].as_u64().unwrap();
+    let out = proxy.cli_ok(&["upgrade", "--json"]);
+    let reply: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let new_pid = reply["new_pid"].as_u64().unwrap();
+    proxy.upgraded_to(new_pid as u32);
+    assert_eq!(reply["old_pid"].as_u64(), Some(old_pid));
+    assert_eq!(proxy.status()["pid"].as_u64(), Some(new_pid));
+    // Past the old process's hand-off window: only the new one answers now.
+    wait_for("the old process to exit", Duration::from_secs(20), || {
+        !std::path::Path::new(&format!("/proc/{old_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{old_pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    wait_more(20, "handshakes after the upgrade").await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    client.await.unwrap();
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed handshakes or requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(
+        pebble.pebble_log().matches("POST /order-plz").count(),
+        orders_before,
+        "the new process loaded the certificate: no new order"
+    );
+}

@@ -477,7 +477,7 @@ async fn sighup_reloads_an_unchanged_file_and_the_proxy_keeps_serving() {
         .status()
         .unwrap();
     assert!(ok.success());
-    wait_for("the SIGHUP log line", Duration::from_secs(5), || {
+    wait_for("the SIGHUP log line", Duration::from_secs(10), || {
         proxy.log().contains("SIGHUP: config reloaded")
     });
     let mut conn = KeepAlive::connect(proxy.addr()).await.unwrap();

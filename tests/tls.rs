@@ -721,3 +721,41 @@ async fn an_upgrade_serves_the_same_certificate_with_no_failed_handshake_and_no_
         "the new process loaded the certificate: no new order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_adds_an_acme_host_orders_its_certificate() {
+    const API: &str = "api.switchback.test";
+    let blue = Upstream::start("blue");
+    let (mut proxy, pebble) = acme_proxy(&blue, &[], "");
+    let (serial, _) = wait_issued(&proxy, &pebble, HOST);
+
+    proxy.rewrite(&format!(
+        "{}{}\n[services.api]\nhosts = [\"{API}\"]\nactive = \"blue\"\npools.blue = [\"{}\"]\ntls = \"acme\"\n",
+        pebble.acme_section(""),
+        acme_service(&blue),
+        blue.addr
+    ));
+    let reply: serde_json::Value =
+        serde_json::from_str(&proxy.cli_ok(&["reload", "--json"])).unwrap();
+    assert!(
+        reply["changes"]
+            .to_string()
+            .contains(&format!("TLS host \\\"{API}\\\" added")),
+        "{reply}"
+    );
+    assert_eq!(reply["needs_upgrade"], serde_json::json!([]));
+    let (api_serial, _) = wait_issued(&proxy, &pebble, API);
+    assert_ne!(api_serial, serial);
+
+    // Both served over HTTPS, each with its own certificate, by the same process.
+    let root = pebble.issuing_root();
+    let https = proxy.https_port.unwrap();
+    let a = https_get(client_config(&root, &[b"http/1.1"]), https, API, "/")
+        .await
+        .unwrap();
+    assert_eq!((a.status, a.serial.as_str()), (200, api_serial.as_str()));
+    let a = https_get(client_config(&root, &[b"http/1.1"]), https, HOST, "/")
+        .await
+        .unwrap();
+    assert_eq!((a.status, a.serial.as_str()), (200, serial.as_str()));
+}

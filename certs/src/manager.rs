@@ -139,48 +139,12 @@ impl CertManager {
         let mut hosts_in_order = Vec::new();
         let mut entries = BTreeMap::new();
         let mut has_acme = false;
-        for service in &config.services {
-            let source = match &service.tls {
-                TlsMode::Off => continue,
-                TlsMode::Acme => {
-                    has_acme = true;
-                    CertSource::Acme
-                }
-                TlsMode::Files { cert, key } => CertSource::File {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                },
-            };
-            let hosts: Vec<String> = if service.hosts.is_empty() {
-                // A catch-all service with a file pair serves it under the names it holds.
-                match &source {
-                    CertSource::File { cert, key } => std::fs::read(cert)
-                        .ok()
-                        .zip(std::fs::read(key).ok())
-                        .and_then(|(c, k)| load_pair(&c, &k).ok())
-                        .map(|m| m.info.names)
-                        .unwrap_or_else(|| vec![format!("(service {})", service.name)]),
-                    CertSource::Acme => Vec::new(),
-                }
-            } else {
-                service.hosts.clone()
-            };
-            for host in hosts {
-                hosts_in_order.push(host.clone());
-                entries.entry(host.clone()).or_insert_with(|| Entry {
-                    status: CertStatus {
-                        host,
-                        source: source.clone(),
-                        served: None,
-                        next_renewal: None,
-                        last_error: None,
-                        consecutive_failures: 0,
-                        failures_total: 0,
-                        updated_at: None,
-                    },
-                    mtimes: None,
-                });
-            }
+        for (host, source) in tls_hosts(config) {
+            has_acme |= source == CertSource::Acme;
+            hosts_in_order.push(host.clone());
+            entries
+                .entry(host.clone())
+                .or_insert_with(|| Entry::new(host, source));
         }
         let store = CertStore::new(state_dir);
         let challenges = Arc::new(ChallengeStore::new(state_dir));
@@ -238,6 +202,43 @@ impl CertManager {
         }
     }
 
+    /// Takes on the TLS hosts of a reloaded config that it does not have yet: a file pair is
+    /// loaded, an ACME host's saved certificate is served or a first one ordered (the order
+    /// starts within 2 s). Hosts the config no longer has keep their certificate and files.
+    /// Returns the hosts added, or, adding none, the ACME hosts it cannot order: no ACME
+    /// service was set up at start (that takes `switchback upgrade`).
+    pub fn add_hosts(&self, config: &Config) -> Result<Vec<String>, Vec<String>> {
+        let new: Vec<(String, CertSource)> = {
+            let entries = self.lock();
+            tls_hosts(config)
+                .into_iter()
+                .filter(|(host, _)| !entries.contains_key(host))
+                .collect()
+        };
+        let cannot: Vec<String> = new
+            .iter()
+            .filter(|(_, source)| *source == CertSource::Acme && self.acme.is_none())
+            .map(|(host, _)| host.clone())
+            .collect();
+        if !cannot.is_empty() {
+            return Err(cannot);
+        }
+        let mut added = Vec::new();
+        for (host, source) in new {
+            let acme = source == CertSource::Acme;
+            self.lock()
+                .insert(host.clone(), Entry::new(host.clone(), source));
+            self.resolver.add_host(&host);
+            if acme {
+                self.load_saved(&host);
+            }
+            info!(host = %host, "TLS host added by a reload");
+            added.push(host);
+        }
+        self.reload_files(false);
+        Ok(added)
+    }
+
     fn load_saved_acme(&self) {
         let hosts: Vec<String> = self
             .lock()
@@ -246,26 +247,33 @@ impl CertManager {
             .map(|e| e.status.host.clone())
             .collect();
         for host in hosts {
-            let loaded = match self.store.load_cert(&host) {
-                Ok(Some(pem)) => load_pair(&pem, &pem).map(Some).map_err(|e| e.to_string()),
-                Ok(None) => Ok(None),
-                Err(e) => Err(e.to_string()),
-            };
-            let mut entries = self.lock();
-            let entry = entries.get_mut(&host).expect("listed above");
-            match loaded {
-                Ok(Some(m)) if m.info.not_after > now() => {
-                    self.resolver.set(&host, m.key.clone());
-                    entry.status.next_renewal = Some(renewal_time(&m.info));
-                    entry.status.served = Some(m.info);
-                    info!(host = %host, "certificate loaded from the state dir");
-                }
-                Ok(_) => entry.status.next_renewal = Some(now()),
-                Err(e) => {
-                    warn!(host = %host, error = %e, "the saved certificate cannot be used; ordering a new one");
-                    entry.status.last_error = Some(format!("saved certificate: {e}"));
-                    entry.status.next_renewal = Some(now());
-                }
+            self.load_saved(&host);
+        }
+    }
+
+    /// Serves an ACME host's saved certificate, or plans its order.
+    fn load_saved(&self, host: &str) {
+        let loaded = match self.store.load_cert(host) {
+            Ok(Some(pem)) => load_pair(&pem, &pem).map(Some).map_err(|e| e.to_string()),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(host) else {
+            return;
+        };
+        match loaded {
+            Ok(Some(m)) if m.info.not_after > now() => {
+                self.resolver.set(host, m.key.clone());
+                entry.status.next_renewal = Some(renewal_time(&m.info));
+                entry.status.served = Some(m.info);
+                info!(host = %host, "certificate loaded from the state dir");
+            }
+            Ok(_) => entry.status.next_renewal = Some(now()),
+            Err(e) => {
+                warn!(host = %host, error = %e, "the saved certificate cannot be used; ordering a new one");
+                entry.status.last_error = Some(format!("saved certificate: {e}"));
+                entry.status.next_renewal = Some(now());
             }
         }
     }
@@ -444,6 +452,55 @@ impl CertManager {
     fn ordering_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
         self.ordering.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+impl Entry {
+    fn new(host: String, source: CertSource) -> Entry {
+        Entry {
+            status: CertStatus {
+                host,
+                source,
+                served: None,
+                next_renewal: None,
+                last_error: None,
+                consecutive_failures: 0,
+                failures_total: 0,
+                updated_at: None,
+            },
+            mtimes: None,
+        }
+    }
+}
+
+/// Every host the config serves over TLS, in config order, with where its certificate comes
+/// from. A catch-all service with a file pair serves it under the names it holds.
+fn tls_hosts(config: &Config) -> Vec<(String, CertSource)> {
+    let mut hosts = Vec::new();
+    for service in &config.services {
+        let source = match &service.tls {
+            TlsMode::Off => continue,
+            TlsMode::Acme => CertSource::Acme,
+            TlsMode::Files { cert, key } => CertSource::File {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+        };
+        let names: Vec<String> = if service.hosts.is_empty() {
+            match &source {
+                CertSource::File { cert, key } => std::fs::read(cert)
+                    .ok()
+                    .zip(std::fs::read(key).ok())
+                    .and_then(|(c, k)| load_pair(&c, &k).ok())
+                    .map(|m| m.info.names)
+                    .unwrap_or_else(|| vec![format!("(service {})", service.name)]),
+                CertSource::Acme => Vec::new(),
+            }
+        } else {
+            service.hosts.clone()
+        };
+        hosts.extend(names.into_iter().map(|h| (h, source.clone())));
+    }
+    hosts
 }
 
 /// When to order again: a third of the lifetime before expiry, up to 2% of the lifetime

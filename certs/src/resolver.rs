@@ -78,6 +78,18 @@ impl SniResolver {
         }));
     }
 
+    /// Serves `host` too (its certificate comes with [`SniResolver::set`]).
+    pub fn add_host(&self, host: &str) {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.map.load();
+        let mut order = current.order.clone();
+        order.push(host.to_string());
+        self.map.store(Arc::new(CertMap {
+            by_host: current.by_host.clone(),
+            order,
+        }));
+    }
+
     /// The certificate served for a host name now, if any.
     pub fn get(&self, host: &str) -> Option<Arc<CertifiedKey>> {
         self.map.load().find(&host.to_ascii_lowercase()).cloned()

@@ -7,9 +7,9 @@
 //! rollout, and backends set with `pool set` while the file's list for that pool is unchanged.
 //! Removing a pool that serves (the active pool, a canary, a running rollout's pool) is refused
 //! unless forced. What only a new process can apply (listeners, threads, the state dir, the
-//! control socket, TLS hosts, …) is reported, not applied.
+//! control socket, …) is reported, not applied.
 
-use crate::model::{Config, ServiceConfig, TlsMode};
+use crate::model::{Config, ServiceConfig};
 use crate::state::{LiveState, PoolState};
 
 /// What a reload does.
@@ -238,18 +238,6 @@ fn changed_settings(old: &ServiceConfig, new: &ServiceConfig) -> Vec<&'static st
     changed
 }
 
-/// The hosts that need a certificate, as `host (mode)`.
-fn tls_hosts(config: &Config) -> Vec<String> {
-    let mut hosts: Vec<String> = config
-        .services
-        .iter()
-        .filter(|s| s.tls != TlsMode::Off)
-        .flat_map(|s| s.hosts.iter().map(move |h| format!("{h} ({:?})", s.tls)))
-        .collect();
-    hosts.sort();
-    hosts
-}
-
 /// The parts of the file that the running process set up once, at its start.
 fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
     let mut keys = Vec::new();
@@ -266,10 +254,6 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
     check("[acme]", old.acme != new.acme);
     check("[access_log]", old.access_log != new.access_log);
     check("[metrics]", old.metrics != new.metrics);
-    check(
-        "the TLS hosts (certificates are ordered and loaded at start)",
-        tls_hosts(old) != tls_hosts(new),
-    );
     keys
 }
 

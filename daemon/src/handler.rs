@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use switchback_certs::{CertManager, CertSource, CertStatus};
-use switchback_config::defaults;
+use switchback_config::{defaults, TlsMode};
 use switchback_control::{
     Caller, ControlError, DrainReport, ErrorCode, Event, Handler, PoolSetReply, Progress, Reply,
     Request, SwitchReply,
@@ -139,6 +139,7 @@ impl ControlHandler {
 /// any problem changes nothing, and the error lists every problem as file:line: key.
 pub async fn reload(
     controller: &Controller,
+    certs: Option<&Arc<CertManager>>,
     force: bool,
     who: &str,
 ) -> Result<ReloadReply, ControlError> {
@@ -152,10 +153,31 @@ pub async fn reload(
                 format!("{e}\nthe config file has problems; nothing changed"),
             )
         })?;
-    let o = controller
+    let mut o = controller
         .reload(new, force, who)
         .await
         .map_err(to_control)?;
+    // TLS hosts new in the file: certificates loaded or ordered, when the process has what
+    // it takes (an HTTPS listener, and an ACME account for an ACME host).
+    let config = controller.config();
+    let wants_tls = config.services.iter().any(|s| s.tls != TlsMode::Off);
+    match certs {
+        Some(certs) => {
+            match certs.add_hosts(&config) {
+                Ok(added) => o.changes.extend(added.into_iter().map(|h| {
+                    format!("TLS host {h:?} added: its certificate is loaded or ordered")
+                })),
+                Err(hosts) => o.needs_upgrade.push(format!(
+                    "the ACME hosts {} (no ACME service was set up at start)",
+                    hosts.join(", ")
+                )),
+            }
+        }
+        None if wants_tls => o
+            .needs_upgrade
+            .push("TLS (no service had TLS at start: no HTTPS listener was set up)".to_string()),
+        None => {}
+    }
     Ok(ReloadReply {
         config_file: o.config_file.display().to_string(),
         changes: o.changes,
@@ -350,7 +372,7 @@ impl Handler for ControlHandler {
             request @ (Request::Certs | Request::CertsRenew { .. } | Request::ReloadCerts) => {
                 self.handle_certs(request).await
             }
-            Request::Reload { force } => reload(&self.controller, force, &who)
+            Request::Reload { force } => reload(&self.controller, self.certs.as_ref(), force, &who)
                 .await
                 .map(Reply::Reload),
             Request::Upgrade => {

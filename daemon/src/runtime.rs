@@ -165,6 +165,15 @@ fn bucket_key(state_dir: &std::path::Path) -> Result<Vec<u8>, RunError> {
 /// Starts the proxy and blocks until it is told to stop.
 pub fn run(config: Config) -> Result<(), RunError> {
     std::sync::LazyLock::force(&crate::status::STARTED);
+    // Until the signal watcher is listening, a SIGHUP must not end the process, nor be
+    // lost: it is noted, and the watcher reloads for it once it listens.
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGHUP,
+            note_early_hup as extern "C" fn(libc::c_int) as *const () as libc::sighandler_t,
+        );
+    }
     let config = Arc::new(config);
     // An upgrade's new process: the listeners, the control socket's path and the state dir's
     // lock are the old process's until they are handed over.
@@ -347,14 +356,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
         threads,
         "switchback is starting"
     );
-    // Until the signal watcher below is listening, a SIGHUP must not end the process.
-    // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-    }
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
             controller: controller.clone(),
+            certs: certs.clone(),
             hand_over,
             access_log: access_log.clone(),
         }),
@@ -408,6 +413,13 @@ fn finish(config: &Config, access_log: Option<&AccessLog>) {
     }
 }
 
+/// A SIGHUP that came before the signal watcher listened.
+static EARLY_HUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_early_hup(_: libc::c_int) {
+    EARLY_HUP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// pingora's signals (SIGQUIT upgrade, SIGTERM graceful), SIGINT, and SIGHUP, which pingora
 /// leaves at its default (ending the process at once, unflushed).
 ///
@@ -416,6 +428,7 @@ fn finish(config: &Config, access_log: Option<&AccessLog>) {
 /// from the runtime being shut down, so the process never ends.
 struct Signals {
     controller: Arc<Controller>,
+    certs: Option<Arc<CertManager>>,
     /// `switchback upgrade`'s new process is ready: hand it the listeners, as SIGQUIT does.
     hand_over: Arc<Notify>,
     access_log: Option<AccessLog>,
@@ -429,6 +442,9 @@ impl ShutdownSignalWatch for Signals {
         let mut term = watch(SignalKind::terminate());
         let mut int = watch(SignalKind::interrupt());
         let mut hup = watch(SignalKind::hangup());
+        if EARLY_HUP.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.reload_on_hup();
+        }
         loop {
             tokio::select! {
                 _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
@@ -439,19 +455,27 @@ impl ShutdownSignalWatch for Signals {
                     finish(&self.controller.config(), self.access_log.as_ref());
                     std::process::exit(0);
                 }
-                _ = hup.recv() => {
-                    // As `switchback reload`, in a task of its own: signals keep being watched.
-                    let controller = self.controller.clone();
-                    tokio::spawn(async move {
-                        match reload(&controller, false, "SIGHUP").await {
-                            Ok(r) if r.needs_upgrade.is_empty() => info!(changes = ?r.changes, generation = r.generation, "SIGHUP: config reloaded"),
-                            Ok(r) => warn!(changes = ?r.changes, generation = r.generation, needs_upgrade = ?r.needs_upgrade, "SIGHUP: config reloaded; some changes need `switchback upgrade`"),
-                            Err(e) => error!("SIGHUP: the config was not reloaded: {}", e.message),
-                        }
-                    });
-                }
+                _ = hup.recv() => self.reload_on_hup(),
             }
         }
+    }
+}
+
+impl Signals {
+    /// As `switchback reload`, in a task of its own: signals keep being watched.
+    fn reload_on_hup(&self) {
+        let (controller, certs) = (self.controller.clone(), self.certs.clone());
+        tokio::spawn(async move {
+            match reload(&controller, certs.as_ref(), false, "SIGHUP").await {
+                Ok(r) if r.needs_upgrade.is_empty() => {
+                    info!(changes = ?r.changes, generation = r.generation, "SIGHUP: config reloaded")
+                }
+                Ok(r) => {
+                    warn!(changes = ?r.changes, generation = r.generation, needs_upgrade = ?r.needs_upgrade, "SIGHUP: config reloaded; some changes need `switchback upgrade`")
+                }
+                Err(e) => error!("SIGHUP: the config was not reloaded: {}", e.message),
+            }
+        });
     }
 }
 

@@ -133,3 +133,37 @@ async fn a_stopping_process_closes_idle_kept_alive_connections_while_it_drains()
     let a = slow.await.unwrap().unwrap();
     assert_eq!(a.status, 200, "the request in flight finished");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_binary_that_does_not_start_leaves_the_old_one_serving() {
+    let blue = Upstream::start("blue");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("switchback");
+    std::fs::copy(env!("CARGO_BIN_EXE_switchback"), &bin).unwrap();
+    let proxy = Proxy::start_binary(
+        &bin,
+        &format!(
+            "[services.app]\nactive = \"blue\"\npools.blue = [\"{}\"]\n",
+            blue.addr
+        ),
+    );
+    let pid = status_pid(&proxy);
+
+    // `install broken-switchback /usr/local/bin/switchback`: a new file at the same path.
+    let broken = dir.path().join("broken");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'this build is broken' >&2\nexit 70\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &bin).unwrap();
+    let out = proxy.cli(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exit status: 70"), "{stderr}");
+    assert!(stderr.contains("keeps serving"), "{stderr}");
+    assert_eq!(status_pid(&proxy), pid);
+    let a = get_once(proxy.addr(), "/").await.unwrap();
+    assert_eq!((a.status.as_u16(), a.pool.as_str()), (200, "blue"));
+}

@@ -228,6 +228,8 @@ pub struct Proxy {
     child: Option<Child>,
     /// Processes an upgrade started (not children of the test): stopped with the proxy.
     upgraded: Vec<u32>,
+    /// The switchback binary it runs.
+    bin: PathBuf,
     /// The HTTP port was handed to someone else (an ACME CA validates on it) and must not
     /// change; the other ports may, when another process took them first.
     http_port_fixed: bool,
@@ -250,6 +252,15 @@ impl Proxy {
         proxy
     }
 
+    /// [`Proxy::start`] of the binary at `bin` (a copy of switchback that a test replaces, say).
+    pub fn start_binary(bin: &Path, services: &str) -> Proxy {
+        let mut proxy = Proxy::unstarted(false);
+        proxy.http_port_fixed = false;
+        proxy.bin = bin.to_path_buf();
+        proxy.launch(services);
+        proxy
+    }
+
     /// A proxy with its ports and dir chosen but not running yet, so that other parts (an
     /// ACME CA) can be pointed at it first. With `https`, it gets an HTTPS listener too.
     pub fn unstarted(https: bool) -> Proxy {
@@ -265,6 +276,7 @@ impl Proxy {
             dir,
             child: None,
             upgraded: Vec::new(),
+            bin: PathBuf::from(BIN),
             http_port_fixed: true,
         }
     }
@@ -351,7 +363,7 @@ impl Proxy {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(&self.bin)
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")

@@ -692,19 +692,12 @@ async fn an_upgrade_serves_the_same_certificate_with_no_failed_handshake_and_no_
         .await
         .unwrap();
 
-    let old_pid = proxy.status()["pid"].as_u64().unwrap();
-    let out = proxy.cli_ok(&["upgrade", "--json"]);
-    let reply: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
-    let new_pid = reply["new_pid"].as_u64().unwrap();
-    proxy.upgraded_to(new_pid as u32);
-    assert_eq!(reply["old_pid"].as_u64(), Some(old_pid));
+    let serving = proxy.status()["pid"].as_u64().unwrap();
+    let (old_pid, new_pid) = proxy.upgrade();
+    assert_eq!(old_pid, serving);
     assert_eq!(proxy.status()["pid"].as_u64(), Some(new_pid));
     // Past the old process's hand-off window: only the new one answers now.
-    wait_for("the old process to exit", Duration::from_secs(20), || {
-        !std::path::Path::new(&format!("/proc/{old_pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{old_pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z "))
-    });
+    wait_exited(old_pid);
     wait_more(20, "handshakes after the upgrade").await.unwrap();
     stop.store(true, Ordering::SeqCst);
     client.await.unwrap();

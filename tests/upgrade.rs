@@ -12,16 +12,6 @@ fn status_pid(proxy: &Proxy) -> u64 {
     proxy.status()["pid"].as_u64().expect("status has the pid")
 }
 
-/// Runs `switchback upgrade` and returns the new pid, once it serves.
-fn upgrade(proxy: &mut Proxy) -> u64 {
-    let out = proxy.cli_ok(&["upgrade", "--json"]);
-    let reply: serde_json::Value =
-        serde_json::from_str(out.lines().next().expect("a reply line")).unwrap();
-    let new_pid = reply["new_pid"].as_u64().expect("the new pid");
-    proxy.upgraded_to(new_pid as u32);
-    new_pid
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_upgrades_under_load_fail_nothing_and_keep_the_state() {
     let blue = Upstream::start("blue");
@@ -39,19 +29,14 @@ async fn three_upgrades_under_load_fail_nothing_and_keep_the_state() {
     let mut pids = vec![status_pid(&proxy)];
     for i in 0..3 {
         load.wait_for_more(50, "requests before the upgrade");
-        let new_pid = upgrade(&mut proxy);
+        let (_, new_pid) = proxy.upgrade();
         assert!(!pids.contains(&new_pid), "upgrade {i}: pid {new_pid} again");
         // `upgrade` returned: the new process answers, and it serves.
         assert_eq!(status_pid(&proxy), new_pid, "upgrade {i}");
         pids.push(new_pid);
         assert_eq!(proxy.active_pool("app"), "green", "upgrade {i}");
         // The old process drained and went away.
-        let old = pids[pids.len() - 2];
-        wait_for("the old process to exit", Duration::from_secs(20), || {
-            !std::path::Path::new(&format!("/proc/{old}")).exists()
-                || std::fs::read_to_string(format!("/proc/{old}/stat"))
-                    .is_ok_and(|s| s.contains(") Z "))
-        });
+        wait_exited(pids[pids.len() - 2]);
     }
     load.wait_for_more(50, "requests after the upgrades");
     load.stop_with_no_failure().await;

@@ -405,6 +405,18 @@ impl Proxy {
         self.upgraded.push(pid);
     }
 
+    /// Runs `switchback upgrade` and returns (old pid, new pid) once the new process serves;
+    /// the new process is stopped with the proxy.
+    pub fn upgrade(&mut self) -> (u64, u64) {
+        let out = self.cli_ok(&["upgrade", "--json"]);
+        let reply: serde_json::Value =
+            serde_json::from_str(out.lines().next().expect("a reply line")).unwrap();
+        let (old, new) = (reply["old_pid"].as_u64(), reply["new_pid"].as_u64());
+        let (old, new) = (old.expect("the old pid"), new.expect("the new pid"));
+        self.upgraded_to(new as u32);
+        (old, new)
+    }
+
     /// Kills the process without warning, as a crash would.
     pub fn kill(&mut self) {
         for pid in self.upgraded.drain(..) {
@@ -873,4 +885,16 @@ impl Load {
             &failures[..failures.len().min(10)]
         );
     }
+}
+
+/// Waits until process `pid` has exited (gone, or a zombie nobody reaped yet).
+pub fn wait_exited(pid: u64) {
+    wait_for(
+        &format!("process {pid} to exit"),
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |stat| stat.contains(") Z "))
+        },
+    );
 }

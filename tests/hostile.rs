@@ -6,49 +6,10 @@
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-/// A raw client connection with a read deadline far past every deadline under test, so that a
-/// proxy that never cuts the client fails the test instead of hanging it.
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_nodelay(true).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    s
-}
-
-/// Reads one answer: its status and body (by `content-length`). None if the connection
-/// closed first.
-fn read_answer(s: &mut TcpStream) -> Option<(u16, String)> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            Ok(_) => return None,
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-                panic!("no answer and no close in 15 s")
-            }
-            Err(_) => return None,
-        }
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    s.read_exact(&mut body).ok()?;
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
-}
 
 /// Waits until the proxy closes `s` (reads give end of file or a reset) and returns how long
 /// that took; fails after 15 s.
@@ -82,11 +43,11 @@ fn one_service(up: &Upstream) -> String {
 fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
     let up = Upstream::start("blue");
     let proxy = Proxy::start_with_server("keepalive_timeout = \"1s\"", &one_service(&up));
-    let mut s = connect(proxy.addr());
+    let mut s = raw_connect(proxy.addr());
     // Two requests: the deadline holds after the first reuse too, not only the first request.
     for _ in 0..2 {
         s.write_all(&get("/")).unwrap();
-        assert_eq!(read_answer(&mut s).unwrap().0, 200);
+        assert_eq!(read_raw_answer(&mut s).unwrap().0, 200);
     }
     let idle = wait_closed(&mut s);
     eprintln!("idle keep-alive connection closed after {idle:?}");
@@ -114,7 +75,7 @@ fn trickle(s: &mut TcpStream, bytes: &[u8], gap: Duration) -> (Option<(u16, Stri
         }
     }
     s.set_nonblocking(false).unwrap();
-    let answer = read_answer(s);
+    let answer = read_raw_answer(s);
     (answer, start.elapsed())
 }
 
@@ -125,7 +86,7 @@ fn a_head_sent_a_byte_at_a_time_is_cut_at_client_header_timeout() {
     // 4 bytes a second: every read gets a byte long before any per-read timeout, and the
     // whole head (about 40 bytes) would take 10 s.
     let head = get("/");
-    let mut s = connect(proxy.addr());
+    let mut s = raw_connect(proxy.addr());
     let (answer, took) = trickle(&mut s, &head, Duration::from_millis(250));
     eprintln!("slow head on a new connection answered {answer:?} after {took:?}");
     assert_eq!(answer.map(|a| a.0), Some(408));
@@ -136,9 +97,9 @@ fn a_head_sent_a_byte_at_a_time_is_cut_at_client_header_timeout() {
     wait_closed(&mut s);
 
     // The same on a connection that already served a request.
-    let mut s = connect(proxy.addr());
+    let mut s = raw_connect(proxy.addr());
     s.write_all(&get("/")).unwrap();
-    assert_eq!(read_answer(&mut s).unwrap().0, 200);
+    assert_eq!(read_raw_answer(&mut s).unwrap().0, 200);
     let (answer, took) = trickle(&mut s, &head, Duration::from_millis(250));
     eprintln!("slow head on a reused connection answered {answer:?} after {took:?}");
     assert_eq!(answer.map(|a| a.0), Some(408));
@@ -150,13 +111,13 @@ fn a_head_sent_a_byte_at_a_time_is_cut_at_client_header_timeout() {
 fn a_stalled_body_is_cut_at_client_body_timeout() {
     let up = Upstream::start("blue");
     let proxy = Proxy::start_with_server("client_body_timeout = \"1s\"", &one_service(&up));
-    let mut s = connect(proxy.addr());
+    let mut s = raw_connect(proxy.addr());
     s.write_all(
         b"POST /upload HTTP/1.1\r\nhost: app.test\r\ncontent-length: 100\r\n\r\n0123456789",
     )
     .unwrap();
     let start = Instant::now();
-    let answer = read_answer(&mut s);
+    let answer = read_raw_answer(&mut s);
     let took = start.elapsed();
     eprintln!("stalled body answered {answer:?} after {took:?}");
     assert_eq!(answer.map(|a| a.0), Some(408));
@@ -174,28 +135,28 @@ fn heads_over_the_limits_get_414_and_431() {
     let up = Upstream::start("blue");
     let proxy = Proxy::start(&one_service(&up));
     // Defaults: an 8 KiB request target, a 64 KiB head.
-    let mut s = connect(proxy.addr());
+    let mut s = raw_connect(proxy.addr());
     s.write_all(&get(&format!("/{}", "a".repeat(9 * 1024))))
         .unwrap();
-    assert_eq!(read_answer(&mut s).map(|a| a.0), Some(414));
+    assert_eq!(read_raw_answer(&mut s).map(|a| a.0), Some(414));
 
-    let mut s = connect(proxy.addr());
+    let mut s = raw_connect(proxy.addr());
     let big = format!(
         "GET / HTTP/1.1\r\nhost: app.test\r\nx-big: {}\r\n\r\n",
         "b".repeat(70 * 1024)
     );
     s.write_all(big.as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut s).map(|a| a.0), Some(431));
+    assert_eq!(read_raw_answer(&mut s).map(|a| a.0), Some(431));
 
     // Just under both limits is served.
-    let mut s = connect(proxy.addr());
+    let mut s = raw_connect(proxy.addr());
     let fine = format!(
         "GET /{} HTTP/1.1\r\nhost: app.test\r\nx-big: {}\r\n\r\n",
         "a".repeat(8 * 1024 - 1),
         "b".repeat(50 * 1024)
     );
     s.write_all(fine.as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut s).map(|a| a.0), Some(200));
+    assert_eq!(read_raw_answer(&mut s).map(|a| a.0), Some(200));
     assert_eq!(
         proxy.metric("switchback_client_errors_total{reason=\"uri_too_long\"}"),
         Some(1.0)
@@ -239,9 +200,9 @@ fn max_connections_holds_while_control_health_checks_and_admin_keep_working() {
 
     let mut held = Vec::new();
     for _ in 0..cap {
-        let mut s = connect(proxy.addr());
+        let mut s = raw_connect(proxy.addr());
         s.write_all(&get("/")).unwrap();
-        assert_eq!(read_answer(&mut s).unwrap().0, 200);
+        assert_eq!(read_raw_answer(&mut s).unwrap().0, 200);
         held.push(s);
     }
     // The flood: twice the descriptors the proxy has left. Each is closed at once, unanswered.
@@ -249,9 +210,9 @@ fn max_connections_holds_while_control_health_checks_and_admin_keep_working() {
     let mut refused = 0;
     let mut flood = Vec::new();
     for _ in 0..60 {
-        let mut s = connect(proxy.addr());
+        let mut s = raw_connect(proxy.addr());
         let _ = s.write_all(&get("/"));
-        if read_answer(&mut s).is_none() {
+        if read_raw_answer(&mut s).is_none() {
             refused += 1;
         }
         flood.push(s);
@@ -279,7 +240,7 @@ fn max_connections_holds_while_control_health_checks_and_admin_keep_working() {
     assert_eq!(
         {
             held[0].write_all(&get("/")).unwrap();
-            read_answer(&mut held[0]).unwrap().0
+            read_raw_answer(&mut held[0]).unwrap().0
         },
         200
     );
@@ -287,9 +248,9 @@ fn max_connections_holds_while_control_health_checks_and_admin_keep_working() {
     wait_for("a place under the cap", Duration::from_secs(5), || {
         proxy.metric("switchback_open_connections") == Some(cap as f64 - 1.0)
     });
-    let mut s = connect(proxy.addr());
+    let mut s = raw_connect(proxy.addr());
     s.write_all(&get("/")).unwrap();
-    assert_eq!(read_answer(&mut s).unwrap().0, 200);
+    assert_eq!(read_raw_answer(&mut s).unwrap().0, 200);
 }
 
 #[test]
@@ -298,33 +259,37 @@ fn max_connections_per_ip_caps_one_address() {
     let proxy = Proxy::start_with_server("max_connections_per_ip = 2", &one_service(&up));
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = connect(proxy.addr());
+        let mut s = raw_connect(proxy.addr());
         s.write_all(&get("/")).unwrap();
-        assert_eq!(read_answer(&mut s).unwrap().0, 200);
+        assert_eq!(read_raw_answer(&mut s).unwrap().0, 200);
         held.push(s);
     }
-    let mut third = connect(proxy.addr());
+    let mut third = raw_connect(proxy.addr());
     let _ = third.write_all(&get("/"));
-    assert_eq!(read_answer(&mut third), None, "a third from one address");
+    assert_eq!(
+        read_raw_answer(&mut third),
+        None,
+        "a third from one address"
+    );
     assert_eq!(
         proxy.metric("switchback_connections_refused_total{reason=\"max_connections_per_ip\"}"),
         Some(1.0)
     );
     drop(held.pop());
     wait_for("a place for the address", Duration::from_secs(5), || {
-        let mut s = connect(proxy.addr());
+        let mut s = raw_connect(proxy.addr());
         let _ = s.write_all(&get("/"));
-        read_answer(&mut s).is_some()
+        read_raw_answer(&mut s).is_some()
     });
 }
 
 /// What the backend's `/headers` endpoint saw, one `name: value` a line, for a request with
 /// `extra` header lines.
 fn headers_seen(proxy: &Proxy, extra: &str) -> String {
-    let mut s = connect(proxy.addr());
+    let mut s = raw_connect(proxy.addr());
     s.write_all(format!("GET /headers HTTP/1.1\r\nhost: app.test\r\n{extra}\r\n").as_bytes())
         .unwrap();
-    let (status, body) = read_answer(&mut s).unwrap();
+    let (status, body) = read_raw_answer(&mut s).unwrap();
     assert_eq!(status, 200);
     body
 }
@@ -383,12 +348,12 @@ fn no_client_chooses_its_pool_by_default() {
     let blue = Upstream::start("blue");
     let green = Upstream::start("green");
     let proxy = Proxy::start(&blue_green(&blue, &green));
-    let mut s = connect(proxy.addr());
+    let mut s = raw_connect(proxy.addr());
     s.write_all(
         b"GET / HTTP/1.1\r\nhost: app.test\r\nx-switchback-pool: green\r\ncookie: switchback_pool=green\r\n\r\n",
     )
     .unwrap();
-    assert_eq!(read_answer(&mut s).unwrap().1, "blue");
+    assert_eq!(read_raw_answer(&mut s).unwrap().1, "blue");
 }
 
 #[tokio::test]

@@ -26,6 +26,13 @@ pub mod defaults {
     /// The largest request head (431 above it) and request target (414 above it), in bytes.
     pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
     pub const MAX_URI_LENGTH: usize = 8 * 1024;
+    /// The largest request body a service takes (413 above it), unless it sets its own: what
+    /// Cloudflare's free plan allows. nginx's 1 MiB turns away ordinary uploads; 1 GiB lets one
+    /// client keep a backend reading for minutes.
+    pub const MAX_REQUEST_BODY: usize = 100 * 1024 * 1024;
+    /// Answers shorter than this (by their Content-Length) are sent as they are, as nginx's
+    /// `gzip_min_length`: below about a packet, compressing saves nothing.
+    pub const COMPRESS_MIN_LENGTH: usize = 1024;
     pub const PATH_PREFIX: &str = "/";
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -145,6 +152,8 @@ pub struct ServerConfig {
     pub max_connections_per_ip: Option<usize>,
     pub max_request_head: usize,
     pub max_uri_length: usize,
+    /// The default of `services.NAME.max_request_body`; 0: no limit.
+    pub max_request_body: usize,
     /// Peers whose forwarding headers are believed (appended to rather than replaced).
     pub trusted_proxies: Vec<Cidr>,
 }
@@ -162,6 +171,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: None,
             max_request_head: defaults::MAX_REQUEST_HEAD,
             max_uri_length: defaults::MAX_URI_LENGTH,
+            max_request_body: defaults::MAX_REQUEST_BODY,
             trusted_proxies: Vec::new(),
         }
     }
@@ -234,6 +244,51 @@ pub struct ServiceConfig {
     /// The Strict-Transport-Security header sent on HTTPS answers, if any.
     pub hsts: Option<String>,
     pub canary: CanaryConfig,
+    /// The largest request body, in bytes (0: no limit); `None`: `server.max_request_body`.
+    pub max_request_body: Option<usize>,
+    /// Set on (or, with no value, removed from) every request sent to a backend.
+    pub request_headers: Vec<HeaderRule>,
+    /// Set on (or, with no value, removed from) every answer from a backend.
+    pub response_headers: Vec<HeaderRule>,
+    /// The encodings answers may be compressed with, in the service's order of preference;
+    /// empty: compression is off.
+    pub compress: Vec<Encoding>,
+    /// Answers with a shorter Content-Length are not compressed.
+    pub compress_min_length: usize,
+}
+
+/// One entry of `request_headers` or `response_headers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderRule {
+    /// Lower case.
+    pub name: String,
+    /// `None` (written `""`): remove the header.
+    pub value: Option<String>,
+}
+
+/// A content coding switchback compresses answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Gzip,
+    Brotli,
+    Zstd,
+}
+
+impl Encoding {
+    /// The name in `Accept-Encoding` and `Content-Encoding` (and in the config).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Gzip => "gzip",
+            Encoding::Brotli => "br",
+            Encoding::Zstd => "zstd",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Encoding> {
+        [Encoding::Gzip, Encoding::Brotli, Encoding::Zstd]
+            .into_iter()
+            .find(|e| e.as_str().eq_ignore_ascii_case(name))
+    }
 }
 
 /// How a service's clients are split between the stable and the canary pool.

@@ -235,6 +235,23 @@ fn changed_settings(old: &ServiceConfig, new: &ServiceConfig) -> Vec<&'static st
     check("https_redirect", old.https_redirect != new.https_redirect);
     check("hsts", old.hsts != new.hsts);
     check("canary", old.canary != new.canary);
+    check(
+        "max_request_body",
+        old.max_request_body != new.max_request_body,
+    );
+    check(
+        "request_headers",
+        old.request_headers != new.request_headers,
+    );
+    check(
+        "response_headers",
+        old.response_headers != new.response_headers,
+    );
+    check("compress", old.compress != new.compress);
+    check(
+        "compress_min_length",
+        old.compress_min_length != new.compress_min_length,
+    );
     changed
 }
 

@@ -85,6 +85,8 @@ pub(crate) struct RawServer {
     /// `"64k"`, `"1m"`, or a number of bytes.
     pub max_request_head: Option<S<toml::Value>>,
     pub max_uri_length: Option<S<toml::Value>>,
+    /// `"100m"`, or a number of bytes; 0: no limit.
+    pub max_request_body: Option<S<toml::Value>>,
     #[serde(default)]
     pub trusted_proxies: Vec<S<String>>,
 }
@@ -125,7 +127,16 @@ pub(crate) struct RawService {
     /// `true`, `false`, or the header value.
     pub hsts: Option<S<toml::Value>>,
     pub canary: Option<S<RawCanary>>,
+    pub max_request_body: Option<S<toml::Value>>,
+    pub request_headers: Option<S<RawHeaders>>,
+    pub response_headers: Option<S<RawHeaders>>,
+    /// `["gzip", "br", "zstd"]`, in order of preference.
+    pub compress: Option<S<Vec<S<String>>>>,
+    pub compress_min_length: Option<S<toml::Value>>,
 }
+
+/// `Header-Name = "value"`; `""` removes the header.
+pub(crate) type RawHeaders = BTreeMap<S<String>, S<String>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -120,15 +120,17 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// `64k`, `"1m"`, `4096`: a size in bytes (k and m are powers of 1024). None if not a size.
+/// `64k`, `"1m"`, `"2g"`, `4096`: a size in bytes (k, m and g are powers of 1024). None if not a
+/// size.
 pub fn parse_size(value: &toml::Value) -> Option<usize> {
     match value {
         toml::Value::Integer(n) => usize::try_from(*n).ok(),
         toml::Value::String(text) => {
             let t = text.trim().to_ascii_lowercase();
-            let (digits, unit) = match t.strip_suffix(['k', 'm']) {
+            let (digits, unit) = match t.strip_suffix(['k', 'm', 'g']) {
                 Some(d) if t.ends_with('k') => (d, 1024),
-                Some(d) => (d, 1024 * 1024),
+                Some(d) if t.ends_with('m') => (d, 1024 * 1024),
+                Some(d) => (d, 1024 * 1024 * 1024),
                 None => (t.strip_suffix('b').unwrap_or(&t), 1),
             };
             let digits = digits.trim();
@@ -372,6 +374,9 @@ impl Validator<'_> {
             MAX_REQUEST_HEAD_LIMIT,
             defaults::MAX_URI_LENGTH,
         );
+        let max_request_body = self
+            .request_body_limit(&raw.max_request_body, "server.max_request_body")
+            .unwrap_or(defaults::MAX_REQUEST_BODY);
         let mut trusted_proxies = Vec::new();
         for item in &raw.trusted_proxies {
             match item.get_ref().parse::<Cidr>() {
@@ -406,6 +411,7 @@ impl Validator<'_> {
             max_connections_per_ip,
             max_request_head,
             max_uri_length,
+            max_request_body,
             trusted_proxies,
         }
     }
@@ -435,7 +441,7 @@ impl Validator<'_> {
                     value.span(),
                     key,
                     format!(
-                        "{} is not a size: write a number of bytes or a string like \"64k\" or \"1m\"",
+                        "{} is not a size: write a number of bytes or a string like \"64k\", \"1m\" or \"2g\"",
                         value.get_ref()
                     ),
                 );

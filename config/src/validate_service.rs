@@ -9,6 +9,7 @@ use crate::address::parse_socket_addr;
 use crate::model::*;
 use crate::schema::*;
 use crate::validate::{valid_name, Validator};
+use crate::validate_http::Direction;
 
 impl Validator<'_> {
     pub(crate) fn service(
@@ -134,6 +135,26 @@ impl Validator<'_> {
         );
         let (tls, https_redirect, hsts) = self.service_tls(n, raw, &hosts);
         let canary = self.canary(n, raw.canary.as_ref());
+        let max_request_body =
+            self.request_body_limit(&raw.max_request_body, &key("max_request_body"));
+        let request_headers = self.header_rules(
+            &raw.request_headers,
+            &key("request_headers"),
+            Direction::Request,
+        );
+        let response_headers = self.header_rules(
+            &raw.response_headers,
+            &key("response_headers"),
+            Direction::Response,
+        );
+        let compress = self.compress(&raw.compress, &key("compress"));
+        let compress_min_length = self.size(
+            &raw.compress_min_length,
+            &key("compress_min_length"),
+            0,
+            usize::MAX,
+            defaults::COMPRESS_MIN_LENGTH,
+        );
         Some(ServiceConfig {
             name: n.clone(),
             hosts,
@@ -151,6 +172,11 @@ impl Validator<'_> {
             https_redirect,
             hsts,
             canary,
+            max_request_body,
+            request_headers,
+            response_headers,
+            compress,
+            compress_min_length,
         })
     }
 

@@ -22,9 +22,10 @@ use pingora::{ErrorSource, ErrorType};
 
 use switchback_certs::challenge::CHALLENGE_PREFIX;
 use switchback_certs::ChallengeStore;
-use switchback_config::Cidr;
+use switchback_config::{Cidr, Encoding};
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::compress;
 use crate::metrics::{status_class, ClientCounters, Metrics};
 use crate::pool::{InFlight, Tried};
 use crate::retry::{self, FailedAttempt, Failure, RetryReason};
@@ -45,6 +46,8 @@ pub struct SwitchbackProxy {
     trusted_proxies: Vec<Cidr>,
     /// The write deadline of HTTP/2 answers (HTTP/1.1 gets it from the connection wrapper).
     send_timeout: Duration,
+    /// `server.max_request_body`: the limit of services that set none (0: no limit).
+    max_request_body: usize,
     client_counters: ClientCounters,
     /// Signs the canary bucket cookie.
     buckets: Arc<split::BucketSigner>,
@@ -59,6 +62,7 @@ impl SwitchbackProxy {
             https_port: None,
             trusted_proxies: Vec::new(),
             send_timeout: switchback_config::defaults::SEND_TIMEOUT,
+            max_request_body: switchback_config::defaults::MAX_REQUEST_BODY,
             client_counters: metrics.client().clone(),
             buckets: Arc::new(split::BucketSigner::random()),
             metrics,
@@ -76,6 +80,7 @@ impl SwitchbackProxy {
     pub fn with_server(mut self, server: &switchback_config::ServerConfig) -> SwitchbackProxy {
         self.trusted_proxies = server.trusted_proxies.clone();
         self.send_timeout = server.send_timeout;
+        self.max_request_body = server.max_request_body;
         self
     }
 
@@ -209,6 +214,13 @@ pub struct RequestCtx {
     /// The request carried the override header / cookie, which must not reach the backend.
     override_header_seen: bool,
     override_cookie_seen: bool,
+    /// The service's request body limit (0: none), and the body bytes read so far.
+    body_limit: usize,
+    body_read: usize,
+    /// The encoding the client takes that the service compresses with, if any.
+    encoding: Option<Encoding>,
+    /// Compresses the answer's body, once its head said it would.
+    compressor: Option<compress::Compressor>,
     /// For the access log only: the Host header (or authority) as the client sent it; the
     /// path and query are appended at the end.
     host_and_path: String,
@@ -265,6 +277,8 @@ const NO_SERVICE: &[u8] = b"switchback: no service for this host and path\n";
 const NO_BACKEND: &[u8] = b"switchback: no healthy backend in the pool\n";
 const BAD_GATEWAY: &[u8] = b"switchback: the backend failed to answer\n";
 const GATEWAY_TIMEOUT: &[u8] = b"switchback: the backend did not answer in time\n";
+const BODY_TOO_LARGE: &[u8] =
+    b"switchback: the request body is larger than this service takes (max_request_body)\n";
 
 #[async_trait]
 impl ProxyHttp for SwitchbackProxy {
@@ -353,9 +367,37 @@ impl ProxyHttp for SwitchbackProxy {
                 ctx.pool = pool_index;
                 ctx.in_flight = Some(in_flight);
                 ctx.table = Some(table);
-                return Ok(false);
+                break;
             }
         }
+        let Some((service, _)) = ctx.route() else {
+            return Ok(false);
+        };
+        let config = &service.config;
+        let limit = config.max_request_body.unwrap_or(self.max_request_body);
+        if !config.compress.is_empty() {
+            ctx.encoding = compress::choose(
+                session
+                    .req_header()
+                    .headers
+                    .get(http::header::ACCEPT_ENCODING),
+                &config.compress,
+            );
+        }
+        if limit > 0 {
+            if declared_length(session.req_header()).is_some_and(|n| n > limit as u64) {
+                // Answered before any of the body is read: the connection closes rather than
+                // reading a body it would only throw away.
+                self.client_counters.body_too_large.inc();
+                session.set_keepalive(None);
+                session
+                    .respond_error_with_body(413, Bytes::from_static(BODY_TOO_LARGE))
+                    .await?;
+                return Ok(true);
+            }
+            ctx.body_limit = limit;
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(
@@ -495,16 +537,31 @@ impl ProxyHttp for SwitchbackProxy {
                 upstream_request.remove_header(&http::header::FORWARDED);
             }
         }
+        if let Some((service, _)) = ctx.route() {
+            service.request_headers.apply_to_request(upstream_request)?;
+        }
         Ok(())
     }
 
     async fn request_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.body_limit > 0 {
+            // A body without a declared length (chunked, or HTTP/2) is cut where it crosses
+            // the limit: the backend gets a request that never ends, and drops it.
+            ctx.body_read += body.as_ref().map_or(0, |b| b.len());
+            if ctx.body_read > ctx.body_limit {
+                self.client_counters.body_too_large.inc();
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over max_request_body",
+                ));
+            }
+        }
         if end_of_stream {
             ctx.request_sent = true;
             if ctx.judged {
@@ -516,7 +573,7 @@ impl ProxyHttp for SwitchbackProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -537,7 +594,43 @@ impl ProxyHttp for SwitchbackProxy {
                 }
             }
         }
+        let Some((service, _)) = ctx.route() else {
+            return Ok(());
+        };
+        let config = &service.config;
+        let mut compressor = None;
+        if !config.compress.is_empty()
+            && compress::eligible(
+                &session.req_header().method,
+                upstream_response,
+                config.compress_min_length,
+            )
+        {
+            compress::add_vary(upstream_response)?;
+            if let Some(encoding) = ctx.encoding {
+                compressor = Some(compress::start(encoding, upstream_response)?);
+            }
+        }
+        if !service.response_headers.is_empty() {
+            service
+                .response_headers
+                .apply_to_response(upstream_response)?;
+        }
+        ctx.compressor = compressor;
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(compressor) = ctx.compressor.as_mut() {
+            *body = Some(compressor.encode(body.as_ref(), end_of_stream)?);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -575,6 +668,7 @@ impl ProxyHttp for SwitchbackProxy {
         if code > 0 {
             let body: &'static [u8] = match code {
                 503 => NO_BACKEND,
+                413 => BODY_TOO_LARGE,
                 504 => GATEWAY_TIMEOUT,
                 502 => BAD_GATEWAY,
                 _ => b"",
@@ -641,6 +735,16 @@ impl ProxyHttp for SwitchbackProxy {
             });
         }
     }
+}
+
+/// The request's declared `Content-Length`, if it has one that parses.
+fn declared_length(req: &RequestHeader) -> Option<u64> {
+    let value = req.headers.get(http::header::CONTENT_LENGTH)?;
+    std::str::from_utf8(value.as_bytes())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Whether what was read of the request body so far is all held for another attempt, within

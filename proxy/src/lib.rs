@@ -19,7 +19,9 @@
 //! `health`; `routing` on those; `http` on everything.
 
 pub mod access_log;
+pub mod compress;
 pub mod connections;
+pub mod headers;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -66,6 +66,7 @@ pub struct ClientCounters {
     pub send_timeouts: IntCounter,
     pub uri_too_long: IntCounter,
     pub head_too_large: IntCounter,
+    pub body_too_large: IntCounter,
 }
 
 /// Per-pool handles, resolved once per table build.
@@ -165,7 +166,7 @@ impl Metrics {
         );
         let client_errors = counter(
             "switchback_client_errors_total",
-            "Client requests cut by a deadline (header_timeout 408, body_timeout, send_timeout) or refused by a size limit (uri_too_long 414, head_too_large 431).",
+            "Client requests cut by a deadline (header_timeout 408, body_timeout, send_timeout) or refused by a size limit (uri_too_long 414, head_too_large 431, body_too_large 413).",
             &["reason"],
         );
         let client = ClientCounters {
@@ -176,6 +177,7 @@ impl Metrics {
             send_timeouts: client_errors.with_label_values(&["send_timeout"]),
             uri_too_long: client_errors.with_label_values(&["uri_too_long"]),
             head_too_large: client_errors.with_label_values(&["head_too_large"]),
+            body_too_large: client_errors.with_label_values(&["body_too_large"]),
         };
         Metrics {
             registry,

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use pingora::upstreams::peer::HttpPeer;
 use switchback_config::{Config, LiveState, ServiceConfig};
 
+use crate::headers::HeaderRules;
 use crate::health::HealthRegistry;
 use crate::metrics::{Metrics, NO_BACKEND};
 use crate::pool::{Backend, Pool, PoolHandles, PoolStats};
@@ -45,6 +46,9 @@ pub struct ServiceRoute {
     /// Index into `pools` of the pool `rollback` goes back to: the one active before the
     /// last switch.
     pub rollback_to: Option<usize>,
+    /// `request_headers` and `response_headers`, ready to apply.
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
 }
 
 impl ServiceRoute {
@@ -280,6 +284,8 @@ impl RoutingTable {
             let overridable = overrides.any();
             services.push(ServiceRoute {
                 label: config_arc.name.as_str().into(),
+                request_headers: HeaderRules::compile(&config_arc.request_headers),
+                response_headers: HeaderRules::compile(&config_arc.response_headers),
                 config: config_arc,
                 pools,
                 split: Split {

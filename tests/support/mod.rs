@@ -6,7 +6,9 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
+use std::io::{ErrorKind, Read};
 use std::net::SocketAddr;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +43,9 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// - `/slow?ms=N`: after N milliseconds;
 /// - `/status/N`: with status N;
 /// - `/headers`: 200 with the request headers it received, one `name: value` a line;
+/// - `/text?bytes=N&type=T&encoding=E&chunked=1`: N bytes of text with content type T
+///   (`text/plain`), labelled with content encoding E if given, without a length if chunked;
+/// - a request whose body it read to the end (a non-empty one) counts in `complete_bodies`;
 /// - anything else: 200 with its name as the body and in the `x-pool` header, or 500 for
 ///   every request that `set_failing` selects.
 pub struct Upstream {
@@ -51,6 +56,7 @@ pub struct Upstream {
     failing: Arc<AtomicU64>,
     pub requests: Arc<AtomicU64>,
     pub slow_in_flight: Arc<AtomicU64>,
+    pub complete_bodies: Arc<AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -74,6 +80,7 @@ impl Upstream {
         let requests = Arc::new(AtomicU64::new(0));
         let slow_in_flight = Arc::new(AtomicU64::new(0));
         let failing = Arc::new(AtomicU64::new(0));
+        let complete_bodies = Arc::new(AtomicU64::new(0));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let state = (
             name.to_string(),
@@ -81,6 +88,7 @@ impl Upstream {
             requests.clone(),
             slow_in_flight.clone(),
             failing.clone(),
+            complete_bodies.clone(),
         );
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -116,6 +124,7 @@ impl Upstream {
             failing,
             requests,
             slow_in_flight,
+            complete_bodies,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -153,10 +162,20 @@ type UpstreamState = (
     Arc<AtomicU64>,
     Arc<AtomicU64>,
     Arc<AtomicU64>,
+    Arc<AtomicU64>,
 );
 
+/// The text `/text` answers with: `bytes` bytes of an English-like line, repeated.
+pub fn sample_text(bytes: usize) -> String {
+    "switchback compresses the text its backends send. "
+        .chars()
+        .cycle()
+        .take(bytes)
+        .collect()
+}
+
 async fn respond(
-    (name, healthy, requests, slow, failing): UpstreamState,
+    (name, healthy, requests, slow, failing, complete_bodies): UpstreamState,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
@@ -166,7 +185,11 @@ async fn respond(
         .iter()
         .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
         .collect();
-    let _ = req.into_body().collect().await;
+    if let Ok(body) = req.into_body().collect().await {
+        if !body.to_bytes().is_empty() {
+            complete_bodies.fetch_add(1, Ordering::SeqCst);
+        }
+    }
     let reply = |status: u16, body: String| {
         Response::builder()
             .status(status)
@@ -176,6 +199,29 @@ async fn respond(
     };
     if path == "/headers" {
         return Ok(reply(200, seen_headers));
+    }
+    if path == "/text" {
+        let param = |key: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .map(|v| v.replace("%2F", "/").replace("%2B", "+"))
+        };
+        let bytes = param("bytes").and_then(|b| b.parse().ok()).unwrap_or(4096);
+        let mut resp = Response::builder()
+            .status(200)
+            .header("x-pool", name.as_str())
+            .header("content-type", param("type").unwrap_or("text/plain".into()));
+        if let Some(encoding) = param("encoding") {
+            resp = resp.header("content-encoding", encoding);
+        }
+        if param("chunked").is_some() {
+            // hyper frames a body whose length the head does not give in chunks.
+            resp = resp.header("transfer-encoding", "chunked");
+        }
+        return Ok(resp
+            .body(Full::new(Bytes::from(sample_text(bytes))))
+            .unwrap());
     }
     if path == "/health" {
         let ok = healthy.load(Ordering::SeqCst);
@@ -202,6 +248,45 @@ async fn respond(
         return Ok(reply(code, name.clone()));
     }
     Ok(reply(200, name.clone()))
+}
+
+/// A raw client connection with a read deadline far past every deadline under test, so that a
+/// proxy that never cuts the client fails the test instead of hanging it.
+pub fn raw_connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s
+}
+
+/// Reads one answer: its status and body (by `content-length`). None if the connection
+/// closed first.
+pub fn read_raw_answer(s: &mut TcpStream) -> Option<(u16, String)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => return None,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                panic!("no answer and no close in 15 s")
+            }
+            Err(_) => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).ok()?;
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A port that was free a moment ago.
@@ -667,6 +752,9 @@ pub struct Answer {
     pub body: String,
     /// Every `set-cookie` header of the answer.
     pub set_cookies: Vec<String>,
+    pub headers: hyper::HeaderMap,
+    /// The body as it came, before any decoding.
+    pub raw: Bytes,
 }
 
 impl KeepAlive {
@@ -743,6 +831,7 @@ impl KeepAlive {
             .filter_map(|v| v.to_str().ok())
             .map(str::to_string)
             .collect();
+        let headers = resp.headers().clone();
         let body = resp
             .into_body()
             .collect()
@@ -754,6 +843,8 @@ impl KeepAlive {
             pool,
             body: String::from_utf8_lossy(&body).into_owned(),
             set_cookies,
+            headers,
+            raw: body,
         })
     }
 }

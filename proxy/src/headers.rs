@@ -1,0 +1,107 @@
+//! A service's header rules (`request_headers`, `response_headers`), parsed once per table
+//! build so that a request only copies ready names and values.
+//!
+//! A rule sets a header, replacing every value the message had, or removes it. Rules run after
+//! the proxy's own headers (forwarding headers, HSTS), so the service has the last word.
+
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::Result;
+use switchback_config::HeaderRule;
+
+/// The rules of one direction, ready to apply.
+#[derive(Debug, Default)]
+pub struct HeaderRules {
+    rules: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+impl HeaderRules {
+    /// Validation let only valid names and values through; a rule that still does not parse is
+    /// left out rather than failing every request.
+    pub fn compile(rules: &[HeaderRule]) -> HeaderRules {
+        let rules = rules
+            .iter()
+            .filter_map(|rule| {
+                let name = HeaderName::from_bytes(rule.name.as_bytes()).ok()?;
+                let value = match &rule.value {
+                    Some(v) => Some(HeaderValue::from_str(v).ok()?),
+                    None => None,
+                };
+                Some((name, value))
+            })
+            .collect();
+        HeaderRules { rules }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn apply_to_request(&self, req: &mut RequestHeader) -> Result<()> {
+        for (name, value) in &self.rules {
+            match value {
+                Some(v) => req.insert_header(name.clone(), v.clone())?,
+                None if req.headers.contains_key(name) => {
+                    req.remove_header(name);
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn apply_to_response(&self, resp: &mut ResponseHeader) -> Result<()> {
+        for (name, value) in &self.rules {
+            match value {
+                Some(v) => resp.insert_header(name.clone(), v.clone())?,
+                None if resp.headers.contains_key(name) => {
+                    resp.remove_header(name);
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(list: &[(&str, &str)]) -> HeaderRules {
+        let list: Vec<HeaderRule> = list
+            .iter()
+            .map(|(n, v)| HeaderRule {
+                name: n.to_string(),
+                value: (!v.is_empty()).then(|| v.to_string()),
+            })
+            .collect();
+        HeaderRules::compile(&list)
+    }
+
+    #[test]
+    fn rules_set_replace_and_remove() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("x-frame-options", "DENY").unwrap();
+        resp.append_header("x-frame-options", "ALLOW-FROM x")
+            .unwrap();
+        resp.insert_header("server", "uvicorn").unwrap();
+        rules(&[
+            ("x-frame-options", "SAMEORIGIN"),
+            ("server", ""),
+            ("x-absent", ""),
+        ])
+        .apply_to_response(&mut resp)
+        .unwrap();
+        let values: Vec<_> = resp.headers.get_all("x-frame-options").iter().collect();
+        assert_eq!(values, ["SAMEORIGIN"]);
+        assert!(!resp.headers.contains_key("server"));
+
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("host", "example.com").unwrap();
+        rules(&[("host", "app.internal")])
+            .apply_to_request(&mut req)
+            .unwrap();
+        assert_eq!(req.headers["host"], "app.internal");
+    }
+}

@@ -30,7 +30,9 @@
 //!   closes idle keep-alive connections, for switchback and nginx (see `proxy/retry.rs`; needs
 //!   python3);
 //! - `reload`: failed requests and refused connections during 20 config reloads (switchback,
-//!   nginx, HAProxy) and 3 upgrades of switchback itself (see `proxy/reload.rs`).
+//!   nginx, HAProxy) and 3 upgrades of switchback itself (see `proxy/reload.rs`);
+//! - `shaping`: what header rules and gzip compression cost switchback, and its gzip beside
+//!   nginx's at the same level (see `proxy/shaping.rs`).
 //!
 //! Needs wrk, nginx and haproxy (Debian packages `wrk nginx-light haproxy`), and valgrind for
 //! `instructions`. Everything listens
@@ -51,6 +53,8 @@ mod memory;
 mod reload;
 #[path = "proxy/retry.rs"]
 mod retry;
+#[path = "proxy/shaping.rs"]
+mod shaping;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -251,8 +255,10 @@ impl Bench {
         let conf = nginx_conf(
             &dir.join("upstream"),
             &format!(
-                "server {{ listen 127.0.0.1:{blue}; access_log off; location / {{ return 200 \"blue\\n\"; }} }}\n\
-                 server {{ listen 127.0.0.1:{green}; access_log off; location / {{ return 200 \"green\\n\"; }} }}"
+                "server {{ listen 127.0.0.1:{blue}; access_log off; location / {{ return 200 \"blue\\n\"; }}\n\
+                   location = /page {{ default_type text/html; return 200 \"{}\"; }} }}\n\
+                 server {{ listen 127.0.0.1:{green}; access_log off; location / {{ return 200 \"green\\n\"; }} }}",
+                shaping::PAGE.as_str()
             ),
         );
         let mut upstream = spawn(
@@ -847,9 +853,20 @@ fn https(bench: &Bench, o: &Options) {
 /// ones), each sending `headers`; prints every round and the medians, and returns the median
 /// same-round ratio of a to b.
 fn alternate(names: (&str, &str), ports: (u16, u16), headers: &[&str], o: &Options) -> f64 {
+    alternate_on(names, ports, "/", headers, o)
+}
+
+/// [`alternate`] on `path`.
+fn alternate_on(
+    names: (&str, &str),
+    ports: (u16, u16),
+    path: &str,
+    headers: &[&str],
+    o: &Options,
+) -> f64 {
     let run = |port: u16, seconds: u64| {
         wrk_headers(
-            &format!("http://127.0.0.1:{port}/"),
+            &format!("http://127.0.0.1:{port}{path}"),
             seconds,
             o.connections,
             headers,
@@ -1166,6 +1183,7 @@ fn main() {
             "memory" => memory::memory(&bench, &o),
             "retry" => retry::retry(&bench, &o),
             "reload" => reload::reload(&bench, &o),
+            "shaping" => shaping::shaping(&bench, &o),
             other => panic!(
                 "unknown scenario {other} (http, https, switch, observability, canary, instructions, memory, retry, reload)"
             ),

@@ -256,9 +256,9 @@ impl Bench {
             &dir.join("upstream"),
             &format!(
                 "server {{ listen 127.0.0.1:{blue}; access_log off; location / {{ return 200 \"blue\\n\"; }}\n\
-                   location = /page {{ default_type text/html; return 200 \"{}\"; }} }}\n\
+                   location = /page {{ default_type text/html; alias {}; }} }}\n\
                  server {{ listen 127.0.0.1:{green}; access_log off; location / {{ return 200 \"green\\n\"; }} }}",
-                shaping::PAGE.as_str()
+                shaping::page_file(&dir).display()
             ),
         );
         let mut upstream = spawn(

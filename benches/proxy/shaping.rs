@@ -11,6 +11,7 @@
 use std::sync::LazyLock;
 
 use super::{alternate, alternate_on, free_port, nginx_bin, nginx_conf, start, Bench, Options};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The upstream's `/page`: 4 KiB of HTML-like text, as a server-rendered page would be.
@@ -21,6 +22,13 @@ pub static PAGE: LazyLock<String> = LazyLock::new(|| {
         .take(4096)
         .collect()
 });
+
+/// Writes [`PAGE`] into `dir` for the upstream to serve, and returns its path.
+pub fn page_file(dir: &Path) -> PathBuf {
+    let path = dir.join("page.html");
+    std::fs::write(&path, PAGE.as_bytes()).unwrap();
+    path
+}
 
 const RULES: &str = "[services.app.response_headers]\n\
     Strict-Transport-Security = \"max-age=31536000\"\nX-Frame-Options = \"SAMEORIGIN\"\n\

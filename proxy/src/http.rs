@@ -385,7 +385,11 @@ impl ProxyHttp for SwitchbackProxy {
             );
         }
         if limit > 0 {
-            if declared_length(session.req_header()).is_some_and(|n| n > limit as u64) {
+            // GET and HEAD rarely carry a body: theirs, if any, meets the limit as it is read.
+            let req = session.req_header();
+            if !matches!(req.method, http::Method::GET | http::Method::HEAD)
+                && declared_length(req).is_some_and(|n| n > limit as u64)
+            {
                 // Answered before any of the body is read: the connection closes rather than
                 // reading a body it would only throw away.
                 self.client_counters.body_too_large.inc();
@@ -537,7 +541,7 @@ impl ProxyHttp for SwitchbackProxy {
                 upstream_request.remove_header(&http::header::FORWARDED);
             }
         }
-        if let Some((service, _)) = ctx.route() {
+        if let Some((service, _)) = ctx.route().filter(|(s, _)| !s.request_headers.is_empty()) {
             service.request_headers.apply_to_request(upstream_request)?;
         }
         Ok(())

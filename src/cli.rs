@@ -122,7 +122,10 @@ fn print_event(event: &Event) {
             service,
             pool,
             in_flight,
-        } => println!("{service}: waiting for {pool} to drain: {in_flight} in flight"),
+            long_lived,
+        } => println!(
+            "{service}: waiting for {pool} to drain: {in_flight} in flight, {long_lived} long-lived"
+        ),
         Event::WaitingHealth {
             service,
             pool,
@@ -279,6 +282,7 @@ pub fn print_status(s: &StatusReply) {
             "BACKEND".to_string(),
             "HEALTH".to_string(),
             "IN FLIGHT".to_string(),
+            "LONG-LIVED".to_string(),
         ]];
         for pool in &service.pools {
             let mut name = pool.name.clone();
@@ -294,6 +298,7 @@ pub fn print_status(s: &StatusReply) {
                     "-".into(),
                     "-".into(),
                     pool.in_flight.to_string(),
+                    pool.long_lived.to_string(),
                 ]);
             }
             for (j, b) in pool.backends.iter().enumerate() {
@@ -303,12 +308,16 @@ pub fn print_status(s: &StatusReply) {
                     }
                     _ => b.health.as_str().to_string(),
                 };
-                let (pool_cell, flight) = if j == 0 {
-                    (name.clone(), pool.in_flight.to_string())
+                let (pool_cell, flight, long_lived) = if j == 0 {
+                    (
+                        name.clone(),
+                        pool.in_flight.to_string(),
+                        pool.long_lived.to_string(),
+                    )
                 } else {
-                    (String::new(), String::new())
+                    (String::new(), String::new(), String::new())
                 };
-                rows.push([pool_cell, b.address.clone(), health, flight]);
+                rows.push([pool_cell, b.address.clone(), health, flight, long_lived]);
             }
         }
         print_table(&rows);
@@ -353,14 +362,19 @@ pub fn print_switch(r: &SwitchReply) {
     }
     if let Some(d) = &r.drain {
         let secs = d.waited_ms as f64 / 1000.0;
+        let closed = if d.closed > 0 {
+            format!(", {} long-lived connection(s) closed", d.closed)
+        } else {
+            String::new()
+        };
         if d.drained {
             println!(
-                "{}: {} drained after {secs:.1}s: nothing in flight",
+                "{}: {} drained after {secs:.1}s: nothing in flight{closed}",
                 r.service, d.pool
             );
         } else {
             println!(
-                "{}: drain timeout: {} still has {} request(s) in flight after {secs:.1}s",
+                "{}: drain timeout: {} still has {} request(s) in flight after {secs:.1}s{closed}",
                 r.service, d.pool, d.in_flight
             );
         }

@@ -255,6 +255,23 @@ pub struct ServiceConfig {
     pub compress: Vec<Encoding>,
     /// Answers with a shorter Content-Length are not compressed.
     pub compress_min_length: usize,
+    /// How long the pool a switch left keeps its requests and long-lived connections before
+    /// the long-lived ones are closed (and how long `switch --wait-drain` waits by default).
+    pub drain_timeout: Duration,
+    /// What happens to the WebSockets (and other upgraded connections) of a pool traffic left
+    /// once `drain_timeout` passes.
+    pub long_lived: LongLivedPolicy,
+}
+
+/// `long_lived`: what a drain does with the long-lived connections of the pool traffic left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LongLivedPolicy {
+    /// Closed when the drain timeout passes, so that their clients reconnect to the pool that
+    /// serves now.
+    #[default]
+    Close,
+    /// Left open until client or backend ends them.
+    Keep,
 }
 
 /// One entry of `request_headers` or `response_headers`.

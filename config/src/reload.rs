@@ -248,6 +248,8 @@ fn changed_settings(old: &ServiceConfig, new: &ServiceConfig) -> Vec<&'static st
         old.response_headers != new.response_headers,
     );
     check("compress", old.compress != new.compress);
+    check("drain_timeout", old.drain_timeout != new.drain_timeout);
+    check("long_lived", old.long_lived != new.long_lived);
     check(
         "compress_min_length",
         old.compress_min_length != new.compress_min_length,

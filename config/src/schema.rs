@@ -133,6 +133,9 @@ pub(crate) struct RawService {
     /// `["gzip", "br", "zstd"]`, in order of preference.
     pub compress: Option<S<Vec<S<String>>>>,
     pub compress_min_length: Option<S<toml::Value>>,
+    pub drain_timeout: Option<S<String>>,
+    /// `"close"` or `"keep"`.
+    pub long_lived: Option<S<String>>,
 }
 
 /// `Header-Name = "value"`; `""` removes the header.

@@ -155,6 +155,26 @@ impl Validator<'_> {
             usize::MAX,
             defaults::COMPRESS_MIN_LENGTH,
         );
+        let drain_timeout = self.duration(
+            &raw.drain_timeout,
+            &key("drain_timeout"),
+            defaults::DRAIN_TIMEOUT,
+        );
+        let long_lived = match raw.long_lived.as_ref() {
+            None => LongLivedPolicy::default(),
+            Some(v) => match v.get_ref().as_str() {
+                "close" => LongLivedPolicy::Close,
+                "keep" => LongLivedPolicy::Keep,
+                other => {
+                    self.problem(
+                        v.span(),
+                        key("long_lived"),
+                        format!("{other:?} is not a policy: use \"close\" (after the drain timeout) or \"keep\""),
+                    );
+                    LongLivedPolicy::default()
+                }
+            },
+        };
         Some(ServiceConfig {
             name: n.clone(),
             hosts,
@@ -177,6 +197,8 @@ impl Validator<'_> {
             response_headers,
             compress,
             compress_min_length,
+            drain_timeout,
+            long_lived,
         })
     }
 

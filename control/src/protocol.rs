@@ -476,6 +476,9 @@ pub struct PoolStatus {
     pub name: String,
     /// Requests being proxied to this pool right now.
     pub in_flight: u64,
+    /// WebSockets and other upgraded connections open to this pool (not in `in_flight`).
+    #[serde(default)]
+    pub long_lived: u64,
     /// Whether the live backends differ from the config file's (after `pool set`).
     pub differs_from_config: bool,
     pub backends: Vec<BackendStatus>,
@@ -541,6 +544,9 @@ pub struct DrainReport {
     pub drained: bool,
     /// Requests still in flight when the wait ended.
     pub in_flight: u64,
+    /// Long-lived connections (WebSockets) closed when the drain timeout passed.
+    #[serde(default)]
+    pub closed: u64,
     pub waited_ms: u64,
 }
 
@@ -563,6 +569,9 @@ pub enum Event {
         service: String,
         pool: String,
         in_flight: u64,
+        /// Long-lived connections still open (closed when the drain timeout passes).
+        #[serde(default)]
+        long_lived: u64,
     },
     /// `pool set --wait`: how many new backends pass their health check so far.
     WaitingHealth {
@@ -946,6 +955,7 @@ mod tests {
             service: "app".into(),
             pool: "blue".into(),
             in_flight: 2,
+            long_lived: 1,
         };
         let line = encode_event(&ev);
         assert!(line.starts_with(r#"{"event":"draining""#), "{line}");

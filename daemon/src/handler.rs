@@ -296,6 +296,68 @@ fn to_control(e: DeployError) -> ControlError {
     ControlError::new(code, e.to_string())
 }
 
+/// Waits for the pool a switch left to drain (`timeout`, else the service's `drain_timeout`),
+/// then closes its long-lived connections as the service's `long_lived` says, unless the pool
+/// takes traffic again by then.
+async fn drain_left_pool(
+    controller: &Controller,
+    outcome: &SwitchOutcome,
+    timeout: Option<std::time::Duration>,
+    on_progress: impl FnMut(u64, u64),
+) -> drain::DrainOutcome {
+    let config = controller.config();
+    let service = config.service(&outcome.service);
+    let plan = drain::DrainPlan {
+        timeout: timeout
+            .or(service.map(|s| s.drain_timeout))
+            .unwrap_or(defaults::DRAIN_TIMEOUT),
+        long_lived: service.map(|s| s.long_lived).unwrap_or_default(),
+    };
+    let still_left = || {
+        let table = controller.table();
+        let Some(route) = table.service(&outcome.service) else {
+            return true;
+        };
+        let Some(index) = route.pool_index(&outcome.moved_from) else {
+            return true;
+        };
+        route.split.active != index && route.split.canary.is_none_or(|c| c.pool != index)
+    };
+    drain::wait_drain(
+        &controller.table(),
+        &outcome.service,
+        &outcome.moved_from,
+        plan,
+        still_left,
+        on_progress,
+    )
+    .await
+}
+
+/// After a switch nobody waits on, the pool it left still has its long-lived connections
+/// closed when the drain timeout passes.
+fn drain_in_background(
+    controller: &Arc<Controller>,
+    outcome: &SwitchOutcome,
+    timeout: Option<std::time::Duration>,
+) {
+    if !outcome.changed {
+        return;
+    }
+    let (controller, outcome) = (controller.clone(), outcome.clone());
+    tokio::spawn(async move {
+        let d = drain_left_pool(&controller, &outcome, timeout, |_, _| {}).await;
+        if d.closed > 0 {
+            tracing::info!(
+                service = %outcome.service,
+                pool = %d.pool,
+                closed = d.closed,
+                "drain timeout passed: long-lived connections closed"
+            );
+        }
+    });
+}
+
 fn switch_reply(o: SwitchOutcome, drain: Option<DrainReport>) -> Reply {
     Reply::Switch(SwitchReply {
         service: o.service,
@@ -338,27 +400,24 @@ impl Handler for ControlHandler {
                     .map_err(to_control)?;
                 let drain = if wait_drain && outcome.changed {
                     let (service, old) = (outcome.service.clone(), outcome.moved_from.clone());
-                    let d = drain::wait_drain(
-                        &self.controller.table(),
-                        &service,
-                        &old,
-                        drain_timeout.unwrap_or(defaults::DRAIN_TIMEOUT),
-                        |n| {
-                            progress.send(Event::Draining {
-                                service: service.clone(),
-                                pool: old.clone(),
-                                in_flight: n,
-                            })
-                        },
-                    )
+                    let d = drain_left_pool(&self.controller, &outcome, drain_timeout, |n, l| {
+                        progress.send(Event::Draining {
+                            service: service.clone(),
+                            pool: old.clone(),
+                            in_flight: n,
+                            long_lived: l,
+                        })
+                    })
                     .await;
                     Some(DrainReport {
                         pool: d.pool,
                         drained: d.drained,
                         in_flight: d.in_flight,
+                        closed: d.closed,
                         waited_ms: d.waited.as_millis() as u64,
                     })
                 } else {
+                    drain_in_background(&self.controller, &outcome, drain_timeout);
                     None
                 };
                 Ok(switch_reply(outcome, drain))
@@ -367,7 +426,10 @@ impl Handler for ControlHandler {
                 .controller
                 .rollback(service.as_deref(), force, &who)
                 .await
-                .map(|o| switch_reply(o, None))
+                .map(|o| {
+                    drain_in_background(&self.controller, &o, None);
+                    switch_reply(o, None)
+                })
                 .map_err(to_control),
             request @ (Request::Certs | Request::CertsRenew { .. } | Request::ReloadCerts) => {
                 self.handle_certs(request).await

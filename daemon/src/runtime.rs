@@ -538,7 +538,16 @@ async fn exit_when_drained(
             .map(|p| p.stats.in_flight())
             .sum();
         if in_flight == 0 {
-            info!("graceful shutdown: nothing in flight, exiting");
+            // WebSockets end with the process: shut their backend side down first, so both
+            // ends see a clean close rather than a reset.
+            let closed: u64 = controller
+                .table()
+                .services
+                .iter()
+                .flat_map(|s| &s.pools)
+                .map(|p| p.stats.long_lived.close_all())
+                .sum();
+            info!(closed, "graceful shutdown: nothing in flight, exiting");
             let config = controller.config().clone();
             let log = access_log.clone();
             let _ = tokio::task::spawn_blocking(move || finish(&config, log.as_ref())).await;

@@ -23,6 +23,11 @@ pub fn gather(metrics: &Metrics, status: &StatusReply, certs: &[CertStatus]) -> 
         "Requests being proxied to a pool right now.",
         &["service", "pool"],
     );
+    let long_lived = gauge(
+        "switchback_long_lived_connections",
+        "WebSockets and other upgraded connections open to a pool (not in switchback_in_flight_requests).",
+        &["service", "pool"],
+    );
     let active = gauge(
         "switchback_active_pool",
         "1 for the pool new requests of a service go to, 0 for the others.",
@@ -48,6 +53,9 @@ pub fn gather(metrics: &Metrics, status: &StatusReply, certs: &[CertStatus]) -> 
             in_flight
                 .with_label_values(&labels)
                 .set(pool.in_flight as i64);
+            long_lived
+                .with_label_values(&labels)
+                .set(pool.long_lived as i64);
             active
                 .with_label_values(&labels)
                 .set((pool.name == service.active) as i64);
@@ -82,7 +90,7 @@ pub fn gather(metrics: &Metrics, status: &StatusReply, certs: &[CertStatus]) -> 
         &["version"],
     );
     info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-    for c in [&in_flight, &active, &up, &info] {
+    for c in [&in_flight, &long_lived, &active, &up, &info] {
         families.extend(c.collect());
     }
     families.extend(connections.collect());

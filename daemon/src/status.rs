@@ -70,6 +70,7 @@ fn service_status(controller: &Controller, route: &ServiceRoute) -> ServiceStatu
             .map(|pool| PoolStatus {
                 name: pool.name.to_string(),
                 in_flight: pool.stats.in_flight(),
+                long_lived: pool.stats.long_lived.count(),
                 differs_from_config: route
                     .config
                     .pool(&pool.name)

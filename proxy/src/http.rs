@@ -26,6 +26,7 @@ use switchback_config::{Cidr, Encoding};
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::compress;
+use crate::long_lived::LongLivedGuard;
 use crate::metrics::{status_class, ClientCounters, Metrics};
 use crate::pool::{InFlight, Tried};
 use crate::retry::{self, FailedAttempt, Failure, RetryReason};
@@ -219,6 +220,10 @@ pub struct RequestCtx {
     body_read: usize,
     /// The encoding the client takes that the service compresses with, if any.
     encoding: Option<Encoding>,
+    /// The backend connection of the current attempt.
+    upstream_fd: Option<std::os::fd::RawFd>,
+    /// Registers an upgraded connection (a WebSocket) with its pool, once the backend said 101.
+    long_lived: Option<LongLivedGuard>,
     /// Compresses the answer's body, once its head said it would.
     compressor: Option<compress::Compressor>,
     /// For the access log only: the Host header (or authority) as the client sent it; the
@@ -547,6 +552,19 @@ impl ProxyHttp for SwitchbackProxy {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::fd::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_fd = Some(fd);
+        Ok(())
+    }
+
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -584,6 +602,17 @@ impl ProxyHttp for SwitchbackProxy {
         if let Some(sent) = ctx.sent {
             // The backend's answer head has just come in.
             ctx.backend_time = Some(sent.elapsed());
+        }
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // A WebSocket (or another upgrade) from here on: no longer a request in flight,
+            // which a drain would wait on for as long as the client likes, but a long-lived
+            // connection of its pool, which a drain closes once its timeout passes.
+            if let (Some((_, pool)), Some(fd)) = (ctx.route(), ctx.upstream_fd) {
+                ctx.long_lived = pool.stats.long_lived.register(fd);
+                if ctx.long_lived.is_some() {
+                    ctx.in_flight = None;
+                }
+            }
         }
         if ctx.tls {
             if let Some(hsts) = ctx.route().and_then(|(s, _)| s.config.hsts.as_deref()) {

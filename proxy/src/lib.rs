@@ -24,6 +24,7 @@ pub mod connections;
 pub mod headers;
 pub mod health;
 pub mod http;
+pub mod long_lived;
 pub mod metrics;
 pub mod pool;
 pub mod retry;

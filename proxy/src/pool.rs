@@ -13,12 +13,15 @@ use pingora::upstreams::peer::HttpPeer;
 use switchback_config::MAX_BACKENDS_PER_POOL;
 
 use crate::health::{Health, HealthState};
+use crate::long_lived::LongLived;
 use crate::metrics::{BackendMetrics, PoolMetrics};
 
 /// Counters of a pool that survive table generations, keyed by (service, pool name).
 #[derive(Debug)]
 pub struct PoolStats {
     in_flight: AtomicU64,
+    /// WebSockets and other upgraded connections (not in flight: see [`crate::long_lived`]).
+    pub long_lived: Arc<LongLived>,
     /// What rollouts judge: answers to requests the split assigned while a canary ran (never
     /// a forced one), by status class, and the backend's time to its response header, from
     /// the moment the request was all sent (so a client's slow upload is not in it).
@@ -32,6 +35,7 @@ impl Default for PoolStats {
             .buckets(crate::metrics::DURATION_BUCKETS.to_vec());
         PoolStats {
             in_flight: AtomicU64::new(0),
+            long_lived: Arc::default(),
             judged: Default::default(),
             judged_latency: prometheus::Histogram::with_opts(opts).expect("valid buckets"),
         }

@@ -45,6 +45,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// - `/headers`: 200 with the request headers it received, one `name: value` a line;
 /// - `/text?bytes=N&type=T&encoding=E&chunked=1`: N bytes of text with content type T
 ///   (`text/plain`), labelled with content encoding E if given, without a length if chunked;
+/// - a WebSocket upgrade: 101, then every byte back (an echo);
 /// - a request whose body it read to the end (a non-empty one) counts in `complete_bodies`;
 /// - anything else: 200 with its name as the body and in the `x-pool` header, or 500 for
 ///   every request that `set_failing` selects.
@@ -107,6 +108,7 @@ impl Upstream {
                             let svc = service_fn(move |req| respond(state.clone(), req));
                             let _ = http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
                                 .await;
                         });
                     }
@@ -178,6 +180,25 @@ async fn respond(
     (name, healthy, requests, slow, failing, complete_bodies): UpstreamState,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
+        tokio::spawn(async move {
+            if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                let (mut from, mut to) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+            }
+        });
+        return Ok(Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("x-pool", name.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap());
+    }
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let seen_headers: String = req

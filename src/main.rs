@@ -8,7 +8,7 @@
 mod cli;
 mod demo;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -60,6 +60,12 @@ enum Command {
     },
     /// Check a config file and exit: 0 when it is valid, 2 with every problem when not.
     Check,
+    /// Translate another proxy's config into switchback's: the config on stdout, every
+    /// directive left behind on stderr with file:line and why.
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
     /// Show every service, its pools, each backend's health, the active pool and the split.
     Status {
         #[command(flatten)]
@@ -275,6 +281,38 @@ fn start(config: switchback_config::Config) -> ExitCode {
     }
 }
 
+#[derive(Subcommand, Debug)]
+enum ImportFrom {
+    /// An nginx config (its includes followed): upstreams, servers, locations with
+    /// proxy_pass, headers, body limits, gzip, timeouts, TLS and the HTTPS redirect.
+    Nginx {
+        /// The main file, like /etc/nginx/nginx.conf.
+        file: PathBuf,
+    },
+}
+
+fn import_nginx(file: &Path) -> ExitCode {
+    match switchback_config::nginx::import(file) {
+        Ok(import) => {
+            print!("{}", import.toml);
+            for note in &import.untranslated {
+                eprintln!("{note}");
+            }
+            if !import.untranslated.is_empty() {
+                eprintln!(
+                    "{} directive(s) not translated; check the result with `switchback check`",
+                    import.untranslated.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn check(path: Option<&PathBuf>) -> ExitCode {
     match load_config(path) {
         Ok(c) => {
@@ -355,6 +393,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Check => check(cli.config.as_ref()),
+        Command::Import {
+            from: ImportFrom::Nginx { file },
+        } => import_nginx(&file),
         Command::Demo { port } => {
             init_logs(LogFormat::Text);
             match demo::prepare(port) {
@@ -369,7 +410,7 @@ fn main() -> ExitCode {
 /// A command for a running proxy: one request over the control socket, its answer printed.
 fn client(command: Command, socket: Result<PathBuf, String>) -> ExitCode {
     match command {
-        Command::Run { .. } | Command::Demo { .. } | Command::Check => {
+        Command::Run { .. } | Command::Demo { .. } | Command::Check | Command::Import { .. } => {
             unreachable!("main runs these itself")
         }
         Command::Status { target, json } => {

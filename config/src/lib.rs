@@ -17,6 +17,7 @@ pub mod address;
 pub mod atomic;
 pub mod duration;
 pub mod model;
+pub mod nginx;
 pub mod reload;
 mod schema;
 pub mod state;

@@ -1,0 +1,643 @@
+//! nginx directives → switchback's config.
+//!
+//! Each `location` that proxies (`proxy_pass`) becomes a service: its `server_name`s are the
+//! hosts, its path the prefix, and the upstream (or the one address) behind it the service's
+//! only pool, `blue`, which is active. The headers, body limit, compression, timeouts and TLS of
+//! the location, its server and `http` come along with nginx's inheritance (a level that sets
+//! `add_header` or `proxy_set_header` replaces its parent's list). A plain-HTTP server that only
+//! redirects to `https://` turns `https_redirect` on for the services of its names.
+
+use std::collections::BTreeMap;
+
+use super::parse::Directive;
+use crate::duration::parse_duration;
+use crate::validate::valid_name;
+
+/// What the import made: the switchback config, and what it left behind.
+#[derive(Debug, Clone)]
+pub struct Import {
+    pub toml: String,
+    pub untranslated: Vec<Untranslated>,
+}
+
+/// A directive with no switchback equivalent, where it is and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Untranslated {
+    pub file: std::path::PathBuf,
+    pub line: usize,
+    pub directive: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Untranslated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.directive,
+            self.why
+        )
+    }
+}
+
+/// What a level (`http`, `server`, `location`) sets; unset fields inherit.
+#[derive(Debug, Clone, Default)]
+struct Settings {
+    response_headers: Option<Vec<(String, String)>>,
+    request_headers: Option<Vec<(String, String)>>,
+    max_body: Option<String>,
+    gzip: Option<bool>,
+    gzip_min_length: Option<String>,
+    read_timeout: Option<String>,
+    connect_timeout: Option<String>,
+}
+
+impl Settings {
+    fn under(&self, parent: &Settings) -> Settings {
+        Settings {
+            response_headers: self
+                .response_headers
+                .clone()
+                .or(parent.response_headers.clone()),
+            request_headers: self
+                .request_headers
+                .clone()
+                .or(parent.request_headers.clone()),
+            max_body: self.max_body.clone().or(parent.max_body.clone()),
+            gzip: self.gzip.or(parent.gzip),
+            gzip_min_length: self
+                .gzip_min_length
+                .clone()
+                .or(parent.gzip_min_length.clone()),
+            read_timeout: self.read_timeout.clone().or(parent.read_timeout.clone()),
+            connect_timeout: self
+                .connect_timeout
+                .clone()
+                .or(parent.connect_timeout.clone()),
+        }
+    }
+}
+
+/// One service to write.
+#[derive(Debug)]
+struct Service {
+    name: String,
+    hosts: Vec<String>,
+    prefix: String,
+    backends: Vec<String>,
+    settings: Settings,
+    tls: Option<String>,
+}
+
+#[derive(Default)]
+struct Translator {
+    notes: Vec<Untranslated>,
+    http: Vec<String>,
+    https: Vec<String>,
+    upstreams: BTreeMap<String, Vec<String>>,
+    services: Vec<Service>,
+    /// Host lists of plain-HTTP servers that redirect everything to HTTPS.
+    redirected: Vec<Vec<String>>,
+    /// `[server]` keys from `http`'s client timeouts.
+    server: Vec<(&'static str, String)>,
+}
+
+/// `proxy_set_header` values switchback already sends, or that WebSockets need and
+/// switchback handles by itself.
+const IMPLIED_REQUEST_HEADERS: &[(&str, &str)] = &[
+    ("host", "$host"),
+    ("host", "$http_host"),
+    ("x-forwarded-for", "$proxy_add_x_forwarded_for"),
+    ("x-forwarded-proto", "$scheme"),
+    ("upgrade", "$http_upgrade"),
+    ("connection", "upgrade"),
+    ("connection", "$connection_upgrade"),
+    ("connection", ""),
+];
+
+impl Translator {
+    fn note(&mut self, d: &Directive, why: impl Into<String>) {
+        self.notes.push(Untranslated {
+            file: d.file.clone(),
+            line: d.line,
+            directive: d.name.clone(),
+            why: why.into(),
+        });
+    }
+
+    /// A setting every level may carry; false when `d` is not one.
+    fn setting(&mut self, d: &Directive, s: &mut Settings) -> bool {
+        let arg = |i: usize| d.args.get(i).cloned().unwrap_or_default();
+        match d.name.as_str() {
+            "add_header" if d.args.len() >= 2 => {
+                if d.args[1].contains('$') {
+                    self.note(
+                        d,
+                        "a value with nginx variables has no switchback equivalent",
+                    );
+                } else {
+                    s.response_headers
+                        .get_or_insert_with(Vec::new)
+                        .push((arg(0), arg(1)));
+                }
+            }
+            "proxy_set_header" if d.args.len() >= 2 => {
+                let (name, value) = (arg(0).to_ascii_lowercase(), arg(1));
+                let implied = IMPLIED_REQUEST_HEADERS
+                    .iter()
+                    .any(|(n, v)| *n == name && v.eq_ignore_ascii_case(&value));
+                if implied {
+                    // switchback does this itself; the level still sets its own list.
+                    s.request_headers.get_or_insert_with(Vec::new);
+                } else if name == "x-real-ip" {
+                    self.note(d, "switchback does not send X-Real-IP; backends read the client from X-Forwarded-For");
+                } else if value.contains('$') {
+                    self.note(
+                        d,
+                        "a value with nginx variables has no switchback equivalent",
+                    );
+                } else {
+                    s.request_headers
+                        .get_or_insert_with(Vec::new)
+                        .push((arg(0), value));
+                }
+            }
+            "client_max_body_size" => s.max_body = Some(arg(0)),
+            "gzip" => s.gzip = Some(arg(0) == "on"),
+            "gzip_min_length" => s.gzip_min_length = Some(arg(0)),
+            "gzip_vary" => {} // switchback always sends Vary: Accept-Encoding
+            "gzip_types" => self.note(
+                d,
+                "switchback compresses a fixed set of types: text/*, JSON, JavaScript, XML and SVG",
+            ),
+            "gzip_comp_level" => self.note(d, "switchback compresses at gzip level 6"),
+            "proxy_read_timeout" | "proxy_send_timeout" | "proxy_connect_timeout" => {
+                match duration(&arg(0)) {
+                    Some(t) if d.name == "proxy_connect_timeout" => s.connect_timeout = Some(t),
+                    Some(t) if d.name == "proxy_read_timeout" => s.read_timeout = Some(t),
+                    Some(_) => {
+                        self.note(d, "switchback has one backend read timeout, read_timeout")
+                    }
+                    None => self.note(
+                        d,
+                        format!("{:?} is not a duration switchback reads", arg(0)),
+                    ),
+                }
+            }
+            "proxy_http_version" | "proxy_buffering" | "proxy_redirect" => {}
+            _ => return false,
+        }
+        true
+    }
+
+    fn top(&mut self, directives: &[Directive]) {
+        let mut http = Settings::default();
+        // Top-level servers and upstreams (a conf.d file given alone) count as in `http`.
+        self.http_block(directives, &mut http);
+    }
+
+    fn http_block(&mut self, directives: &[Directive], settings: &mut Settings) {
+        for d in directives {
+            if self.setting(d, settings) {
+                continue;
+            }
+            if let ("upstream", Some(body)) = (d.name.as_str(), &d.block) {
+                self.upstream(d, body);
+            }
+        }
+        for d in directives {
+            match (d.name.as_str(), &d.block) {
+                ("http", Some(body)) => {
+                    let mut inner = Settings::default().under(settings);
+                    self.http_block(body, &mut inner);
+                }
+                ("server", Some(body)) => self.server(body, settings),
+                ("upstream", Some(_)) => {}
+                ("events", _) | ("worker_processes" | "worker_connections" | "user" | "pid", _) => {
+                    self.note(d, "a process setting: switchback sizes itself ([server] threads, max_connections)")
+                }
+                ("include", None) => self.note(d, "the file is not there"),
+                (
+                    "keepalive_timeout" | "client_header_timeout" | "client_body_timeout"
+                    | "send_timeout",
+                    None,
+                ) => {
+                    let key = match d.name.as_str() {
+                        "keepalive_timeout" => "keepalive_timeout",
+                        "client_header_timeout" => "client_header_timeout",
+                        "client_body_timeout" => "client_body_timeout",
+                        _ => "send_timeout",
+                    };
+                    match d.args.first().and_then(|a| duration(a)) {
+                        Some(t) => self.server.push((key, t)),
+                        None => self.note(d, "not a duration switchback reads"),
+                    }
+                }
+                _ if is_setting_name(&d.name) => {}
+                _ => self.note(d, "no switchback equivalent"),
+            }
+        }
+    }
+
+    fn upstream(&mut self, d: &Directive, body: &[Directive]) {
+        let mut backends = Vec::new();
+        for s in body {
+            match s.name.as_str() {
+                "server" => {
+                    let addr = s.args.first().cloned().unwrap_or_default();
+                    if addr.starts_with("unix:") {
+                        self.note(s, "switchback reaches backends over TCP only");
+                        continue;
+                    }
+                    backends.push(with_port(&addr));
+                    for param in &s.args[1..] {
+                        if param == "backup" || param.starts_with("weight=") {
+                            self.note(s, format!("{param}: switchback balances a pool round robin over its healthy backends"));
+                        } else if param.starts_with("max_fails=")
+                            || param.starts_with("fail_timeout=")
+                        {
+                            self.note(
+                                s,
+                                format!("{param}: use services.NAME.health for health checks"),
+                            );
+                        }
+                    }
+                }
+                "keepalive" => {} // switchback keeps backend connections alive by itself
+                _ => self.note(s, "no switchback equivalent in a pool"),
+            }
+        }
+        self.upstreams
+            .insert(d.args.first().cloned().unwrap_or_default(), backends);
+    }
+
+    fn server(&mut self, body: &[Directive], http: &Settings) {
+        let mut settings = Settings::default();
+        let mut hosts = Vec::new();
+        let mut tls_cert = None;
+        let mut tls_key = None;
+        let mut plain = false;
+        let mut redirects = false;
+        for d in body {
+            if self.setting(d, &mut settings) {
+                continue;
+            }
+            match d.name.as_str() {
+                "listen" => match listen(&d.args) {
+                    Some((addr, true)) => push_new(&mut self.https, addr),
+                    Some((addr, false)) => {
+                        plain = true;
+                        push_new(&mut self.http, addr)
+                    }
+                    None => self.note(d, "switchback listens on IP:port addresses"),
+                },
+                "server_name" => {
+                    for name in &d.args {
+                        if name.starts_with('~') {
+                            self.note(
+                                d,
+                                format!("{name}: switchback matches exact names and *.suffix"),
+                            );
+                        } else if name != "_" && !name.is_empty() {
+                            push_new(&mut hosts, name.to_ascii_lowercase());
+                        }
+                    }
+                }
+                "ssl_certificate" => tls_cert = d.args.first().cloned(),
+                "ssl_certificate_key" => tls_key = d.args.first().cloned(),
+                "ssl_protocols" | "ssl_ciphers" | "ssl_prefer_server_ciphers" | "http2" => self
+                    .note(
+                    d,
+                    "switchback serves TLS 1.2 and 1.3 with rustls' ciphers, and HTTP/2 by ALPN",
+                ),
+                "return" if is_https_redirect(&d.args) => redirects = true,
+                "location" => {}
+                _ => self.note(d, "no switchback equivalent"),
+            }
+        }
+        if plain && redirects {
+            self.redirected.push(hosts.clone());
+        }
+        let settings = settings.under(http);
+        let tls = match (tls_cert, tls_key) {
+            (Some(c), _) if c.starts_with("/etc/letsencrypt/") => Some("\"acme\"".to_string()),
+            (Some(c), Some(k)) => Some(format!("{{ cert = {}, key = {} }}", quote(&c), quote(&k))),
+            _ => None,
+        };
+        for d in body.iter().filter(|d| d.name == "location") {
+            self.location(d, &hosts, &settings, &tls);
+        }
+    }
+
+    fn location(
+        &mut self,
+        d: &Directive,
+        hosts: &[String],
+        parent: &Settings,
+        tls: &Option<String>,
+    ) {
+        let (prefix, exact) = match d.args.as_slice() {
+            [path] => (path.clone(), false),
+            [m, path] if m == "^~" => (path.clone(), false),
+            [m, path] if m == "=" => (path.clone(), true),
+            _ => {
+                self.note(
+                    d,
+                    "a regular-expression location: switchback routes by path prefix",
+                );
+                return;
+            }
+        };
+        let Some(body) = &d.block else { return };
+        let mut settings = Settings::default();
+        let mut target = None;
+        for inner in body {
+            if self.setting(inner, &mut settings) {
+                continue;
+            }
+            match inner.name.as_str() {
+                "proxy_pass" => {
+                    target = Some((inner, inner.args.first().cloned().unwrap_or_default()))
+                }
+                "return" if is_https_redirect(&inner.args) && prefix == "/" => {}
+                "location" => self.note(
+                    inner,
+                    "a nested location: switchback routes by one prefix per service",
+                ),
+                _ => self.note(inner, "no switchback equivalent"),
+            }
+        }
+        let Some((at, url)) = target else { return };
+        if exact {
+            self.note(
+                d,
+                format!("= {prefix}: an exact match, imported as a prefix"),
+            );
+        }
+        let Some(rest) = url.strip_prefix("http://") else {
+            self.note(at, "switchback proxies to backends over plain HTTP");
+            return;
+        };
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        if !path.is_empty() || rest.ends_with('/') && prefix != "/" {
+            self.note(
+                at,
+                "a URI part in proxy_pass rewrites the path; switchback passes the path as it came",
+            );
+        }
+        if authority.contains('$') {
+            self.note(
+                at,
+                "a proxy_pass with variables has no switchback equivalent",
+            );
+            return;
+        }
+        let (base, backends) = match self.upstreams.get(authority) {
+            Some(servers) => (authority.to_string(), servers.clone()),
+            None => (
+                authority.split(':').next().unwrap_or("app").to_string(),
+                vec![with_port(authority)],
+            ),
+        };
+        let settings = settings.under(parent);
+        // The same route under another server block (the port-80 twin of a TLS server): one
+        // service serves both listeners.
+        if let Some(existing) = self
+            .services
+            .iter_mut()
+            .find(|s| s.hosts == hosts && s.prefix == prefix)
+        {
+            if existing.tls.is_none() {
+                existing.tls = tls.clone();
+            }
+            return;
+        }
+        let name = unique_name(&self.services, &base, &prefix);
+        self.services.push(Service {
+            name,
+            hosts: hosts.to_vec(),
+            prefix,
+            backends,
+            settings,
+            tls: tls.clone(),
+        });
+    }
+
+    fn write(&self, source: &str) -> String {
+        let list = |v: &[String]| v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ");
+        let mut out = format!(
+            "# Imported from {source} by `switchback import nginx`; check it with `switchback check`.\n\
+             [listen]\nhttp = [{}]\nhttps = [{}]\n\n\
+             [control]\nsocket = \"/run/switchback/control.sock\"\n\n\
+             [state]\ndir = \"/var/lib/switchback\"\n",
+            list(&self.http),
+            list(&self.https)
+        );
+        if !self.server.is_empty() {
+            out.push_str("\n[server]\n");
+            for (k, v) in &self.server {
+                out.push_str(&format!("{k} = {}\n", quote(v)));
+            }
+        }
+        if self
+            .services
+            .iter()
+            .any(|s| s.tls.as_deref() == Some("\"acme\""))
+        {
+            out.push_str("\n[acme]\n# email = \"you@example.com\"\n");
+        }
+        for s in &self.services {
+            let set = &s.settings;
+            out.push_str(&format!(
+                "\n[services.{}]\nhosts = [{}]\npath_prefix = {}\nactive = \"blue\"\npools.blue = [{}]\n",
+                s.name,
+                list(&s.hosts),
+                quote(&s.prefix),
+                list(&s.backends)
+            ));
+            let key = |out: &mut String, k: &str, v: &Option<String>| {
+                if let Some(v) = v {
+                    out.push_str(&format!("{k} = {}\n", quote(v)));
+                }
+            };
+            key(&mut out, "read_timeout", &set.read_timeout);
+            key(&mut out, "connect_timeout", &set.connect_timeout);
+            key(&mut out, "max_request_body", &set.max_body);
+            if set.gzip == Some(true) {
+                out.push_str("compress = [\"gzip\"]\n");
+                key(&mut out, "compress_min_length", &set.gzip_min_length);
+            }
+            let mut response = set.response_headers.clone().unwrap_or_default();
+            if let Some(tls) = &s.tls {
+                out.push_str(&format!("tls = {tls}\n"));
+                let redirect = self
+                    .redirected
+                    .iter()
+                    .any(|hosts| hosts.is_empty() || s.hosts.iter().any(|h| hosts.contains(h)));
+                out.push_str(&format!("https_redirect = {redirect}\n"));
+                let hsts = response
+                    .iter()
+                    .position(|(n, _)| n.eq_ignore_ascii_case("strict-transport-security"));
+                match hsts {
+                    Some(i) => {
+                        let (_, value) = response.remove(i);
+                        out.push_str(&format!("hsts = {}\n", quote(&value)));
+                    }
+                    None => out.push_str("hsts = false\n"),
+                }
+            }
+            for (table, rules) in [
+                ("response_headers", response),
+                (
+                    "request_headers",
+                    set.request_headers.clone().unwrap_or_default(),
+                ),
+            ] {
+                if rules.is_empty() {
+                    continue;
+                }
+                out.push_str(&format!("\n[services.{}.{table}]\n", s.name));
+                for (n, v) in rules {
+                    out.push_str(&format!("{} = {}\n", quote(&n), quote(&v)));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Directive names [`Translator::setting`] takes at any level.
+fn is_setting_name(name: &str) -> bool {
+    matches!(
+        name,
+        "add_header"
+            | "proxy_set_header"
+            | "client_max_body_size"
+            | "gzip"
+            | "gzip_min_length"
+            | "gzip_vary"
+            | "gzip_types"
+            | "gzip_comp_level"
+            | "proxy_read_timeout"
+            | "proxy_send_timeout"
+            | "proxy_connect_timeout"
+            | "proxy_http_version"
+            | "proxy_buffering"
+            | "proxy_redirect"
+    )
+}
+
+/// Translates a parsed nginx config; `tree` comes from [`super::parse_file`].
+pub fn translate(tree: &[Directive]) -> Import {
+    let mut t = Translator::default();
+    t.top(tree);
+    let source = tree
+        .first()
+        .map(|d| d.file.display().to_string())
+        .unwrap_or_default();
+    let toml = t.write(&source);
+    let mut untranslated = t.notes;
+    untranslated.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    Import { toml, untranslated }
+}
+
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn push_new(list: &mut Vec<String>, item: String) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+/// nginx's default port is 80 when an upstream server gives none.
+fn with_port(addr: &str) -> String {
+    let has_port = match addr.rsplit_once(':') {
+        Some((host, port)) => !host.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()),
+        None => false,
+    };
+    if has_port || addr.ends_with(']') && addr.contains("]:") {
+        addr.to_string()
+    } else {
+        format!("{addr}:80")
+    }
+}
+
+/// `listen 80`, `listen 127.0.0.1:8080`, `listen [::]:443 ssl`: the address and whether it
+/// serves TLS.
+fn listen(args: &[String]) -> Option<(String, bool)> {
+    let first = args.first()?;
+    let ssl = args[1..].iter().any(|a| a == "ssl");
+    let addr = if first.bytes().all(|b| b.is_ascii_digit()) {
+        format!("0.0.0.0:{first}")
+    } else if let Some(port) = first.strip_prefix("*:") {
+        format!("0.0.0.0:{port}")
+    } else if first.starts_with('[') && !first.contains("]:") {
+        format!("{first}:80")
+    } else if first.starts_with("unix:") {
+        return None;
+    } else if first.contains(':') {
+        first.clone()
+    } else {
+        format!("{first}:80")
+    };
+    addr.parse::<std::net::SocketAddr>().ok()?;
+    Some((addr, ssl))
+}
+
+fn is_https_redirect(args: &[String]) -> bool {
+    matches!(args, [code, url] if matches!(code.as_str(), "301" | "302" | "307" | "308") && url.starts_with("https://"))
+}
+
+/// nginx times (`60`, `60s`, `5m`, `1h`, `1d`, `500ms`) as switchback writes them.
+fn duration(text: &str) -> Option<String> {
+    let t = if text.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{text}s")
+    } else if let Some(days) = text.strip_suffix('d').and_then(|d| d.parse::<u64>().ok()) {
+        format!("{}h", days * 24)
+    } else {
+        text.to_string()
+    };
+    parse_duration(&t).ok().map(|_| t)
+}
+
+/// The upstream's name; when taken, with the location's first path segment (`api-ws`), then a
+/// number.
+fn unique_name(services: &[Service], base: &str, prefix: &str) -> String {
+    let clean = |text: &str| -> String {
+        text.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect()
+    };
+    let mut clean_base = clean(base);
+    if clean_base.is_empty() || !valid_name(&clean_base) {
+        clean_base = "app".into();
+    }
+    let taken = |name: &str| services.iter().any(|s| s.name == name);
+    if !taken(&clean_base) {
+        return clean_base;
+    }
+    let segment = clean(prefix.trim_matches('/').split('/').next().unwrap_or(""));
+    let clean = if segment.is_empty() {
+        clean_base
+    } else {
+        format!("{clean_base}-{segment}")
+    };
+    let mut name = clean.clone();
+    let mut n = 2;
+    while services.iter().any(|s| s.name == name) {
+        name = format!("{clean}-{n}");
+        n += 1;
+    }
+    name
+}

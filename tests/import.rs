@@ -1,0 +1,134 @@
+//! `switchback import nginx` with the real binary: a Compose stack's nginx config (with an
+//! `include` glob) becomes a config that passes `switchback check`, every directive left behind
+//! is named by file and line, and an imported config routes as the nginx one did.
+
+mod support;
+
+use std::io::Write;
+use std::process::Command;
+
+use support::*;
+
+const COMPOSE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/nginx/compose/nginx.conf"
+);
+
+fn import(file: &str) -> (String, String) {
+    let out = Command::new(BIN)
+        .args(["import", "nginx", file])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn a_compose_stacks_nginx_config_imports_to_a_config_that_passes_check() {
+    let (toml, notes) = import(COMPOSE);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchback.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let check = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}\n{toml}");
+    assert!(String::from_utf8_lossy(&check.stdout).contains("3 service(s)"));
+    let config = switchback_config::load(&path).unwrap();
+    let api = config.service("api").unwrap();
+    assert_eq!(api.path_prefix, "/api/");
+    assert_eq!(api.hosts, ["app.example.com"]);
+    assert_eq!(api.max_request_body, Some(10 << 20));
+    assert_eq!(api.tls, switchback_config::TlsMode::Acme);
+    assert!(api.https_redirect);
+    assert_eq!(
+        api.hsts.as_deref(),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(api.response_headers.len(), 4);
+    let ws = config.service("api-ws").unwrap();
+    assert_eq!(ws.read_timeout.as_secs(), 86400);
+    assert_eq!(config.service("dashboard").unwrap().path_prefix, "/");
+    assert_eq!(config.server.keepalive_timeout.as_secs(), 65);
+    // What it left behind, by file and line, with the included file named as itself.
+    for expected in [
+        "conf.d/app.conf:26: proxy_set_header: switchback does not send X-Real-IP",
+        "nginx.conf:29: server: max_fails=3: use services.NAME.health",
+        "nginx.conf:19: gzip_types: switchback compresses a fixed set of types",
+        "nginx.conf:11: include: the file is not there",
+    ] {
+        assert!(notes.contains(expected), "{expected:?} not in\n{notes}");
+    }
+}
+
+#[test]
+fn a_broken_nginx_config_is_refused_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, "http {\n  server {\n    listen 80\n  }\n}\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["import", "nginx"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nginx.conf:3: listen: missing ';'"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_config_routes_and_shapes_answers_as_nginx_did() {
+    let (api, dashboard) = (Upstream::start("api"), Upstream::start("dashboard"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nginx.conf");
+    let mut file = std::fs::File::create(&path).unwrap();
+    write!(
+        file,
+        "http {{\n  client_max_body_size 1k;\n  gzip on;\n\
+           upstream api {{ server {}; }}\n  upstream dashboard {{ server {}; }}\n\
+           server {{\n    listen 127.0.0.1:8080;\n    server_name app.test;\n\
+             add_header X-Frame-Options SAMEORIGIN always;\n\
+             location /api/ {{ proxy_pass http://api; proxy_set_header X-Env prod; }}\n\
+             location /ws {{ proxy_pass http://api; proxy_read_timeout 1h; }}\n\
+             location / {{ proxy_pass http://dashboard; }}\n  }}\n}}\n",
+        api.addr, dashboard.addr
+    )
+    .unwrap();
+    let (toml, _) = import(path.to_str().unwrap());
+    let services = &toml[toml.find("[services.").expect("services")..];
+    let proxy = Proxy::start(services);
+    let mut conn = KeepAlive::connect(proxy.addr()).await.unwrap();
+    for (path, pool) in [
+        ("/api/users", "api"),
+        ("/ws", "api"),
+        ("/", "dashboard"),
+        ("/apix", "dashboard"),
+    ] {
+        let answer = conn.get(path).await.unwrap();
+        assert_eq!(answer.pool, pool, "{path}");
+        assert_eq!(answer.headers["x-frame-options"], "SAMEORIGIN", "{path}");
+    }
+    let seen = conn.get("/api/headers").await.unwrap();
+    assert_eq!(seen.pool, "api");
+    assert!(seen.body.contains("x-env: prod"), "{}", seen.body);
+    let big = conn
+        .request("POST", "/api/upload", vec![b'x'; 2048])
+        .await
+        .map(|a| a.status);
+    // 413 (the connection closes after it, the body unread).
+    assert_eq!(big.unwrap(), 413);
+    let text = KeepAlive::connect(proxy.addr())
+        .await
+        .unwrap()
+        .get_with("/text?bytes=4000", &[("accept-encoding", "gzip")])
+        .await
+        .unwrap();
+    assert_eq!(text.headers["content-encoding"], "gzip");
+}

@@ -125,13 +125,15 @@ fn raise_open_files_limit(max_connections: usize) {
             limit = raised;
         }
     }
-    let needed = 2 * max_connections as u64 + OWN_FILES;
+    // A client and a backend connection each, and a WebSocket a third: the duplicate that
+    // lets a drain close it (see switchback_proxy::long_lived).
+    let needed = 3 * max_connections as u64 + OWN_FILES;
     if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
         warn!(
             max_connections,
             open_files_limit = limit.rlim_cur,
             needed,
-            "server.max_connections does not fit under the open-files limit (a client and a backend connection each): raise the limit (LimitNOFILE= in a systemd unit, ulimit -n) or lower max_connections"
+            "server.max_connections does not fit under the open-files limit (a client and a backend connection each, and a third for a WebSocket): raise the limit (LimitNOFILE= in a systemd unit, ulimit -n) or lower max_connections"
         );
     }
 }

@@ -38,29 +38,54 @@ impl HeaderRules {
     }
 
     pub fn apply_to_request(&self, req: &mut RequestHeader) -> Result<()> {
+        self.apply(req)
+    }
+
+    pub fn apply_to_response(&self, resp: &mut ResponseHeader) -> Result<()> {
+        self.apply(resp)
+    }
+
+    fn apply(&self, message: &mut impl Message) -> Result<()> {
         for (name, value) in &self.rules {
             match value {
-                Some(v) => req.insert_header(name.clone(), v.clone())?,
-                None if req.headers.contains_key(name) => {
-                    req.remove_header(name);
-                }
+                Some(v) => message.set(name.clone(), v.clone())?,
+                // pingora's removal rebuilds its case map: only when there is something to remove.
+                None if message.has(name) => message.unset(name),
                 None => {}
             }
         }
         Ok(())
     }
+}
 
-    pub fn apply_to_response(&self, resp: &mut ResponseHeader) -> Result<()> {
-        for (name, value) in &self.rules {
-            match value {
-                Some(v) => resp.insert_header(name.clone(), v.clone())?,
-                None if resp.headers.contains_key(name) => {
-                    resp.remove_header(name);
-                }
-                None => {}
-            }
-        }
-        Ok(())
+/// A request or an answer head: what a rule does to either.
+trait Message {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn has(&self, name: &HeaderName) -> bool;
+    fn unset(&mut self, name: &HeaderName);
+}
+
+impl Message for RequestHeader {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+    fn has(&self, name: &HeaderName) -> bool {
+        self.headers.contains_key(name)
+    }
+    fn unset(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Message for ResponseHeader {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+    fn has(&self, name: &HeaderName) -> bool {
+        self.headers.contains_key(name)
+    }
+    fn unset(&mut self, name: &HeaderName) {
+        self.remove_header(name);
     }
 }
 

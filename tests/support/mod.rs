@@ -42,7 +42,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// - `/health`: 200, or 503 while `set_healthy(false)`;
 /// - `/slow?ms=N`: after N milliseconds;
 /// - `/status/N`: with status N;
-/// - `/headers`: 200 with the request headers it received, one `name: value` a line;
+/// - `/headers` (or any path ending so): 200 with the request headers it received, one `name: value` a line;
 /// - `/text?bytes=N&type=T&encoding=E&chunked=1`: N bytes of text with content type T
 ///   (`text/plain`), labelled with content encoding E if given, without a length if chunked;
 /// - a WebSocket upgrade: 101, then every byte back (an echo);
@@ -218,7 +218,7 @@ async fn respond(
             .body(Full::new(Bytes::from(body)))
             .unwrap()
     };
-    if path == "/headers" {
+    if path.ends_with("/headers") {
         return Ok(reply(200, seen_headers));
     }
     if path == "/text" {

@@ -127,6 +127,18 @@ impl Translator {
         });
     }
 
+    /// A backend given by host name (`api:8000`, as in a Compose network) is written as it is;
+    /// switchback takes `IP:port` backends only for now, so `check` refuses it until it is
+    /// replaced by an address.
+    fn note_name(&mut self, d: &Directive, addr: &str) {
+        if crate::parse_socket_addr(&with_port(addr)).is_err() {
+            self.note(
+                d,
+                format!("{addr}: a host name; switchback takes IP:port backends for now, so write the address"),
+            );
+        }
+    }
+
     /// A setting every level may carry; false when `d` is not one.
     fn setting(&mut self, d: &Directive, s: &mut Settings) -> bool {
         let arg = |i: usize| d.args.get(i).cloned().unwrap_or_default();
@@ -251,6 +263,7 @@ impl Translator {
                         self.note(s, "switchback reaches backends over TCP only");
                         continue;
                     }
+                    self.note_name(s, &addr);
                     backends.push(with_port(&addr));
                     for param in &s.args[1..] {
                         if param == "backup" || param.starts_with("weight=") {
@@ -396,10 +409,19 @@ impl Translator {
         }
         let (base, backends) = match self.upstreams.get(authority) {
             Some(servers) => (authority.to_string(), servers.clone()),
-            None => (
-                authority.split(':').next().unwrap_or("app").to_string(),
-                vec![with_port(authority)],
-            ),
+            None => {
+                self.note_name(at, authority);
+                // A service is named after the host it proxies to, or, for an address, after
+                // its location's first path segment.
+                let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+                let segment = prefix.trim_matches('/').split('/').next().unwrap_or("");
+                let base = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+                    Ok(_) if !segment.is_empty() => segment,
+                    Ok(_) => "app",
+                    Err(_) => host,
+                };
+                (base.to_string(), vec![with_port(authority)])
+            }
         };
         let settings = settings.under(parent);
         // The same route under another server block (the port-80 twin of a TLS server): one
@@ -640,4 +662,62 @@ fn unique_name(services: &[Service], base: &str, prefix: &str) -> String {
         n += 1;
     }
     name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str) -> (String, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, text).unwrap();
+        let import = super::super::import(&path).unwrap();
+        let notes = import
+            .untranslated
+            .iter()
+            .map(|n| format!("{}: {}: {}", n.line, n.directive, n.why))
+            .collect();
+        (import.toml, notes)
+    }
+
+    #[test]
+    fn twins_merge_names_and_regexes_are_reported_and_client_timeouts_go_to_server() {
+        let (toml, notes) = run(
+            "http {\n keepalive_timeout 75;\n upstream app { server api:8000; }\n\
+             server {\n  listen 80;\n  server_name a.test;\n  location / { proxy_pass http://app; }\n\
+               location ~ \\.php$ { proxy_pass http://app; }\n  location = /exact { proxy_pass http://127.0.0.1:9000; }\n }\n\
+             server {\n  listen 127.0.0.1:443 ssl;\n  server_name a.test;\n  ssl_certificate /srv/c.pem;\n  ssl_certificate_key /srv/k.pem;\n\
+               location / { proxy_pass http://app; }\n }\n}\n",
+        );
+        let config = crate::parse(
+            std::path::Path::new("t.toml"),
+            &toml.replace("api:8000", "127.0.0.1:8000"),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        assert_eq!(config.server.keepalive_timeout.as_secs(), 75);
+        assert_eq!(config.listen.https, ["127.0.0.1:443".parse().unwrap()]);
+        // One service for the route both server blocks have, with the TLS of the second.
+        let app = config.service("app").unwrap();
+        assert_eq!(
+            app.tls,
+            crate::TlsMode::Files {
+                cert: "/srv/c.pem".into(),
+                key: "/srv/k.pem".into()
+            }
+        );
+        assert!(!app.https_redirect);
+        assert_eq!(app.hsts, None);
+        assert_eq!(config.service("exact").unwrap().path_prefix, "/exact");
+        for expected in [
+            "3: server: api:8000: a host name",
+            "8: location: a regular-expression location",
+            "9: location: = /exact: an exact match, imported as a prefix",
+        ] {
+            assert!(
+                notes.iter().any(|n| n.starts_with(expected)),
+                "{expected} not in {notes:#?}"
+            );
+        }
+    }
 }

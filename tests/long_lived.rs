@@ -139,3 +139,22 @@ fn long_lived_keep_leaves_websockets_open_and_the_drain_waits_for_requests_only(
     }
     assert_eq!(pool_counts(&proxy, "blue"), (0, 1));
 }
+
+#[test]
+fn a_canary_that_ends_closes_its_websockets_after_the_drain_timeout() {
+    let (blue, green) = (Upstream::start("blue"), Upstream::start("green"));
+    let proxy = Proxy::start(&format!(
+        "{}drain_timeout = \"1s\"\n",
+        blue_green(&blue, &green)
+    ));
+    proxy.wait_health("app", "green", "healthy");
+    proxy.cli_ok(&["canary", "green", "100"]);
+    // A new client draws a bucket, and at 100% every bucket is the canary's.
+    let mut ws = WebSocket::open(&proxy);
+    assert_eq!(ws.pool, "green");
+    proxy.cli_ok(&["canary", "green", "0"]);
+    ws.echo("still here");
+    ws.wait_closed();
+    assert_eq!(pool_counts(&proxy, "green"), (0, 0));
+    assert_eq!(WebSocket::open(&proxy).pool, "blue");
+}

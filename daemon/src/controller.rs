@@ -708,10 +708,68 @@ impl Controller {
         if saved.is_err() && unsaved == Unsaved::Refuse {
             return saved.map(|_| 0);
         }
-        self.table.store(Arc::new(table));
+        let before = self.table.swap(Arc::new(table));
+        self.drain_left_pools(&before);
         let generation = next.generation;
         *live = next;
         saved.map(|_| generation)
+    }
+
+    /// For every pool that took new requests in `before` and takes none now (a switch, a
+    /// rollback, a canary ended, a rollout promoted or rolled back, a forced reload), a task
+    /// that closes its long-lived connections once the service's drain timeout passes, unless
+    /// the pool serves again by then (see [`crate::drain`]).
+    fn drain_left_pools(&self, before: &RoutingTable) {
+        let now = self.table.load();
+        for old in &before.services {
+            let Some(route) = now.service(old.name()) else {
+                continue;
+            };
+            for (i, pool) in old.pools.iter().enumerate() {
+                let left = serves(old, i)
+                    && route
+                        .pool_index(&pool.name)
+                        .is_some_and(|j| !serves(route, j));
+                if !left || pool.stats.long_lived.count() == 0 {
+                    continue;
+                }
+                let plan = crate::drain::DrainPlan {
+                    timeout: route.config.drain_timeout,
+                    long_lived: route.config.long_lived,
+                };
+                let (table, service, pool) = (
+                    self.table.clone(),
+                    old.name().to_string(),
+                    pool.name.to_string(),
+                );
+                tokio::spawn(async move {
+                    let still_left = || {
+                        let t = table.load();
+                        let Some(route) = t.service(&service) else {
+                            return true;
+                        };
+                        route.pool_index(&pool).is_none_or(|j| !serves(route, j))
+                    };
+                    let d = crate::drain::wait_drain(
+                        &table.load(),
+                        &service,
+                        &pool,
+                        plan,
+                        still_left,
+                        |_, _| {},
+                    )
+                    .await;
+                    if d.closed > 0 {
+                        info!(
+                            service = %service,
+                            pool = %pool,
+                            closed = d.closed,
+                            "drain timeout passed: long-lived connections closed"
+                        );
+                    }
+                });
+            }
+        }
     }
 
     fn pool_of<'a>(route: &'a ServiceRoute, pool: &str) -> Result<&'a Arc<Pool>, DeployError> {
@@ -779,4 +837,9 @@ fn unknown(service: &str) -> DeployError {
         name: service.to_string(),
         known: "it was removed by a reload".to_string(),
     }
+}
+
+/// Whether pool `index` of `route` takes new requests: it is active, or the canary.
+pub(crate) fn serves(route: &ServiceRoute, index: usize) -> bool {
+    route.split.active == index || route.split.canary.is_some_and(|c| c.pool == index)
 }

@@ -318,10 +318,9 @@ async fn drain_left_pool(
         let Some(route) = table.service(&outcome.service) else {
             return true;
         };
-        let Some(index) = route.pool_index(&outcome.moved_from) else {
-            return true;
-        };
-        route.split.active != index && route.split.canary.is_none_or(|c| c.pool != index)
+        route
+            .pool_index(&outcome.moved_from)
+            .is_none_or(|i| !crate::controller::serves(route, i))
     };
     drain::wait_drain(
         &controller.table(),
@@ -332,30 +331,6 @@ async fn drain_left_pool(
         on_progress,
     )
     .await
-}
-
-/// After a switch nobody waits on, the pool it left still has its long-lived connections
-/// closed when the drain timeout passes.
-fn drain_in_background(
-    controller: &Arc<Controller>,
-    outcome: &SwitchOutcome,
-    timeout: Option<std::time::Duration>,
-) {
-    if !outcome.changed {
-        return;
-    }
-    let (controller, outcome) = (controller.clone(), outcome.clone());
-    tokio::spawn(async move {
-        let d = drain_left_pool(&controller, &outcome, timeout, |_, _| {}).await;
-        if d.closed > 0 {
-            tracing::info!(
-                service = %outcome.service,
-                pool = %d.pool,
-                closed = d.closed,
-                "drain timeout passed: long-lived connections closed"
-            );
-        }
-    });
 }
 
 fn switch_reply(o: SwitchOutcome, drain: Option<DrainReport>) -> Reply {
@@ -417,7 +392,6 @@ impl Handler for ControlHandler {
                         waited_ms: d.waited.as_millis() as u64,
                     })
                 } else {
-                    drain_in_background(&self.controller, &outcome, drain_timeout);
                     None
                 };
                 Ok(switch_reply(outcome, drain))
@@ -426,10 +400,7 @@ impl Handler for ControlHandler {
                 .controller
                 .rollback(service.as_deref(), force, &who)
                 .await
-                .map(|o| {
-                    drain_in_background(&self.controller, &o, None);
-                    switch_reply(o, None)
-                })
+                .map(|o| switch_reply(o, None))
                 .map_err(to_control),
             request @ (Request::Certs | Request::CertsRenew { .. } | Request::ReloadCerts) => {
                 self.handle_certs(request).await

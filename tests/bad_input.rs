@@ -120,6 +120,10 @@ fn several_services_need_one_named() {
         other.addr
     );
     let proxy = Proxy::start(&services);
+    // Health settles first: a first probe answering between the two status reads would look
+    // like a change.
+    proxy.wait_health("app", "blue", "healthy");
+    proxy.wait_health("app", "green", "healthy");
     let e = refused(&proxy, &["switch", "green"], "service_required");
     assert!(
         e.contains("admin, app"),

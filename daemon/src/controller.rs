@@ -730,7 +730,10 @@ impl Controller {
                     && route
                         .pool_index(&pool.name)
                         .is_some_and(|j| !serves(route, j));
-                if !left || pool.stats.long_lived.count() == 0 {
+                // A request still in flight may yet be upgraded (its 101 not back yet): it is
+                // watched too.
+                let idle = pool.stats.in_flight() == 0 && pool.stats.long_lived.count() == 0;
+                if !left || idle {
                     continue;
                 }
                 let plan = crate::drain::DrainPlan {

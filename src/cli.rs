@@ -317,7 +317,13 @@ pub fn print_status(s: &StatusReply) {
                 } else {
                     (String::new(), String::new(), String::new())
                 };
-                rows.push([pool_cell, b.address.clone(), health, flight, long_lived]);
+                // A resolved address shows the name it came from; a name with no address is
+                // shown as itself.
+                let backend = match &b.name {
+                    Some(n) if *n != b.address => format!("{} ({n})", b.address),
+                    _ => b.address.clone(),
+                };
+                rows.push([pool_cell, backend, health, flight, long_lived]);
             }
         }
         print_table(&rows);

@@ -201,10 +201,12 @@ enum CertsCommand {
 
 #[derive(Subcommand)]
 enum PoolCommand {
-    /// Replace a pool's backends, like `pool set green 127.0.0.1:9012,127.0.0.1:9013`.
+    /// Replace a pool's backends, like `pool set green 127.0.0.1:9012,127.0.0.1:9013` or
+    /// `pool set green api-green:8000` (a host name: every address it resolves to is a backend).
     Set {
         pool: String,
-        #[arg(value_name = "ADDR[,ADDR…]")]
+        /// Addresses (IP:port) or host names with a port, comma-separated.
+        #[arg(value_name = "BACKEND[,BACKEND…]")]
         backends: String,
         #[command(flatten)]
         target: Target,
@@ -321,10 +323,56 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
                 c.source.display(),
                 c.services.len()
             );
+            for warning in name_warnings(&c) {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
+}
+
+/// Backends given by a host name that does not resolve here and now. Not an error: the name
+/// may be a container that is not up yet, and the proxy keeps looking it up.
+fn name_warnings(config: &switchback_config::Config) -> Vec<String> {
+    let hosts: Vec<String> = config
+        .backend_names()
+        .iter()
+        .filter_map(|t| t.host().map(str::to_string))
+        .collect();
+    if hosts.is_empty() {
+        return Vec::new();
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return vec!["backend names were not looked up: no runtime".into()];
+    };
+    let round = runtime.block_on(switchback_daemon::names::lookup(
+        &config.resolver,
+        &hosts,
+        &Default::default(),
+    ));
+    let mut out = Vec::new();
+    for service in &config.services {
+        for pool in &service.pools {
+            for target in &pool.backends {
+                let Some(answer) = target.host().and_then(|h| round.answers.get(h)) else {
+                    continue;
+                };
+                if answer.addrs.is_empty() {
+                    out.push(format!(
+                        "services.{}.pools.{}: {target} {}; its backends stay down until it resolves",
+                        service.name,
+                        pool.name,
+                        answer.error.as_deref().unwrap_or("does not resolve")
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The command line with the proxy's defaults in the help of the options left to it. The CLI

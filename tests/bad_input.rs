@@ -154,7 +154,7 @@ fn raw_protocol_errors_are_json_and_the_connection_survives() {
     assert_eq!(r["error"]["code"], "bad_request", "{r}");
     let r = c.request(r#"{"cmd":"switch","pool":"gren"}"#);
     assert_eq!(r["error"]["code"], "unknown_pool", "{r}");
-    let r = c.request(r#"{"cmd":"pool_set","pool":"green","backends":["nowhere:80"]}"#);
+    let r = c.request(r#"{"cmd":"pool_set","pool":"green","backends":["nowhere"]}"#);
     assert_eq!(r["error"]["code"], "bad_address", "{r}");
     // Same connection, still answering.
     let r = c.request(r#"{"cmd":"status"}"#);

@@ -7,7 +7,112 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 use crate::model::MAX_BACKENDS_PER_POOL;
+
+/// A backend as written: an address, or a host name and a port that are resolved while the
+/// proxy runs (every address the name yields is a backend of its own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Addr(SocketAddr),
+    /// A host name, lower case and without a trailing dot, and a port.
+    Name {
+        host: String,
+        port: u16,
+    },
+}
+
+impl Target {
+    /// The host name, for a target written by name.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Target::Addr(_) => None,
+            Target::Name { host, .. } => Some(host),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            Target::Addr(a) => a.port(),
+            Target::Name { port, .. } => *port,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Addr(a) => a.fmt(f),
+            Target::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Target, String> {
+        parse_target(text)
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Target, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_target(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether `host` is a host name DNS can carry: labels of letters, digits, '-' (not at either
+/// end) and '_' (Compose service names may have it), 1 to 63 long, 253 in all.
+fn valid_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        // All digits and dots is a mistyped IPv4 address, not a name.
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// Parses a backend: `"127.0.0.1:9001"`, `"[::1]:9001"`, or a host name and a port,
+/// `"api:8000"`, `"api-green.internal:8000"`.
+pub fn parse_target(text: &str) -> Result<Target, String> {
+    let t = text.trim();
+    if let Ok(addr) = parse_socket_addr(t) {
+        return Ok(Target::Addr(addr));
+    }
+    let example = "write an address or a host name with a port, like \"127.0.0.1:9001\", \"[::1]:9001\" or \"api:8000\"";
+    if t.starts_with('[') || t.parse::<SocketAddr>().is_ok() {
+        return parse_socket_addr(t).map(Target::Addr);
+    }
+    let Some((host, port)) = t.rsplit_once(':') else {
+        return Err(format!("{t:?} has no port: {example}"));
+    };
+    let port = match port.parse::<u16>() {
+        Ok(0) => return Err(format!("{t:?} has port 0: give the real port")),
+        Ok(p) => p,
+        Err(_) => return Err(format!("{t:?} is not an address: {example}")),
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    if !valid_host_name(&host) {
+        return Err(format!("{t:?} is not an address: {example}"));
+    }
+    Ok(Target::Name { host, port })
+}
 
 /// Parses `"127.0.0.1:9001"` or `"[::1]:9001"`, with a message that says what to write instead.
 pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
@@ -21,9 +126,9 @@ pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// Parses a comma-separated list of addresses (`"127.0.0.1:9001,127.0.0.1:9002"`), refusing
+/// Parses a comma-separated list of backends (`"127.0.0.1:9001,api-green:8000"`), refusing
 /// duplicates and empty lists.
-pub fn parse_backend_list(text: &str) -> Result<Vec<SocketAddr>, String> {
+pub fn parse_backend_list(text: &str) -> Result<Vec<Target>, String> {
     let parts: Vec<&str> = text
         .split(',')
         .map(str::trim)
@@ -32,9 +137,9 @@ pub fn parse_backend_list(text: &str) -> Result<Vec<SocketAddr>, String> {
     parse_backends(&parts)
 }
 
-/// Parses a list of backend addresses, refusing duplicates, empty lists and more than
+/// Parses a list of backends, refusing duplicates, empty lists and more than
 /// [`MAX_BACKENDS_PER_POOL`].
-pub fn parse_backends<S: AsRef<str>>(items: &[S]) -> Result<Vec<SocketAddr>, String> {
+pub fn parse_backends<S: AsRef<str>>(items: &[S]) -> Result<Vec<Target>, String> {
     if items.len() > MAX_BACKENDS_PER_POOL {
         return Err(format!(
             "{} addresses: a pool has at most {MAX_BACKENDS_PER_POOL}",
@@ -43,11 +148,11 @@ pub fn parse_backends<S: AsRef<str>>(items: &[S]) -> Result<Vec<SocketAddr>, Str
     }
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        let addr = parse_socket_addr(item.as_ref())?;
-        if out.contains(&addr) {
-            return Err(format!("{addr} is listed twice"));
+        let target = parse_target(item.as_ref())?;
+        if out.contains(&target) {
+            return Err(format!("{target} is listed twice"));
         }
-        out.push(addr);
+        out.push(target);
     }
     if out.is_empty() {
         return Err(
@@ -140,6 +245,48 @@ mod tests {
     }
 
     #[test]
+    fn backends_are_addresses_or_names_with_ports() {
+        assert_eq!(
+            parse_target("127.0.0.1:9001").unwrap(),
+            Target::Addr("127.0.0.1:9001".parse().unwrap())
+        );
+        assert_eq!(
+            parse_target(" Api-Green.internal.:8000 ").unwrap(),
+            Target::Name {
+                host: "api-green.internal".into(),
+                port: 8000
+            }
+        );
+        let name = parse_target("my_api:80").unwrap();
+        assert_eq!(name.to_string(), "my_api:80");
+        assert_eq!(name.host(), Some("my_api"));
+        assert_eq!(parse_target("localhost:9").unwrap().port(), 9);
+        for bad in [
+            "api",
+            "api:",
+            "api:0",
+            "api:http",
+            "api:70000",
+            "-api:80",
+            "a..b:80",
+            "1.2.3.999:80",
+            "[::1]",
+            "[api]:80",
+            "http://api:80",
+            "api/v1:80",
+            ":80",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad:?} should be refused");
+        }
+        let e = parse_target("api").unwrap_err();
+        assert!(e.contains("no port"), "{e}");
+        let json = serde_json::to_string(&name).unwrap();
+        assert_eq!(json, "\"my_api:80\"");
+        assert_eq!(serde_json::from_str::<Target>(&json).unwrap(), name);
+        assert!(serde_json::from_str::<Target>("\"api\"").is_err());
+    }
+
+    #[test]
     fn lists_refuse_duplicates_and_empties() {
         assert_eq!(
             parse_backend_list("127.0.0.1:1, 127.0.0.1:2")
@@ -148,6 +295,7 @@ mod tests {
             2
         );
         assert!(parse_backend_list("127.0.0.1:1,127.0.0.1:1").is_err());
+        assert!(parse_backend_list("api:1,API:1").is_err());
         assert!(parse_backend_list(" , ").is_err());
         let many: Vec<String> = (1..=65).map(|p| format!("127.0.0.1:{p}")).collect();
         let e = parse_backends(&many).unwrap_err();

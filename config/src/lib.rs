@@ -28,7 +28,7 @@ mod validate_http;
 mod validate_service;
 mod validate_tls;
 
-pub use address::{parse_backend_list, parse_backends, parse_socket_addr};
+pub use address::{parse_backend_list, parse_backends, parse_socket_addr, parse_target, Target};
 pub use duration::{parse_duration, HumanDuration};
 pub use model::*;
 pub use reload::{applied_config, plan_reload, ReloadPlan};

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-pub use crate::address::Cidr;
+pub use crate::address::{Cidr, Target};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -72,6 +72,9 @@ pub mod defaults {
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     /// How long `pool set --wait` waits for the new backends to pass their health checks.
     pub const POOL_SET_WAIT: Duration = Duration::from_secs(30);
+    /// How often backends given by host name are resolved again (sooner when a record's TTL
+    /// ends first, but not more than once a second).
+    pub const RESOLVER_REFRESH: Duration = Duration::from_secs(5);
 }
 
 /// pingora's own cap on a request head (it answers 400 above it): the project's limit sits below.
@@ -94,6 +97,8 @@ pub struct Config {
     pub acme: AcmeConfig,
     pub access_log: AccessLogConfig,
     pub metrics: MetricsConfig,
+    /// How backends given by host name are resolved.
+    pub resolver: ResolverConfig,
     /// Sorted by name.
     pub services: Vec<ServiceConfig>,
 }
@@ -205,6 +210,41 @@ pub struct AccessLogConfig {
     pub format: AccessLogFormat,
     /// Where lines go; `None` is standard output.
     pub path: Option<PathBuf>,
+}
+
+/// `[resolver]`: where host names of backends are looked up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolverConfig {
+    /// DNS servers to ask instead of the system's (`/etc/resolv.conf`); `/etc/hosts` is read
+    /// first either way.
+    pub nameservers: Vec<SocketAddr>,
+    /// How often every name is resolved again.
+    pub refresh: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> ResolverConfig {
+        ResolverConfig {
+            nameservers: Vec::new(),
+            refresh: defaults::RESOLVER_REFRESH,
+        }
+    }
+}
+
+impl Config {
+    /// Every host name a backend of the config is given by.
+    pub fn backend_names(&self) -> Vec<&Target> {
+        let mut names: Vec<&Target> = self
+            .services
+            .iter()
+            .flat_map(|s| &s.pools)
+            .flat_map(|p| &p.backends)
+            .filter(|t| t.host().is_some())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -377,7 +417,7 @@ impl ServiceConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
-    pub backends: Vec<SocketAddr>,
+    pub backends: Vec<Target>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

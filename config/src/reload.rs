@@ -168,6 +168,9 @@ pub fn plan_reload(
         }
     }
 
+    if old.resolver != new.resolver {
+        changes.push("resolver settings changed: names are resolved with them from now on".into());
+    }
     if !refusals.is_empty() {
         return Err(refusals);
     }
@@ -186,6 +189,7 @@ pub fn applied_config(old: &Config, new: Config) -> Config {
     Config {
         source: new.source,
         services: new.services,
+        resolver: new.resolver,
         listen: old.listen.clone(),
         server: old.server.clone(),
         control: old.control.clone(),
@@ -197,7 +201,7 @@ pub fn applied_config(old: &Config, new: Config) -> Config {
     }
 }
 
-fn list(addrs: &[std::net::SocketAddr]) -> String {
+fn list(addrs: &[crate::Target]) -> String {
     if addrs.is_empty() {
         return "none".to_string();
     }
@@ -327,14 +331,14 @@ mod tests {
     fn backends_set_live_stay_while_the_file_keeps_its_list() {
         let old = config(BLUE_GREEN);
         let mut live = LiveState::from_config(&old);
-        let set: std::net::SocketAddr = "127.0.0.1:9555".parse().unwrap();
+        let set: crate::Target = "127.0.0.1:9555".parse().unwrap();
         live.services
             .get_mut("app")
             .unwrap()
             .pools
             .get_mut("blue")
             .unwrap()
-            .backends = vec![set];
+            .backends = vec![set.clone()];
         let new = config(&format!("{BLUE_GREEN}hosts = [\"app.test\"]\n"));
         let plan = plan_reload(&old, &new, &live, false).unwrap();
         assert_eq!(plan.state.services["app"].pools["blue"].backends, [set]);

@@ -25,6 +25,7 @@ pub(crate) struct RawConfig {
     pub acme: Option<S<RawAcme>>,
     pub access_log: Option<S<RawAccessLog>>,
     pub metrics: Option<S<RawMetrics>>,
+    pub resolver: Option<S<RawResolver>>,
     #[serde(default)]
     pub services: BTreeMap<S<String>, S<RawService>>,
 }
@@ -60,6 +61,14 @@ pub(crate) struct RawAccessLog {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMetrics {
     pub enabled: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResolver {
+    #[serde(default)]
+    pub nameservers: Vec<S<String>>,
+    pub refresh: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,9 +8,9 @@
 //! is never trusted and never deleted: it is renamed to `state.json.rejected-<time>` and the
 //! reason is reported, and switchback starts from the config file.
 
+use crate::address::Target;
 use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -74,10 +74,10 @@ pub struct RolloutMark {
 #[serde(deny_unknown_fields)]
 pub struct PoolState {
     /// The live backends.
-    pub backends: Vec<SocketAddr>,
+    pub backends: Vec<Target>,
     /// What the config file said when this was written. When the file says something else at
     /// the next start, the file was edited since, and the file wins for this pool.
-    pub configured: Vec<SocketAddr>,
+    pub configured: Vec<Target>,
 }
 
 impl LiveState {

@@ -234,6 +234,7 @@ impl Validator<'_> {
                 .and_then(|m| m.get_ref().enabled.as_ref())
                 .is_none_or(|e| *e.get_ref()),
         };
+        let resolver = self.resolver(raw.resolver.as_ref());
         let mut services = Vec::new();
         for (name, service) in &raw.services {
             if let Some(s) = self.service(name, service) {
@@ -254,7 +255,35 @@ impl Validator<'_> {
             acme,
             access_log,
             metrics,
+            resolver,
             services,
+        }
+    }
+
+    fn resolver(&mut self, raw: Option<&S<RawResolver>>) -> ResolverConfig {
+        let Some(raw) = raw.map(S::get_ref) else {
+            return ResolverConfig::default();
+        };
+        let mut nameservers = Vec::new();
+        for server in &raw.nameservers {
+            match parse_socket_addr(server.get_ref()) {
+                Ok(addr) if nameservers.contains(&addr) => self.problem(
+                    server.span(),
+                    "resolver.nameservers",
+                    format!("{addr} is listed twice"),
+                ),
+                Ok(addr) => nameservers.push(addr),
+                Err(e) => self.problem(
+                    server.span(),
+                    "resolver.nameservers",
+                    format!("{e} (a DNS server's port is usually 53)"),
+                ),
+            }
+        }
+        let refresh = self.duration(&raw.refresh, "resolver.refresh", defaults::RESOLVER_REFRESH);
+        ResolverConfig {
+            nameservers,
+            refresh,
         }
     }
 

@@ -3,9 +3,8 @@
 //! services on the same host and prefix).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
-use crate::address::parse_socket_addr;
+use crate::address::{parse_target, Target};
 use crate::model::*;
 use crate::schema::*;
 use crate::validate::{valid_name, Validator};
@@ -60,9 +59,9 @@ impl Validator<'_> {
                     "pool names use letters, digits, '-' and '_' (at most 64)",
                 );
             }
-            let mut addrs: Vec<SocketAddr> = Vec::new();
+            let mut addrs: Vec<Target> = Vec::new();
             for b in backends.get_ref() {
-                match parse_socket_addr(b.get_ref()) {
+                match parse_target(b.get_ref()) {
                     Ok(a) if addrs.contains(&a) => {
                         self.problem(b.span(), &pkey, format!("{a} is listed twice"))
                     }

@@ -518,6 +518,10 @@ impl BackendHealth {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub address: String,
+    /// The host name and port this address was resolved from, for a backend given by name.
+    /// A name that resolves to no address is listed with its own text as `address`, down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub health: BackendHealth,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

@@ -1,11 +1,10 @@
 //! What a change to the routing state did, or why it was refused: the controller's answers,
 //! which the control handler turns into protocol replies and error codes.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use switchback_config::StateError;
+use switchback_config::{StateError, Target};
 
 use crate::judge::{percent, SpecError};
 
@@ -103,8 +102,8 @@ pub struct CanaryOutcome {
 pub struct PoolSetOutcome {
     pub service: String,
     pub pool: String,
-    pub backends: Vec<SocketAddr>,
-    pub replaced_backends: Vec<SocketAddr>,
+    pub backends: Vec<Target>,
+    pub replaced_backends: Vec<Target>,
     pub generation: u64,
 }
 

@@ -12,7 +12,6 @@
 //! through the public methods below, like any other caller.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +19,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use switchback_config::{
     applied_config, plan_reload, CanaryState, Config, LiveState, RolloutMark, ServiceState,
-    StateError, StateLock, StateStore,
+    StateError, StateLock, StateStore, Target,
 };
 use switchback_proxy::health::HealthState;
+use switchback_proxy::names::Resolved;
 use switchback_proxy::split::BUCKETS;
 use switchback_proxy::{HealthRegistry, Metrics, Pool, RoutingTable, ServiceRoute};
 use tokio::sync::Mutex;
@@ -61,6 +61,9 @@ pub struct Controller {
     reloads: tokio::sync::watch::Sender<u64>,
     table: Arc<ArcSwap<RoutingTable>>,
     live: Mutex<LiveState>,
+    /// The last answer for every host name the live state gives a backend by; changed under
+    /// the `live` lock only, so that a table is always built from a state and its answers.
+    resolved: ArcSwap<Resolved>,
     store: StateStore,
     registry: Arc<HealthRegistry>,
     metrics: Arc<Metrics>,
@@ -133,12 +136,16 @@ impl Controller {
         }
         store.save(&live).map_err(state_dir)?;
         let registry = Arc::new(HealthRegistry::default());
-        let table = RoutingTable::build(&config, &live, None, &registry, &metrics);
+        // Names are looked up after the start (see `apply_names`): until then, a backend given
+        // by name stands for no address.
+        let resolved = Resolved::default();
+        let table = RoutingTable::build(&config, &live, &resolved, None, &registry, &metrics);
         Ok(Controller {
             config: ArcSwap::new(config),
             reloads: tokio::sync::watch::Sender::new(0),
             table: Arc::new(ArcSwap::from_pointee(table)),
             live: Mutex::new(live),
+            resolved: ArcSwap::from_pointee(resolved),
             store,
             registry,
             metrics,
@@ -207,6 +214,85 @@ impl Controller {
     }
 
     /// The service a command is about: the one named, or the only one.
+    /// The last answer for every host name a backend is given by.
+    pub fn resolved(&self) -> Arc<Resolved> {
+        self.resolved.load_full()
+    }
+
+    /// Every host name a backend of the live state is given by.
+    pub async fn names_in_use(&self) -> Vec<String> {
+        names_of(&*self.live.lock().await)
+    }
+
+    /// Takes new answers for host names: when an address came or went, the table is built
+    /// again (the same generation: the state did not change) and swapped in. Requests in flight
+    /// finish on the backends they have; a backend whose address stays keeps its health.
+    /// Answers for names no longer in use are dropped. Returns whether any address changed.
+    pub async fn apply_names(&self, answers: &Resolved) -> bool {
+        let live = self.live.lock().await;
+        let in_use = names_of(&live);
+        let before = self.resolved.load_full();
+        let mut next = Resolved::default();
+        for host in &in_use {
+            if let Some(answer) = answers.get(host).or_else(|| before.get(host)) {
+                next.insert(host.clone(), answer.clone());
+            }
+        }
+        if next == *before {
+            return false;
+        }
+        let moved = in_use.iter().any(|host| {
+            let addrs = |r: &Resolved| r.get(host).map(|a| a.addrs.clone()).unwrap_or_default();
+            addrs(&next) != addrs(&before)
+        });
+        for host in &in_use {
+            let (old, new) = (before.get(host), next.get(host));
+            if old.map(|a| &a.addrs) != new.map(|a| &a.addrs) {
+                let list = |a: Option<&switchback_proxy::names::Answer>| {
+                    a.map(|a| a.addrs.iter().map(ToString::to_string).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                };
+                match new.and_then(|a| a.error.as_deref()) {
+                    Some(e) if new.is_some_and(|a| a.addrs.is_empty()) => {
+                        warn!(name = %host, was = ?list(old), "backend name {e}: its backends are out of service until it resolves")
+                    }
+                    _ => {
+                        info!(name = %host, addresses = ?list(new), was = ?list(old), "backend name resolved")
+                    }
+                }
+            } else if let Some(e) = new.and_then(|a| a.error.as_deref()) {
+                if old.and_then(|a| a.error.as_deref()) != Some(e) {
+                    warn!(name = %host, error = %e, "backend name: keeping the last addresses");
+                }
+            }
+        }
+        self.resolved.store(Arc::new(next));
+        if moved {
+            let table = RoutingTable::build(
+                &self.config.load(),
+                &live,
+                &self.resolved.load(),
+                Some(&self.table.load()),
+                &self.registry,
+                &self.metrics,
+            );
+            self.table.store(Arc::new(table));
+        }
+        moved
+    }
+
+    /// Adds `answers` to the ones a table is built with; the caller holds the `live` lock.
+    fn take_answers(&self, answers: &Resolved) {
+        if answers.is_empty() {
+            return;
+        }
+        let mut resolved = Resolved::clone(&self.resolved.load());
+        for (host, answer) in answers.hosts() {
+            resolved.insert(host.to_string(), answer.clone());
+        }
+        self.resolved.store(Arc::new(resolved));
+    }
+
     pub fn resolve_service(&self, name: Option<&str>) -> Result<String, DeployError> {
         let config = self.config.load();
         let known = || {
@@ -372,7 +458,7 @@ impl Controller {
         &self,
         service: Option<&str>,
         pool: &str,
-        backends: Vec<SocketAddr>,
+        backends: Vec<Target>,
         wait: Option<Duration>,
         who: &str,
         mut on_progress: impl FnMut(usize, usize),
@@ -382,12 +468,39 @@ impl Controller {
         if backends.is_empty() {
             return Err(DeployError::BadAddress("no backend given".into()));
         }
+        // New names are looked up now, not at the next round: a deploy names containers that
+        // just started.
+        let hosts: Vec<String> = backends
+            .iter()
+            .filter_map(|t| t.host().map(str::to_string))
+            .collect();
+        let looked_up = if hosts.is_empty() {
+            Resolved::default()
+        } else {
+            let config = self.config.load_full();
+            crate::names::lookup(&config.resolver, &hosts, &self.resolved.load())
+                .await
+                .answers
+        };
         // Held until the new table holds them too, so the checker keeps probing them.
         let mut held: Vec<Arc<HealthState>> = Vec::new();
         if let Some(timeout) = wait {
+            for (host, answer) in looked_up.hosts() {
+                if answer.addrs.is_empty() {
+                    return Err(DeployError::BadAddress(format!(
+                        "{host} {}: nothing to wait for",
+                        answer.error.as_deref().unwrap_or("does not resolve")
+                    )));
+                }
+            }
+            let addrs: Vec<_> = looked_up
+                .expand(&backends)
+                .into_iter()
+                .map(|(a, _)| a)
+                .collect();
             let config = self.config.load_full();
             let config = config.service(&service).ok_or_else(|| unknown(&service))?;
-            held = wait_healthy(&self.registry, config, &backends, timeout, &mut on_progress)
+            held = wait_healthy(&self.registry, config, &addrs, timeout, &mut on_progress)
                 .await
                 .map_err(|e| DeployError::HealthTimeout {
                     service: service.clone(),
@@ -407,6 +520,7 @@ impl Controller {
                 known: String::new(),
             })?;
         let replaced_backends = std::mem::replace(&mut p.backends, backends.clone());
+        self.take_answers(&looked_up);
         let generation = self.commit(&mut live, next, Unsaved::Refuse).await?;
         drop(held);
         info!(service = %service, pool = %pool, backends = ?backends, replaced = ?replaced_backends, generation, by = %who, "pool backends replaced");
@@ -610,6 +724,24 @@ impl Controller {
                 }
             }
         }
+        // Names the new file brings are looked up before it goes live, so that their pools do
+        // not wait for the next round.
+        let new_hosts: Vec<String> = {
+            let resolved = self.resolved.load();
+            new.backend_names()
+                .iter()
+                .filter_map(|t| t.host())
+                .filter(|h| resolved.get(h).is_none())
+                .map(str::to_string)
+                .collect()
+        };
+        let looked_up = if new_hosts.is_empty() {
+            Resolved::default()
+        } else {
+            crate::names::lookup(&new.resolver, &new_hosts, &Resolved::default())
+                .await
+                .answers
+        };
         let mut live = self.live.lock().await;
         let plan = self.plan(&new, &live, force)?;
         if let Some(service) = plan.ends_rollouts.first() {
@@ -630,6 +762,7 @@ impl Controller {
             });
         }
         let old = self.config.swap(Arc::new(applied));
+        self.take_answers(&looked_up);
         let generation = match self.commit(&mut live, plan.state, Unsaved::Refuse).await {
             Ok(generation) => generation,
             Err(e) => {
@@ -695,6 +828,7 @@ impl Controller {
         let table = RoutingTable::build(
             &self.config.load(),
             &next,
+            &self.resolved.load(),
             Some(&self.table.load()),
             &self.registry,
             &self.metrics,
@@ -793,29 +927,54 @@ impl Controller {
         if target.healthy_count() > 0 {
             return Ok(());
         }
-        let detail = if target.backends.is_empty() {
-            "it has no backends".to_string()
-        } else {
-            target
-                .backends
-                .iter()
-                .map(|b| {
-                    let error = b
-                        .health
-                        .last_error()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default();
-                    format!("{} {}{error}", b.addr, b.health.get().as_str())
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let detail =
+            if target.backends.is_empty() && target.targets.iter().any(|t| t.host().is_some()) {
+                format!(
+                    "its backends {} resolve to no address yet",
+                    target
+                        .targets
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else if target.backends.is_empty() {
+                "it has no backends".to_string()
+            } else {
+                target
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let error = b
+                            .health
+                            .last_error()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default();
+                        format!("{} {}{error}", b.addr, b.health.get().as_str())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
         Err(DeployError::NoHealthyBackend {
             service: service.to_string(),
             pool: target.name.to_string(),
             detail,
         })
     }
+}
+
+/// Every host name a backend of `live` is given by, sorted, once each.
+fn names_of(live: &LiveState) -> Vec<String> {
+    let mut hosts: Vec<String> = live
+        .services
+        .values()
+        .flat_map(|s| s.pools.values())
+        .flat_map(|p| &p.backends)
+        .filter_map(|t| t.host().map(str::to_string))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 /// One service's state in `next`; every service of the config has one (a reload may have

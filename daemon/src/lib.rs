@@ -23,6 +23,7 @@ pub mod drive;
 pub mod handler;
 pub mod health_check;
 pub mod judge;
+pub mod names;
 pub mod rollout;
 pub mod runtime;
 pub mod scrape;

@@ -213,6 +213,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
     for notice in controller.notices() {
         error!("{notice}");
     }
+    // Backends given by name get their addresses before the first request.
+    let first_names = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?
+        .block_on(resolve_names(&controller));
     let bind = if taking_over {
         switchback_control::bind_taking_over
     } else {
@@ -350,6 +356,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
         "health checks",
         HealthService {
             controller: controller.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "backend names",
+        NameService {
+            controller: controller.clone(),
+            first: first_names,
         },
     ));
     info!(
@@ -568,6 +581,44 @@ struct CertService {
 impl BackgroundService for CertService {
     async fn start(&self, shutdown: ShutdownWatch) {
         self.manager.run(shutdown).await;
+    }
+}
+
+/// Looks up every host name the live state gives a backend by, and applies the answers.
+/// Returns when the soonest of them should be asked again (`None`: no names in use).
+async fn resolve_names(controller: &Controller) -> Option<Duration> {
+    let hosts = controller.names_in_use().await;
+    if hosts.is_empty() {
+        return None;
+    }
+    let config = controller.config();
+    let round = crate::names::lookup(&config.resolver, &hosts, &controller.resolved()).await;
+    controller.apply_names(&round.answers).await;
+    Some(round.next)
+}
+
+/// Looks backend names up again every `resolver.refresh` (or a record's shorter TTL).
+struct NameService {
+    controller: Arc<Controller>,
+    /// When the lookup made at the start is due again.
+    first: Option<Duration>,
+}
+
+#[async_trait]
+impl BackgroundService for NameService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut wait = self
+            .first
+            .unwrap_or_else(|| self.controller.config().resolver.refresh);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            wait = resolve_names(&self.controller)
+                .await
+                .unwrap_or_else(|| self.controller.config().resolver.refresh);
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use switchback_control::{
     StatusReply,
 };
 use switchback_proxy::health::Health;
-use switchback_proxy::ServiceRoute;
+use switchback_proxy::names::Resolved;
+use switchback_proxy::{Pool, ServiceRoute};
 
 use crate::change::DeployError;
 use crate::controller::Controller;
@@ -42,6 +43,7 @@ pub fn read(controller: &Controller, only: Option<&str>) -> Result<StatusReply, 
 }
 
 fn service_status(controller: &Controller, route: &ServiceRoute) -> ServiceStatus {
+    let resolved = controller.resolved();
     ServiceStatus {
         name: route.name().to_string(),
         hosts: route.config.hosts.clone(),
@@ -74,19 +76,44 @@ fn service_status(controller: &Controller, route: &ServiceRoute) -> ServiceStatu
                 differs_from_config: route
                     .config
                     .pool(&pool.name)
-                    .is_some_and(|p| p.backends != pool.addresses()),
-                backends: pool
-                    .backends
-                    .iter()
-                    .map(|b| BackendStatus {
-                        address: b.addr.to_string(),
-                        health: backend_health(b.health.get()),
-                        last_error: b.health.last_error(),
-                    })
-                    .collect(),
+                    .is_some_and(|p| p.backends != pool.targets),
+                backends: backends_status(pool, &resolved),
             })
             .collect(),
     }
+}
+
+/// Each backend of a pool, by address, with the name it came from; and each name that stands
+/// for no address now, as a backend that is down and says why.
+fn backends_status(pool: &Pool, resolved: &Resolved) -> Vec<BackendStatus> {
+    let mut out: Vec<BackendStatus> = pool
+        .backends
+        .iter()
+        .map(|b| BackendStatus {
+            address: b.addr.to_string(),
+            name: b.name.as_deref().map(str::to_string),
+            health: backend_health(b.health.get()),
+            last_error: b.health.last_error(),
+        })
+        .collect();
+    for target in &pool.targets {
+        let Some(host) = target.host() else { continue };
+        let text = target.to_string();
+        if out.iter().any(|b| b.name.as_deref() == Some(text.as_str())) {
+            continue;
+        }
+        let why = resolved
+            .get(host)
+            .and_then(|a| a.error.clone())
+            .unwrap_or_else(|| "not resolved yet".into());
+        out.push(BackendStatus {
+            address: text.clone(),
+            name: Some(text),
+            health: BackendHealth::Down,
+            last_error: Some(why),
+        });
+    }
+    out
 }
 
 /// A backend's health as the protocol names it.

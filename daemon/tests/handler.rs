@@ -234,7 +234,7 @@ async fn pool_set_replaces_backends_and_refuses_bad_ones() {
         wait: false,
         timeout: None,
     };
-    p.refused(set(vec!["localhost:80"]), ErrorCode::BadAddress)
+    p.refused(set(vec!["localhost"]), ErrorCode::BadAddress)
         .await;
     p.refused(set(vec![]), ErrorCode::BadAddress).await;
     let many: Vec<String> = (1..=65)

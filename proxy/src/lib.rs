@@ -26,6 +26,7 @@ pub mod health;
 pub mod http;
 pub mod long_lived;
 pub mod metrics;
+pub mod names;
 pub mod pool;
 pub mod retry;
 pub mod routing;

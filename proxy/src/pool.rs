@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pingora::upstreams::peer::HttpPeer;
-use switchback_config::MAX_BACKENDS_PER_POOL;
+use switchback_config::{Target, MAX_BACKENDS_PER_POOL};
 
 use crate::health::{Health, HealthState};
 use crate::long_lived::LongLived;
@@ -96,6 +96,8 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct Backend {
     pub addr: SocketAddr,
+    /// The host name and port this address was resolved from, for a backend given by name.
+    pub name: Option<Arc<str>>,
     pub health: Arc<HealthState>,
     /// A ready-made peer with the service's timeouts, cloned for each request.
     pub peer: HttpPeer,
@@ -105,6 +107,9 @@ pub struct Backend {
 #[derive(Debug)]
 pub struct Pool {
     pub name: Arc<str>,
+    /// The backends as the live state gives them (addresses and host names).
+    pub targets: Vec<Target>,
+    /// One per address the targets stand for now.
     pub backends: Vec<Arc<Backend>>,
     pub stats: Arc<PoolStats>,
     pub metrics: PoolMetrics,
@@ -161,6 +166,7 @@ impl Pool {
     ) -> Pool {
         Pool {
             name,
+            targets: Vec::new(),
             backends,
             stats,
             metrics: handles.pool,
@@ -244,6 +250,12 @@ impl Pool {
             .count()
     }
 
+    /// The pool with the targets its backends came from.
+    pub fn with_targets(mut self, targets: Vec<Target>) -> Pool {
+        self.targets = targets;
+        self
+    }
+
     pub fn addresses(&self) -> Vec<SocketAddr> {
         self.backends.iter().map(|b| b.addr).collect()
     }
@@ -261,6 +273,7 @@ mod tests {
                 let addr: SocketAddr = format!("127.0.0.1:{}", 9000 + i).parse().unwrap();
                 Arc::new(Backend {
                     addr,
+                    name: None,
                     health: Arc::new(HealthState::new(*h)),
                     peer: HttpPeer::new(addr, false, String::new()),
                 })

@@ -14,11 +14,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pingora::upstreams::peer::HttpPeer;
-use switchback_config::{Config, LiveState, ServiceConfig};
+use switchback_config::{Config, LiveState, ServiceConfig, Target};
 
 use crate::headers::HeaderRules;
 use crate::health::HealthRegistry;
 use crate::metrics::{Metrics, NO_BACKEND};
+use crate::names::Resolved;
 use crate::pool::{Backend, Pool, PoolHandles, PoolStats};
 use crate::split::{Canary, Overrides, Split, BUCKETS};
 
@@ -198,12 +199,13 @@ impl RoutingTable {
             .expect("every table holds every service of the config")
     }
 
-    /// Builds the table for `state`, reusing from `current` (the live table, if any) every
-    /// pool, backend and counter that did not change, so that health and in-flight counts
-    /// carry over.
+    /// Builds the table for `state`, with the backends given by name as `resolved` has them,
+    /// reusing from `current` (the live table, if any) every pool, backend and counter that did
+    /// not change, so that health and in-flight counts carry over.
     pub fn build(
         config: &Config,
         state: &LiveState,
+        resolved: &Resolved,
         current: Option<&RoutingTable>,
         registry: &HealthRegistry,
         metrics: &Metrics,
@@ -219,29 +221,32 @@ impl RoutingTable {
                 .unwrap_or_else(|| Arc::new(service_config.clone()));
             let mut pools = Vec::with_capacity(service_config.pools.len());
             for pool_config in &service_config.pools {
-                let addrs: &[SocketAddr] = live
+                let targets: &[Target] = live
                     .and_then(|l| l.pools.get(&pool_config.name))
                     .map(|p| p.backends.as_slice())
                     .unwrap_or(&pool_config.backends);
+                let expanded = resolved.expand(targets);
+                let addrs: Vec<SocketAddr> = expanded.iter().map(|(a, _)| *a).collect();
                 let current_pool = current_service.and_then(|s| s.pool(&pool_config.name));
                 if let Some(current_pool) = current_pool {
-                    if current_pool.addresses() == addrs {
+                    if current_pool.addresses() == addrs && current_pool.targets == targets {
                         pools.push(current_pool.clone());
                         continue;
                     }
                 }
-                let backends = addrs
+                let backends = expanded
                     .iter()
-                    .map(|addr| {
+                    .map(|(addr, from)| {
+                        let name: Option<Arc<str>> = from.map(|t| t.to_string().into());
                         current_service
                             .and_then(|s| {
                                 s.pools
                                     .iter()
                                     .flat_map(|p| &p.backends)
-                                    .find(|b| b.addr == *addr)
+                                    .find(|b| b.addr == *addr && b.name == name)
                                     .cloned()
                             })
-                            .unwrap_or_else(|| new_backend(service_config, *addr, registry))
+                            .unwrap_or_else(|| new_backend(service_config, *addr, name, registry))
                     })
                     .collect();
                 let stats = current_pool
@@ -256,12 +261,10 @@ impl RoutingTable {
                         .collect(),
                     no_backend: metrics.backend(service_name, pool_name, NO_BACKEND),
                 };
-                pools.push(Arc::new(Pool::new(
-                    pool_name.as_str().into(),
-                    backends,
-                    stats,
-                    handles,
-                )));
+                pools.push(Arc::new(
+                    Pool::new(pool_name.as_str().into(), backends, stats, handles)
+                        .with_targets(targets.to_vec()),
+                ));
             }
             let position = |name: &str| pools.iter().position(|p| &*p.name == name);
             let active = live
@@ -309,6 +312,7 @@ impl RoutingTable {
 fn new_backend(
     service: &ServiceConfig,
     addr: SocketAddr,
+    name: Option<Arc<str>>,
     registry: &HealthRegistry,
 ) -> Arc<Backend> {
     let mut peer = HttpPeer::new(addr, false, String::new());
@@ -317,6 +321,7 @@ fn new_backend(
     peer.options.write_timeout = Some(service.read_timeout);
     Arc::new(Backend {
         addr,
+        name,
         health: registry.get(&service.name, addr, service.health.is_some()),
         peer,
     })
@@ -368,6 +373,7 @@ pools.a = ["127.0.0.1:9004"]
         let t = RoutingTable::build(
             &c,
             &LiveState::from_config(&c),
+            &Resolved::default(),
             None,
             &HealthRegistry::default(),
             &Metrics::default(),
@@ -393,13 +399,14 @@ pools.a = ["127.0.0.1:9004"]
         let registry = HealthRegistry::default();
         let metrics = Metrics::default();
         let mut state = LiveState::from_config(&c);
-        let first = RoutingTable::build(&c, &state, None, &registry, &metrics);
+        let none = Resolved::default();
+        let first = RoutingTable::build(&c, &state, &none, None, &registry, &metrics);
         let app = state.services.get_mut("app").unwrap();
         app.active = "green".into();
         app.rollback_to = Some("blue".into());
         app.pools.get_mut("green").unwrap().backends = vec!["127.0.0.1:9012".parse().unwrap()];
         state.generation = 1;
-        let second = RoutingTable::build(&c, &state, Some(&first), &registry, &metrics);
+        let second = RoutingTable::build(&c, &state, &none, Some(&first), &registry, &metrics);
         let (a, b) = (
             first.service("app").unwrap(),
             second.service("app").unwrap(),
@@ -420,6 +427,60 @@ pools.a = ["127.0.0.1:9004"]
             vec!["127.0.0.1:9012".parse().unwrap()]
         );
         assert_eq!(second.generation, 1);
+    }
+
+    #[test]
+    fn a_new_answer_for_a_name_rebuilds_only_its_pool_and_keeps_what_stayed() {
+        let c = config();
+        let registry = HealthRegistry::default();
+        let metrics = Metrics::default();
+        let mut state = LiveState::from_config(&c);
+        state
+            .services
+            .get_mut("app")
+            .unwrap()
+            .pools
+            .get_mut("green")
+            .unwrap()
+            .backends = vec!["api-green:8000".parse().unwrap()];
+        let answer = |ips: &[&str]| {
+            let mut r = Resolved::default();
+            r.insert(
+                "api-green".into(),
+                crate::names::Answer {
+                    addrs: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+                    error: None,
+                },
+            );
+            r
+        };
+        let unresolved =
+            RoutingTable::build(&c, &state, &Resolved::default(), None, &registry, &metrics);
+        assert!(unresolved.service("app").unwrap().pools[1]
+            .backends
+            .is_empty());
+        let one = answer(&["10.0.0.1"]);
+        let first = RoutingTable::build(&c, &state, &one, Some(&unresolved), &registry, &metrics);
+        let two = answer(&["10.0.0.1", "10.0.0.2"]);
+        let second = RoutingTable::build(&c, &state, &two, Some(&first), &registry, &metrics);
+        let (a, b) = (
+            first.service("app").unwrap(),
+            second.service("app").unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a.pools[0], &b.pools[0]), "blue is by address");
+        let green = &b.pools[1];
+        assert_eq!(
+            green.addresses(),
+            [
+                "10.0.0.1:8000".parse().unwrap(),
+                "10.0.0.2:8000".parse().unwrap()
+            ]
+        );
+        assert_eq!(green.backends[1].name.as_deref(), Some("api-green:8000"));
+        assert!(Arc::ptr_eq(&a.pools[1].backends[0], &green.backends[0]));
+        assert!(Arc::ptr_eq(&a.pools[1].stats, &green.stats));
+        let same = RoutingTable::build(&c, &state, &two, Some(&second), &registry, &metrics);
+        assert!(Arc::ptr_eq(&green, &same.service("app").unwrap().pools[1]));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+pub mod dns;
 pub mod pebble;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchback");

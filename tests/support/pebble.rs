@@ -25,7 +25,7 @@ pub struct Pebble {
     dns_port: u16,
 }
 
-fn require(tool: &str) {
+pub fn require(tool: &str) {
     let ok = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())

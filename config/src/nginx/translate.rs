@@ -127,15 +127,12 @@ impl Translator {
         });
     }
 
-    /// A backend given by host name (`api:8000`, as in a Compose network) is written as it is;
-    /// switchback takes `IP:port` backends only for now, so `check` refuses it until it is
-    /// replaced by an address.
-    fn note_name(&mut self, d: &Directive, addr: &str) {
-        if crate::parse_socket_addr(&with_port(addr)).is_err() {
-            self.note(
-                d,
-                format!("{addr}: a host name; switchback takes IP:port backends for now, so write the address"),
-            );
+    /// A backend switchback cannot take (a Unix socket, say) is written as it is, with a note,
+    /// so that `check` points at it. Host names (`api:8000`, as in a Compose network) are
+    /// fine: they are resolved while the proxy runs.
+    fn note_backend(&mut self, d: &Directive, addr: &str) {
+        if let Err(e) = crate::parse_target(&with_port(addr)) {
+            self.note(d, format!("{addr}: {e}"));
         }
     }
 
@@ -263,7 +260,7 @@ impl Translator {
                         self.note(s, "switchback reaches backends over TCP only");
                         continue;
                     }
-                    self.note_name(s, &addr);
+                    self.note_backend(s, &addr);
                     backends.push(with_port(&addr));
                     for param in &s.args[1..] {
                         if param == "backup" || param.starts_with("weight=") {
@@ -410,7 +407,7 @@ impl Translator {
         let (base, backends) = match self.upstreams.get(authority) {
             Some(servers) => (authority.to_string(), servers.clone()),
             None => {
-                self.note_name(at, authority);
+                self.note_backend(at, authority);
                 // A service is named after the host it proxies to, or, for an address, after
                 // its location's first path segment.
                 let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
@@ -666,7 +663,6 @@ fn unique_name(services: &[Service], base: &str, prefix: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     fn run(text: &str) -> (String, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
@@ -690,12 +686,15 @@ mod tests {
              server {\n  listen 127.0.0.1:443 ssl;\n  server_name a.test;\n  ssl_certificate /srv/c.pem;\n  ssl_certificate_key /srv/k.pem;\n\
                location / { proxy_pass http://app; }\n }\n}\n",
         );
-        let config = crate::parse(
-            std::path::Path::new("t.toml"),
-            &toml.replace("api:8000", "127.0.0.1:8000"),
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let config = crate::parse(std::path::Path::new("t.toml"), &toml)
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
         assert_eq!(config.server.keepalive_timeout.as_secs(), 75);
+        // A backend by host name is taken as it is.
+        assert!(!notes.iter().any(|n| n.contains("api:8000")), "{notes:#?}");
+        assert_eq!(
+            config.service("app").unwrap().pools[0].backends[0].to_string(),
+            "api:8000"
+        );
         assert_eq!(config.listen.https, ["127.0.0.1:443".parse().unwrap()]);
         // One service for the route both server blocks have, with the TLS of the second.
         let app = config.service("app").unwrap();
@@ -710,7 +709,6 @@ mod tests {
         assert_eq!(app.hsts, None);
         assert_eq!(config.service("exact").unwrap().path_prefix, "/exact");
         for expected in [
-            "3: server: api:8000: a host name",
             "8: location: a regular-expression location",
             "9: location: = /exact: an exact match, imported as a prefix",
         ] {

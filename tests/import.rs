@@ -132,3 +132,41 @@ async fn an_imported_config_routes_and_shapes_answers_as_nginx_did() {
         .unwrap();
     assert_eq!(text.headers["content-encoding"], "gzip");
 }
+
+/// The Compose example the README walks through is a valid config: `check` passes it, and its
+/// backends are the stack's service names.
+#[test]
+fn the_compose_example_passes_check() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/compose/switchback.toml"
+    );
+    let check = Command::new(BIN)
+        .arg("--config")
+        .arg(path)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    assert!(String::from_utf8_lossy(&check.stdout).contains("3 service(s)"));
+    let config = switchback_config::load(std::path::Path::new(path)).unwrap();
+    let api = config.service("api").unwrap();
+    assert_eq!(
+        api.pool("green").unwrap().backends,
+        ["api-green:8000".parse().unwrap()]
+    );
+    assert_eq!(config.service("ws").unwrap().read_timeout.as_secs(), 86400);
+    // The compose file names every backend host the config gives.
+    let compose = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/compose/docker-compose.yml"
+    ))
+    .unwrap();
+    for name in config.backend_names() {
+        let host = name.host().unwrap();
+        assert!(
+            compose.contains(&format!("\n  {host}:\n")),
+            "{host} is not a service of docker-compose.yml"
+        );
+    }
+}

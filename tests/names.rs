@@ -16,17 +16,8 @@ use support::*;
 
 /// The `backends` of a pool in `status --json`: (address, name, health).
 fn backends(proxy: &Proxy, pool: &str) -> Vec<(String, String, String)> {
-    let status = proxy.status();
-    let service = &status["services"][0];
-    let pool = service["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == pool)
-        .unwrap_or_else(|| panic!("no pool {pool} in {status}"));
-    pool["backends"]
-        .as_array()
-        .unwrap()
+    proxy
+        .pool_backends("app", pool)
         .iter()
         .map(|b| {
             let s = |k: &str| b[k].as_str().unwrap_or_default().to_string();

@@ -660,8 +660,8 @@ impl Proxy {
         s["active"].as_str().unwrap().to_string()
     }
 
-    /// The health of every backend of a pool, as `status` reports it.
-    pub fn pool_health(&self, service: &str, pool: &str) -> Vec<String> {
+    /// The backends of a pool, as `status --json` lists them (none for an unknown pool).
+    pub fn pool_backends(&self, service: &str, pool: &str) -> Vec<serde_json::Value> {
         let status = self.status();
         status["services"]
             .as_array()
@@ -675,15 +675,16 @@ impl Proxy {
                     .iter()
                     .find(|p| p["name"] == pool)
             })
-            .map(|p| {
-                p["backends"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|b| b["health"].as_str().unwrap().to_string())
-                    .collect()
-            })
+            .and_then(|p| p["backends"].as_array().cloned())
             .unwrap_or_default()
+    }
+
+    /// The health of every backend of a pool, as `status` reports it.
+    pub fn pool_health(&self, service: &str, pool: &str) -> Vec<String> {
+        self.pool_backends(service, pool)
+            .iter()
+            .map(|b| b["health"].as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Waits until every backend of the pool reports `health`.

@@ -11,7 +11,7 @@ use support::*;
 
 /// Which pool the n-th stable phase routes to: phases alternate blue, green, blue, …
 fn pool_of_phase(phase: u64) -> &'static str {
-    if (phase / 2) % 2 == 0 {
+    if (phase / 2).is_multiple_of(2) {
         "blue"
     } else {
         "green"

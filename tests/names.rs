@@ -80,6 +80,13 @@ async fn a_changed_record_moves_traffic_to_the_new_address_with_no_failed_reques
     load.wait_for_more(100, "more requests");
     assert_eq!(one.requests.load(Ordering::SeqCst), one_after);
     load.stop_with_no_failure().await;
+    // The address that left is no longer exported; the new one is.
+    let (_, metrics) = proxy.admin_get("/metrics");
+    assert!(
+        !metrics.contains(&format!("backend=\"127.0.0.1:{port}\"")),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!("backend=\"127.0.0.2:{port}\"")));
 
     // Both addresses at once: each is a backend of its own, checked on its own.
     dns.add_a("api.test", &["127.0.0.1"]);

@@ -276,9 +276,29 @@ impl Controller {
                 &self.registry,
                 &self.metrics,
             );
-            self.table.store(Arc::new(table));
+            let before = self.table.swap(Arc::new(table));
+            self.forget_departed(&before);
         }
         moved
+    }
+
+    /// Drops from the metrics every backend `before` had that the live table no longer has
+    /// in the same service and pool.
+    fn forget_departed(&self, before: &RoutingTable) {
+        let now = self.table.load();
+        for old in &before.services {
+            for pool in &old.pools {
+                let kept = now
+                    .service(old.name())
+                    .and_then(|s| s.pool(&pool.name))
+                    .map(|p| p.addresses())
+                    .unwrap_or_default();
+                for addr in pool.addresses().iter().filter(|a| !kept.contains(a)) {
+                    self.metrics
+                        .forget_backend(old.name(), &pool.name, &addr.to_string());
+                }
+            }
+        }
     }
 
     /// Adds `answers` to the ones a table is built with; the caller holds the `live` lock.
@@ -844,6 +864,7 @@ impl Controller {
         }
         let before = self.table.swap(Arc::new(table));
         self.drain_left_pools(&before);
+        self.forget_departed(&before);
         let generation = next.generation;
         *live = next;
         saved.map(|_| generation)

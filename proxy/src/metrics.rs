@@ -227,6 +227,20 @@ impl Metrics {
         }
     }
 
+    /// Drops a backend's series from the export once no table has it: backends given by name
+    /// change address with every container, and each address would otherwise stay listed
+    /// forever. Requests still in flight to it count on the handles they have, unexported.
+    pub fn forget_backend(&self, service: &str, pool: &str, backend: &str) {
+        for class in STATUS_CLASSES {
+            let _ = self
+                .requests
+                .remove_label_values(&[service, pool, backend, class]);
+        }
+        let _ = self
+            .connect_failures
+            .remove_label_values(&[service, pool, backend]);
+    }
+
     pub fn count_switch(&self, service: &str, rollback: bool) {
         self.switches.with_label_values(&[service]).inc();
         if rollback {

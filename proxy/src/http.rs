@@ -529,11 +529,13 @@ impl ProxyHttp for SwitchbackProxy {
             push_ip(&mut value, peer);
             let value = http::HeaderValue::from_maybe_shared(Bytes::from(value))
                 .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "x-forwarded-for", e))?;
-            upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+            // Named by a static string: pingora keeps the name's case as given, and a
+            // `HeaderName` of a non-standard header would be copied into a new buffer first.
+            upstream_request.insert_header("X-Forwarded-For", value)?;
         }
         if !ctx.from_trusted_proxy || !upstream_request.headers.contains_key(&X_FORWARDED_PROTO) {
             let proto = if ctx.tls { &HTTPS } else { &HTTP };
-            upstream_request.insert_header(X_FORWARDED_PROTO, proto.clone())?;
+            upstream_request.insert_header("X-Forwarded-Proto", proto.clone())?;
         }
         if !ctx.from_trusted_proxy {
             if upstream_request.headers.contains_key(&X_REAL_IP) {

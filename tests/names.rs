@@ -147,6 +147,16 @@ async fn a_name_that_does_not_resolve_is_down_until_it_does() {
     );
     let table = proxy.cli_ok(&["status"]);
     assert!(table.contains("does not resolve"), "{table}");
+    // /metrics has it as a backend that is down, which the SwitchbackBackendDown alert sees.
+    let (_, metrics) = proxy.admin_get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchback_backend_up{")
+                && l.contains(&format!("backend=\"{name}\""))
+                && l.ends_with(" 0")),
+        "{metrics}"
+    );
     let refused = proxy.cli(&["switch", "green"]);
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
     let err = String::from_utf8_lossy(&refused.stderr);

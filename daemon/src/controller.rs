@@ -254,7 +254,7 @@ impl Controller {
                 };
                 match new.and_then(|a| a.error.as_deref()) {
                     Some(e) if new.is_some_and(|a| a.addrs.is_empty()) => {
-                        warn!(name = %host, was = ?list(old), "backend name {e}: its backends are out of service until it resolves")
+                        warn!(name = %host, was = ?list(old), "backend name {e}; its backends are out of service until it resolves")
                     }
                     _ => {
                         info!(name = %host, addresses = ?list(new), was = ?list(old), "backend name resolved")

@@ -505,4 +505,7 @@ pub fn print_pool_set(r: &PoolSetReply) {
         },
         r.generation
     );
+    for name in &r.unresolved {
+        eprintln!("warning: {name}; the pool has no backend for it until it resolves");
+    }
 }

@@ -180,6 +180,14 @@ async fn a_name_that_does_not_resolve_is_down_until_it_does() {
         String::from_utf8_lossy(&refused.stderr).contains("nowhere.test"),
         "{refused:?}"
     );
+    // Without --wait it is taken (the name may be a container still starting), with a warning.
+    let taken = proxy.cli(&["pool", "set", "blue", "nowhere.test:80"]);
+    assert!(taken.status.success(), "{taken:?}");
+    let warning = String::from_utf8_lossy(&taken.stderr);
+    assert!(
+        warning.contains("warning: nowhere.test:80 does not resolve"),
+        "{warning}"
+    );
     dns.set_a("blue.test", &["127.0.0.1"]);
     let set = format!("blue.test:{}", blue.addr.port());
     proxy.cli_ok(&["pool", "set", "blue", &set, "--wait"]);

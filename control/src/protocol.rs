@@ -562,6 +562,10 @@ pub struct PoolSetReply {
     pub backends: Vec<String>,
     pub previous_backends: Vec<String>,
     pub generation: u64,
+    /// Backends given by a name that resolves to no address now: accepted (the name may be a
+    /// container that is not up yet), but the pool has no backend for them until it does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unresolved: Vec<String>,
 }
 
 /// A progress line sent before the final answer of a long command.

@@ -104,6 +104,8 @@ pub struct PoolSetOutcome {
     pub pool: String,
     pub backends: Vec<Target>,
     pub replaced_backends: Vec<Target>,
+    /// Each given name that resolves to no address now, with why.
+    pub unresolved: Vec<String>,
     pub generation: u64,
 }
 

@@ -540,6 +540,18 @@ impl Controller {
                 known: String::new(),
             })?;
         let replaced_backends = std::mem::replace(&mut p.backends, backends.clone());
+        let unresolved = backends
+            .iter()
+            .filter_map(|t| {
+                let answer = looked_up.get(t.host()?)?;
+                answer.addrs.is_empty().then(|| {
+                    format!(
+                        "{t} {}",
+                        answer.error.as_deref().unwrap_or("does not resolve")
+                    )
+                })
+            })
+            .collect();
         self.take_answers(&looked_up);
         let generation = self.commit(&mut live, next, Unsaved::Refuse).await?;
         drop(held);
@@ -550,6 +562,7 @@ impl Controller {
             backends,
             replaced_backends,
             generation,
+            unresolved,
         })
     }
 

@@ -539,6 +539,7 @@ impl Handler for ControlHandler {
                         .map(ToString::to_string)
                         .collect(),
                     generation: o.generation,
+                    unresolved: o.unresolved,
                 }))
             }
         }

@@ -268,18 +268,24 @@ impl Controller {
         }
         self.resolved.store(Arc::new(next));
         if moved {
-            let table = RoutingTable::build(
-                &self.config.load(),
-                &live,
-                &self.resolved.load(),
-                Some(&self.table.load()),
-                &self.registry,
-                &self.metrics,
-            );
+            let table = self.next_table(&live);
             let before = self.table.swap(Arc::new(table));
             self.forget_departed(&before);
         }
         moved
+    }
+
+    /// The table for `state` with the running config and the last answers for names, reusing
+    /// what the live table has of it.
+    fn next_table(&self, state: &LiveState) -> RoutingTable {
+        RoutingTable::build(
+            &self.config.load(),
+            state,
+            &self.resolved.load(),
+            Some(&self.table.load()),
+            &self.registry,
+            &self.metrics,
+        )
     }
 
     /// Drops from the metrics every backend `before` had that the live table no longer has
@@ -858,14 +864,7 @@ impl Controller {
             return Err(DeployError::Upgrading);
         }
         next.generation = live.generation + 1;
-        let table = RoutingTable::build(
-            &self.config.load(),
-            &next,
-            &self.resolved.load(),
-            Some(&self.table.load()),
-            &self.registry,
-            &self.metrics,
-        );
+        let table = self.next_table(&next);
         let store = self.store.clone();
         let to_save = next.clone();
         let saved = tokio::task::spawn_blocking(move || store.save(&to_save))

@@ -519,13 +519,18 @@ impl Controller {
                     )));
                 }
             }
-            let addrs: Vec<_> = looked_up
-                .expand(&backends)
-                .into_iter()
-                .map(|(a, _)| a)
-                .collect();
+            let expanded = looked_up.expand(&backends);
+            let addrs: Vec<_> = expanded.iter().map(|(a, _)| *a).collect();
             let config = self.config.load_full();
             let config = config.service(&service).ok_or_else(|| unknown(&service))?;
+            // Named before the wait, so that its probes already ask for the name.
+            for (addr, from) in &expanded {
+                if let Some(from) = from {
+                    let state = self.registry.get(&service, *addr, config.health.is_some());
+                    state.name_host(&from.to_string().into());
+                    held.push(state);
+                }
+            }
             held = wait_healthy(&self.registry, config, &addrs, timeout, &mut on_progress)
                 .await
                 .map_err(|e| DeployError::HealthTimeout {

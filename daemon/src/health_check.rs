@@ -38,14 +38,24 @@ pub enum ProbeError {
     Timeout(Duration),
 }
 
-/// One HTTP probe: `GET path`, passing on any 2xx or 3xx status within `timeout`.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), ProbeError> {
+/// One HTTP probe: `GET path` with `Host: host` (the backend's name and port, when it was
+/// given by name; else its address), passing on any 2xx or 3xx status within `timeout`.
+pub async fn probe(
+    addr: SocketAddr,
+    host: Option<&str>,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     let attempt = async {
         let mut stream = TcpStream::connect(addr)
             .await
             .map_err(ProbeError::Connect)?;
+        let host = match host {
+            Some(h) => h.to_string(),
+            None => addr.to_string(),
+        };
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: switchback-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchback-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         );
         stream
             .write_all(request.as_bytes())
@@ -109,7 +119,10 @@ async fn check_round(service: &str, config: &HealthConfig, registry: &HealthRegi
     for (addr, state) in registry.targets(service) {
         let path = config.path.clone();
         let timeout = config.timeout;
-        probes.spawn(async move { (addr, state, probe(addr, &path, timeout).await) });
+        probes.spawn(async move {
+            let result = probe(addr, state.host(), &path, timeout).await;
+            (addr, state, result)
+        });
     }
     while let Some(done) = probes.join_next().await {
         let Ok((addr, state, result)) = done else {
@@ -183,7 +196,7 @@ pub async fn wait_healthy(
                 errors[i] = state.last_error();
                 state.get() == Health::Healthy
             } else {
-                let result = probe(*addr, &path, probe_timeout).await;
+                let result = probe(*addr, state.host(), &path, probe_timeout).await;
                 errors[i] = result.as_ref().err().map(ToString::to_string);
                 result.is_ok()
             };
@@ -240,18 +253,66 @@ mod tests {
                     .await;
             }
         });
-        let err = probe(addr, "/", Duration::from_secs(2)).await.unwrap_err();
+        let err = probe(addr, None, "/", Duration::from_secs(2))
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProbeError::Status(500)), "{err}");
         assert_eq!(err.to_string(), "status 500");
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let err = probe(closed, "/", Duration::from_secs(2))
+        let err = probe(closed, None, "/", Duration::from_secs(2))
             .await
             .unwrap_err();
         assert!(matches!(err, ProbeError::Connect(_)), "{err}");
         assert!(err.to_string().starts_with("connect:"), "{err}");
+    }
+
+    /// A backend given by name is asked for by its name, as a virtual host behind it expects.
+    #[tokio::test]
+    async fn probe_sends_the_name_as_host() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            let mut hosts = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 1024];
+                let mut len = 0;
+                while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                    len += s.read(&mut buf[len..]).await.unwrap();
+                }
+                let head = String::from_utf8_lossy(&buf[..len]).to_string();
+                hosts.push(
+                    head.lines()
+                        .find(|l| l.starts_with("Host: "))
+                        .map(str::to_string),
+                );
+                s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                    .await
+                    .unwrap();
+            }
+            hosts
+        });
+        probe(
+            addr,
+            Some("api-green:8000"),
+            "/health",
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+        probe(addr, None, "/health", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            seen.await.unwrap(),
+            [
+                Some("Host: api-green:8000".to_string()),
+                Some(format!("Host: {addr}"))
+            ]
+        );
     }
 
     fn checked_service() -> ServiceConfig {

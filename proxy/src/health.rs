@@ -83,6 +83,9 @@ pub struct HealthState {
     /// when it is not.
     cooldown_until: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// For a backend given by name, the name and port its health checks send as `Host` (the
+    /// first name this address was reached by).
+    host: std::sync::OnceLock<Arc<str>>,
 }
 
 impl HealthState {
@@ -93,7 +96,18 @@ impl HealthState {
             failures: AtomicU32::new(0),
             cooldown_until: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            host: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Names the backend for its health checks' `Host`, unless a name already did.
+    pub fn name_host(&self, host: &Arc<str>) {
+        let _ = self.host.set(host.clone());
+    }
+
+    /// What health checks send as `Host`, if the backend was given by name.
+    pub fn host(&self) -> Option<&str> {
+        self.host.get().map(|h| &**h)
     }
 
     /// A request could not connect, or the backend failed it: pass this backend over for a

@@ -319,10 +319,14 @@ fn new_backend(
     peer.options.connection_timeout = Some(service.connect_timeout);
     peer.options.read_timeout = Some(service.read_timeout);
     peer.options.write_timeout = Some(service.read_timeout);
+    let health = registry.get(&service.name, addr, service.health.is_some());
+    if let Some(name) = &name {
+        health.name_host(name);
+    }
     Arc::new(Backend {
         addr,
         name,
-        health: registry.get(&service.name, addr, service.health.is_some()),
+        health,
         peer,
     })
 }

@@ -270,19 +270,11 @@ pools.a = ["127.0.0.1:9003"]
     );
     assert!(!dir.path().join("control.sock").exists());
 
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(2), "check agrees with run");
 
     std::fs::write(&path, "[listen]\nhttp = [\"127.0.0.1:1\"]\nbogus = true\n").unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

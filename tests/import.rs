@@ -32,12 +32,7 @@ fn a_compose_stacks_nginx_config_imports_to_a_config_that_passes_check() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchback.toml");
     std::fs::write(&path, &toml).unwrap();
-    let check = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .arg("check")
-        .output()
-        .unwrap();
+    let check = check_config(&path);
     assert!(check.status.success(), "{check:?}\n{toml}");
     assert!(String::from_utf8_lossy(&check.stdout).contains("3 service(s)"));
     let config = switchback_config::load(&path).unwrap();
@@ -141,12 +136,7 @@ fn the_compose_example_passes_check() {
         env!("CARGO_MANIFEST_DIR"),
         "/examples/compose/switchback.toml"
     );
-    let check = Command::new(BIN)
-        .arg("--config")
-        .arg(path)
-        .arg("check")
-        .output()
-        .unwrap();
+    let check = check_config(std::path::Path::new(path));
     assert!(check.status.success(), "{check:?}");
     assert!(String::from_utf8_lossy(&check.stdout).contains("3 service(s)"));
     let config = switchback_config::load(std::path::Path::new(path)).unwrap();

@@ -7,7 +7,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -121,12 +120,7 @@ async fn a_name_that_does_not_resolve_is_down_until_it_does() {
 
     // `check` warns, and the config is still valid.
     let mut proxy = Proxy::start(&services);
-    let check = Command::new(BIN)
-        .arg("--config")
-        .arg(&proxy.config)
-        .arg("check")
-        .output()
-        .unwrap();
+    let check = check_config(&proxy.config);
     let stderr = String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{check:?}");
     assert!(

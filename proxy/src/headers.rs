@@ -65,29 +65,25 @@ trait Message {
     fn unset(&mut self, name: &HeaderName);
 }
 
-impl Message for RequestHeader {
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-    fn has(&self, name: &HeaderName) -> bool {
-        self.headers.contains_key(name)
-    }
-    fn unset(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
+/// pingora's request and answer heads have the same methods but no trait in common.
+macro_rules! message {
+    ($head:ty) => {
+        impl Message for $head {
+            fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.insert_header(name, value)
+            }
+            fn has(&self, name: &HeaderName) -> bool {
+                self.headers.contains_key(name)
+            }
+            fn unset(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    };
 }
 
-impl Message for ResponseHeader {
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-    fn has(&self, name: &HeaderName) -> bool {
-        self.headers.contains_key(name)
-    }
-    fn unset(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
+message!(RequestHeader);
+message!(ResponseHeader);
 
 #[cfg(test)]
 mod tests {

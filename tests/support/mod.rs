@@ -27,6 +27,16 @@ pub mod pebble;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchback");
 
+/// `switchback check --config path`, run to its end.
+pub fn check_config(path: &Path) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(path)
+        .arg("check")
+        .output()
+        .expect("run switchback check")
+}
+
 /// Polls `cond` every 10 ms until it holds, or panics after `timeout` saying what it waited for.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();

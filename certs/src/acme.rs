@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 use tracing::info;
 
 use crate::challenge::ChallengeStore;
+use crate::shared::{OrderLock, SharedStore};
 use crate::store::{CertStore, SavedAccount};
 
 /// How long one order may take, from new-order to the downloaded chain.
@@ -35,6 +36,8 @@ pub struct AcmeClient {
     store: CertStore,
     challenges: Arc<ChallengeStore>,
     account: Mutex<Option<Account>>,
+    /// Fleet mode: the account, the answers and the right to order are the fleet's.
+    shared: std::sync::OnceLock<Arc<dyn SharedStore>>,
 }
 
 /// Why an order (or the account it needs) failed. The certificate served before stays
@@ -63,6 +66,12 @@ pub enum AcmeError {
     Tls(rustls::Error),
     #[error("another switchback process is ordering a certificate with this state dir")]
     Locked,
+    #[error(
+        "fleet node {node} is ordering {host}; this node serves its certificate when it comes"
+    )]
+    OrderedElsewhere { host: String, node: String },
+    #[error("the fleet's certificate store: {0}")]
+    Shared(String),
     #[error("the order for {host} took more than {}s", timeout.as_secs())]
     Timeout { host: String, timeout: Duration },
     #[error("authorization for {host} is {status}")]
@@ -93,6 +102,35 @@ impl AcmeClient {
             store,
             challenges,
             account: Mutex::new(None),
+            shared: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Fleet mode: orders go through `shared` (see [`crate::shared`]).
+    pub fn set_shared(&self, shared: Arc<dyn SharedStore>) {
+        let _ = self.shared.set(shared);
+    }
+
+    async fn load_account(&self) -> Result<Option<SavedAccount>, AcmeError> {
+        match self.shared.get() {
+            Some(shared) => shared.load_account().await.map_err(AcmeError::Shared),
+            None => self
+                .store
+                .load_account()
+                .map_err(store("reading the ACME account")),
+        }
+    }
+
+    async fn save_account(&self, account: &SavedAccount) -> Result<(), AcmeError> {
+        match self.shared.get() {
+            Some(shared) => shared
+                .save_account(account)
+                .await
+                .map_err(AcmeError::Shared),
+            None => self
+                .store
+                .save_account(account)
+                .map_err(store("saving the ACME account")),
         }
     }
 
@@ -112,10 +150,7 @@ impl AcmeClient {
         if let Some(a) = slot.as_ref() {
             return Ok(a.clone());
         }
-        let saved = self
-            .store
-            .load_account()
-            .map_err(store("reading the ACME account"))?;
+        let saved = self.load_account().await?;
         let account = match saved {
             Some(saved) if saved.directory == self.config.directory => {
                 let creds: AccountCredentials =
@@ -153,12 +188,11 @@ impl AcmeClient {
                         self.config.directory
                     )))?;
                 let credentials = serde_json::to_value(&creds).map_err(AcmeError::SavedAccount)?;
-                self.store
-                    .save_account(&SavedAccount {
-                        directory: self.config.directory.clone(),
-                        credentials,
-                    })
-                    .map_err(store("saving the ACME account"))?;
+                self.save_account(&SavedAccount {
+                    directory: self.config.directory.clone(),
+                    credentials,
+                })
+                .await?;
                 info!(directory = %self.config.directory, id = %account.id(), "ACME account created");
                 account
             }
@@ -168,13 +202,33 @@ impl AcmeClient {
     }
 
     /// Orders a certificate for one host. Fails if another process is ordering with the same
-    /// state dir.
+    /// state dir, or, in fleet mode, if another node is ordering this host.
     pub async fn order(&self, host: &str) -> Result<Issued, AcmeError> {
         let _lock = self
             .store
             .try_lock_issuance()
             .map_err(store("the ACME lock"))?
             .ok_or(AcmeError::Locked)?;
+        let shared = self.shared.get().cloned();
+        if let Some(shared) = &shared {
+            match shared.lock_order(host).await.map_err(AcmeError::Shared)? {
+                OrderLock::Acquired => {}
+                OrderLock::HeldBy(node) => {
+                    return Err(AcmeError::OrderedElsewhere {
+                        host: host.to_string(),
+                        node,
+                    })
+                }
+            }
+        }
+        let result = self.order_locked(host).await;
+        if let Some(shared) = &shared {
+            shared.unlock_order(host).await;
+        }
+        result
+    }
+
+    async fn order_locked(&self, host: &str) -> Result<Issued, AcmeError> {
         let mut tokens = Vec::new();
         // The account (created or restored on first use) is part of the order's time.
         let result = tokio::time::timeout(ORDER_TIMEOUT, async {
@@ -184,6 +238,9 @@ impl AcmeClient {
         .await;
         for token in &tokens {
             self.challenges.remove(token);
+            if let Some(shared) = self.shared.get() {
+                shared.remove_challenge(token).await;
+            }
         }
         match result {
             Ok(r) => r,
@@ -229,7 +286,14 @@ impl AcmeClient {
             self.challenges
                 .put(&token, key_auth.as_str())
                 .map_err(store("publishing the challenge answer"))?;
-            tokens.push(token);
+            tokens.push(token.clone());
+            if let Some(shared) = self.shared.get() {
+                // Every node answers it: the CA's validation may reach any of them.
+                shared
+                    .put_challenge(&token, key_auth.as_str())
+                    .await
+                    .map_err(AcmeError::Shared)?;
+            }
             challenge.set_ready().await.map_err(ca("challenge"))?;
         }
         let retry = RetryPolicy::new().timeout(Duration::from_secs(60));

@@ -66,6 +66,24 @@ impl ChallengeStore {
         }
     }
 
+    /// Fleet mode: an answer another node published, served from memory.
+    pub fn remember(&self, token: &str, key_authorization: &str) {
+        if valid_token(token) {
+            self.memory
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(token.to_string(), key_authorization.to_string());
+        }
+    }
+
+    /// Fleet mode: an answer another node took back.
+    pub fn forget(&self, token: &str) {
+        self.memory
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(token);
+    }
+
     /// The key authorization for `token`, from memory or from the state dir.
     pub fn answer(&self, token: &str) -> Option<String> {
         if !valid_token(token) {

@@ -20,6 +20,7 @@ pub mod challenge;
 pub mod manager;
 pub mod material;
 pub mod resolver;
+pub mod shared;
 pub mod store;
 
 pub use challenge::ChallengeStore;
@@ -33,3 +34,5 @@ pub use acme::AcmeError;
 pub use manager::{CertManager, CertSource, CertStatus, RenewError};
 pub use material::{load_pair, CertError, CertInfo, CertMaterial};
 pub use resolver::SniResolver;
+pub use shared::{OrderLock, SharedStore};
+pub use store::SavedAccount;

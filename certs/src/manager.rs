@@ -23,6 +23,7 @@ use crate::acme::{AcmeClient, AcmeError};
 use crate::challenge::ChallengeStore;
 use crate::material::{load_pair, name_covers, CertError, CertInfo};
 use crate::resolver::SniResolver;
+use crate::shared::SharedStore;
 use crate::store::CertStore;
 
 /// How often file pairs are checked for changes on disk.
@@ -99,6 +100,8 @@ pub struct CertManager {
     renew_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, RenewReply)>>,
     /// Hosts queued for an order or being ordered.
     ordering: Mutex<std::collections::HashSet<String>>,
+    /// Fleet mode: certificates are ordered once for the fleet and shared through it.
+    shared: std::sync::OnceLock<Arc<dyn SharedStore>>,
 }
 
 fn now() -> i64 {
@@ -161,10 +164,64 @@ impl CertManager {
             renew_tx,
             renew_rx: tokio::sync::Mutex::new(renew_rx),
             ordering: Mutex::default(),
+            shared: std::sync::OnceLock::new(),
         };
         manager.load_saved_acme();
         manager.reload_files(true);
         manager
+    }
+
+    /// Fleet mode: orders, the account and challenge answers go through `shared`, and each
+    /// certificate issued is saved to it for the other nodes.
+    pub fn set_shared(&self, shared: Arc<dyn SharedStore>) {
+        if let Some(acme) = &self.acme {
+            acme.set_shared(shared.clone());
+        }
+        let _ = self.shared.set(shared);
+    }
+
+    /// Fleet mode: a certificate another node got for `host` (key and chain, one PEM text).
+    /// Served from the next handshake when it is newer than the one served, and saved to the
+    /// state dir; its renewal is planned as if this node had ordered it.
+    pub fn take_shared(&self, host: &str, pem: &[u8]) {
+        let is_acme = self
+            .lock()
+            .get(host)
+            .is_some_and(|e| e.status.source == CertSource::Acme);
+        if !is_acme {
+            return;
+        }
+        let m = match load_pair(pem, pem) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(host = %host, error = %e, "the fleet's certificate cannot be served; ignored");
+                return;
+            }
+        };
+        let newer = self
+            .lock()
+            .get(host)
+            .and_then(|e| e.status.served.as_ref().map(|s| s.not_after))
+            .is_none_or(|served| m.info.not_after > served);
+        if !newer || m.info.not_after <= now() {
+            return;
+        }
+        let text = String::from_utf8_lossy(pem);
+        let split = text.find("-----BEGIN CERTIFICATE-----").unwrap_or(0);
+        if let Err(e) = self.store.save_cert(host, &text[..split], &text[split..]) {
+            warn!(host = %host, error = %e, "the fleet's certificate is served but not saved to the state dir");
+        }
+        self.resolver.set(host, m.key.clone());
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(host) else {
+            return;
+        };
+        info!(host = %host, serial = %m.info.serial, not_after = m.info.not_after, "certificate from the fleet served");
+        entry.status.next_renewal = Some(renewal_time(&m.info));
+        entry.status.served = Some(m.info);
+        entry.status.last_error = None;
+        entry.status.consecutive_failures = 0;
+        entry.status.updated_at = Some(now());
     }
 
     pub fn resolver(&self) -> Arc<SniResolver> {
@@ -364,25 +421,46 @@ impl CertManager {
                     Ok(m) => self
                         .store
                         .save_cert(host, &issued.key_pem, &issued.chain_pem)
-                        .map(|()| m)
+                        .map(|()| (m, pem))
                         .map_err(RenewError::Save),
                     Err(e) => Err(RenewError::Unusable(e)),
                 }
             }
+            Err(AcmeError::OrderedElsewhere { host: h, node }) => {
+                // Not a failure: the certificate comes through the fleet. Look again later,
+                // in case that node fails.
+                info!(host = %h, node = %node, "another fleet node is ordering this certificate");
+                if let Some(e) = self.lock().get_mut(host) {
+                    e.status.next_renewal = Some(now() + self.retry_after.as_secs().max(1) as i64);
+                }
+                return Err(RenewError::Order(AcmeError::OrderedElsewhere {
+                    host: h,
+                    node,
+                }));
+            }
             Err(e) => Err(e.into()),
         };
         match result {
-            Ok(m) => {
+            Ok((m, pem)) => {
                 self.resolver.set(host, m.key.clone());
-                let mut entries = self.lock();
-                let entry = entries.get_mut(host).expect("an ACME host");
-                entry.status.next_renewal = Some(renewal_time(&m.info));
-                info!(host = %host, serial = %m.info.serial, not_after = m.info.not_after, "certificate issued and served");
-                entry.status.served = Some(m.info);
-                entry.status.last_error = None;
-                entry.status.consecutive_failures = 0;
-                entry.status.updated_at = Some(now());
-                Ok(entry.status.clone())
+                let status = {
+                    let mut entries = self.lock();
+                    let entry = entries.get_mut(host).expect("an ACME host");
+                    entry.status.next_renewal = Some(renewal_time(&m.info));
+                    info!(host = %host, serial = %m.info.serial, not_after = m.info.not_after, "certificate issued and served");
+                    entry.status.served = Some(m.info);
+                    entry.status.last_error = None;
+                    entry.status.consecutive_failures = 0;
+                    entry.status.updated_at = Some(now());
+                    entry.status.clone()
+                };
+                // Served here first, then given to the other nodes.
+                if let Some(shared) = self.shared.get() {
+                    if let Err(e) = shared.save_cert(host, pem.as_bytes()).await {
+                        warn!(host = %host, error = %e, "the certificate is served here but not shared with the fleet; the other nodes order their own when due");
+                    }
+                }
+                Ok(status)
             }
             Err(e) => {
                 warn!(host = %host, error = %e, "certificate order failed; the current certificate (if any) stays served");
@@ -410,6 +488,13 @@ impl CertManager {
             })
         };
         let mut forced = self.renew_rx.lock().await;
+        if let Some(shared) = self.shared.get().cloned() {
+            // What the fleet has is served first: no order for a name another node holds.
+            tokio::select! {
+                _ = shared.ready() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
         loop {
             let due = {
                 let entries = self.lock();

@@ -228,6 +228,41 @@ pub fn rollout_exit(r: &RolloutReply) -> ExitCode {
     }
 }
 
+/// The fleet part of `status`: this node's link to etcd, and every node known.
+fn print_fleet(fleet: &switchback_control::FleetStatus, generation: u64) {
+    match &fleet.problem {
+        None => println!("fleet   node {}   connected to etcd", fleet.node),
+        Some(why) => println!(
+            "fleet   node {}   NOT connected to etcd ({why}): serving generation {generation}, changes refused",
+            fleet.node
+        ),
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for n in &fleet.nodes {
+        let seen = if n.connected {
+            "now".to_string()
+        } else {
+            format!("{}s ago", (now - n.last_seen).max(0))
+        };
+        let link = if n.connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
+        let error = n
+            .error
+            .as_deref()
+            .map(|e| format!("   {e}"))
+            .unwrap_or_default();
+        println!(
+            "  node {:<20} generation {:<6} {link:<13} last seen {seen}{error}",
+            n.name, n.generation
+        );
+    }
+}
+
 pub fn print_status(s: &StatusReply) {
     println!(
         "switchback {}   pid {}   since {}   generation {}",
@@ -238,6 +273,9 @@ pub fn print_status(s: &StatusReply) {
     );
     for notice in &s.notices {
         println!("notice: {notice}");
+    }
+    if let Some(fleet) = &s.fleet {
+        print_fleet(fleet, s.generation);
     }
     for (i, service) in s.services.iter().enumerate() {
         if i > 0 {

@@ -24,6 +24,7 @@ pub mod state;
 pub mod time;
 pub mod validate;
 mod validate_canary;
+mod validate_fleet;
 mod validate_http;
 mod validate_service;
 mod validate_tls;

@@ -75,6 +75,10 @@ pub mod defaults {
     /// How often backends given by host name are resolved again (sooner when a record's TTL
     /// ends first, but not more than once a second).
     pub const RESOLVER_REFRESH: Duration = Duration::from_secs(5);
+    /// Where a fleet keeps its keys in etcd.
+    pub const FLEET_PREFIX: &str = "/switchback";
+    /// How long a change waits for every live node of a fleet to apply it.
+    pub const FLEET_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
 /// pingora's own cap on a request head (it answers 400 above it): the project's limit sits below.
@@ -99,6 +103,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// How backends given by host name are resolved.
     pub resolver: ResolverConfig,
+    /// Several proxies sharing one desired state through etcd; one proxy alone when absent.
+    pub fleet: Option<FleetConfig>,
     /// Sorted by name.
     pub services: Vec<ServiceConfig>,
 }
@@ -220,6 +226,28 @@ pub struct ResolverConfig {
     pub nameservers: Vec<SocketAddr>,
     /// How often every name is resolved again.
     pub refresh: Duration,
+}
+
+/// `[fleet]`: the etcd cluster that several proxies share their desired state through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// Endpoint URLs, as etcdctl takes them: `http://127.0.0.1:2379`.
+    pub etcd: Vec<String>,
+    /// The key prefix every key of this fleet is under, without a trailing `/`.
+    pub prefix: String,
+    /// This proxy's name in the fleet: unique among its nodes.
+    pub node: String,
+    pub ack_timeout: Duration,
+    /// A CA certificate (PEM) to trust for `https://` endpoints.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for etcd's client certificate auth.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// etcd's user auth: a user name, and a file (mode 0600) holding the password.
+    pub user: Option<(String, PathBuf)>,
+    /// A file (mode 0600) of at least 32 random bytes, the same on every node, that etcd never
+    /// sees: the key the nodes sign canary cookies with, so that a client keeps its bucket
+    /// from node to node.
+    pub key_file: PathBuf,
 }
 
 impl Default for ResolverConfig {

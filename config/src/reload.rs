@@ -198,6 +198,7 @@ pub fn applied_config(old: &Config, new: Config) -> Config {
         acme: old.acme.clone(),
         access_log: old.access_log.clone(),
         metrics: old.metrics.clone(),
+        fleet: old.fleet.clone(),
     }
 }
 
@@ -277,6 +278,7 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
     check("[acme]", old.acme != new.acme);
     check("[access_log]", old.access_log != new.access_log);
     check("[metrics]", old.metrics != new.metrics);
+    check("[fleet]", old.fleet != new.fleet);
     keys
 }
 
@@ -380,6 +382,7 @@ mod tests {
             step: 1,
             steps: 4,
             started: 0,
+            node: None,
         });
         let refused = plan_reload(&old, &only_blue, &live, false).unwrap_err();
         assert!(refused[0].contains("rollout"), "{refused:?}");

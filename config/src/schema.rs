@@ -26,6 +26,7 @@ pub(crate) struct RawConfig {
     pub access_log: Option<S<RawAccessLog>>,
     pub metrics: Option<S<RawMetrics>>,
     pub resolver: Option<S<RawResolver>>,
+    pub fleet: Option<S<RawFleet>>,
     #[serde(default)]
     pub services: BTreeMap<S<String>, S<RawService>>,
 }
@@ -69,6 +70,21 @@ pub(crate) struct RawResolver {
     #[serde(default)]
     pub nameservers: Vec<S<String>>,
     pub refresh: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    pub etcd: S<Vec<S<String>>>,
+    pub prefix: Option<S<String>>,
+    pub node: Option<S<String>>,
+    pub ack_timeout: Option<S<String>>,
+    pub ca: Option<S<String>>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub username: Option<S<String>>,
+    pub password_file: Option<S<String>>,
+    pub key_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

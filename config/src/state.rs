@@ -68,6 +68,9 @@ pub struct RolloutMark {
     pub steps: usize,
     /// Seconds since the Unix epoch.
     pub started: i64,
+    /// Fleet mode: the node that drives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +193,72 @@ impl LiveState {
             }
         }
         Ok((live, notices))
+    }
+}
+
+impl LiveState {
+    /// Lays a fleet's desired state (shared by several proxies, each with its own config file)
+    /// over `self`, this node's live state: for every service both have, the fleet's active
+    /// pool, rollback pool, canary, rollout mark and pool backends, where this config has the
+    /// pools they name. A service or pool this config lacks is left as it is, and each such
+    /// problem is returned. The generation is the fleet's.
+    pub fn adopt(&self, config: &Config, fleet: &LiveState) -> (LiveState, Vec<String>) {
+        let mut next = self.clone();
+        next.generation = fleet.generation;
+        let mut problems = Vec::new();
+        for (name, wanted) in &fleet.services {
+            let (Some(service), Some(conf)) = (next.services.get_mut(name), config.service(name))
+            else {
+                continue;
+            };
+            let canary = wanted.canary.as_ref().map(|c| &c.pool);
+            let rollout = wanted.rollout.as_ref().map(|r| &r.pool);
+            let missing: Vec<&String> = std::iter::once(&wanted.active)
+                .chain(wanted.rollback_to.as_ref())
+                .chain(canary)
+                .chain(rollout)
+                .chain(wanted.pools.keys())
+                .filter(|p| conf.pool(p).is_none())
+                .collect();
+            if let Some(pool) = missing.first() {
+                problems.push(format!(
+                    "service {name:?}: this node's config has no pool {pool:?}"
+                ));
+                continue;
+            }
+            service.active = wanted.active.clone();
+            service.rollback_to = wanted.rollback_to.clone();
+            service.canary = wanted.canary.clone();
+            service.rollout = wanted.rollout.clone();
+            for (pool, state) in service.pools.iter_mut() {
+                if let Some(wanted) = wanted.pools.get(pool) {
+                    state.backends = wanted.backends.clone();
+                }
+            }
+        }
+        (next, problems)
+    }
+
+    /// The fleet's state after a change this node made: `fleet` with the services that differ
+    /// between `base` (this node's state before the change) and `next` (after it) taken from
+    /// `next`. Services the change did not touch keep what the fleet has.
+    pub fn changed_over(fleet: &LiveState, base: &LiveState, next: &LiveState) -> LiveState {
+        let mut merged = fleet.clone();
+        for (name, service) in &next.services {
+            if base.services.get(name) != Some(service) {
+                merged.services.insert(name.clone(), service.clone());
+            }
+        }
+        merged
+    }
+
+    /// The services a change from `base` to `next` touches.
+    pub fn touched<'a>(base: &LiveState, next: &'a LiveState) -> Vec<&'a str> {
+        next.services
+            .iter()
+            .filter(|(name, s)| base.services.get(*name) != Some(*s))
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 }
 
@@ -335,6 +404,60 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_state_is_adopted_where_this_config_has_its_pools() {
+        let mine = config("");
+        let local = LiveState::from_config(&mine);
+        // Another node's config has a pool "red" this one lacks, and a service of its own.
+        let theirs = config("pools.red = [\"127.0.0.1:9003\"]\n[services.other]\npath_prefix = \"/o/\"\nactive = \"a\"\npools.a = [\"127.0.0.1:9100\"]\n");
+        let mut fleet = LiveState::from_config(&theirs);
+        fleet.generation = 41;
+        let app = fleet.services.get_mut("app").unwrap();
+        app.active = "green".into();
+        app.canary = Some(CanaryState {
+            pool: "blue".into(),
+            permille: 100,
+        });
+        app.pools.get_mut("green").unwrap().backends = vec!["127.0.0.1:9012".parse().unwrap()];
+        let (adopted, problems) = local.adopt(&mine, &fleet);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("no pool \"red\""), "{problems:?}");
+        assert_eq!(
+            adopted.services, local.services,
+            "a service whose pools do not fit is left as it is"
+        );
+        fleet.services.get_mut("app").unwrap().pools.remove("red");
+        let (adopted, problems) = local.adopt(&mine, &fleet);
+        assert!(problems.is_empty(), "{problems:?}");
+        let app = &adopted.services["app"];
+        assert_eq!(adopted.generation, 41);
+        assert_eq!(app.active, "green");
+        assert_eq!(app.canary.as_ref().unwrap().permille, 100);
+        assert_eq!(app.pools["green"].backends[0].to_string(), "127.0.0.1:9012");
+        assert_eq!(
+            app.pools["green"].configured,
+            local.services["app"].pools["green"].configured
+        );
+        assert!(!adopted.services.contains_key("other"));
+    }
+
+    #[test]
+    fn a_change_is_laid_over_the_fleet_state_by_service() {
+        let c = config("[services.api]\npath_prefix = \"/api/\"\nactive = \"a\"\npools.a = [\"127.0.0.1:9100\"]\npools.b = [\"127.0.0.1:9101\"]\n");
+        let base = LiveState::from_config(&c);
+        let mut fleet = base.clone();
+        fleet.services.get_mut("api").unwrap().active = "b".into();
+        let mut next = base.clone();
+        next.services.get_mut("app").unwrap().active = "green".into();
+        assert_eq!(LiveState::touched(&base, &next), vec!["app"]);
+        let merged = LiveState::changed_over(&fleet, &base, &next);
+        assert_eq!(merged.services["app"].active, "green", "the change is in");
+        assert_eq!(
+            merged.services["api"].active, "b",
+            "another node's change stays"
+        );
+    }
+
+    #[test]
     fn save_load_round_trip_with_private_mode() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
@@ -414,6 +537,7 @@ mod tests {
             step: 2,
             steps: 4,
             started: 0,
+            node: None,
         });
         let (live, notices) = LiveState::restore(&c, saved).unwrap();
         let app = &live.services["app"];

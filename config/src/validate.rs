@@ -235,6 +235,7 @@ impl Validator<'_> {
                 .is_none_or(|e| *e.get_ref()),
         };
         let resolver = self.resolver(raw.resolver.as_ref());
+        let fleet = self.fleet(raw.fleet.as_ref());
         let mut services = Vec::new();
         for (name, service) in &raw.services {
             if let Some(s) = self.service(name, service) {
@@ -256,6 +257,7 @@ impl Validator<'_> {
             access_log,
             metrics,
             resolver,
+            fleet,
             services,
         }
     }

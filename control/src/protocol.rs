@@ -206,6 +206,13 @@ pub enum ErrorCode {
     UpgradeFailed,
     /// The server is shutting down, out of connection slots, or handing over to a new process.
     Unavailable,
+    /// Fleet mode: another node changed the same service meanwhile; nothing changed here.
+    Conflict,
+    /// Fleet mode: this node cannot reach etcd; it keeps serving, and nothing changed.
+    FleetUnreachable,
+    /// Fleet mode: the change was written, but some live nodes did not apply it within
+    /// `fleet.ack_timeout`; they converge when they can.
+    FleetLagging,
     Internal,
 }
 
@@ -236,6 +243,9 @@ impl ErrorCode {
             ErrorCode::ReloadRefused => "reload_refused",
             ErrorCode::UpgradeFailed => "upgrade_failed",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::FleetUnreachable => "fleet_unreachable",
+            ErrorCode::FleetLagging => "fleet_lagging",
             ErrorCode::Internal => "internal",
         }
     }
@@ -442,6 +452,37 @@ pub struct StatusReply {
     #[serde(default)]
     pub notices: Vec<String>,
     pub services: Vec<ServiceStatus>,
+    /// Fleet mode only: this node and the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// Fleet mode: how this node follows the fleet's state in etcd, and the nodes it knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// This node's name.
+    pub node: String,
+    /// Whether this node is connected to etcd: changes are refused while it is not.
+    pub connected: bool,
+    /// Why it is not connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Every node known, this one first.
+    pub nodes: Vec<FleetNode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetNode {
+    pub name: String,
+    /// The generation of the fleet state it serves.
+    pub generation: u64,
+    /// When it last wrote to etcd, in seconds since the Unix epoch.
+    pub last_seen: i64,
+    /// Whether it holds a live lease in etcd now.
+    pub connected: bool,
+    /// Why part of the fleet state does not apply on it (a pool its config lacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

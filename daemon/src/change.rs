@@ -56,6 +56,22 @@ pub enum DeployError {
     ReloadRefused(Vec<String>),
     #[error("a rollout judges the canary by its metrics, and [metrics] enabled = false turns them off; nothing changed")]
     MetricsOff,
+    #[error("fleet store unreachable ({0}): this node keeps serving its last applied state, and refuses changes until etcd is back; nothing changed")]
+    FleetUnreachable(String),
+    #[error("conflict: another node changed service {service:?} meanwhile (the fleet is at generation {generation}); check `switchback status` and try again; nothing changed")]
+    Conflict { service: String, generation: u64 },
+    #[error("generation {generation} was written to the fleet, but these nodes did not apply it within {}ms: {}; they converge when they can", timeout.as_millis(), nodes.join(", "))]
+    FleetLagging {
+        generation: u64,
+        timeout: Duration,
+        nodes: Vec<String>,
+    },
+    #[error("a rollout of pool {pool:?} on service {service:?} is driven by fleet node {node:?}: stop it there (`switchback rollout --abort`), or wait for it; nothing changed")]
+    RemoteRollout {
+        service: String,
+        pool: String,
+        node: String,
+    },
 }
 
 /// Why the proxy could not start from its state dir.
@@ -68,6 +84,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("fleet.key_file: {0}")]
+    FleetKey(String),
 }
 
 /// What a switch or rollback did.

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::change::{
     CanaryOutcome, DeployError, PoolSetOutcome, ReloadOutcome, StartError, SwitchOutcome,
 };
+use crate::fleet::{Fleet, Follower};
 use crate::health_check::wait_healthy;
 use crate::judge::{percent, RolloutSpec};
 use crate::rollout::{Outcome, Rollout, RolloutResult};
@@ -74,6 +75,8 @@ pub struct Controller {
     /// process owns the state from its start).
     frozen: std::sync::atomic::AtomicBool,
     lock: StateLock,
+    /// Fleet mode: every change goes through etcd first (see [`crate::fleet`]).
+    fleet: Option<Arc<Fleet>>,
 }
 
 /// The environment variable that hands an upgrade's new process the state dir's lock: the
@@ -140,6 +143,14 @@ impl Controller {
         // by name stands for no address.
         let resolved = Resolved::default();
         let table = RoutingTable::build(&config, &live, &resolved, None, &registry, &metrics);
+        let fleet = match &config.fleet {
+            Some(f) => {
+                let secret =
+                    crate::fleet::read_key_file(&f.key_file).map_err(StartError::FleetKey)?;
+                Some(Arc::new(Fleet::new(f.clone(), &secret)))
+            }
+            None => None,
+        };
         Ok(Controller {
             config: ArcSwap::new(config),
             reloads: tokio::sync::watch::Sender::new(0),
@@ -153,7 +164,43 @@ impl Controller {
             rollouts: Default::default(),
             frozen: Default::default(),
             lock,
+            fleet,
         })
+    }
+
+    /// Fleet mode: this node's link to the fleet.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// Fleet mode: this node's name.
+    pub fn fleet_node(&self) -> Option<String> {
+        self.fleet.as_ref().map(|f| f.node().to_string())
+    }
+
+    /// Fleet mode: waits until every connected node serves `generation`, or names the nodes
+    /// that lag after `fleet.ack_timeout`. Without a fleet, returns at once.
+    pub async fn wait_fleet(&self, generation: u64) -> Result<(), DeployError> {
+        match &self.fleet {
+            Some(fleet) => fleet.wait_applied(generation).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Fleet mode: refuses a change to a service whose rollout another node drives (or a
+    /// rollout of this node's that no longer runs: it is ended by [`Follower::end_orphans`]).
+    fn refuse_remote_rollout(&self, live: &LiveState, service: &str) -> Result<(), DeployError> {
+        if self.fleet.is_none() || self.running_rollout(service).is_some() {
+            return Ok(());
+        }
+        match live.services.get(service).and_then(|s| s.rollout.as_ref()) {
+            Some(mark) => Err(DeployError::RemoteRollout {
+                service: service.to_string(),
+                pool: mark.pool.clone(),
+                node: mark.node.clone().unwrap_or_default(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The descriptor that holds the state dir's lock.
@@ -392,6 +439,7 @@ impl Controller {
         }
         let (canary, rollback_to) = {
             let live = self.live.lock().await;
+            self.refuse_remote_rollout(&live, &service)?;
             let s = live
                 .services
                 .get(&service)
@@ -435,6 +483,7 @@ impl Controller {
         }
         let mut live = self.live.lock().await;
         self.refuse_during_rollout(&service)?;
+        self.refuse_remote_rollout(&live, &service)?;
         let table = self.table.load_full();
         let route = route(&table, &service)?;
         let target = Self::pool_of(route, pool)?;
@@ -591,8 +640,9 @@ impl Controller {
         if !self.metrics.enabled {
             return Err(DeployError::MetricsOff);
         }
-        let _live = self.live.lock().await;
+        let live = self.live.lock().await;
         self.refuse_during_rollout(&service)?;
+        self.refuse_remote_rollout(&live, &service)?;
         let table = self.table.load_full();
         let route = route(&table, &service)?;
         let target = Self::pool_of(route, pool)?;
@@ -698,6 +748,7 @@ impl Controller {
         let mut live = self.live.lock().await;
         if change != Change::Promote {
             self.refuse_during_rollout(service)?;
+            self.refuse_remote_rollout(&live, service)?;
         }
         let table = self.table.load_full();
         let route = route(&table, service)?;
@@ -840,6 +891,7 @@ impl Controller {
                     step: 0,
                     steps: 0,
                     started: 0,
+                    node: None,
                 });
             }
         }
@@ -868,7 +920,63 @@ impl Controller {
         if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(DeployError::Upgrading);
         }
+        if let Some(fleet) = &self.fleet {
+            let (state, revision) = match fleet.write(live, &next).await {
+                Ok(written) => written,
+                Err(e) if unsaved == Unsaved::ServeAnyway => {
+                    // Taking traffic off a failing canary matters more than the fleet
+                    // agreeing: this node serves it, and the fleet's state wins again when
+                    // the node reads it next.
+                    next.generation = live.generation;
+                    let _ = self.install(live, next, Unsaved::ServeAnyway).await;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            self.adopt_fleet(fleet, live, state, revision).await;
+            return Ok(live.generation);
+        }
         next.generation = live.generation + 1;
+        self.install(live, next, unsaved).await?;
+        Ok(live.generation)
+    }
+
+    /// Makes the fleet's `state` (at `revision`) this node's, as far as its config has the
+    /// pools it names; the caller holds the `live` lock. In fleet mode the state file is the
+    /// last state applied, for a start while etcd is down: a failed write of it is logged, and
+    /// the state served anyway.
+    async fn adopt_fleet(
+        &self,
+        fleet: &Fleet,
+        live: &mut LiveState,
+        state: LiveState,
+        revision: i64,
+    ) {
+        let config = self.config.load_full();
+        let (fitted, problems) = live.adopt(&config, &state);
+        for problem in &problems {
+            warn!(
+                generation = state.generation,
+                "fleet state: {problem}; that service keeps what it had here"
+            );
+        }
+        if fitted != *live {
+            if let Err(e) = self.install(live, fitted, Unsaved::ServeAnyway).await {
+                warn!(error = %e, "fleet state applied, but not saved to the state file");
+            }
+        }
+        let error = (!problems.is_empty()).then(|| problems.join("; "));
+        fleet.note_applied(state, revision, error);
+    }
+
+    /// Persists `next`, then makes it live (its generation as it is). On a failed write
+    /// nothing changes, unless `unsaved` says to serve it anyway (the error is returned after).
+    async fn install(
+        &self,
+        live: &mut LiveState,
+        next: LiveState,
+        unsaved: Unsaved,
+    ) -> Result<(), DeployError> {
         let table = self.next_table(&next);
         let store = self.store.clone();
         let to_save = next.clone();
@@ -877,14 +985,49 @@ impl Controller {
             .map_err(|e| DeployError::StateWrite(std::io::Error::other(e)))
             .and_then(|r| r.map_err(DeployError::StateWrite));
         if saved.is_err() && unsaved == Unsaved::Refuse {
-            return saved.map(|_| 0);
+            return saved;
         }
         let before = self.table.swap(Arc::new(table));
         self.drain_left_pools(&before);
         self.forget_departed(&before);
-        let generation = next.generation;
         *live = next;
-        saved.map(|_| generation)
+        saved
+    }
+
+    /// Fleet mode: ends, on the stable pool, every rollout whose driving node is gone from
+    /// the fleet (its lease ended) or no longer runs it (it restarted).
+    pub async fn end_orphan_rollouts(&self, fleet: &Fleet) {
+        let nodes = fleet.nodes();
+        let mut live = self.live.lock().await;
+        let orphans: Vec<(String, RolloutMark)> = live
+            .services
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), s.rollout.clone()?)))
+            .filter(|(name, mark)| {
+                let driver = mark.node.as_deref().unwrap_or_default();
+                if driver == fleet.node() {
+                    return self.running_rollout(name).is_none();
+                }
+                !nodes.iter().any(|n| n.name == driver && n.connected)
+            })
+            .collect();
+        for (service, mark) in orphans {
+            let mut next = live.clone();
+            if let Ok(s) = service_mut(&mut next, &service) {
+                s.canary = None;
+                s.rollout = None;
+            }
+            match self.commit(&mut live, next, Unsaved::Refuse).await {
+                Ok(generation) => {
+                    self.metrics.count_canary_rollback(&service);
+                    warn!(service = %service, pool = %mark.pool, driver = ?mark.node, step = mark.step, steps = mark.steps, generation, "the node driving a rollout left the fleet: the rollout ended, every client is on the stable pool")
+                }
+                // Another node ended it first, or etcd went away: the next look decides.
+                Err(e) => {
+                    info!(service = %service, error = %e, "an orphaned rollout was not ended here")
+                }
+            }
+        }
     }
 
     /// For every pool that took new requests in `before` and takes none now (a switch, a
@@ -1042,4 +1185,54 @@ fn unknown(service: &str) -> DeployError {
 /// Whether pool `index` of `route` takes new requests: it is active, or the canary.
 pub(crate) fn serves(route: &ServiceRoute, index: usize) -> bool {
     route.split.active == index || route.split.canary.is_some_and(|c| c.pool == index)
+}
+
+#[async_trait::async_trait]
+impl Follower for Controller {
+    async fn apply(&self, fleet: &Fleet, state: LiveState, revision: i64) {
+        let mut live = self.live.lock().await;
+        if revision <= fleet.applied_revision() {
+            return;
+        }
+        let was = live.generation;
+        self.adopt_fleet(fleet, &mut live, state, revision).await;
+        if live.generation != was {
+            info!(
+                generation = live.generation,
+                was, revision, "fleet state applied"
+            );
+        }
+    }
+
+    async fn local_state(&self) -> LiveState {
+        self.live.lock().await.clone()
+    }
+
+    async fn end_orphans(&self, fleet: &Fleet) {
+        self.end_orphan_rollouts(fleet).await;
+    }
+
+    async fn rollout_counts(&self) -> Vec<(String, crate::fleet::PoolCounts)> {
+        let services: Vec<String> = {
+            let live = self.live.lock().await;
+            live.services
+                .iter()
+                .filter(|(_, s)| s.rollout.is_some())
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        let table = self.table.load();
+        services
+            .into_iter()
+            .filter_map(|service| {
+                let pools = table
+                    .service(&service)?
+                    .pools
+                    .iter()
+                    .map(|p| (p.name.to_string(), crate::judge::Snapshot::of(p)))
+                    .collect();
+                Some((service, pools))
+            })
+            .collect()
+    }
 }

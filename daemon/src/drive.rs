@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::change::DeployError;
 use crate::controller::Controller;
-use crate::judge::{judge, percent, RolloutSpec, Snapshot, Verdict, MAX_WAIT_INTERVALS};
+use crate::judge::{judge, percent, Counts, RolloutSpec, Snapshot, Verdict, MAX_WAIT_INTERVALS};
 use crate::rollout::{Outcome, Rollout, RolloutEvent, RolloutProgress, RolloutResult};
 
 /// Starts a rollout of `pool` on a service as a task of its own; the returned handle reports
@@ -34,15 +34,22 @@ pub async fn start_rollout(
     Ok(rollout)
 }
 
-/// The numbers of the canary and the stable pool now.
-fn snapshots(controller: &Controller, rollout: &Rollout) -> (Snapshot, Snapshot) {
+/// The numbers of the canary and the stable pool now: this node's, and in fleet mode those
+/// the other connected nodes published.
+fn snapshots(controller: &Controller, rollout: &Rollout) -> (Counts, Counts) {
     let table = controller.table();
     let route = table.configured(&rollout.service);
     let of = |name: &str| {
-        route
+        let mut counts = controller
+            .fleet()
+            .map(|f| f.pool_counts(&rollout.service, name))
+            .unwrap_or_default();
+        let mine = route
             .pool(name)
             .map(|p| Snapshot::of(p))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        counts.insert(controller.fleet_node().unwrap_or_default(), mine);
+        counts
     };
     (of(&rollout.pool), of(&rollout.stable))
 }
@@ -84,6 +91,7 @@ async fn steps(
             step,
             steps,
             started,
+            node: controller.fleet_node(),
         };
         if let Err(e) = controller.set_rollout_step(rollout, permille, mark).await {
             let reason = format!("step {step} could not be applied: {e}");
@@ -95,7 +103,7 @@ async fn steps(
             steps,
             permille,
         });
-        let (canary0, stable0) = snapshots(controller, rollout);
+        let (mut canary0, mut stable0) = snapshots(controller, rollout);
         let step_started = Instant::now();
         loop {
             let asked = abort.borrow_and_update().clone();
@@ -113,13 +121,15 @@ async fn steps(
                 _ = abort.changed() => continue,
             }
             let (canary1, stable1) = snapshots(controller, rollout);
+            Snapshot::start_new_nodes(&mut canary0, &canary1);
+            Snapshot::start_new_nodes(&mut stable0, &stable1);
             let elapsed = step_started.elapsed();
             last = RolloutProgress {
                 step,
                 steps,
                 permille,
-                canary: canary1.since(&canary0),
-                stable: stable1.since(&stable0),
+                canary: Snapshot::window_of(&canary1, &canary0),
+                stable: Snapshot::window_of(&stable1, &stable0),
                 next_step_in: spec.interval.saturating_sub(elapsed),
                 waiting: false,
             };

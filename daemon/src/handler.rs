@@ -74,6 +74,14 @@ impl ControlHandler {
         self
     }
 
+    /// Fleet mode: a change answers once every connected node serves it.
+    async fn fleet_acks(&self, generation: u64) -> Result<(), ControlError> {
+        self.controller
+            .wait_fleet(generation)
+            .await
+            .map_err(to_control)
+    }
+
     fn certs(&self) -> Result<&Arc<CertManager>, ControlError> {
         self.certs
             .as_ref()
@@ -292,6 +300,10 @@ fn to_control(e: DeployError) -> ControlError {
         DeployError::BadRollout(_) | DeployError::MetricsOff => ErrorCode::BadRollout,
         DeployError::ReloadRefused(_) => ErrorCode::ReloadRefused,
         DeployError::Upgrading => ErrorCode::Unavailable,
+        DeployError::FleetUnreachable(_) => ErrorCode::FleetUnreachable,
+        DeployError::Conflict { .. } => ErrorCode::Conflict,
+        DeployError::FleetLagging { .. } => ErrorCode::FleetLagging,
+        DeployError::RemoteRollout { .. } => ErrorCode::RolloutRunning,
     };
     ControlError::new(code, e.to_string())
 }
@@ -373,6 +385,7 @@ impl Handler for ControlHandler {
                     .switch(service.as_deref(), &pool, force, &who)
                     .await
                     .map_err(to_control)?;
+                self.fleet_acks(outcome.generation).await?;
                 let drain = if wait_drain && outcome.changed {
                     let (service, old) = (outcome.service.clone(), outcome.moved_from.clone());
                     let d = drain_left_pool(&self.controller, &outcome, drain_timeout, |n, l| {
@@ -396,18 +409,23 @@ impl Handler for ControlHandler {
                 };
                 Ok(switch_reply(outcome, drain))
             }
-            Request::Rollback { service, force } => self
-                .controller
-                .rollback(service.as_deref(), force, &who)
-                .await
-                .map(|o| switch_reply(o, None))
-                .map_err(to_control),
+            Request::Rollback { service, force } => {
+                let outcome = self
+                    .controller
+                    .rollback(service.as_deref(), force, &who)
+                    .await
+                    .map_err(to_control)?;
+                self.fleet_acks(outcome.generation).await?;
+                Ok(switch_reply(outcome, None))
+            }
             request @ (Request::Certs | Request::CertsRenew { .. } | Request::ReloadCerts) => {
                 self.handle_certs(request).await
             }
-            Request::Reload { force } => reload(&self.controller, self.certs.as_ref(), force, &who)
-                .await
-                .map(Reply::Reload),
+            Request::Reload { force } => {
+                let reply = reload(&self.controller, self.certs.as_ref(), force, &who).await?;
+                self.fleet_acks(reply.generation).await?;
+                Ok(Reply::Reload(reply))
+            }
             Request::Upgrade => {
                 let upgrader = self.upgrader.as_ref().ok_or_else(|| {
                     ControlError::new(ErrorCode::UpgradeFailed, "this process cannot upgrade")
@@ -427,6 +445,7 @@ impl Handler for ControlHandler {
                     .set_canary(service.as_deref(), &pool, weight, force, &who)
                     .await
                     .map_err(to_control)?;
+                self.fleet_acks(o.generation).await?;
                 Ok(Reply::Canary(CanaryReply {
                     service: o.service,
                     pool: o.pool,
@@ -529,6 +548,7 @@ impl Handler for ControlHandler {
                     )
                     .await
                     .map_err(to_control)?;
+                self.fleet_acks(o.generation).await?;
                 Ok(Reply::PoolSet(PoolSetReply {
                     service: o.service,
                     pool: o.pool,

@@ -5,7 +5,11 @@
 //! rollout judged is what the dashboard shows. Everything here is pure and tested beside the
 //! code.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// One pool's counters on each node that serves it, by node name.
+pub type Counts = BTreeMap<String, Snapshot>;
 
 use switchback_proxy::split::BUCKETS;
 use switchback_proxy::Pool;
@@ -86,8 +90,9 @@ pub fn percent(permille: u32) -> f64 {
     permille as f64 / 10.0
 }
 
-/// A pool's counters at one moment.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A pool's counters at one moment (in fleet mode, one node's: nodes publish them, and a
+/// rollout judges their sum).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     by_class: [u64; 5],
     connect_failures: u64,
@@ -104,6 +109,44 @@ impl Snapshot {
             connect_failures: pool.connect_failures(),
             buckets: pool.stats.judged_latency_buckets(),
         }
+    }
+
+    /// `self` plus `other`: counters of the same pool on two nodes (the same histogram).
+    pub fn add(&mut self, other: &Snapshot) {
+        for (mine, theirs) in self.by_class.iter_mut().zip(other.by_class) {
+            *mine += theirs;
+        }
+        self.connect_failures += other.connect_failures;
+        if self.buckets.is_empty() {
+            self.buckets = other.buckets.clone();
+        } else if self.buckets.len() == other.buckets.len() {
+            for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+                mine.1 += theirs.1;
+            }
+        }
+    }
+
+    /// Takes the nodes `now` has and `start` lacks into `start` as they are now: a node whose
+    /// counters arrive after a step began counts from its first counters on.
+    pub fn start_new_nodes(start: &mut Counts, now: &Counts) {
+        for (node, snapshot) in now {
+            start
+                .entry(node.clone())
+                .or_insert_with(|| snapshot.clone());
+        }
+    }
+
+    /// What happened on several nodes between two moments: the sum of each node's window, for
+    /// the nodes seen at both (see [`Snapshot::start_new_nodes`]).
+    pub fn window_of(now: &Counts, start: &Counts) -> Window {
+        let (mut sum_now, mut sum_start) = (Snapshot::default(), Snapshot::default());
+        for (node, then) in start {
+            if let Some(now) = now.get(node) {
+                sum_now.add(now);
+                sum_start.add(then);
+            }
+        }
+        sum_now.since(&sum_start)
     }
 
     /// What happened between `start` and this snapshot.
@@ -279,6 +322,36 @@ mod tests {
             connect_failures: 0,
             p95: Some(p95),
         }
+    }
+
+    fn snapshot(ok: u64, errors: u64, fast: u64, slow: u64) -> Snapshot {
+        Snapshot {
+            by_class: [0, ok, 0, 0, errors],
+            connect_failures: 0,
+            buckets: vec![(0.1, fast), (10.0, fast + slow)],
+        }
+    }
+
+    #[test]
+    fn a_fleet_window_sums_each_nodes_window() {
+        let start: Counts = [
+            ("a".to_string(), snapshot(100, 1, 101, 0)),
+            ("b".to_string(), snapshot(50, 0, 50, 0)),
+        ]
+        .into();
+        let now: Counts = [
+            ("a".to_string(), snapshot(190, 1, 191, 0)),
+            ("b".to_string(), snapshot(60, 10, 50, 20)),
+            // Seen only now: its counters from before the step are not the step's.
+            ("c".to_string(), snapshot(1000, 500, 1500, 0)),
+        ]
+        .into();
+        let w = Snapshot::window_of(&now, &start);
+        assert_eq!((w.requests, w.errors), (90 + 20, 10));
+        // 110 requests: 90 fast, 20 slow; the 95th is in the slow bucket.
+        assert!(w.p95.unwrap() > 0.1, "{w:?}");
+        let alone: Counts = [("a".to_string(), snapshot(190, 1, 191, 0))].into();
+        assert_eq!(Snapshot::window_of(&alone, &start).errors, 0);
     }
 
     #[test]

@@ -210,15 +210,30 @@ pub fn run(config: Config) -> Result<(), RunError> {
         }
     }
     let controller = Arc::new(Controller::start(config.clone(), metrics.clone())?);
+    if let (Some(fleet), Some(certs)) = (controller.fleet(), &certs) {
+        fleet.attach_certs(certs.clone());
+    }
     for notice in controller.notices() {
         error!("{notice}");
     }
-    // Backends given by name get their addresses before the first request.
-    let first_names = tokio::runtime::Builder::new_current_thread()
+    let start_runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(RunError::Runtime)?
-        .block_on(resolve_names(&controller));
+        .map_err(RunError::Runtime)?;
+    // Fleet mode: the fleet's state before the first request, when etcd answers.
+    if let Some(fleet) = controller.fleet() {
+        match start_runtime.block_on(fleet.read_once(controller.as_ref())) {
+            Ok(()) => {
+                info!(node = %fleet.node(), generation = start_runtime.block_on(controller.generation()), "fleet state read")
+            }
+            Err(e) => {
+                warn!(error = %e, "fleet store unreachable at start: serving the state file's state until it is back")
+            }
+        }
+    }
+    // Backends given by name get their addresses before the first request.
+    let first_names = start_runtime.block_on(resolve_names(&controller));
+    drop(start_runtime);
     let bind = if taking_over {
         switchback_control::bind_taking_over
     } else {
@@ -284,7 +299,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
         &server.configuration,
         SwitchbackProxy::new(controller.table_handle(), metrics.clone())
             .with_server(&config.server)
-            .with_bucket_signer(BucketSigner::new(&bucket_key(&config.state.dir)?))
+            .with_bucket_signer(BucketSigner::new(&match controller.fleet() {
+                Some(fleet) => fleet.bucket_key().to_vec(),
+                None => bucket_key(&config.state.dir)?,
+            }))
             .with_access_log(access_log.clone())
             .with_tls(
                 certs.as_ref().map(|c| c.challenges()),
@@ -358,6 +376,14 @@ pub fn run(config: Config) -> Result<(), RunError> {
             controller: controller.clone(),
         },
     ));
+    if controller.fleet().is_some() {
+        server.add_service(background_service(
+            "fleet",
+            FleetService {
+                controller: controller.clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "backend names",
         NameService {
@@ -618,6 +644,21 @@ impl BackgroundService for NameService {
             wait = resolve_names(&self.controller)
                 .await
                 .unwrap_or_else(|| self.controller.config().resolver.refresh);
+        }
+    }
+}
+
+/// Follows the fleet's state in etcd (see [`crate::fleet`]).
+struct FleetService {
+    controller: Arc<Controller>,
+}
+
+#[async_trait]
+impl BackgroundService for FleetService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        if let Some(fleet) = self.controller.fleet() {
+            let follower: Arc<dyn crate::fleet::Follower> = self.controller.clone();
+            fleet.follow(follower, shutdown).await;
         }
     }
 }

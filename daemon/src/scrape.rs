@@ -99,11 +99,45 @@ pub fn gather(metrics: &Metrics, status: &StatusReply, certs: &[CertStatus]) -> 
     if !certs.is_empty() {
         families.extend(cert_families(certs));
     }
+    if let Some(fleet) = &status.fleet {
+        families.extend(fleet_families(fleet));
+    }
     // A labelled family with no series yet (no ACME host, say) is left out, as the text
     // format has no way to write it.
     families.retain(|f| !f.get_metric().is_empty());
     families.sort_by(|a, b| a.name().cmp(b.name()));
     families
+}
+
+fn fleet_families(fleet: &switchback_control::FleetStatus) -> Vec<MetricFamily> {
+    let connected = IntGauge::new(
+        "switchback_fleet_connected",
+        "Fleet mode: 1 while this node is connected to etcd (changes are refused while it is 0).",
+    )
+    .expect("a valid metric");
+    connected.set(fleet.connected as i64);
+    let applied = gauge(
+        "switchback_fleet_applied_generation",
+        "Fleet mode: the generation of the fleet state each node serves, as this node sees it.",
+        &["node"],
+    );
+    let node_connected = gauge(
+        "switchback_fleet_node_connected",
+        "Fleet mode: 1 for a node that holds a live lease in etcd, as this node sees it.",
+        &["node"],
+    );
+    for n in &fleet.nodes {
+        applied
+            .with_label_values(&[&n.name])
+            .set(n.generation as i64);
+        node_connected
+            .with_label_values(&[&n.name])
+            .set(n.connected as i64);
+    }
+    let mut out = connected.collect();
+    out.extend(applied.collect());
+    out.extend(node_connected.collect());
+    out
 }
 
 fn cert_families(certs: &[CertStatus]) -> Vec<MetricFamily> {

@@ -6,8 +6,8 @@
 //! dashboard can never disagree about which pool is active or which backend is down.
 
 use switchback_control::{
-    BackendHealth, BackendStatus, CanaryView, PoolStatus, RolloutStatus, ServiceStatus, SplitShare,
-    StatusReply,
+    BackendHealth, BackendStatus, CanaryView, FleetNode, FleetStatus, PoolStatus, RolloutStatus,
+    ServiceStatus, SplitShare, StatusReply,
 };
 use switchback_proxy::health::Health;
 use switchback_proxy::names::Resolved;
@@ -39,7 +39,27 @@ pub fn read(controller: &Controller, only: Option<&str>) -> Result<StatusReply, 
         state_file: controller.state_path().display().to_string(),
         notices: controller.notices().to_vec(),
         services,
+        fleet: controller.fleet().map(|f| fleet_status(f)),
     })
+}
+
+fn fleet_status(fleet: &crate::fleet::Fleet) -> FleetStatus {
+    FleetStatus {
+        node: fleet.node().to_string(),
+        connected: fleet.connected(),
+        problem: fleet.problem(),
+        nodes: fleet
+            .nodes()
+            .into_iter()
+            .map(|n| FleetNode {
+                name: n.name,
+                generation: n.ack.generation,
+                last_seen: n.ack.seen,
+                connected: n.connected,
+                error: n.ack.error,
+            })
+            .collect(),
+    }
 }
 
 fn service_status(controller: &Controller, route: &ServiceRoute) -> ServiceStatus {

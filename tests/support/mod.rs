@@ -23,6 +23,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 pub mod dns;
+pub mod etcd;
 pub mod pebble;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchback");

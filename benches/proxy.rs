@@ -33,6 +33,8 @@
 //!   nginx, HAProxy) and 3 upgrades of switchback itself (see `proxy/reload.rs`);
 //! - `shaping`: what header rules and gzip compression cost switchback, and its gzip beside
 //!   nginx's at the same level (see `proxy/shaping.rs`).
+//! - `fleet`: three nodes sharing one etcd: how long a switch takes to reach all of them, and
+//!   the failed requests meanwhile (see `proxy/fleet.rs`). Not in the default set.
 //!
 //! Needs wrk, nginx and haproxy (Debian packages `wrk nginx-light haproxy`), and valgrind for
 //! `instructions`. Everything listens
@@ -47,6 +49,8 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchback");
 
+#[path = "proxy/fleet.rs"]
+mod fleet;
 #[path = "proxy/memory.rs"]
 mod memory;
 #[path = "proxy/reload.rs"]
@@ -1184,8 +1188,9 @@ fn main() {
             "retry" => retry::retry(&bench, &o),
             "reload" => reload::reload(&bench, &o),
             "shaping" => shaping::shaping(&bench, &o),
+            "fleet" => fleet::fleet(&bench, &o),
             other => panic!(
-                "unknown scenario {other} (http, https, switch, observability, canary, instructions, memory, retry, reload)"
+                "unknown scenario {other} (http, https, switch, observability, canary, instructions, memory, retry, reload, shaping, fleet)"
             ),
         }
     }

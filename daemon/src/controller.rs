@@ -1202,6 +1202,18 @@ impl Follower for Controller {
                 was, revision, "fleet state applied"
             );
         }
+        // Names another node gave a pool are looked up now, not at the next round.
+        let resolved = self.resolved.load_full();
+        let new: Vec<String> = names_of(&live)
+            .into_iter()
+            .filter(|h| resolved.get(h).is_none())
+            .collect();
+        drop(live);
+        if !new.is_empty() {
+            let config = self.config.load_full();
+            let round = crate::names::lookup(&config.resolver, &new, &resolved).await;
+            self.apply_names(&round.answers).await;
+        }
     }
 
     async fn local_state(&self) -> LiveState {

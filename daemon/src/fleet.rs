@@ -533,12 +533,18 @@ impl Fleet {
         }
     }
 
-    /// Takes this node out at a clean stop: its lease ends, so no change waits for it.
+    /// Takes this node out at a clean stop: its ack goes, so no change waits for it. Only its
+    /// own: after an upgrade, the new process acks under the same name with a lease of its own.
     async fn leave(&self) {
         let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let lease = self.lease.load(Ordering::SeqCst);
         if let Some(mut client) = client {
-            let key = format!("{}/nodes/{}", self.config.prefix, self.node());
-            let _ = call("leave", client.delete(key, None)).await;
+            let key = self.key(&format!("nodes/{}", self.node()));
+            let txn = Txn::new()
+                .when(vec![Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+                .and_then(vec![TxnOp::delete(key.as_str(), None)]);
+            let _ = call("leave", client.txn(txn)).await;
+            let _ = call("end the lease", client.lease_revoke(lease)).await;
         }
         self.connected.store(false, Ordering::SeqCst);
     }

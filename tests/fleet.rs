@@ -146,6 +146,24 @@ async fn a_switch_through_one_node_reaches_every_node_before_it_returns() {
             .metric("switchback_fleet_applied_generation{node=\"node-2\"}"),
         Some((before + 1) as f64)
     );
+    assert_eq!(
+        fleet
+            .node(1)
+            .metric("switchback_fleet_node_connected{node=\"node-3\"}"),
+        Some(1.0)
+    );
+    // The fleet's metrics pass Prometheus' own lint.
+    let (_, scrape) = fleet.node(1).admin_get("/metrics");
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), scrape.as_bytes()).unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(lint.status.success(), "{lint:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

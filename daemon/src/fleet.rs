@@ -153,13 +153,18 @@ fn unreachable(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// An etcd client error without the transport's debug dump that tonic appends.
+fn short(error: &str) -> &str {
+    error.split(", source:").next().unwrap_or(error)
+}
+
 async fn call<T>(
     what: &str,
     f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Ok(Err(e)) => Err(format!("{what}: {}", short(&e.to_string()))),
         Err(_) => Err(format!("{what}: no answer within {CALL_TIMEOUT:?}")),
     }
 }
@@ -1009,4 +1014,89 @@ pub fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(secret: &[u8]) -> Fleet {
+        Fleet::new(
+            FleetConfig {
+                etcd: vec!["http://127.0.0.1:2379".into()],
+                prefix: "/switchback".into(),
+                node: "edge-1".into(),
+                ack_timeout: Duration::from_secs(5),
+                ca: None,
+                client_cert: None,
+                user: None,
+                key_file: "/k".into(),
+            },
+            secret,
+        )
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_the_same_key_file_and_for_the_same_key() {
+        let a = fleet(b"0123456789abcdef0123456789abcdef");
+        let sealed = a
+            .seal("/switchback/certs/x.test", b"-----BEGIN PRIVATE KEY-----")
+            .unwrap();
+        assert!(
+            !sealed.windows(5).any(|w| w == b"BEGIN"),
+            "not in the clear"
+        );
+        assert_eq!(
+            a.open("/switchback/certs/x.test", &sealed).unwrap(),
+            b"-----BEGIN PRIVATE KEY-----"
+        );
+        // Sealed twice, never the same bytes (a fresh nonce each time).
+        assert_ne!(
+            sealed,
+            a.seal("/switchback/certs/x.test", b"-----BEGIN PRIVATE KEY-----")
+                .unwrap()
+        );
+        // Moved to another key: refused.
+        assert!(a.open("/switchback/certs/y.test", &sealed).is_err());
+        // Another fleet's key file: refused, and said so.
+        let b = fleet(b"another key file, 32 bytes or more");
+        let e = b.open("/switchback/certs/x.test", &sealed).unwrap_err();
+        assert!(e.contains("another fleet.key_file"), "{e}");
+        assert!(a.open("/switchback/certs/x.test", b"short").is_err());
+    }
+
+    #[test]
+    fn every_node_of_a_fleet_signs_cookies_with_the_same_key() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        assert_eq!(fleet(secret).bucket_key(), fleet(secret).bucket_key());
+        assert_ne!(fleet(secret).bucket_key(), &secret[..]);
+        assert_ne!(
+            fleet(secret).bucket_key(),
+            fleet(b"another key file, 32 bytes or more").bucket_key()
+        );
+    }
+
+    #[test]
+    fn a_key_file_must_be_private_and_long_enough() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.key");
+        std::fs::write(&path, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(read_key_file(&path)
+            .unwrap_err()
+            .contains("make it mode 0600"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_key_file(&path).unwrap().len(), 32);
+        std::fs::write(&path, [7u8; 31]).unwrap();
+        assert!(read_key_file(&path).unwrap_err().contains("at least 32"));
+    }
+
+    #[test]
+    fn etcd_errors_lose_the_transport_dump() {
+        assert_eq!(
+            short("grpc request error: code: 'Unavailable', message: \"tcp connect error\", source: tonic::transport::Error(…)"),
+            "grpc request error: code: 'Unavailable', message: \"tcp connect error\""
+        );
+    }
 }

@@ -598,3 +598,58 @@ async fn a_rollout_judges_the_errors_of_every_node() {
         assert_eq!(node.active_pool("app"), "blue");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_logs_in_to_etcd_with_its_password_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let etcd = Etcd::start();
+    etcd.ctl(&["user", "add", "root", "--new-user-password", "s3cret-pass"])
+        .expect("add etcd's root user");
+    etcd.ctl(&["auth", "enable"]).expect("turn etcd's auth on");
+    let blue = Upstream::start("blue");
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let node = |name: &str, password: &str| {
+        let file = dir.path().join(format!("{name}.password"));
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Proxy::start(&format!(
+            "[fleet]\netcd = [\"{}\"]\nnode = \"{name}\"\nkey_file = \"{}\"\nusername = \"root\"\npassword_file = \"{}\"\n\
+             [services.app]\nactive = \"blue\"\npools.blue = [\"{}\"]\npools.green = [\"{}\"]\n",
+            etcd.url,
+            key.display(),
+            file.display(),
+            blue.addr,
+            blue.addr
+        ))
+    };
+    let good = node("node-1", "s3cret-pass");
+    wait_for("node 1 to log in", Duration::from_secs(20), || {
+        fleet_view(&good)["connected"] == true
+    });
+    good.cli_ok(&["switch", "green"]);
+    assert_eq!(good.active_pool("app"), "green");
+
+    // A wrong password: the node serves, says why it is not connected, and changes nothing.
+    let bad = node("node-2", "wrong");
+    wait_for(
+        "node 2 to report its failed login",
+        Duration::from_secs(20),
+        || {
+            fleet_view(&bad)["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("authentication failed"))
+        },
+    );
+    assert_eq!(fleet_view(&bad)["connected"], false);
+    // It never read the fleet: it serves its own state file's state (blue).
+    assert_eq!(bad.active_pool("app"), "blue");
+    let refused = bad.cli(&["switch", "green"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("fleet_unreachable"),
+        "{refused:?}"
+    );
+    assert_eq!(bad.active_pool("app"), "blue");
+    assert_eq!(get_once(bad.addr(), "/").await.unwrap().status, 200);
+}

@@ -477,7 +477,10 @@ impl Fleet {
             .with_keep_alive_while_idle(true);
         if let Some((user, file)) = &self.config.user {
             let password = read_secret(file)?;
-            options = options.with_user(user, password);
+            // A token that expires is renewed on the next call, not by a broken session.
+            options = options
+                .with_user(user, password)
+                .with_auto_token_refresh(true);
         }
         if self.config.ca.is_some() || self.config.client_cert.is_some() {
             let mut tls = etcd_client::TlsOptions::new();

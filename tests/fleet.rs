@@ -74,6 +74,15 @@ impl Fleet {
     }
 }
 
+/// etcd, a blue and a green upstream, and three nodes in front of them with green healthy.
+fn blue_green_fleet(ack_timeout: &str) -> (Etcd, Upstream, Upstream, Fleet) {
+    let etcd = Etcd::start();
+    let (blue, green) = (Upstream::start("blue"), Upstream::start("green"));
+    let fleet = Fleet::start(&etcd, &blue_green(&blue, &green), ack_timeout);
+    fleet.node(1).wait_health("app", "green", "healthy");
+    (etcd, blue, green, fleet)
+}
+
 fn generation(proxy: &Proxy) -> u64 {
     proxy.status()["generation"].as_u64().unwrap()
 }
@@ -153,25 +162,12 @@ async fn a_switch_through_one_node_reaches_every_node_before_it_returns() {
         Some(1.0)
     );
     // The fleet's metrics pass Prometheus' own lint.
-    let (_, scrape) = fleet.node(1).admin_get("/metrics");
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), scrape.as_bytes()).unwrap();
-    let lint = lint.wait_with_output().unwrap();
-    assert!(lint.status.success(), "{lint:?}");
+    assert_promtool_accepts(&fleet.node(1).admin_get("/metrics").1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_keeps_each_client_on_the_same_pool_on_every_node() {
-    let etcd = Etcd::start();
-    let (blue, green) = (Upstream::start("blue"), Upstream::start("green"));
-    let fleet = Fleet::start(&etcd, &blue_green(&blue, &green), "5s");
-    fleet.node(1).wait_health("app", "green", "healthy");
+    let (_etcd, _blue, _green, fleet) = blue_green_fleet("5s");
     fleet.node(1).cli_ok(&["canary", "green", "10"]);
     let mut on_green = 0;
     for client in 0..200 {
@@ -276,10 +272,7 @@ async fn two_nodes_changing_one_service_at_once_cannot_both_win() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_loses_etcd_keeps_serving_refuses_changes_and_catches_up() {
-    let mut etcd = Etcd::start();
-    let (blue, green) = (Upstream::start("blue"), Upstream::start("green"));
-    let mut fleet = Fleet::start(&etcd, &blue_green(&blue, &green), "1s");
-    fleet.node(1).wait_health("app", "green", "healthy");
+    let (mut etcd, _blue, _green, mut fleet) = blue_green_fleet("1s");
     fleet.node(1).cli_ok(&["switch", "green", "--force"]);
 
     // etcd goes away: traffic goes on, changes are refused everywhere.
@@ -372,10 +365,7 @@ async fn a_node_that_loses_etcd_keeps_serving_refuses_changes_and_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_whose_driving_node_dies_ends_on_the_stable_pool() {
-    let etcd = Etcd::start();
-    let (blue, green) = (Upstream::start("blue"), Upstream::start("green"));
-    let mut fleet = Fleet::start(&etcd, &blue_green(&blue, &green), "5s");
-    fleet.node(1).wait_health("app", "green", "healthy");
+    let (etcd, _blue, _green, mut fleet) = blue_green_fleet("5s");
     // A rollout driven by node 1, on its first step for a minute.
     let mut cli = Command::new(BIN)
         .arg("--socket")
@@ -551,10 +541,7 @@ fn plain_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_judges_the_errors_of_every_node() {
-    let etcd = Etcd::start();
-    let (blue, green) = (Upstream::start("blue"), Upstream::start("green"));
-    let fleet = Fleet::start(&etcd, &blue_green(&blue, &green), "5s");
-    fleet.node(1).wait_health("app", "green", "healthy");
+    let (_etcd, _blue, green, fleet) = blue_green_fleet("5s");
     green.set_failing(50);
     // Every request reaches node 2; the rollout runs on node 1, which sees none of them.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -6,23 +6,10 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-
-fn promtool() -> &'static str {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    assert!(
-        found.is_ok_and(|s| s.success()),
-        "promtool is missing: apt-get install -y prometheus (.ci/run does)"
-    );
-    "promtool"
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_counts_known_traffic_under_the_right_labels() {
@@ -156,27 +143,7 @@ fn promtool_accepts_a_live_scrape_and_the_rules() {
     proxy.wait_health("app", "blue", "healthy");
     let (status, scrape) = proxy.admin_get("/metrics");
     assert_eq!(status, 200);
-    let mut child = Command::new(tool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(scrape.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_promtool_accepts(&scrape);
 
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     for args in [

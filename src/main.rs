@@ -326,6 +326,13 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
             for warning in name_warnings(&c) {
                 eprintln!("warning: {warning}");
             }
+            // The key file may be put in place on the proxy's machine only, so not an error
+            // here; `run` refuses to start without it.
+            if let Some(fleet) = &c.fleet {
+                if let Err(e) = switchback_daemon::fleet::read_key_file(&fleet.key_file) {
+                    eprintln!("warning: fleet.key_file: {e}; `switchback run` will not start until it is fixed");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,

@@ -640,3 +640,46 @@ async fn a_node_logs_in_to_etcd_with_its_password_file() {
     assert_eq!(bad.active_pool("app"), "blue");
     assert_eq!(get_once(bad.addr(), "/").await.unwrap().status, 200);
 }
+
+#[test]
+fn a_key_file_others_can_read_is_refused_with_a_clear_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = dir.path().join("switchback.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n[control]\nsocket = \"{d}/control.sock\"\n[state]\ndir = \"{d}/state\"\n\
+             [fleet]\netcd = [\"http://127.0.0.1:{}\"]\nnode = \"a\"\nkey_file = \"{}\"\n\
+             [services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:9\"]\n",
+            free_port(),
+            free_port(),
+            key.display(),
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    // `check` warns (the file may only exist on the proxy's machine)...
+    let check = check_config(&config);
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        err.contains("warning: fleet.key_file:") && err.contains("make it mode 0600"),
+        "{err}"
+    );
+    // ...and `run` refuses to start, saying why.
+    let run = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("fleet.key_file:") && err.contains("can be read by others"),
+        "{err}"
+    );
+}

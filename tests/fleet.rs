@@ -683,3 +683,65 @@ fn a_key_file_others_can_read_is_refused_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_mid_order_releases_the_lock_with_its_lease() {
+    let etcd = Etcd::start();
+    let blue = Upstream::start("blue");
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path());
+    // A CA that accepts connections and never answers: an order hangs for acme.timeout,
+    // holding the fleet's lock on the name.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let directory = format!(
+        "https://127.0.0.1:{}/dir",
+        hole.local_addr().unwrap().port()
+    );
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hole.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let mut nodes: Vec<Proxy> = (1..=2)
+        .map(|n| {
+            let mut node = Proxy::unstarted(true);
+            node.launch(&format!(
+                "{}[acme]\ndirectory = \"{directory}\"\nretry_after = \"1s\"\ntimeout = \"60s\"\n\
+                 [services.app]\nhosts = [\"app.switchback.test\"]\nactive = \"blue\"\npools.blue = [\"{}\"]\ntls = \"acme\"\n",
+                fleet_section(&etcd, n, &key, "5s"),
+                blue.addr
+            ));
+            node
+        })
+        .collect();
+    let lock = "/switchback/locks/acme/app.switchback.test";
+    wait_for(
+        "a node to take the order lock",
+        Duration::from_secs(20),
+        || etcd.get(lock).is_some(),
+    );
+    let holder = etcd.get(lock).unwrap();
+    let (dying, other) = if holder == "node-1" {
+        (0, "node-2")
+    } else {
+        (1, "node-1")
+    };
+    // The other node waits for it, and says who orders.
+    wait_for(
+        "the other node to see who orders",
+        Duration::from_secs(20),
+        || {
+            nodes[1 - dying]
+            .log()
+            .contains(&format!("another fleet node is ordering this certificate host=app.switchback.test node={holder}"))
+        },
+    );
+    nodes[dying].kill();
+    // Its lease ends within 3 s, and the lock with it: the other node takes it over.
+    wait_for(
+        "the other node to take the lock",
+        Duration::from_secs(20),
+        || etcd.get(lock).as_deref() == Some(other),
+    );
+}

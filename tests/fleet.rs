@@ -745,3 +745,36 @@ async fn a_node_that_dies_mid_order_releases_the_lock_with_its_lease() {
         || etcd.get(lock).as_deref() == Some(other),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_node_stays_in_the_fleet() {
+    let (_etcd, _blue, _green, mut fleet) = blue_green_fleet("5s");
+    let load = Load::start(fleet.node(1).addr(), "app.test", 2, 1, |a| a.status == 200);
+    load.wait_for_more(50, "requests before the upgrade");
+    let (old, new) = fleet.nodes[0].upgrade();
+    wait_exited(old);
+    load.wait_for_more(50, "requests after the upgrade");
+    load.stop_with_no_failure().await;
+    assert_eq!(fleet.node(1).status()["pid"].as_u64(), Some(new));
+    // The new process is node-1, connected, and a change waits for it and reaches it.
+    fleet.wait_all_connected();
+    fleet.node(2).cli_ok(&["switch", "green"]);
+    assert_eq!(
+        get_once(fleet.node(1).addr(), "/").await.unwrap().pool,
+        "green"
+    );
+    let view = fleet_view(fleet.node(2));
+    let node_1 = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(node_1["connected"], true, "{view}");
+    assert_eq!(
+        node_1["generation"],
+        fleet.node(2).status()["generation"],
+        "{view}"
+    );
+}

@@ -55,8 +55,8 @@ pub type PoolCounts = BTreeMap<String, Snapshot>;
 const LEASE_TTL: i64 = 3;
 /// How often the lease is kept alive: three times per TTL.
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
-/// How often a node's `members` record is written again while nothing changes, for `status`'s
-/// last seen.
+/// How often a node's ack and `members` record are written again while nothing changes, for
+/// `status`'s last seen.
 const MEMBER_REFRESH: Duration = Duration::from_secs(10);
 /// The longest wait for one call to etcd.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -617,7 +617,9 @@ impl Fleet {
                     call("keep the lease alive", keeper.keep_alive()).await?;
                     self.publish_counts(&mut client, follower, lease).await?;
                     if member_written.elapsed() >= MEMBER_REFRESH {
-                        self.publish(&mut client, lease, false).await?;
+                        // The live ack too: after an upgrade, the old process's last words may
+                        // have removed it.
+                        self.publish(&mut client, lease, true).await?;
                         member_written = tokio::time::Instant::now();
                     }
                 }

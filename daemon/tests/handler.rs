@@ -552,3 +552,47 @@ async fn upgrade_needs_a_process_to_hand_over_and_a_frozen_plane_changes_nothing
         "green"
     );
 }
+
+#[tokio::test]
+async fn a_fleet_node_without_etcd_refuses_changes_and_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("fleet.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Nothing listens on port 1: the node never reaches etcd.
+    let p = Plane::new(&format!(
+        "[fleet]\netcd = [\"http://127.0.0.1:1\"]\nnode = \"edge-1\"\nkey_file = \"{}\"\n",
+        key.display()
+    ));
+    p.set_health("app", GREEN, true);
+    for request in [
+        switch("green"),
+        canary("green", 10.0),
+        Request::PoolSet {
+            service: None,
+            pool: "green".into(),
+            backends: vec!["127.0.0.1:9012".into()],
+            wait: false,
+            timeout: None,
+        },
+    ] {
+        let e = p.refused(request, ErrorCode::FleetUnreachable).await;
+        assert!(
+            e.message.contains("fleet store unreachable") && e.message.contains("nothing changed"),
+            "{}",
+            e.message
+        );
+    }
+    let live = p.controller.live_state().await;
+    assert_eq!(live.services["app"].active, "blue");
+    assert_eq!(live.services["app"].canary, None);
+    assert_eq!(live.generation, 0);
+    // status says which node this is and why it is not connected.
+    let Reply::Status(s) = p.ask(Request::Status { service: None }).await.unwrap() else {
+        panic!("a status reply")
+    };
+    let fleet = s.fleet.expect("a fleet part");
+    assert_eq!((fleet.node.as_str(), fleet.connected), ("edge-1", false));
+    assert!(fleet.problem.is_some());
+}

@@ -58,6 +58,8 @@ pub enum DeployError {
     MetricsOff,
     #[error("fleet store unreachable ({0}): this node keeps serving its last applied state, and refuses changes until etcd is back; nothing changed")]
     FleetUnreachable(String),
+    #[error("the fleet store did not answer the write ({0}): the change may or may not have been made; this node serves what it had, and `switchback status` tells once it is back")]
+    FleetWriteUnknown(String),
     #[error("conflict: another node changed service {service:?} meanwhile (the fleet is at generation {generation}); check `switchback status` and try again; nothing changed")]
     Conflict { service: String, generation: u64 },
     #[error("generation {generation} was written to the fleet, but these nodes did not apply it within {}ms: {}; they converge when they can", timeout.as_millis(), nodes.join(", "))]

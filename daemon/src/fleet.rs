@@ -400,8 +400,9 @@ impl Fleet {
             let response = match call("write the state", client.txn(txn)).await {
                 Ok(r) => r,
                 Err(e) => {
+                    // The write may have gone through: the next session reads what it did.
                     self.set_disconnected(e.clone());
-                    return Err(DeployError::FleetUnreachable(e));
+                    return Err(DeployError::FleetWriteUnknown(e));
                 }
             };
             if response.succeeded() {

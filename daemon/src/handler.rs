@@ -300,7 +300,9 @@ fn to_control(e: DeployError) -> ControlError {
         DeployError::BadRollout(_) | DeployError::MetricsOff => ErrorCode::BadRollout,
         DeployError::ReloadRefused(_) => ErrorCode::ReloadRefused,
         DeployError::Upgrading => ErrorCode::Unavailable,
-        DeployError::FleetUnreachable(_) => ErrorCode::FleetUnreachable,
+        DeployError::FleetUnreachable(_) | DeployError::FleetWriteUnknown(_) => {
+            ErrorCode::FleetUnreachable
+        }
         DeployError::Conflict { .. } => ErrorCode::Conflict,
         DeployError::FleetLagging { .. } => ErrorCode::FleetLagging,
         DeployError::RemoteRollout { .. } => ErrorCode::RolloutRunning,

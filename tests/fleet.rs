@@ -778,3 +778,69 @@ async fn an_upgraded_node_stays_in_the_fleet() {
         "{view}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_config_lacks_the_new_pool_is_named_and_keeps_serving_its_own() {
+    let etcd = Etcd::start();
+    let (blue, green, red) = (
+        Upstream::start("blue"),
+        Upstream::start("green"),
+        Upstream::start("red"),
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path());
+    let with_red = format!(
+        "{}pools.red = [\"{}\"]\n",
+        blue_green(&blue, &green),
+        red.addr
+    );
+    let nodes: Vec<Proxy> = (1..=3)
+        .map(|n| {
+            let services = if n == 3 {
+                blue_green(&blue, &green)
+            } else {
+                with_red.clone()
+            };
+            Proxy::start(&format!(
+                "{}\n{services}",
+                fleet_section(&etcd, n, &key, "2s")
+            ))
+        })
+        .collect();
+    let fleet = Fleet { nodes, _keys: keys };
+    fleet.wait_all_connected();
+    fleet.node(1).wait_health("app", "red", "healthy");
+    // Node 3 has no pool red: the change is made where it can be, and node 3 is named.
+    let lagging = fleet.node(1).cli(&["switch", "red"]);
+    let err = String::from_utf8_lossy(&lagging.stderr);
+    assert_eq!(lagging.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("fleet_lagging")
+            && err.contains("node-3")
+            && err.contains("this node's config has no pool \"red\""),
+        "{err}"
+    );
+    assert_eq!(
+        get_once(fleet.node(2).addr(), "/").await.unwrap().pool,
+        "red"
+    );
+    assert_eq!(
+        get_once(fleet.node(3).addr(), "/").await.unwrap().pool,
+        "blue"
+    );
+    let view = fleet_view(fleet.node(3));
+    assert!(
+        view["nodes"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no pool"),
+        "{view}"
+    );
+    // A pool every node has: all of them take it, and the error is gone.
+    fleet.node(1).wait_health("app", "green", "healthy");
+    fleet.node(1).cli_ok(&["switch", "green"]);
+    for node in &fleet.nodes {
+        assert_eq!(get_once(node.addr(), "/").await.unwrap().pool, "green");
+    }
+    assert!(fleet_view(fleet.node(3))["nodes"][0].get("error").is_none());
+}

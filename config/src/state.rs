@@ -199,9 +199,10 @@ impl LiveState {
 impl LiveState {
     /// Lays a fleet's desired state (shared by several proxies, each with its own config file)
     /// over `self`, this node's live state: for every service both have, the fleet's active
-    /// pool, rollback pool, canary, rollout mark and pool backends, where this config has the
-    /// pools they name. A service or pool this config lacks is left as it is, and each such
-    /// problem is returned. The generation is the fleet's.
+    /// pool, canary, rollout mark, rollback pool and pool backends. A service whose active,
+    /// canary or rollout pool this config lacks is left as it is, and the problem returned;
+    /// pools only the fleet has are left out (a node whose file is reloaded later gets them
+    /// then), and so is a rollback pool this config lacks. The generation is the fleet's.
     pub fn adopt(&self, config: &Config, fleet: &LiveState) -> (LiveState, Vec<String>) {
         let mut next = self.clone();
         next.generation = fleet.generation;
@@ -214,10 +215,8 @@ impl LiveState {
             let canary = wanted.canary.as_ref().map(|c| &c.pool);
             let rollout = wanted.rollout.as_ref().map(|r| &r.pool);
             let missing: Vec<&String> = std::iter::once(&wanted.active)
-                .chain(wanted.rollback_to.as_ref())
                 .chain(canary)
                 .chain(rollout)
-                .chain(wanted.pools.keys())
                 .filter(|p| conf.pool(p).is_none())
                 .collect();
             if let Some(pool) = missing.first() {
@@ -227,7 +226,13 @@ impl LiveState {
                 continue;
             }
             service.active = wanted.active.clone();
-            service.rollback_to = wanted.rollback_to.clone();
+            if let Some(pool) = wanted
+                .rollback_to
+                .as_ref()
+                .filter(|p| conf.pool(p).is_some())
+            {
+                service.rollback_to = Some(pool.clone());
+            }
             service.canary = wanted.canary.clone();
             service.rollout = wanted.rollout.clone();
             for (pool, state) in service.pools.iter_mut() {
@@ -418,14 +423,16 @@ mod tests {
             permille: 100,
         });
         app.pools.get_mut("green").unwrap().backends = vec!["127.0.0.1:9012".parse().unwrap()];
+        fleet.services.get_mut("app").unwrap().active = "red".into();
         let (adopted, problems) = local.adopt(&mine, &fleet);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("no pool \"red\""), "{problems:?}");
         assert_eq!(
             adopted.services, local.services,
-            "a service whose pools do not fit is left as it is"
+            "a service whose active pool is not in this config is left as it is"
         );
-        fleet.services.get_mut("app").unwrap().pools.remove("red");
+        // A pool only the fleet has, that serves nothing, is left out.
+        fleet.services.get_mut("app").unwrap().active = "green".into();
         let (adopted, problems) = local.adopt(&mine, &fleet);
         assert!(problems.is_empty(), "{problems:?}");
         let app = &adopted.services["app"];
@@ -437,6 +444,7 @@ mod tests {
             app.pools["green"].configured,
             local.services["app"].pools["green"].configured
         );
+        assert!(!app.pools.contains_key("red"));
         assert!(!adopted.services.contains_key("other"));
     }
 

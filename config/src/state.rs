@@ -246,12 +246,22 @@ impl LiveState {
 
     /// The fleet's state after a change this node made: `fleet` with the services that differ
     /// between `base` (this node's state before the change) and `next` (after it) taken from
-    /// `next`. Services the change did not touch keep what the fleet has.
+    /// `next`. Services the change did not touch keep what the fleet has, and so do the pools
+    /// of a touched service that only the fleet has (other nodes' configs have them).
     pub fn changed_over(fleet: &LiveState, base: &LiveState, next: &LiveState) -> LiveState {
         let mut merged = fleet.clone();
         for (name, service) in &next.services {
             if base.services.get(name) != Some(service) {
-                merged.services.insert(name.clone(), service.clone());
+                let mut service = service.clone();
+                if let Some(theirs) = fleet.services.get(name) {
+                    for (pool, state) in &theirs.pools {
+                        service
+                            .pools
+                            .entry(pool.clone())
+                            .or_insert_with(|| state.clone());
+                    }
+                }
+                merged.services.insert(name.clone(), service);
             }
         }
         merged
@@ -457,11 +467,23 @@ mod tests {
         let mut next = base.clone();
         next.services.get_mut("app").unwrap().active = "green".into();
         assert_eq!(LiveState::touched(&base, &next), vec!["app"]);
-        let merged = LiveState::changed_over(&fleet, &base, &next);
+        let mut with_red = fleet.clone();
+        with_red.services.get_mut("app").unwrap().pools.insert(
+            "red".into(),
+            PoolState {
+                backends: vec!["127.0.0.1:9003".parse().unwrap()],
+                configured: vec![],
+            },
+        );
+        let merged = LiveState::changed_over(&with_red, &base, &next);
         assert_eq!(merged.services["app"].active, "green", "the change is in");
         assert_eq!(
             merged.services["api"].active, "b",
             "another node's change stays"
+        );
+        assert!(
+            merged.services["app"].pools.contains_key("red"),
+            "a pool only other nodes have stays"
         );
     }
 

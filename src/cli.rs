@@ -310,8 +310,13 @@ pub fn print_status(s: &StatusReply) {
                 (Some(o), Some(why)) => format!("{}: {why}", o.as_str().replace('_', " ")),
                 (Some(o), None) => o.as_str().replace('_', " "),
             };
+            let driver = r
+                .node
+                .as_ref()
+                .map(|n| format!(" (driven by fleet node {n})"))
+                .unwrap_or_default();
             println!(
-                "  rollout {} (stable {})   step {}/{} at {}%   {state}",
+                "  rollout {} (stable {})   step {}/{} at {}%   {state}{driver}",
                 r.pool, r.stable_pool, r.step, r.steps, r.percent
             );
         }

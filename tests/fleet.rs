@@ -390,7 +390,26 @@ async fn a_rollout_whose_driving_node_dies_ends_on_the_stable_pool() {
         Duration::from_secs(20),
         || fleet.nodes.iter().all(|n| share(n) == 20.0),
     );
-    // Another node cannot take the service from under the rollout.
+    // Another node shows the rollout and who drives it...
+    let rollout = fleet.node(2).status()["services"][0]["rollout"].clone();
+    assert_eq!(
+        (
+            &rollout["pool"],
+            &rollout["running"],
+            &rollout["node"],
+            &rollout["percent"]
+        ),
+        (
+            &serde_json::json!("green"),
+            &serde_json::json!(true),
+            &serde_json::json!("node-1"),
+            &serde_json::json!(20.0)
+        ),
+        "{rollout}"
+    );
+    let table = fleet.node(2).cli_ok(&["status"]);
+    assert!(table.contains("(driven by fleet node node-1)"), "{table}");
+    // ...and cannot take the service from under it.
     let refused = fleet.node(2).cli(&["switch", "green"]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{err}");

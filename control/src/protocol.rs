@@ -394,6 +394,9 @@ pub struct RolloutStatus {
     pub outcome: Option<RolloutOutcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Fleet mode: the node that drives it, when it is another node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The answer to `certs`, `certs_renew` and `reload_certs`.

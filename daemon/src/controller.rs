@@ -62,6 +62,8 @@ pub struct Controller {
     reloads: tokio::sync::watch::Sender<u64>,
     table: Arc<ArcSwap<RoutingTable>>,
     live: Mutex<LiveState>,
+    /// What `live` holds, for readers that cannot wait for its lock (status).
+    published: ArcSwap<LiveState>,
     /// The last answer for every host name the live state gives a backend by; changed under
     /// the `live` lock only, so that a table is always built from a state and its answers.
     resolved: ArcSwap<Resolved>,
@@ -155,6 +157,7 @@ impl Controller {
             config: ArcSwap::new(config),
             reloads: tokio::sync::watch::Sender::new(0),
             table: Arc::new(ArcSwap::from_pointee(table)),
+            published: ArcSwap::from_pointee(live.clone()),
             live: Mutex::new(live),
             resolved: ArcSwap::from_pointee(resolved),
             store,
@@ -990,8 +993,14 @@ impl Controller {
         let before = self.table.swap(Arc::new(table));
         self.drain_left_pools(&before);
         self.forget_departed(&before);
+        self.published.store(Arc::new(next.clone()));
         *live = next;
         saved
+    }
+
+    /// The live state as last made live, without waiting for a change in progress.
+    pub fn state_now(&self) -> Arc<LiveState> {
+        self.published.load_full()
     }
 
     /// Fleet mode: ends, on the stable pool, every rollout whose driving node is gone from

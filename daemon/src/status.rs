@@ -85,7 +85,11 @@ fn service_status(controller: &Controller, route: &ServiceRoute) -> ServiceStatu
             pool: route.pools[c.pool].name.to_string(),
             percent: percent(c.permille),
         }),
-        rollout: controller.rollout(route.name()).map(|r| rollout_status(&r)),
+        rollout: controller
+            .running_rollout(route.name())
+            .map(|r| rollout_status(&r))
+            .or_else(|| remote_rollout(controller, route))
+            .or_else(|| controller.rollout(route.name()).map(|r| rollout_status(&r))),
         pools: route
             .pools
             .iter()
@@ -163,7 +167,30 @@ pub fn rollout_status(r: &Rollout) -> RolloutStatus {
             .map_or(0, |d| d.as_secs() as i64),
         outcome: result.as_ref().map(|x| x.outcome),
         reason: result.and_then(|x| x.reason),
+        node: None,
     }
+}
+
+/// Fleet mode: a rollout another node drives, from the mark in the state.
+fn remote_rollout(controller: &Controller, route: &ServiceRoute) -> Option<RolloutStatus> {
+    let me = controller.fleet_node()?;
+    let state = controller.state_now();
+    let mark = state.services.get(route.name())?.rollout.clone()?;
+    if mark.node.as_deref() == Some(me.as_str()) {
+        return None;
+    }
+    Some(RolloutStatus {
+        pool: mark.pool,
+        stable_pool: route.active_pool().name.to_string(),
+        running: true,
+        step: mark.step,
+        steps: mark.steps,
+        percent: route.split.canary.map_or(0.0, |c| percent(c.permille)),
+        started: mark.started,
+        outcome: None,
+        reason: None,
+        node: mark.node,
+    })
 }
 
 /// When this process started (first asked, which `run` does at once).

@@ -28,6 +28,19 @@ fn pool_at(port: u16) -> Option<String> {
     Some(body.to_string())
 }
 
+/// `switchback_open_connections` of a node's `/metrics`.
+fn open_connections(admin: u16) -> Option<u64> {
+    let mut s = TcpStream::connect(("127.0.0.1", admin)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchback_open_connections "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn start_etcd(dir: &Path) -> (Proc, String) {
     let (client, peer) = (super::free_port(), super::free_port());
     let url = format!("http://127.0.0.1:{client}");
@@ -55,14 +68,14 @@ pub fn fleet(bench: &Bench, o: &Options) {
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut nodes = Vec::new();
     for n in 1..=3 {
-        let port = super::free_port();
+        let (port, admin) = (super::free_port(), super::free_port());
         let d = dir.join(format!("node-{n}"));
         std::fs::create_dir_all(&d).unwrap();
         let config = d.join("switchback.toml");
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[control]\nsocket = \"{d}/control.sock\"\n\
+                "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[server]\nthreads = 1\n[control]\nsocket = \"{d}/control.sock\"\n\
                  [state]\ndir = \"{d}/state\"\n[access_log]\nenabled = false\n\
                  [fleet]\netcd = [\"{url}\"]\nnode = \"node-{n}\"\nkey_file = \"{key}\"\n\
                  [services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:{}\"]\npools.green = [\"127.0.0.1:{}\"]\n",
@@ -79,7 +92,7 @@ pub fn fleet(bench: &Bench, o: &Options) {
             .env("RUST_LOG", "error");
         let mut p = spawn("switchback", &mut cmd, &d.join("log"));
         wait_http(&mut p, port, "/");
-        nodes.push((p, port, d.join("control.sock")));
+        nodes.push((p, port, d.join("control.sock"), admin));
     }
     let switches = 50;
     let seconds = o.seconds.max(15);
@@ -88,7 +101,7 @@ pub fn fleet(bench: &Bench, o: &Options) {
     );
     let loads: Vec<_> = nodes
         .iter()
-        .flat_map(|(_, port, _)| {
+        .flat_map(|(_, port, _, _)| {
             let url = format!("http://127.0.0.1:{port}/");
             let (a, b) = (url.clone(), url);
             [
@@ -97,7 +110,16 @@ pub fn fleet(bench: &Bench, o: &Options) {
             ]
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // The switches start once every node has wrk's kept-alive connections open.
+    let waiting = Instant::now();
+    for (_, _, _, admin) in &nodes {
+        while open_connections(*admin).unwrap_or(0) < 8 {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10),
+                "wrk did not connect to every node"
+            );
+        }
+    }
     let (mut returned, mut everywhere) = (Vec::new(), Vec::new());
     let run_started = Instant::now();
     for i in 0..switches {
@@ -117,7 +139,7 @@ pub fn fleet(bench: &Bench, o: &Options) {
             String::from_utf8_lossy(&out.stderr)
         );
         // Every node answers from the new pool: asked again until it does.
-        for (_, port, _) in &nodes {
+        for (_, port, _, _) in &nodes {
             while pool_at(*port).as_deref() != Some(pool) {
                 assert!(
                     start.elapsed() < Duration::from_secs(10),

@@ -158,3 +158,37 @@ fn a_canary_that_ends_closes_its_websockets_after_the_drain_timeout() {
     assert_eq!(pool_counts(&proxy, "green"), (0, 0));
     assert_eq!(WebSocket::open(&proxy).pool, "blue");
 }
+
+/// A line of `/proc/PID/status` of the proxy, as a number (kB for memory lines).
+fn proc_status(proxy: &Proxy, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in:\n{status}"))
+}
+
+#[test]
+fn an_open_websocket_holds_little_memory_as_the_proxy_runs_without_huge_pages() {
+    let (blue, green) = (Upstream::start("blue"), Upstream::start("green"));
+    let proxy = Proxy::start(&blue_green(&blue, &green));
+    // The first ones allocate what later ones reuse.
+    drop((0..10).map(|_| WebSocket::open(&proxy)).collect::<Vec<_>>());
+    wait_for("the first WebSockets closed", Duration::from_secs(10), || {
+        pool_counts(&proxy, "blue") == (0, 0)
+    });
+    let n = 200;
+    let before = proc_status(&proxy, "VmRSS:");
+    let open: Vec<WebSocket> = (0..n).map(|_| WebSocket::open(&proxy)).collect();
+    assert_eq!(pool_counts(&proxy, "blue"), (0, n as u64));
+    let per_websocket = (proc_status(&proxy, "VmRSS:") - before) / n as u64;
+    // With huge pages, the few bytes a WebSocket's buffers hold made whole 2 MiB regions
+    // resident: 163 KB each, against 45 KB without.
+    assert!(
+        per_websocket < 100,
+        "{per_websocket} kB resident per open WebSocket"
+    );
+    assert_eq!(proc_status(&proxy, "THP_enabled:"), 0);
+    drop(open);
+}

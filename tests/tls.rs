@@ -752,3 +752,89 @@ async fn a_reload_that_adds_an_acme_host_orders_its_certificate() {
         .unwrap();
     assert_eq!((a.status, a.serial.as_str()), (200, serial.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_tls_is_carried_and_its_backend_is_told_https() {
+    use std::io::{Read, Write};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A backend that answers the upgrade, sends the X-Forwarded-Proto it was given, then
+    // echoes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) != 1 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                let proto = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-forwarded-proto: "))
+                    .unwrap_or("none")
+                    .to_string();
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n{proto:<5}"
+                );
+                conn.write_all(answer.as_bytes()).unwrap();
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut proxy = Proxy::unstarted(true);
+    let dir = proxy.dir.path().to_path_buf();
+    let (cert, key) = self_signed(&["ws.switchback.test"]);
+    std::fs::write(dir.join("ws.pem"), &cert).unwrap();
+    std::fs::write(dir.join("ws.key"), &key).unwrap();
+    proxy.launch(&format!(
+        "[services.ws]\nhosts = [\"ws.switchback.test\"]\nactive = \"a\"\npools.a = [\"{backend}\"]\ntls = {{ cert = \"{d}/ws.pem\", key = \"{d}/ws.key\" }}\n",
+        d = dir.display()
+    ));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.https_port.unwrap()))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("ws.switchback.test").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client_config(&cert, &[b"http/1.1"]))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: ws.switchback.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tls.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut proto = [0u8; 5];
+    tls.read_exact(&mut proto).await.unwrap();
+    assert_eq!(
+        &proto, b"https",
+        "the backend was told the client came over TLS"
+    );
+    for message in ["ping", "a longer message over TLS"] {
+        tls.write_all(message.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        tls.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, message.as_bytes());
+    }
+    let status = proxy.status();
+    assert_eq!(
+        status["services"][0]["pools"][0]["long_lived"], 1,
+        "{status}"
+    );
+}

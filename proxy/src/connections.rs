@@ -48,6 +48,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::metrics::ClientCounters;
+use crate::tunnel::{self, ClientSide, Splice, Taken};
 
 /// The deadlines and caps of `[server]`, as the data path uses them.
 #[derive(Debug, Clone)]
@@ -467,6 +468,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                     return;
                 }
             };
+            // An upgrade (a WebSocket) is carried by switchback once the backend said 101: see
+            // crate::tunnel.
+            let splice = tunnel::asks_upgrade(&head).then(|| Arc::new(Splice::default()));
+            if let Some(splice) = &splice {
+                stream = ClientSide::wrap(stream, splice.clone());
+            }
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(settings) => settings.apply_to_session(&mut session),
@@ -480,10 +487,31 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             // pingora hands back no bytes of a next request with the stream (pipelining is
             // off, so it closes a connection that sent some), so the head read here is all of it.
             session.set_pipelined_prefix(head);
-            let Some(done) = self.app.process_new_http(session, shutdown).await else {
+            let done = self.app.process_new_http(session, shutdown).await;
+            let wrapped = splice.is_some();
+            if let Some(splice) = splice {
+                match splice.take() {
+                    Taken::Carry(ends) => {
+                        drop(splice);
+                        return Box::pin(tunnel::carry(ends, self.limits.send_timeout)).await;
+                    }
+                    Taken::Close(client) => {
+                        return Box::pin(tunnel::close(client, self.limits.send_timeout)).await;
+                    }
+                    Taken::Nothing => {}
+                }
+            }
+            let Some(done) = done else {
                 return;
             };
             (stream, settings) = done.consume();
+            if wrapped {
+                // Answered without an upgrade: the connection goes on unwrapped.
+                let Some(unwrapped) = ClientSide::unwrap(stream) else {
+                    return;
+                };
+                stream = unwrapped;
+            }
             reused = true;
         }
     }

@@ -33,6 +33,7 @@ use crate::retry::{self, FailedAttempt, Failure, RetryReason};
 use crate::routing::{normalize_request_host, RoutingTable};
 use crate::split;
 use crate::text::{push_ip, push_u64};
+use crate::tunnel::{BackendConnect, Splice};
 
 /// The proxy service.
 pub struct SwitchbackProxy {
@@ -224,6 +225,8 @@ pub struct RequestCtx {
     upstream_fd: Option<std::os::fd::RawFd>,
     /// Registers an upgraded connection (a WebSocket) with its pool, once the backend said 101.
     long_lived: Option<LongLivedGuard>,
+    /// An upgrade request's connections, which switchback carries itself once upgraded.
+    splice: Option<Arc<Splice>>,
     /// Compresses the answer's body, once its head said it would.
     compressor: Option<compress::Compressor>,
     /// For the access log only: the Host header (or authority) as the client sent it; the
@@ -411,15 +414,27 @@ impl ProxyHttp for SwitchbackProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let (_, pool) = ctx
+        let (service, pool) = ctx
             .route()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request was not routed"))?;
         match pool.select(ctx.tried) {
             Some((index, backend)) => {
-                let peer = Box::new(backend.peer.clone());
+                let mut peer = Box::new(backend.peer.clone());
+                if let Some(splice) = Splice::of(session.as_ref()) {
+                    // Connected by switchback, to carry the connection once upgraded; never a
+                    // pooled connection.
+                    let config = &service.config;
+                    splice.set_read_timeout(config.read_timeout);
+                    peer.options.custom_l4 = Some(Arc::new(BackendConnect::new(
+                        splice.clone(),
+                        config.connect_timeout,
+                    )));
+                    peer.group_key = splice.group();
+                    ctx.splice = Some(splice);
+                }
                 ctx.tried.add(index);
                 ctx.backend = Some(index);
                 ctx.attempts += 1;
@@ -609,7 +624,11 @@ impl ProxyHttp for SwitchbackProxy {
             // A WebSocket (or another upgrade) from here on: no longer a request in flight,
             // which a drain would wait on for as long as the client likes, but a long-lived
             // connection of its pool, which a drain closes once its timeout passes.
-            if let (Some((_, pool)), Some(fd)) = (ctx.route(), ctx.upstream_fd) {
+            let fd = match &ctx.splice {
+                Some(splice) => splice.backend_fd(),
+                None => ctx.upstream_fd,
+            };
+            if let (Some((_, pool)), Some(fd)) = (ctx.route(), fd) {
                 ctx.long_lived = pool.stats.long_lived.register(fd);
                 if ctx.long_lived.is_some() {
                     ctx.in_flight = None;
@@ -718,33 +737,55 @@ impl ProxyHttp for SwitchbackProxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let Some(started) = ctx.started else { return };
-        let elapsed = started.elapsed();
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(ending) = self.ending(session, ctx) else {
+            return;
+        };
+        let bytes = session.body_bytes_sent() as u64;
+        if let Some(splice) = ctx.splice.take().filter(|s| s.upgraded()) {
+            // Carried on by switchback (crate::tunnel): recorded when the connection ends, and
+            // long-lived in its pool until then.
+            let (metrics, log) = (self.metrics.clone(), self.access_log.clone());
+            let long_lived = ctx.long_lived.take();
+            splice.ended(
+                e.is_none(),
+                Box::new(move |carried| {
+                    ending.record(&metrics, log.as_ref(), bytes + carried);
+                    drop(long_lived);
+                }),
+            );
+            return;
+        }
+        ending.record(&self.metrics, self.access_log.as_ref(), bytes);
+    }
+}
+
+/// What the end of a request records: its pool's metrics and its access-log line.
+struct Ending {
+    started: Instant,
+    status: u16,
+    table: Option<Arc<RoutingTable>>,
+    service: usize,
+    pool: usize,
+    backend: Option<usize>,
+    judged: bool,
+    backend_time: Option<Duration>,
+    answered_here: bool,
+    /// The access-log record (when the log is on), its time, byte count and duration still
+    /// to come.
+    record: Option<AccessRecord>,
+}
+
+impl SwitchbackProxy {
+    fn ending(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Ending> {
+        let started = ctx.started?;
         // 499, as nginx logs it, when the client went away before any response.
         let status = session
             .response_written()
             .map_or(499, |r| r.status.as_u16());
         let mut host_and_path = std::mem::take(&mut ctx.host_and_path);
         let route = ctx.route();
-        if self.metrics.enabled {
-            match route {
-                Some((_, pool)) => {
-                    pool.metrics.duration.observe(elapsed.as_secs_f64());
-                    let backend = ctx
-                        .backend
-                        .and_then(|i| pool.backend_metrics.get(i))
-                        .unwrap_or(&pool.no_backend_metrics);
-                    backend.by_class[status_class(status)].inc();
-                    if ctx.judged {
-                        pool.stats.judge(status_class(status), ctx.backend_time);
-                    }
-                }
-                None if ctx.answered_here => {}
-                None => self.metrics.unrouted.inc(),
-            }
-        }
-        if let Some(log) = &self.access_log {
+        let record = self.access_log.as_ref().map(|_| {
             let req = session.req_header();
             let host_len = host_and_path.len();
             host_and_path.push_str(
@@ -752,8 +793,8 @@ impl ProxyHttp for SwitchbackProxy {
                     .path_and_query()
                     .map_or(req.uri.path(), |p| p.as_str()),
             );
-            log.log(AccessRecord {
-                time: SystemTime::now(),
+            AccessRecord {
+                time: SystemTime::UNIX_EPOCH,
                 client: ctx.client,
                 host_and_path,
                 host_len,
@@ -761,13 +802,60 @@ impl ProxyHttp for SwitchbackProxy {
                 forced: ctx.forced,
                 retries: ctx.attempts.saturating_sub(1),
                 status,
-                bytes: session.body_bytes_sent() as u64,
-                duration: elapsed,
+                bytes: 0,
+                duration: Duration::ZERO,
                 service: route.map(|(s, _)| s.label.clone()),
                 pool: route.map(|(_, p)| p.name.clone()),
                 backend: route
                     .and_then(|(_, p)| ctx.backend.and_then(|i| p.backends.get(i)).map(|b| b.addr)),
-            });
+            }
+        });
+        Some(Ending {
+            started,
+            status,
+            table: ctx.table.take(),
+            service: ctx.service,
+            pool: ctx.pool,
+            backend: ctx.backend,
+            judged: ctx.judged,
+            backend_time: ctx.backend_time,
+            answered_here: ctx.answered_here,
+            record,
+        })
+    }
+}
+
+impl Ending {
+    /// Records the request as ended now, with `bytes` of answer body sent.
+    fn record(self, metrics: &Metrics, log: Option<&AccessLog>, bytes: u64) {
+        let elapsed = self.started.elapsed();
+        if metrics.enabled {
+            let route = self
+                .table
+                .as_ref()
+                .map(|t| &t.services[self.service].pools[self.pool]);
+            match route {
+                Some(pool) => {
+                    pool.metrics.duration.observe(elapsed.as_secs_f64());
+                    let backend = self
+                        .backend
+                        .and_then(|i| pool.backend_metrics.get(i))
+                        .unwrap_or(&pool.no_backend_metrics);
+                    backend.by_class[status_class(self.status)].inc();
+                    if self.judged {
+                        pool.stats
+                            .judge(status_class(self.status), self.backend_time);
+                    }
+                }
+                None if self.answered_here => {}
+                None => metrics.unrouted.inc(),
+            }
+        }
+        if let (Some(log), Some(mut record)) = (log, self.record) {
+            record.time = SystemTime::now();
+            record.bytes = bytes;
+            record.duration = elapsed;
+            log.log(record);
         }
     }
 }

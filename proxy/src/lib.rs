@@ -32,6 +32,7 @@ pub mod retry;
 pub mod routing;
 pub mod split;
 mod text;
+pub mod tunnel;
 
 pub use connections::{ClientLimits, Connections};
 pub use health::{Health, HealthRegistry, HealthState};

@@ -140,15 +140,20 @@ fn websockets(port: u16, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
-/// Bytes of resident memory per connection that `open` adds to `pid`'s tree.
-fn per_connection(pid: u32, n: usize, open: impl FnOnce() -> Vec<TcpStream>) -> f64 {
+/// Bytes of resident memory per connection that `open` adds to `pid`'s tree, and the
+/// connections, left open: closed, they would leave memory the allocator keeps and hands to
+/// the next connections measured, which would then seem to cost nothing.
+fn per_connection(
+    pid: u32,
+    n: usize,
+    open: impl FnOnce() -> Vec<TcpStream>,
+) -> (f64, Vec<TcpStream>) {
     std::thread::sleep(Duration::from_secs(1));
     let before = tree_rss(pid);
     let conns = open();
     std::thread::sleep(Duration::from_secs(1));
     let after = tree_rss(pid);
-    drop(conns);
-    after.saturating_sub(before) as f64 / n as f64
+    (after.saturating_sub(before) as f64 / n as f64, conns)
 }
 
 pub fn memory(bench: &Bench, o: &Options) {
@@ -175,8 +180,9 @@ pub fn memory(bench: &Bench, o: &Options) {
         // Warm: the first requests and upgrade allocate what every later one reuses.
         drop(idle_connections(port, 10));
         drop(websockets(port, 10));
-        let idle = per_connection(pid, n, || idle_connections(port, n));
-        let ws = per_connection(pid, n, || websockets(port, n));
+        let (idle, idle_open) = per_connection(pid, n, || idle_connections(port, n));
+        let (ws, ws_open) = per_connection(pid, n, || websockets(port, n));
+        drop((idle_open, ws_open));
         println!(
             "{name:<12} {:>13.1} KB {:>13.1} KB",
             idle / 1024.0,

@@ -48,7 +48,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::metrics::ClientCounters;
-use crate::tunnel::{self, ClientSide, Splice, Taken};
+use crate::tunnel::{self, ClientSide, Splice};
 
 /// The deadlines and caps of `[server]`, as the data path uses them.
 #[derive(Debug, Clone)]
@@ -474,32 +474,34 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             if let Some(splice) = &splice {
                 stream = ClientSide::wrap(stream, splice.clone());
             }
-            let mut session = ServerSession::new_http1(stream);
-            match settings.take() {
-                Some(settings) => settings.apply_to_session(&mut session),
-                None => session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1))),
-            }
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            }
-            session.set_read_timeout(Some(self.limits.body_timeout));
-            session.set_write_timeout(Some(self.limits.send_timeout));
-            // pingora hands back no bytes of a next request with the stream (pipelining is
-            // off, so it closes a connection that sent some), so the head read here is all of it.
-            session.set_pipelined_prefix(head);
-            let done = self.app.process_new_http(session, shutdown).await;
-            let wrapped = splice.is_some();
-            if let Some(splice) = splice {
-                match splice.take() {
-                    Taken::Carry(ends) => {
-                        drop(splice);
-                        return Box::pin(tunnel::carry(ends, self.limits.send_timeout)).await;
+            // In a block of its own: a session borrowed and then moved still takes room in
+            // this future until its scope ends, and only this await may hold it.
+            let done = {
+                let mut session = ServerSession::new_http1(stream);
+                match settings.take() {
+                    Some(settings) => settings.apply_to_session(&mut session),
+                    None => {
+                        session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)))
                     }
-                    Taken::Close(client) => {
-                        return Box::pin(tunnel::close(client, self.limits.send_timeout)).await;
-                    }
-                    Taken::Nothing => {}
                 }
+                if *shutdown.borrow() {
+                    session.set_keepalive(None);
+                }
+                session.set_read_timeout(Some(self.limits.body_timeout));
+                session.set_write_timeout(Some(self.limits.send_timeout));
+                // pingora hands back no bytes of a next request with the stream (pipelining
+                // is off, so it closes a connection that sent some), so the head read here is
+                // all of it.
+                session.set_pipelined_prefix(head);
+                self.app.process_new_http(session, shutdown).await
+            };
+            let wrapped = splice.is_some();
+            if let Some(splice) = splice.filter(|s| s.upgraded()) {
+                // The backend said 101: switchback carries the connection on. Boxed, as the
+                // carrying's state is no part of every connection's.
+                drop(done);
+                let carrying = Box::pin(tunnel::take_over(splice, self.limits.send_timeout));
+                return carrying.await;
             }
             let Some(done) = done else {
                 return;

@@ -144,7 +144,7 @@ impl std::fmt::Debug for Splice {
 
 /// What the client connection's task does with an upgrade request's connections once
 /// pingora is done with the request.
-pub enum Taken {
+enum Taken {
     /// Carry the connection ([`carry`]).
     Carry(Ends),
     /// pingora's part failed after the backend said 101: close the client's connection.
@@ -154,7 +154,7 @@ pub enum Taken {
 }
 
 /// An upgraded connection's two ends, taken from pingora.
-pub struct Ends {
+struct Ends {
     client: Stream,
     backend: TcpStream,
     /// What the backend sent after its 101 head, for the client.
@@ -205,7 +205,7 @@ impl Splice {
     }
 
     /// Takes the connections back from pingora, once it returned from the request.
-    pub fn take(&self) -> Taken {
+    fn take(&self) -> Taken {
         if !self.upgraded() {
             return Taken::Nothing;
         }
@@ -723,11 +723,26 @@ fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
     }
 }
 
+/// Carries on the connection of an upgrade request the backend answered 101, once pingora
+/// returned from the request; closes it instead when pingora's part failed.
+pub async fn take_over(splice: Arc<Splice>, send_timeout: Duration) {
+    let taken = splice.take();
+    drop(splice);
+    match taken {
+        Taken::Carry(ends) => carry(ends, send_timeout).await,
+        Taken::Close(mut client) => {
+            // What pingora wrote (an error answer) is flushed first.
+            let _ = tokio::time::timeout(send_timeout, AsyncWriteExt::shutdown(&mut client)).await;
+        }
+        Taken::Nothing => {}
+    }
+}
+
 /// Copies between an upgraded connection's client and backend until either ends it, the
 /// backend stays silent for the service's `read_timeout`, or a side does not take what it is
 /// sent within its write deadline (`send_timeout` for the client, `read_timeout` for the
 /// backend); then closes both and records the request.
-pub async fn carry(ends: Ends, send_timeout: Duration) {
+async fn carry(ends: Ends, send_timeout: Duration) {
     let Ends {
         mut client,
         mut backend,
@@ -800,12 +815,6 @@ pub async fn carry(ends: Ends, send_timeout: Duration) {
     if let Some(on_end) = on_end {
         on_end(carried);
     }
-}
-
-/// Closes the client connection of an upgrade request whose proxying failed after the
-/// backend's 101: what pingora wrote (an error answer) is flushed first.
-pub async fn close(mut client: Stream, send_timeout: Duration) {
-    let _ = tokio::time::timeout(send_timeout, AsyncWriteExt::shutdown(&mut client)).await;
 }
 
 #[cfg(test)]

@@ -771,48 +771,35 @@ struct Ending {
     judged: bool,
     backend_time: Option<Duration>,
     answered_here: bool,
-    /// The access-log record (when the log is on), its time, byte count and duration still
-    /// to come.
-    record: Option<AccessRecord>,
+    // For the access log.
+    client: Option<IpAddr>,
+    /// The Host header, then the path and query (empty when the log is off).
+    host_and_path: String,
+    host_len: usize,
+    method: http::Method,
+    forced: bool,
+    retries: u32,
 }
 
 impl SwitchbackProxy {
     fn ending(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Ending> {
         let started = ctx.started?;
-        // 499, as nginx logs it, when the client went away before any response.
-        let status = session
-            .response_written()
-            .map_or(499, |r| r.status.as_u16());
+        let req = session.req_header();
         let mut host_and_path = std::mem::take(&mut ctx.host_and_path);
-        let route = ctx.route();
-        let record = self.access_log.as_ref().map(|_| {
-            let req = session.req_header();
-            let host_len = host_and_path.len();
+        let host_len = host_and_path.len();
+        if self.access_log.is_some() {
             host_and_path.push_str(
                 req.uri
                     .path_and_query()
                     .map_or(req.uri.path(), |p| p.as_str()),
             );
-            AccessRecord {
-                time: SystemTime::UNIX_EPOCH,
-                client: ctx.client,
-                host_and_path,
-                host_len,
-                method: req.method.clone(),
-                forced: ctx.forced,
-                retries: ctx.attempts.saturating_sub(1),
-                status,
-                bytes: 0,
-                duration: Duration::ZERO,
-                service: route.map(|(s, _)| s.label.clone()),
-                pool: route.map(|(_, p)| p.name.clone()),
-                backend: route
-                    .and_then(|(_, p)| ctx.backend.and_then(|i| p.backends.get(i)).map(|b| b.addr)),
-            }
-        });
+        }
         Some(Ending {
             started,
-            status,
+            // 499, as nginx logs it, when the client went away before any response.
+            status: session
+                .response_written()
+                .map_or(499, |r| r.status.as_u16()),
             table: ctx.table.take(),
             service: ctx.service,
             pool: ctx.pool,
@@ -820,7 +807,12 @@ impl SwitchbackProxy {
             judged: ctx.judged,
             backend_time: ctx.backend_time,
             answered_here: ctx.answered_here,
-            record,
+            client: ctx.client,
+            host_and_path,
+            host_len,
+            method: req.method.clone(),
+            forced: ctx.forced,
+            retries: ctx.attempts.saturating_sub(1),
         })
     }
 }
@@ -829,13 +821,15 @@ impl Ending {
     /// Records the request as ended now, with `bytes` of answer body sent.
     fn record(self, metrics: &Metrics, log: Option<&AccessLog>, bytes: u64) {
         let elapsed = self.started.elapsed();
+        let route = self.table.as_ref().map(|t| {
+            (
+                &t.services[self.service],
+                &t.services[self.service].pools[self.pool],
+            )
+        });
         if metrics.enabled {
-            let route = self
-                .table
-                .as_ref()
-                .map(|t| &t.services[self.service].pools[self.pool]);
             match route {
-                Some(pool) => {
+                Some((_, pool)) => {
                     pool.metrics.duration.observe(elapsed.as_secs_f64());
                     let backend = self
                         .backend
@@ -851,11 +845,24 @@ impl Ending {
                 None => metrics.unrouted.inc(),
             }
         }
-        if let (Some(log), Some(mut record)) = (log, self.record) {
-            record.time = SystemTime::now();
-            record.bytes = bytes;
-            record.duration = elapsed;
-            log.log(record);
+        if let Some(log) = log {
+            log.log(AccessRecord {
+                time: SystemTime::now(),
+                client: self.client,
+                host_and_path: self.host_and_path,
+                host_len: self.host_len,
+                method: self.method,
+                forced: self.forced,
+                retries: self.retries,
+                status: self.status,
+                bytes,
+                duration: elapsed,
+                service: route.map(|(s, _)| s.label.clone()),
+                pool: route.map(|(_, p)| p.name.clone()),
+                backend: route.and_then(|(_, p)| {
+                    self.backend.and_then(|i| p.backends.get(i)).map(|b| b.addr)
+                }),
+            });
         }
     }
 }

@@ -57,29 +57,37 @@ pub type OnEnd = Box<dyn FnOnce(u64) + Send>;
 /// Whether the request head `head` asks to upgrade the connection and has no body: an
 /// `Upgrade` header, and neither `Transfer-Encoding` nor a `Content-Length` other than 0.
 pub fn asks_upgrade(head: &[u8]) -> bool {
+    // On every request, so first the quickest look: a head where no line starts with a U asks
+    // for no upgrade.
+    if !memchr::memchr2_iter(b'u', b'U', head).any(|i| i > 0 && head[i - 1] == b'\n') {
+        return false;
+    }
     let mut upgrade = false;
-    let mut lines = head.split(|&b| b == b'\n').skip(1);
-    for line in &mut lines {
+    for newline in memchr::memchr_iter(b'\n', head) {
+        let line = &head[newline + 1..];
         let Some(&first) = line.first() else { break };
-        let name_is = |name: &[u8]| {
-            line.len() > name.len()
-                && line[name.len()] == b':'
-                && line[..name.len()].eq_ignore_ascii_case(name)
-        };
         match first | 0x20 {
-            b'u' if name_is(b"upgrade") => upgrade = true,
-            b't' if name_is(b"transfer-encoding") => return false,
-            b'c' if name_is(b"content-length") => {
-                let value = line[b"content-length:".len()..].trim_ascii();
-                if value != b"0" {
+            b'u' if header_is(line, b"upgrade") => upgrade = true,
+            b't' if header_is(line, b"transfer-encoding") => return false,
+            b'c' if header_is(line, b"content-length") => {
+                let end = memchr::memchr(b'\n', line).unwrap_or(line.len());
+                if line[b"content-length:".len()..end].trim_ascii() != b"0" {
                     return false;
                 }
             }
-            b'\r' if line.len() == 1 => break,
+            // The empty line: the head ends.
+            b'-' | b'*' => break,
             _ => {}
         }
     }
     upgrade
+}
+
+/// Whether the header line `line` has the name `name` (ASCII case aside).
+fn header_is(line: &[u8], name: &[u8]) -> bool {
+    line.len() > name.len()
+        && line[name.len()] == b':'
+        && line[..name.len()].eq_ignore_ascii_case(name)
 }
 
 /// One upgrade request's two connections, shared by the client's side, the backend's side,

@@ -7,6 +7,8 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -187,30 +189,39 @@ fn an_open_websocket_holds_little_memory() {
 }
 
 /// A backend written for the test: a thread per connection, and `answer` gets each request
-/// head and writes what it likes on the connection.
-fn raw_backend(answer: impl Fn(&str, &mut TcpStream) + Send + Sync + 'static) -> String {
+/// head and writes what it likes on the connection. Returns the service's config, and a count
+/// of the connections the proxy closed.
+fn raw_backend(
+    answer: impl Fn(&str, &mut TcpStream) + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let answer = std::sync::Arc::new(answer);
+    let answer = Arc::new(answer);
+    let closed = Arc::new(AtomicUsize::new(0));
+    let count = closed.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
             conn.set_nodelay(true).unwrap();
-            let answer = answer.clone();
+            let (answer, count) = (answer.clone(), count.clone());
             std::thread::spawn(move || loop {
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
                 while !head.ends_with(b"\r\n\r\n") {
                     match conn.read(&mut byte) {
                         Ok(1) => head.push(byte[0]),
-                        _ => return,
+                        _ => {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
                     }
                 }
                 answer(&String::from_utf8_lossy(&head), &mut conn);
             });
         }
     });
-    format!("[services.app]\nhosts = []\nactive = \"blue\"\npools.blue = [\"{addr}\"]\nread_timeout = \"1s\"\n")
+    let config = format!("[services.app]\nhosts = []\nactive = \"blue\"\npools.blue = [\"{addr}\"]\nread_timeout = \"1s\"\n");
+    (config, closed)
 }
 
 const SWITCHING: &[u8] =
@@ -257,10 +268,11 @@ fn read_head(stream: &mut TcpStream) -> String {
 #[test]
 fn what_the_backend_sends_right_behind_its_101_reaches_the_client() {
     // The 101 and the first message in one write, so they arrive in one read.
-    let proxy = Proxy::start(&raw_backend(|_, conn| {
+    let (service, _) = raw_backend(|_, conn| {
         conn.write_all(&[SWITCHING, b"first"].concat()).unwrap();
         echo(conn);
-    }));
+    });
+    let proxy = Proxy::start(&service);
     let (mut ws, head) = upgrade(&proxy);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut first = [0u8; 5];
@@ -275,16 +287,23 @@ fn what_the_backend_sends_right_behind_its_101_reaches_the_client() {
 
 #[test]
 fn an_upgrade_the_backend_refuses_is_answered_and_the_connection_goes_on() {
-    let proxy = Proxy::start(&raw_backend(|head, conn| {
+    let (service, closed) = raw_backend(|head, conn| {
         let answer: &[u8] = if head.contains("upgrade: websocket") {
             b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno"
         } else {
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
         };
         conn.write_all(answer).unwrap();
-    }));
+    });
+    let proxy = Proxy::start(&service);
     let (mut conn, head) = upgrade(&proxy);
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    // Its backend connection is not kept: no later request could use it.
+    wait_for(
+        "the refused upgrade's backend connection closed",
+        Duration::from_secs(5),
+        || closed.load(Ordering::SeqCst) == 1,
+    );
     let mut body = [0u8; 2];
     conn.read_exact(&mut body).unwrap();
     assert_eq!(&body, b"no");
@@ -305,19 +324,17 @@ fn an_upgrade_the_backend_refuses_is_answered_and_the_connection_goes_on() {
 fn a_websocket_lives_while_its_backend_talks_and_ends_once_it_is_silent_for_read_timeout() {
     // The client never writes after its upgrade, far longer than client_body_timeout; the
     // backend sends a tick every 200 ms, six times, then nothing.
-    let proxy = Proxy::start_with_server(
-        "client_body_timeout = \"300ms\"",
-        &raw_backend(|_, conn| {
-            conn.write_all(SWITCHING).unwrap();
-            for _ in 0..6 {
-                std::thread::sleep(Duration::from_millis(200));
-                if conn.write_all(b"tick").is_err() {
-                    return;
-                }
+    let (service, _) = raw_backend(|_, conn| {
+        conn.write_all(SWITCHING).unwrap();
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(200));
+            if conn.write_all(b"tick").is_err() {
+                return;
             }
-            echo(conn);
-        }),
-    );
+        }
+        echo(conn);
+    });
+    let proxy = Proxy::start_with_server("client_body_timeout = \"300ms\"", &service);
     let (mut ws, head) = upgrade(&proxy);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut ticks = [0u8; 24];
@@ -340,13 +357,13 @@ fn a_websocket_lives_while_its_backend_talks_and_ends_once_it_is_silent_for_read
 fn a_websockets_access_log_line_is_written_when_it_ends_with_what_it_carried() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
+    let (service, _) = raw_backend(|_, conn| {
+        conn.write_all(SWITCHING).unwrap();
+        echo(conn);
+    });
     let proxy = Proxy::start(&format!(
-        "[access_log]\npath = \"{}\"\n\n{}",
-        log.display(),
-        raw_backend(|_, conn| {
-            conn.write_all(SWITCHING).unwrap();
-            echo(conn);
-        })
+        "[access_log]\npath = \"{}\"\n\n{service}",
+        log.display()
     ));
     let (mut ws, _) = upgrade(&proxy);
     let opened = Instant::now();

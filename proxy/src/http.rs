@@ -433,6 +433,9 @@ impl ProxyHttp for SwitchbackProxy {
                         config.connect_timeout,
                     )));
                     peer.group_key = splice.group();
+                    // And a connection whose backend refused the upgrade is not kept either:
+                    // no later request is in its group.
+                    peer.options.idle_timeout = Some(Duration::ZERO);
                     ctx.splice = Some(splice);
                 }
                 ctx.tried.add(index);

@@ -372,8 +372,10 @@ fn a_websockets_access_log_line_is_written_when_it_ends_with_what_it_carried() {
         let mut back = vec![0u8; message.len()];
         ws.read_exact(&mut back).unwrap();
     }
-    // Open for a while: the line's duration is the connection's.
-    std::thread::sleep(Duration::from_millis(300));
+    // Counted as long-lived while open, and its line not written yet: the line comes at the
+    // end, with the connection's whole duration.
+    assert_eq!(pool_counts(&proxy, "blue"), (0, 1));
+    assert!(std::fs::read_to_string(&log).unwrap_or_default().is_empty());
     drop(ws);
     let open_for = opened.elapsed();
     wait_for("the access log line", Duration::from_secs(5), || {

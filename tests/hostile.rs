@@ -403,3 +403,34 @@ async fn a_forged_bucket_cookie_is_not_honoured() {
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+#[test]
+fn a_head_with_more_header_lines_than_fit_with_the_forwarding_headers_gets_431() {
+    let up = Upstream::start("blue");
+    let proxy = Proxy::start(&one_service(&up));
+    // pingora parses 256 header lines; switchback writes two of its own (X-Forwarded-For and
+    // X-Forwarded-Proto) in place of any the client sent.
+    let head = |lines: usize, forged: &str| {
+        let mut head = String::from("GET /headers HTTP/1.1\r\nhost: app.test\r\n");
+        head.push_str(forged);
+        for i in 1..lines {
+            head.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        head + "\r\n"
+    };
+    let status = |head: String| {
+        let mut s = raw_connect(proxy.addr());
+        s.write_all(head.as_bytes()).unwrap();
+        read_raw_answer(&mut s).map(|(status, _)| status)
+    };
+    assert_eq!(status(head(254, "")), Some(200));
+    assert_eq!(status(head(255, "")), Some(431));
+    // A client's own forwarding headers are replaced, so they take no room.
+    assert_eq!(
+        status(head(
+            253,
+            "x-forwarded-for: 6.6.6.6\r\nx-real-ip: 6.6.6.6\r\n"
+        )),
+        Some(200)
+    );
+}

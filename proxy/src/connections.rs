@@ -12,6 +12,9 @@
 //! - answers 408 when a head was started and not finished in time (an idle connection that
 //!   sent nothing is closed without an answer), 414 when the request line is longer than
 //!   `max_uri_length`, and 431 when the head is larger than `max_request_head`;
+//! - writes the forwarding headers into the head of a request from a peer that is not a trusted
+//!   proxy (see [`crate::forwarding`]), and answers 431 when that leaves more header lines than
+//!   pingora parses;
 //! - hands the head to pingora as already-read bytes (the same buffer pingora would have
 //!   allocated), with `client_body_timeout` as the read deadline of the body and
 //!   `send_timeout` as the write deadline of the answer.
@@ -47,6 +50,9 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
+use switchback_config::Cidr;
+
+use crate::forwarding::Forwarding;
 use crate::metrics::ClientCounters;
 use crate::tunnel::{self, ClientSide, Splice};
 
@@ -61,6 +67,9 @@ pub struct ClientLimits {
     pub max_connections_per_ip: Option<usize>,
     pub max_request_head: usize,
     pub max_uri_length: usize,
+    /// Peers whose forwarding headers are kept (`server.trusted_proxies`); everyone else's
+    /// requests get theirs written here (see [`crate::forwarding`]).
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl ClientLimits {
@@ -74,7 +83,18 @@ impl ClientLimits {
             max_connections_per_ip: server.max_connections_per_ip,
             max_request_head: server.max_request_head,
             max_uri_length: server.max_uri_length,
+            trusted_proxies: server.trusted_proxies.clone(),
         }
+    }
+
+    /// The forwarding lines for a connection from `stream`'s peer, or None when the peer is a
+    /// trusted proxy, whose requests keep their own.
+    fn forwarding(&self, stream: &Stream) -> Option<Forwarding> {
+        let peer = peer_ip(stream);
+        if peer.is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip))) {
+            return None;
+        }
+        Some(Forwarding::new(peer, stream.get_ssl_digest().is_some()))
     }
 }
 
@@ -352,13 +372,23 @@ async fn first_read(stream: &mut Stream) -> std::io::Result<BytesMut> {
         let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_BUFFER];
         let mut read = ReadBuf::uninit(&mut scratch);
         match Pin::new(&mut *stream).poll_read(cx, &mut read) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(BytesMut::from(read.filled()))),
+            Poll::Ready(Ok(())) => {
+                // With room for the forwarding lines, so writing them moves no buffer.
+                let filled = read.filled();
+                let mut head = BytesMut::with_capacity(filled.len() + FORWARDING_ROOM);
+                head.extend_from_slice(filled);
+                Poll::Ready(Ok(head))
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
     })
     .await
 }
+
+/// Room for a connection's forwarding lines (see [`crate::forwarding`]): an IPv6 address at its
+/// longest, and `https`.
+const FORWARDING_ROOM: usize = 96;
 
 /// Writes a short error answer and closes the connection, reading (and dropping) what the
 /// client still sends for a moment, so that the close does not reset the connection before the
@@ -440,12 +470,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             }
             return;
         }
+        let forwarding = self.limits.forwarding(&stream);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut reused = false;
         // A new connection's whole first head is due client_header_timeout after the accept.
         let mut deadline = Box::pin(tokio::time::sleep(self.limits.header_timeout));
         loop {
-            let head = match self
+            let mut head = match self
                 .limits
                 .next_head(&mut stream, reused, &mut deadline, &mut stopping)
                 .await
@@ -468,6 +499,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                     return;
                 }
             };
+            if let Some(forwarding) = &forwarding {
+                if forwarding.write_into(&mut head).is_err() {
+                    // More header lines than pingora parses.
+                    self.counters.head_too_large.inc();
+                    Box::pin(answer_and_close(stream, HEAD_TOO_LARGE)).await;
+                    return;
+                }
+            }
             // An upgrade (a WebSocket) is carried by switchback once the backend said 101: see
             // crate::tunnel.
             let splice = tunnel::asks_upgrade(&head).then(|| Arc::new(Splice::default()));

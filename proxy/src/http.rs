@@ -3,10 +3,11 @@
 //! Per request: load the live [`RoutingTable`] once, route by host and path to a service, take
 //! the service's active pool (or its canary, or the pool an override names: see
 //! [`crate::split`]) and count the request in flight there, pick a healthy backend
-//! round robin, and proxy. A failed attempt is tried again, on another backend of the same
-//! pool, when [`crate::retry`] says it is safe. At the end, count the request in its pool's metrics and
-//! queue an access-log record. Nothing here takes a lock, formats a log line or writes to a
-//! file.
+//! round robin, and proxy. While the backend has the whole request and owes its answer, the
+//! request waits in its worker thread's list of [`crate::read_deadline`]. A failed attempt is
+//! tried again, on another backend of the same pool, when [`crate::retry`] says it is safe. At
+//! the end, count the request in its pool's metrics and queue an access-log record. Nothing here
+//! takes a lock another thread holds, formats a log line or writes to a file.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::compress;
 use crate::long_lived::LongLivedGuard;
 use crate::metrics::{status_class, ClientCounters, Metrics};
 use crate::pool::{InFlight, Tried};
+use crate::read_deadline;
 use crate::retry::{self, FailedAttempt, Failure, RetryReason};
 use crate::routing::{normalize_request_host, RoutingTable};
 use crate::split;
@@ -223,6 +225,12 @@ pub struct RequestCtx {
     encoding: Option<Encoding>,
     /// The backend connection of the current attempt.
     upstream_fd: Option<std::os::fd::RawFd>,
+    /// The current attempt's backend read deadline is kept by [`read_deadline`], not pingora.
+    deadline_here: bool,
+    /// The current attempt's backend has started its answer.
+    answer_started: bool,
+    /// The wait on the backend, while the request is all sent and its answer not all read.
+    backend_wait: read_deadline::Wait,
     /// Registers an upgraded connection (a WebSocket) with its pool, once the backend said 101.
     long_lived: Option<LongLivedGuard>,
     /// An upgrade request's connections, which switchback carries itself once upgraded.
@@ -420,6 +428,7 @@ impl ProxyHttp for SwitchbackProxy {
         let (service, pool) = ctx
             .route()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request was not routed"))?;
+        let read_timeout = service.config.read_timeout;
         match pool.select(ctx.tried) {
             Some((index, backend)) => {
                 let mut peer = Box::new(backend.peer.clone());
@@ -438,6 +447,13 @@ impl ProxyHttp for SwitchbackProxy {
                     peer.options.idle_timeout = Some(Duration::ZERO);
                     ctx.splice = Some(splice);
                 }
+                // The backend's read deadline: switchback's own (crate::read_deadline), but for
+                // an upgrade switchback carries, which keeps deadlines of its own once upgraded.
+                ctx.deadline_here = ctx.splice.is_none();
+                if !ctx.deadline_here {
+                    peer.options.read_timeout = Some(read_timeout);
+                }
+                ctx.answer_started = false;
                 ctx.tried.add(index);
                 ctx.backend = Some(index);
                 ctx.attempts += 1;
@@ -458,6 +474,7 @@ impl ProxyHttp for SwitchbackProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        ctx.backend_wait.end();
         // The backend never had the request: any method may go elsewhere, its body permitting.
         let retry = body_held(session, ctx).then_some(RetryReason::Connect);
         e.set_retry(ctx.after_failure(RetryReason::Connect, retry));
@@ -472,6 +489,13 @@ impl ProxyHttp for SwitchbackProxy {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        // A backend silent past read_timeout had its connection shut down, which pingora saw
+        // as the connection's end: it is a read timeout.
+        let e = if ctx.backend_wait.end() {
+            backend_timed_out()
+        } else {
+            e
+        };
         // As pingora's default does: the error log names the backend.
         let mut e = e.more_context(format!("Peer: {peer}"));
         e.set_retry(false);
@@ -503,7 +527,7 @@ impl ProxyHttp for SwitchbackProxy {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -532,39 +556,10 @@ impl ProxyHttp for SwitchbackProxy {
             }
         }
         // Forwarding headers: a trusted proxy's are kept and appended to; anyone else's are
-        // replaced by what this proxy saw (X-Real-IP and Forwarded, which it does not write,
-        // are removed), so a backend never believes a client's own claim.
-        if let Some(peer) = ctx.peer {
-            // Without a prior value the address is pushed in one piece, so the buffer is
-            // exactly its length and moves into the header value without another allocation.
-            let mut value = String::new();
-            if ctx.from_trusted_proxy {
-                for prior in upstream_request.headers.get_all(&X_FORWARDED_FOR) {
-                    value.push_str(&String::from_utf8_lossy(prior.as_bytes()));
-                    value.push_str(", ");
-                }
-            }
-            push_ip(&mut value, peer);
-            let value = http::HeaderValue::from_maybe_shared(Bytes::from(value))
-                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "x-forwarded-for", e))?;
-            // Named by a static string: pingora keeps the name's case as given, and a
-            // `HeaderName` of a non-standard header would be copied into a new buffer first.
-            upstream_request.insert_header("X-Forwarded-For", value)?;
-        }
-        if !ctx.from_trusted_proxy || !upstream_request.headers.contains_key(&X_FORWARDED_PROTO) {
-            let proto = if ctx.tls { &HTTPS } else { &HTTP };
-            upstream_request.insert_header("X-Forwarded-Proto", proto.clone())?;
-        }
-        if !ctx.from_trusted_proxy {
-            if upstream_request.headers.contains_key(&X_REAL_IP) {
-                upstream_request.remove_header(&X_REAL_IP);
-            }
-            if upstream_request
-                .headers
-                .contains_key(&http::header::FORWARDED)
-            {
-                upstream_request.remove_header(&http::header::FORWARDED);
-            }
+        // replaced by what this proxy saw. An HTTP/1.x request from anyone else had that done
+        // to its head already, by the connection loop (crate::forwarding).
+        if ctx.from_trusted_proxy || session.is_http2() {
+            set_forwarding_headers(upstream_request, ctx)?;
         }
         if let Some((service, _)) = ctx.route().filter(|(s, _)| !s.request_headers.is_empty()) {
             service.request_headers.apply_to_request(upstream_request)?;
@@ -587,7 +582,7 @@ impl ProxyHttp for SwitchbackProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
@@ -609,6 +604,19 @@ impl ProxyHttp for SwitchbackProxy {
             if ctx.judged {
                 ctx.sent = Some(Instant::now());
             }
+            if ctx.answer_started {
+                // The answer came before the request's end (an upgraded connection whose client
+                // closed, or a backend that answered early): the backend connection may go with
+                // the request, and the wait ends here.
+                ctx.backend_wait.end();
+            } else if let (true, Some(fd), Some((service, _))) =
+                (ctx.deadline_here, ctx.upstream_fd, ctx.route())
+            {
+                let limit = service.config.read_timeout;
+                ctx.backend_wait.start(fd, limit, || {
+                    session.digest().and_then(|d| d.socket_digest.clone())
+                });
+            }
         }
         Ok(())
     }
@@ -622,6 +630,13 @@ impl ProxyHttp for SwitchbackProxy {
         if let Some(sent) = ctx.sent {
             // The backend's answer head has just come in.
             ctx.backend_time = Some(sent.elapsed());
+        }
+        ctx.answer_started = true;
+        if answer_ends_with_head(session, upstream_response) {
+            ctx.backend_wait.end();
+        } else {
+            // More is to come (for an upgrade pingora carries, what either side sends).
+            ctx.backend_wait.answered();
         }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             // A WebSocket (or another upgrade) from here on: no longer a request in flight,
@@ -684,6 +699,17 @@ impl ProxyHttp for SwitchbackProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if ctx.backend_wait.expired() {
+            // The backend went silent mid-answer and its connection was shut down: what came
+            // last is not the answer's end (which a close would mark, for an answer without a
+            // length).
+            return Err(backend_timed_out());
+        }
+        if end_of_stream {
+            ctx.backend_wait.end();
+        } else {
+            ctx.backend_wait.answered();
+        }
         if let Some(compressor) = ctx.compressor.as_mut() {
             *body = Some(compressor.encode(body.as_ref(), end_of_stream)?);
         }
@@ -741,6 +767,7 @@ impl ProxyHttp for SwitchbackProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.backend_wait.end();
         let Some(ending) = self.ending(session, ctx) else {
             return;
         };
@@ -761,6 +788,83 @@ impl ProxyHttp for SwitchbackProxy {
         }
         ending.record(&self.metrics, self.access_log.as_ref(), bytes);
     }
+}
+
+/// The forwarding headers of a request that did not get them in its head (see
+/// [`crate::forwarding`]): a trusted proxy's are kept and appended to; anyone else's are
+/// replaced by what this proxy saw (X-Real-IP and Forwarded, which it does not write, are
+/// removed), so a backend never believes a client's own claim.
+fn set_forwarding_headers(upstream_request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    if let Some(peer) = ctx.peer {
+        let mut value = String::new();
+        if ctx.from_trusted_proxy {
+            for prior in upstream_request.headers.get_all(&X_FORWARDED_FOR) {
+                value.push_str(&String::from_utf8_lossy(prior.as_bytes()));
+                value.push_str(", ");
+            }
+        }
+        push_ip(&mut value, peer);
+        let value = http::HeaderValue::from_maybe_shared(Bytes::from(value))
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "x-forwarded-for", e))?;
+        // Named by a static string: pingora keeps the name's case as given.
+        upstream_request.insert_header("X-Forwarded-For", value)?;
+    }
+    if !ctx.from_trusted_proxy || !upstream_request.headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = if ctx.tls { &HTTPS } else { &HTTP };
+        upstream_request.insert_header("X-Forwarded-Proto", proto.clone())?;
+    }
+    if !ctx.from_trusted_proxy {
+        if upstream_request.headers.contains_key(&X_REAL_IP) {
+            upstream_request.remove_header(&X_REAL_IP);
+        }
+        if upstream_request
+            .headers
+            .contains_key(&http::header::FORWARDED)
+        {
+            upstream_request.remove_header(&http::header::FORWARDED);
+        }
+    }
+    Ok(())
+}
+
+/// The error of a backend silent past its `read_timeout`, as pingora's own read deadline
+/// would give it.
+fn backend_timed_out() -> Box<Error> {
+    Error::explain(
+        ErrorType::ReadTimedout,
+        "the backend sent nothing for read_timeout",
+    )
+    .into_up()
+}
+
+/// Whether the backend's answer is all in its head (no body follows), as pingora reads it: an
+/// answer to HEAD, a 204 or 304, or one of `Content-Length: 0` not chunked. An upgrade's 101 is
+/// followed by whatever the two sides send.
+fn answer_ends_with_head(session: &Session, answer: &ResponseHeader) -> bool {
+    match answer.status.as_u16() {
+        204 | 304 => return true,
+        // 100 Continue, say: the answer is still to come; after a 101, the upgraded connection.
+        100..=199 => return false,
+        _ => {}
+    }
+    if session.req_header().method == http::Method::HEAD {
+        return true;
+    }
+    // Nearly every answer has a length, and most not 0: one lookup.
+    let zero_length = answer
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| !v.is_empty() && v.as_bytes().iter().all(|&b| b == b'0'));
+    zero_length
+        && !answer
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_some_and(|v| {
+                v.as_bytes()
+                    .trim_ascii_end()
+                    .to_ascii_lowercase()
+                    .ends_with(b"chunked")
+            })
 }
 
 /// What the end of a request records: its pool's metrics and its access-log line.

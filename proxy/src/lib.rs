@@ -11,16 +11,18 @@
 //!                  └─ logging ─▶ metrics handles (atomics), access_log queue (own thread)
 //! ```
 //!
-//! The request path never takes a lock: it reads one `Arc` of the table, atomics for health,
-//! counters and in-flight counts, and nothing else. This crate depends on the config and on
-//! pingora (and on the ACME challenge store, to answer HTTP-01 challenges); it knows nothing of
-//! the control socket, the controller, or how certificates are ordered. Its modules form no
-//! cycle: `split`, `metrics`, `health` and `text` depend on nothing here; `pool` on `metrics` and
-//! `health`; `routing` on those; `http` on everything.
+//! The request path takes no lock another thread holds: it reads one `Arc` of the table, atomics
+//! for health, counters and in-flight counts, and its own worker thread's list of backend waits
+//! (`read_deadline`), and nothing else. This crate depends on the config and on pingora (and on
+//! the ACME challenge store, to answer HTTP-01 challenges); it knows nothing of the control
+//! socket, the controller, or how certificates are ordered. Its modules form no cycle: `split`,
+//! `metrics`, `health`, `read_deadline` and `text` depend on nothing here; `forwarding` on
+//! `text`; `pool` on `metrics` and `health`; `routing` on those; `http` on everything.
 
 pub mod access_log;
 pub mod compress;
 pub mod connections;
+pub mod forwarding;
 pub mod headers;
 pub mod health;
 pub mod http;
@@ -28,6 +30,7 @@ pub mod long_lived;
 pub mod metrics;
 pub mod names;
 pub mod pool;
+pub mod read_deadline;
 pub mod retry;
 pub mod routing;
 pub mod split;

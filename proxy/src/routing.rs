@@ -317,7 +317,8 @@ fn new_backend(
 ) -> Arc<Backend> {
     let mut peer = HttpPeer::new(addr, false, String::new());
     peer.options.connection_timeout = Some(service.connect_timeout);
-    peer.options.read_timeout = Some(service.read_timeout);
+    // The read deadline is switchback's own (crate::read_deadline), but for upgrades, whose
+    // peers get it back from upstream_peer.
     peer.options.write_timeout = Some(service.read_timeout);
     let health = registry.get(&service.name, addr, service.health.is_some());
     if let Some(name) = &name {

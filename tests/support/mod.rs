@@ -118,7 +118,9 @@ impl Upstream {
                         let state = state.clone();
                         tokio::spawn(async move {
                             let svc = service_fn(move |req| respond(state.clone(), req));
+                            // Room for heads of as many header lines as pingora takes.
                             let _ = http1::Builder::new()
+                                .max_headers(300)
                                 .serve_connection(TokioIo::new(stream), svc)
                                 .with_upgrades()
                                 .await;

@@ -1,0 +1,330 @@
+//! The backend's read deadline (a service's `read_timeout`): how long a backend may stay
+//! silent while a request waits on it, kept by one ticker per worker thread rather than by a
+//! timer per read.
+//!
+//! pingora keeps a read deadline with a timer it registers for every read of a backend that
+//! has to wait, and every request waits for its answer: a lock, a shared map, an allocation,
+//! reference counts and a notification apiece, the largest cost of switchback's request path
+//! over pingora's own. Here a request that waits on its backend gets an entry in its worker
+//! thread's list instead, with the time by which the backend must have sent something, moved on
+//! by every piece of the answer. A ticker task per thread looks over the list every [`TICK`],
+//! and ends a wait past its deadline by shutting its backend connection down: pingora's read of
+//! it ends, and the request fails as a read timeout (504, or a cut answer once it has started).
+//!
+//! Only the backend's silence counts. Once the answer is being sent, pingora stops reading the
+//! backend while the client has not taken what it was sent; a wait whose client still has bytes
+//! queued (unsent or unacknowledged) at its deadline gets another `read_timeout` (the client has
+//! `send_timeout`).
+//!
+//! An entry lives from the request's last byte sent to the backend to the last byte of the
+//! answer read (or the request's end), and is always left before pingora closes or pools that
+//! backend connection, so a shutdown never reaches a descriptor another connection reused.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use pingora::protocols::SocketDigest;
+
+/// How often a ticker looks over its thread's waits: the deadline's precision.
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// Nanoseconds since [`epoch`], the clock of the deadlines (0: no wait).
+fn now_nanos() -> u64 {
+    (Instant::now() - epoch()).as_nanos() as u64 + 1
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// One request's wait on its backend, shared by the request and its thread's ticker.
+#[derive(Debug)]
+struct Entry {
+    /// When the wait ends, in [`now_nanos`]; 0 while the request waits on nothing.
+    deadline: AtomicU64,
+    /// The backend connection, whose shutdown ends the wait; written before `deadline`.
+    backend_fd: AtomicU64,
+    /// The answer has started: a late deadline may be the client's doing.
+    answering: AtomicBool,
+    /// The ticker shut the backend connection down.
+    fired: AtomicBool,
+    /// The client connection (for its send queue).
+    client: Option<Arc<SocketDigest>>,
+    /// `read_timeout` in nanoseconds.
+    limit: AtomicU64,
+}
+
+/// The waits of one worker thread, with its ticker.
+type List = Arc<Mutex<Vec<Arc<Entry>>>>;
+
+thread_local! {
+    static LIST: List = start_ticker();
+}
+
+/// A new list, and its ticker on the current runtime (if any: outside one, waits are never
+/// ended, which only unit tests see).
+fn start_ticker() -> List {
+    let list: List = Arc::default();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let watched = Arc::downgrade(&list);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(list) = watched.upgrade() else {
+                    return;
+                };
+                look_over(&list, now_nanos());
+            }
+        });
+    }
+    list
+}
+
+/// Drops the entries no request holds or waits on, and ends the waits past their deadline.
+fn look_over(list: &Mutex<Vec<Arc<Entry>>>, now: u64) {
+    let mut entries = list.lock().unwrap_or_else(|e| e.into_inner());
+    entries.retain(|entry| {
+        let deadline = entry.deadline.load(Ordering::Acquire);
+        if deadline == 0 {
+            // Not waiting: kept while its request may wait again (a retry), dropped after.
+            return Arc::strong_count(entry) > 1;
+        }
+        if deadline > now {
+            return true;
+        }
+        if entry.answering.load(Ordering::Relaxed) && client_behind(entry) {
+            // pingora is not reading the backend: it waits on the client.
+            let limit = entry.limit.load(Ordering::Relaxed);
+            let _ = entry.deadline.compare_exchange(
+                deadline,
+                now + limit,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            return true;
+        }
+        // Claimed first, so the request (which clears `deadline` before its connection is
+        // closed or pooled) and the ticker never both act on the descriptor.
+        if entry
+            .deadline
+            .compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            entry.fired.store(true, Ordering::Release);
+            let fd = entry.backend_fd.load(Ordering::Relaxed) as RawFd;
+            // SAFETY: a plain syscall on a descriptor the waiting request's backend connection
+            // still owns: the wait is cleared before that connection is closed or pooled, and
+            // both run on this thread, which is here now.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+        Arc::strong_count(entry) > 1
+    });
+}
+
+/// Whether the client connection still has bytes it has not taken.
+fn client_behind(entry: &Entry) -> bool {
+    let Some(client) = &entry.client else {
+        return false;
+    };
+    client
+        .tcp_info()
+        .is_some_and(|info| info.tcpi_notsent_bytes > 0 || info.tcpi_unacked > 0)
+}
+
+/// A request's wait on its backend, kept in its [`crate::http::RequestCtx`].
+#[derive(Debug, Default)]
+pub struct Wait {
+    entry: Option<Arc<Entry>>,
+}
+
+impl Wait {
+    /// The whole request is with the backend connection `backend_fd`: its answer is due within
+    /// `limit`. `client` is the client connection's digest.
+    pub fn start(
+        &mut self,
+        backend_fd: RawFd,
+        limit: Duration,
+        client: impl FnOnce() -> Option<Arc<SocketDigest>>,
+    ) {
+        self.start_at(backend_fd, limit, client, now_nanos());
+    }
+
+    fn start_at(
+        &mut self,
+        backend_fd: RawFd,
+        limit: Duration,
+        client: impl FnOnce() -> Option<Arc<SocketDigest>>,
+        now: u64,
+    ) {
+        let entry = self.entry.get_or_insert_with(|| {
+            // A retry's wait reuses the entry: the same request, and client.
+            let entry = Arc::new(Entry {
+                deadline: AtomicU64::new(0),
+                backend_fd: AtomicU64::new(0),
+                answering: AtomicBool::new(false),
+                fired: AtomicBool::new(false),
+                client: client(),
+                limit: AtomicU64::new(0),
+            });
+            LIST.with(|list| {
+                list.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(entry.clone())
+            });
+            entry
+        });
+        let limit = limit.as_nanos() as u64;
+        entry.limit.store(limit, Ordering::Relaxed);
+        entry.backend_fd.store(backend_fd as u64, Ordering::Relaxed);
+        entry.answering.store(false, Ordering::Relaxed);
+        entry.fired.store(false, Ordering::Relaxed);
+        entry.deadline.store(now + limit, Ordering::Release);
+    }
+
+    /// Some of the answer came: the backend has `read_timeout` again for the rest.
+    pub fn answered(&self) {
+        self.answered_at(now_nanos());
+    }
+
+    fn answered_at(&self, now: u64) {
+        if let Some(entry) = &self.entry {
+            let deadline = entry.deadline.load(Ordering::Acquire);
+            if deadline != 0 {
+                entry.answering.store(true, Ordering::Relaxed);
+                let moved = now + entry.limit.load(Ordering::Relaxed);
+                // Unless the ticker has just claimed it.
+                let _ = entry.deadline.compare_exchange(
+                    deadline,
+                    moved,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
+    /// The wait is over (the answer is all read, or the attempt ended): the backend connection
+    /// is no longer this wait's. Says whether the deadline passed first.
+    pub fn end(&self) -> bool {
+        let Some(entry) = &self.entry else {
+            return false;
+        };
+        entry.deadline.store(0, Ordering::Release);
+        entry.fired.load(Ordering::Acquire)
+    }
+
+    /// Whether the deadline passed (and the backend connection was shut down).
+    pub fn expired(&self) -> bool {
+        self.entry
+            .as_ref()
+            .is_some_and(|e| e.fired.load(Ordering::Acquire))
+    }
+}
+
+impl Drop for Wait {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    const MS: u64 = 1_000_000;
+
+    /// A wait started at `now` on a connection of our own.
+    fn waiting(limit: Duration, now: u64) -> (Wait, TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (theirs, _) = listener.accept().unwrap();
+        let mut wait = Wait::default();
+        wait.start_at(ours.as_raw_fd(), limit, || None, now);
+        (wait, ours, theirs)
+    }
+
+    fn list() -> List {
+        LIST.with(|l| l.clone())
+    }
+
+    #[test]
+    fn a_wait_past_its_deadline_shuts_its_backend_connection_down() {
+        let start = now_nanos();
+        let (wait, mut ours, _theirs) = waiting(Duration::from_millis(50), start);
+        look_over(&list(), start + 49 * MS);
+        assert!(!wait.expired(), "not yet");
+        look_over(&list(), start + 50 * MS);
+        assert!(wait.expired());
+        // The read of the backend ends.
+        let mut buf = [0u8; 8];
+        assert_eq!(ours.read(&mut buf).unwrap(), 0);
+        assert!(wait.end(), "the request learns it timed out");
+    }
+
+    #[test]
+    fn an_answer_moves_the_deadline_and_an_ended_wait_is_never_fired() {
+        let start = now_nanos();
+        let (wait, ours, _theirs) = waiting(Duration::from_millis(50), start);
+        wait.answered_at(start + 30 * MS);
+        // 50 ms after the start, but not after the answer.
+        look_over(&list(), start + 79 * MS);
+        assert!(!wait.expired());
+        assert!(!wait.end());
+        look_over(&list(), start + 10_000 * MS);
+        assert!(!wait.expired(), "an ended wait is left alone");
+        ours.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            (&ours).read(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "still open"
+        );
+    }
+
+    #[test]
+    fn a_wait_started_again_for_a_retry_has_its_own_deadline_and_connection() {
+        let start = now_nanos();
+        let (mut wait, first, _theirs) = waiting(Duration::from_millis(50), start);
+        look_over(&list(), start + 50 * MS);
+        assert!(wait.end());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let second = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        wait.start_at(
+            second.as_raw_fd(),
+            Duration::from_millis(50),
+            || None,
+            start + 60 * MS,
+        );
+        assert!(!wait.expired(), "a new attempt starts unexpired");
+        look_over(&list(), start + 100 * MS);
+        assert!(!wait.expired());
+        look_over(&list(), start + 110 * MS);
+        assert!(wait.expired());
+        drop(first);
+    }
+
+    #[test]
+    fn entries_go_once_their_request_does() {
+        let count = || {
+            let own = LIST.with(|l| l.clone());
+            let n = own.lock().unwrap().len();
+            n
+        };
+        let before = count();
+        let (wait, _ours, _theirs) = waiting(Duration::from_secs(60), now_nanos());
+        assert_eq!(count(), before + 1);
+        drop(wait);
+        look_over(&list(), now_nanos());
+        assert_eq!(count(), before);
+    }
+}

@@ -223,8 +223,9 @@ pub struct RequestCtx {
     body_read: usize,
     /// The encoding the client takes that the service compresses with, if any.
     encoding: Option<Encoding>,
-    /// The backend connection of the current attempt.
+    /// The backend connection of the current attempt, and its [`read_deadline::identity`].
     upstream_fd: Option<std::os::fd::RawFd>,
+    upstream_identity: u64,
     /// The current attempt's backend read deadline is kept by [`read_deadline`], not pingora.
     deadline_here: bool,
     /// The current attempt's backend has started its answer.
@@ -573,10 +574,15 @@ impl ProxyHttp for SwitchbackProxy {
         _reused: bool,
         _peer: &HttpPeer,
         fd: std::os::fd::RawFd,
-        _digest: Option<&pingora::protocols::Digest>,
+        digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_fd = Some(fd);
+        // Kept with the connection's digest: queried once per connection, not per request.
+        ctx.upstream_identity = digest
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| Some((s.local_addr()?.as_inet()?, s.peer_addr()?.as_inet()?)))
+            .map_or(0, |(local, peer)| read_deadline::identity(*local, *peer));
         Ok(())
     }
 
@@ -613,9 +619,10 @@ impl ProxyHttp for SwitchbackProxy {
                 (ctx.deadline_here, ctx.upstream_fd, ctx.route())
             {
                 let limit = service.config.read_timeout;
-                ctx.backend_wait.start(fd, limit, || {
-                    session.digest().and_then(|d| d.socket_digest.clone())
-                });
+                ctx.backend_wait
+                    .start((fd, ctx.upstream_identity), limit, || {
+                        session.digest().and_then(|d| d.socket_digest.clone())
+                    });
             }
         }
         Ok(())

@@ -20,7 +20,8 @@
 //! answer read (or the request's end), and is always left before pingora closes or pools that
 //! backend connection, so a shutdown never reaches a descriptor another connection reused.
 
-use std::os::fd::RawFd;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -47,6 +48,8 @@ struct Entry {
     deadline: AtomicU64,
     /// The backend connection, whose shutdown ends the wait; written before `deadline`.
     backend_fd: AtomicU64,
+    /// The backend connection's [`identity`], checked before the shutdown.
+    identity: AtomicU64,
     /// The answer has started: a late deadline may be the client's doing.
     answering: AtomicBool,
     /// The ticker shut the backend connection down.
@@ -115,13 +118,21 @@ fn look_over(list: &Mutex<Vec<Arc<Entry>>>, now: u64) {
             .compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
-            entry.fired.store(true, Ordering::Release);
             let fd = entry.backend_fd.load(Ordering::Relaxed) as RawFd;
-            // SAFETY: a plain syscall on a descriptor the waiting request's backend connection
-            // still owns: the wait is cleared before that connection is closed or pooled, and
-            // both run on this thread, which is here now.
-            unsafe {
-                libc::shutdown(fd, libc::SHUT_RDWR);
+            // The wait is cleared before its connection is closed or pooled; and should a
+            // descriptor number ever have passed to another connection meanwhile, its addresses
+            // differ, and it is left alone.
+            if identity_of(fd) == Some(entry.identity.load(Ordering::Relaxed)) {
+                entry.fired.store(true, Ordering::Release);
+                // SAFETY: a plain syscall on the descriptor, which is the waiting connection's.
+                unsafe {
+                    libc::shutdown(fd, libc::SHUT_RDWR);
+                }
+            } else {
+                tracing::warn!(
+                    fd,
+                    "read deadline of a backend connection that is gone: left alone"
+                );
             }
         }
         Arc::strong_count(entry) > 1
@@ -138,6 +149,32 @@ fn client_behind(entry: &Entry) -> bool {
         .is_some_and(|info| info.tcpi_notsent_bytes > 0 || info.tcpi_unacked > 0)
 }
 
+/// A connection's local and remote addresses folded into one number, which tells it from any
+/// other connection its descriptor number may pass to.
+pub fn identity(local: SocketAddr, peer: SocketAddr) -> u64 {
+    fn fold(addr: SocketAddr) -> u64 {
+        let ip = match addr {
+            SocketAddr::V4(a) => u32::from(*a.ip()) as u64,
+            SocketAddr::V6(a) => {
+                let bits = u128::from(*a.ip());
+                (bits as u64) ^ ((bits >> 64) as u64).rotate_left(17)
+            }
+        };
+        (ip << 16) ^ addr.port() as u64
+    }
+    fold(local).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ fold(peer)
+}
+
+/// The [`identity`] of the connection `fd` is now.
+fn identity_of(fd: RawFd) -> Option<u64> {
+    // SAFETY: borrowed for two queries, never closed here (ManuallyDrop).
+    let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    Some(identity(
+        socket.local_addr().ok()?,
+        socket.peer_addr().ok()?,
+    ))
+}
+
 /// A request's wait on its backend, kept in its [`crate::http::RequestCtx`].
 #[derive(Debug, Default)]
 pub struct Wait {
@@ -145,20 +182,21 @@ pub struct Wait {
 }
 
 impl Wait {
-    /// The whole request is with the backend connection `backend_fd`: its answer is due within
-    /// `limit`. `client` is the client connection's digest.
+    /// The whole request is with the backend connection `backend_fd` (of [`identity`]
+    /// `identity`): its answer is due within `limit`. `client` is the client connection's
+    /// digest.
     pub fn start(
         &mut self,
-        backend_fd: RawFd,
+        backend: (RawFd, u64),
         limit: Duration,
         client: impl FnOnce() -> Option<Arc<SocketDigest>>,
     ) {
-        self.start_at(backend_fd, limit, client, now_nanos());
+        self.start_at(backend, limit, client, now_nanos());
     }
 
     fn start_at(
         &mut self,
-        backend_fd: RawFd,
+        (backend_fd, identity): (RawFd, u64),
         limit: Duration,
         client: impl FnOnce() -> Option<Arc<SocketDigest>>,
         now: u64,
@@ -168,6 +206,7 @@ impl Wait {
             let entry = Arc::new(Entry {
                 deadline: AtomicU64::new(0),
                 backend_fd: AtomicU64::new(0),
+                identity: AtomicU64::new(0),
                 answering: AtomicBool::new(false),
                 fired: AtomicBool::new(false),
                 client: client(),
@@ -183,6 +222,7 @@ impl Wait {
         let limit = limit.as_nanos() as u64;
         entry.limit.store(limit, Ordering::Relaxed);
         entry.backend_fd.store(backend_fd as u64, Ordering::Relaxed);
+        entry.identity.store(identity, Ordering::Relaxed);
         entry.answering.store(false, Ordering::Relaxed);
         entry.fired.store(false, Ordering::Relaxed);
         entry.deadline.store(now + limit, Ordering::Release);
@@ -249,8 +289,13 @@ mod tests {
         let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (theirs, _) = listener.accept().unwrap();
         let mut wait = Wait::default();
-        wait.start_at(ours.as_raw_fd(), limit, || None, now);
+        wait.start_at(backend(&ours), limit, || None, now);
         (wait, ours, theirs)
+    }
+
+    fn backend(s: &TcpStream) -> (RawFd, u64) {
+        let fd = s.as_raw_fd();
+        (fd, identity_of(fd).unwrap())
     }
 
     fn list() -> List {
@@ -300,7 +345,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let second = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         wait.start_at(
-            second.as_raw_fd(),
+            backend(&second),
             Duration::from_millis(50),
             || None,
             start + 60 * MS,
@@ -326,5 +371,26 @@ mod tests {
         drop(wait);
         look_over(&list(), now_nanos());
         assert_eq!(count(), before);
+    }
+
+    #[test]
+    fn a_descriptor_that_passed_to_another_connection_is_left_alone() {
+        let start = now_nanos();
+        let (wait, ours, _theirs) = waiting(Duration::from_millis(50), start);
+        // The descriptor number comes to stand for another connection.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_accepted, _) = listener.accept().unwrap();
+        // SAFETY: both descriptors are open and ours; `ours` then closes the duplicate.
+        assert!(unsafe { libc::dup2(other.as_raw_fd(), ours.as_raw_fd()) } >= 0);
+        look_over(&list(), start + 50 * MS);
+        assert!(!wait.expired());
+        other.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            (&other).read(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the other connection is still open"
+        );
     }
 }

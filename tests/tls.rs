@@ -838,3 +838,64 @@ async fn a_websocket_over_tls_is_carried_and_its_backend_is_told_https() {
         "{status}"
     );
 }
+
+/// HTTP/2 requests do not pass through the connection loop that writes HTTP/1.x requests'
+/// forwarding headers, and run as tasks of their own: both the filter's forwarding headers and
+/// the backend read deadline must hold there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_the_backend_is_told_the_client_and_a_silent_backend_gets_504() {
+    let blue = Upstream::start("blue");
+    let mut proxy = Proxy::unstarted(true);
+    let pebble = Pebble::start(proxy.port, &[]);
+    proxy.launch(&format!(
+        "{}{}read_timeout = \"300ms\"\n",
+        pebble.acme_section(""),
+        acme_service(&blue)
+    ));
+    wait_issued(&proxy, &pebble, HOST);
+    let root_file = proxy.dir.path().join("pebble-root.pem");
+    std::fs::write(&root_file, pebble.issuing_root()).unwrap();
+    let https = proxy.https_port.unwrap();
+    let resolve = format!("{HOST}:{https}:127.0.0.1");
+    let h2 = |path: &str, extra: &[&str]| {
+        let url = format!("https://{HOST}:{https}{path}");
+        let mut args = vec![
+            "-sS",
+            "--http2",
+            "--cacert",
+            root_file.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let out = curl(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let seen = h2(
+        "/headers",
+        &["-H", "X-Forwarded-For: 6.6.6.6", "-H", "X-Real-IP: 7.7.7.7"],
+    );
+    assert!(seen.ends_with("\n2 200"), "{seen}");
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: https\n"), "{seen}");
+    assert!(
+        !seen.contains("6.6.6.6") && !seen.contains("x-real-ip"),
+        "{seen}"
+    );
+    let start = std::time::Instant::now();
+    let slow = h2("/slow?ms=5000", &[]);
+    assert!(slow.ends_with("\n2 504"), "{slow}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -74,6 +74,38 @@ fn curl(args: &[&str]) -> std::process::Output {
         .expect("run curl")
 }
 
+/// An HTTP/2 GET of `path` on HOST at 127.0.0.1:`https` by curl, trusting the root in
+/// `root_file`: its body, then what `write_out` says (curl's `-w`). Panics when curl fails.
+fn curl_http2(
+    root_file: &std::path::Path,
+    https: u16,
+    path: &str,
+    write_out: &str,
+    extra: &[&str],
+) -> String {
+    let resolve = format!("{HOST}:{https}:127.0.0.1");
+    let url = format!("https://{HOST}:{https}{path}");
+    let mut args = vec![
+        "-sS",
+        "--http2",
+        "--cacert",
+        root_file.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        "-w",
+        write_out,
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let out = curl(&args);
+    assert!(
+        out.status.success(),
+        "curl --http2: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_gets_a_certificate_and_is_served_over_http1_and_http2() {
     let blue = Upstream::start("blue");
@@ -102,25 +134,7 @@ async fn a_host_gets_a_certificate_and_is_served_over_http1_and_http2() {
     );
 
     // HTTP/2 is negotiated by ALPN.
-    let resolve = format!("{HOST}:{https}:127.0.0.1");
-    let url = format!("https://{HOST}:{https}/hello");
-    let out = curl(&[
-        "-sS",
-        "--http2",
-        "--cacert",
-        root_file.to_str().unwrap(),
-        "--resolve",
-        &resolve,
-        "-w",
-        "\n%{http_version}",
-        &url,
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "curl --http2: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = curl_http2(&root_file, https, "/hello", "\n%{http_version}", &[]);
     assert_eq!(text, "blue\n2", "HTTP/2 answer through the proxy");
 
     // Plain HTTP is redirected to HTTPS, keeping path and query; the challenge path is not.
@@ -856,28 +870,14 @@ async fn over_http2_the_backend_is_told_the_client_and_a_silent_backend_gets_504
     let root_file = proxy.dir.path().join("pebble-root.pem");
     std::fs::write(&root_file, pebble.issuing_root()).unwrap();
     let https = proxy.https_port.unwrap();
-    let resolve = format!("{HOST}:{https}:127.0.0.1");
     let h2 = |path: &str, extra: &[&str]| {
-        let url = format!("https://{HOST}:{https}{path}");
-        let mut args = vec![
-            "-sS",
-            "--http2",
-            "--cacert",
-            root_file.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            "-w",
+        curl_http2(
+            &root_file,
+            https,
+            path,
             "\n%{http_version} %{http_code}",
-        ];
-        args.extend_from_slice(extra);
-        args.push(&url);
-        let out = curl(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            extra,
+        )
     };
     let seen = h2(
         "/headers",

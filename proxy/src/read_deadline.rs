@@ -16,6 +16,11 @@
 //! queued (unsent or unacknowledged) at its deadline gets another `read_timeout` (the client has
 //! `send_timeout`).
 //!
+//! The request path reads no clock for its deadlines: each ticker leaves its reading of the clock
+//! where every request reads it, and a deadline counts from one [`TICK`] after that reading (a
+//! time not yet reached). A wait thus ends between `read_timeout` and `read_timeout` plus two
+//! ticks after the backend fell silent.
+//!
 //! An entry lives from the request's last byte sent to the backend to the last byte of the
 //! answer read (or the request's end), and is always left before pingora closes or pools that
 //! backend connection, so a shutdown never reaches a descriptor another connection reused.
@@ -34,6 +39,18 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// Nanoseconds since [`epoch`], the clock of the deadlines (0: no wait).
 fn now_nanos() -> u64 {
     (Instant::now() - epoch()).as_nanos() as u64 + 1
+}
+
+/// The latest tickers' reading of [`now_nanos`] (0: none yet).
+static TICKED: AtomicU64 = AtomicU64::new(0);
+
+/// A time in [`now_nanos`] that is not yet past, within two ticks: the ticker's latest reading
+/// plus one [`TICK`]; the clock itself before any ticker has read it.
+fn soon() -> u64 {
+    match TICKED.load(Ordering::Relaxed) {
+        0 => now_nanos(),
+        ticked => ticked + TICK.as_nanos() as u64,
+    }
 }
 
 fn epoch() -> Instant {
@@ -81,7 +98,9 @@ fn start_ticker() -> List {
                 let Some(list) = watched.upgrade() else {
                     return;
                 };
-                look_over(&list, now_nanos());
+                let now = now_nanos();
+                TICKED.fetch_max(now, Ordering::Relaxed);
+                look_over(&list, now);
             }
         });
     }
@@ -191,7 +210,7 @@ impl Wait {
         limit: Duration,
         client: impl FnOnce() -> Option<Arc<SocketDigest>>,
     ) {
-        self.start_at(backend, limit, client, now_nanos());
+        self.start_at(backend, limit, client, soon());
     }
 
     fn start_at(
@@ -230,7 +249,7 @@ impl Wait {
 
     /// Some of the answer came: the backend has `read_timeout` again for the rest.
     pub fn answered(&self) {
-        self.answered_at(now_nanos());
+        self.answered_at(soon());
     }
 
     fn answered_at(&self, now: u64) {

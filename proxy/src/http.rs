@@ -6,12 +6,13 @@
 //! round robin, and proxy. While the backend has the whole request and owes its answer, the
 //! request waits in its worker thread's list of [`crate::read_deadline`]. A failed attempt is
 //! tried again, on another backend of the same pool, when [`crate::retry`] says it is safe. At
-//! the end, count the request in its pool's metrics and queue an access-log record. Nothing here
-//! takes a lock another thread holds, formats a log line or writes to a file.
+//! the end, count the request in its pool's metrics and add an access-log record to the worker
+//! thread's batch. Nothing here waits on a lock another thread holds for more than a swap,
+//! formats a log line or writes to a file.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -934,7 +935,8 @@ impl SwitchbackProxy {
 impl Ending {
     /// Records the request as ended now, with `bytes` of answer body sent.
     fn record(self, metrics: &Metrics, log: Option<&AccessLog>, bytes: u64) {
-        let elapsed = self.started.elapsed();
+        let ended = Instant::now();
+        let elapsed = ended.saturating_duration_since(self.started);
         let route = self.table.as_ref().map(|t| {
             (
                 &t.services[self.service],
@@ -961,7 +963,7 @@ impl Ending {
         }
         if let Some(log) = log {
             log.log(AccessRecord {
-                time: SystemTime::now(),
+                ended,
                 client: self.client,
                 host_and_path: self.host_and_path,
                 host_len: self.host_len,

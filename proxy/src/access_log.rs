@@ -140,10 +140,11 @@ impl AccessLog {
         done_rx.recv_timeout(timeout).is_ok()
     }
 
-    /// Adds a record to this thread's batch; never blocks.
+    /// Adds a record to this thread's batch; never blocks. A record that finds the batch full,
+    /// or its thread ending (its thread-locals gone), is dropped and counted.
     #[inline]
     pub fn log(&self, record: AccessRecord) {
-        let kept = BATCHES.with(|batches| {
+        let kept = BATCHES.try_with(|batches| {
             let mut batches = batches.borrow_mut();
             let ours = Arc::as_ptr(&self.shared);
             let i = match batches
@@ -170,7 +171,7 @@ impl AccessLog {
             records.push(record);
             true
         });
-        if !kept {
+        if kept != Ok(true) {
             self.dropped.inc();
         }
     }

@@ -30,6 +30,8 @@ struct Backend {
     addr: SocketAddr,
     /// A connection it answered was closed by the proxy (its read gave end of file).
     closed_by_proxy: Arc<AtomicBool>,
+    /// The proxy closed a connection in the middle of an answer (a write of it failed).
+    cut_mid_answer: Arc<AtomicBool>,
 }
 
 impl Backend {
@@ -37,22 +39,24 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let closed_by_proxy = Arc::new(AtomicBool::new(false));
-        let closed = closed_by_proxy.clone();
+        let cut_mid_answer = Arc::new(AtomicBool::new(false));
+        let (closed, cut) = (closed_by_proxy.clone(), cut_mid_answer.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
-                let closed = closed.clone();
-                std::thread::spawn(move || serve(conn, answer, &closed));
+                let (closed, cut) = (closed.clone(), cut.clone());
+                std::thread::spawn(move || serve(conn, answer, &closed, &cut));
             }
         });
         Backend {
             addr,
             closed_by_proxy,
+            cut_mid_answer,
         }
     }
 }
 
-fn serve(mut conn: TcpStream, answer: Answer, closed: &AtomicBool) {
+fn serve(mut conn: TcpStream, answer: Answer, closed: &AtomicBool, cut: &AtomicBool) {
     conn.set_nodelay(true).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -91,6 +95,7 @@ fn serve(mut conn: TcpStream, answer: Answer, closed: &AtomicBool) {
             }
         };
         if sent.is_err() {
+            cut.store(true, Ordering::SeqCst);
             return;
         }
     }
@@ -186,7 +191,9 @@ fn a_backend_that_keeps_talking_is_not_cut_however_long_its_answer_takes() {
         start.elapsed() > Duration::from_millis(1200),
         "two answers of 8 pieces 100 ms apart, each longer than read_timeout"
     );
-    assert!(!backend.closed_by_proxy.load(Ordering::SeqCst));
+    // Not "no connection closed": pingora may drop an idle pooled connection instead of reusing
+    // it (cloudflare/pingora#998), which cuts nothing.
+    assert!(!backend.cut_mid_answer.load(Ordering::SeqCst));
 }
 
 #[test]

@@ -140,8 +140,9 @@ impl AccessLog {
         done_rx.recv_timeout(timeout).is_ok()
     }
 
-    /// Adds a record to this thread's batch; never blocks. A record that finds the batch full,
-    /// or its thread ending (its thread-locals gone), is dropped and counted.
+    /// Adds a record to this thread's batch; waits at most for the writer's swap of it, never on
+    /// I/O. A record that finds the batch full, or its thread ending (its thread-locals gone), is
+    /// dropped and counted.
     #[inline]
     pub fn log(&self, record: AccessRecord) {
         let kept = BATCHES.try_with(|batches| {

@@ -317,6 +317,17 @@ mod tests {
         (fd, identity_of(fd).unwrap())
     }
 
+    /// Asserts `s` is neither shut down nor closed: a read would wait.
+    fn assert_open(s: &TcpStream, what: &str) {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            (&*s).read(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "{what}"
+        );
+    }
+
     fn list() -> List {
         LIST.with(|l| l.clone())
     }
@@ -346,13 +357,7 @@ mod tests {
         assert!(!wait.end());
         look_over(&list(), start + 10_000 * MS);
         assert!(!wait.expired(), "an ended wait is left alone");
-        ours.set_nonblocking(true).unwrap();
-        let mut buf = [0u8; 8];
-        assert_eq!(
-            (&ours).read(&mut buf).unwrap_err().kind(),
-            std::io::ErrorKind::WouldBlock,
-            "still open"
-        );
+        assert_open(&ours, "still open");
     }
 
     #[test]
@@ -404,12 +409,6 @@ mod tests {
         assert!(unsafe { libc::dup2(other.as_raw_fd(), ours.as_raw_fd()) } >= 0);
         look_over(&list(), start + 50 * MS);
         assert!(!wait.expired());
-        other.set_nonblocking(true).unwrap();
-        let mut buf = [0u8; 8];
-        assert_eq!(
-            (&other).read(&mut buf).unwrap_err().kind(),
-            std::io::ErrorKind::WouldBlock,
-            "the other connection is still open"
-        );
+        assert_open(&other, "the other connection is still open");
     }
 }

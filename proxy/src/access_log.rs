@@ -1,18 +1,18 @@
 //! The access log: one line per request, written by a thread of its own.
 //!
-//! A worker only moves an [`AccessRecord`] into its thread's batch (no formatting, no I/O, no
-//! wake-up; a lock only the writer ever shares, for a moment every 50 ms). The writer thread
-//! takes every thread's batch every 50 ms, formats each record (JSON lines or the combined log
-//! format) and writes them in one go. When the writer falls behind and a batch is full, the
-//! record is dropped and counted (`switchback_access_log_dropped_total`) rather than ever making
-//! a request wait. A log file that is moved away (logrotate) is noticed within a second and
-//! opened anew.
+//! A worker only moves an [`AccessRecord`] into its thread's [lane](crate::lane) to the writer
+//! (no formatting, no I/O, no wake-up, no lock). The writer thread takes what every lane holds
+//! every 50 ms, formats each record (JSON lines or the combined log format) and writes them in
+//! one go. When the writer falls behind and a thread's lane is full, the record is dropped and
+//! counted (`switchback_access_log_dropped_total`) rather than ever making a request wait. A
+//! log file that is moved away (logrotate) is noticed within a second and opened anew.
 //!
-//! A batch per thread, rather than one queue for all: a queue's slot was last touched by the
-//! writer on another core, and a worker waited on that cache line for every record it queued.
-//! A batch is written by its own thread's stores, which do not wait; and a record carries only
-//! the [`Instant`] its request ended (read anyway for its duration), which the writer turns
-//! into the time of day, so the request path reads the clock once less.
+//! A lane per thread, rather than one queue for all: a queue's slot was last touched by the
+//! writer on another core, and a worker waited on that cache line for every record it queued;
+//! a lock per thread still cost two locked instructions a record, the second waiting on the
+//! record's stores. A lane takes one plain store a record. And a record carries only the
+//! [`Instant`] its request ended (read anyway for its duration), which the writer turns into
+//! the time of day, so the request path reads the clock once less.
 //!
 //! A process that is about to exit calls [`AccessLog::flush`], which returns once every record
 //! logged before the call is written: no exit path may lose the lines of its last requests.
@@ -24,6 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use crate::lane;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntCounter;
@@ -85,25 +87,24 @@ pub struct AccessLog {
     dropped: IntCounter,
 }
 
-/// The records one worker thread logged that the writer has not taken yet.
-type Batch = Mutex<Vec<AccessRecord>>;
-
 /// What the workers and the writer of one log share.
 struct Shared {
-    /// Every thread's batch, from the first record it logged on.
-    batches: Mutex<Vec<Arc<Batch>>>,
-    /// Records a batch holds at most.
+    /// The writer's end of every thread's lane, from the first record the thread logged on.
+    /// Locked by a worker once, to add its lane.
+    lanes: Mutex<Vec<lane::Receiver<AccessRecord>>>,
+    /// Records a thread's lane holds at most.
     cap: usize,
 }
 
 thread_local! {
-    /// This thread's batch in each log it logged to (one, but for tests).
-    static BATCHES: RefCell<Vec<(Weak<Shared>, Arc<Batch>)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's lane in each log it logged to (one, but for tests).
+    static LANES: RefCell<Vec<(Weak<Shared>, lane::Sender<AccessRecord>)>> =
+        const { RefCell::new(Vec::new()) };
 }
 
-/// Records a thread's batch holds at most: over a second of a busy thread's requests, the
+/// Records a thread's lane holds at most: over a second of a busy thread's requests, the
 /// writer taking them every 50 ms.
-const BATCH_CAP: usize = 65_536;
+const LANE_CAP: usize = 65_536;
 
 impl AccessLog {
     /// Starts the writer thread. `path` None means standard output.
@@ -114,8 +115,8 @@ impl AccessLog {
     ) -> io::Result<AccessLog> {
         let sink = Sink::open(path)?;
         let shared = Arc::new(Shared {
-            batches: Mutex::default(),
-            cap: BATCH_CAP,
+            lanes: Mutex::default(),
+            cap: LANE_CAP,
         });
         let (flush_tx, flush_rx) = channel();
         let writer = shared.clone();
@@ -140,37 +141,28 @@ impl AccessLog {
         done_rx.recv_timeout(timeout).is_ok()
     }
 
-    /// Adds a record to this thread's batch; waits at most for the writer's swap of it, never on
-    /// I/O. A record that finds the batch full, or its thread ending (its thread-locals gone), is
-    /// dropped and counted.
+    /// Sends a record down this thread's lane to the writer; never waits. A record that finds
+    /// the lane full, or its thread ending (its thread-locals gone), is dropped and counted.
     #[inline]
     pub fn log(&self, record: AccessRecord) {
-        let kept = BATCHES.try_with(|batches| {
-            let mut batches = batches.borrow_mut();
+        let kept = LANES.try_with(|lanes| {
+            let mut lanes = lanes.borrow_mut();
             let ours = Arc::as_ptr(&self.shared);
-            let i = match batches
-                .iter()
-                .position(|(log, _)| Weak::as_ptr(log) == ours)
-            {
+            let i = match lanes.iter().position(|(log, _)| Weak::as_ptr(log) == ours) {
                 Some(i) => i,
                 None => {
-                    batches.retain(|(log, _)| log.strong_count() > 0);
-                    let batch = Arc::new(Batch::default());
+                    lanes.retain(|(log, _)| log.strong_count() > 0);
+                    let (tx, rx) = lane::lane(self.shared.cap);
                     self.shared
-                        .batches
+                        .lanes
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .push(batch.clone());
-                    batches.push((Arc::downgrade(&self.shared), batch));
-                    batches.len() - 1
+                        .push(rx);
+                    lanes.push((Arc::downgrade(&self.shared), tx));
+                    lanes.len() - 1
                 }
             };
-            let mut records = batches[i].1.lock().unwrap_or_else(PoisonError::into_inner);
-            if records.len() >= self.shared.cap {
-                return false;
-            }
-            records.push(record);
-            true
+            lanes[i].1.send(record).is_ok()
         });
         if kept != Ok(true) {
             self.dropped.inc();
@@ -249,17 +241,15 @@ impl Sink {
     }
 }
 
-/// How often the writer takes the batches. The writer never parks where a worker would have to
-/// wake it (a futex call per request).
+/// How often the writer takes what the lanes hold. The writer never parks where a worker would
+/// have to wake it (a futex call per request).
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 #[inline(never)] // the benches tell the writer thread apart by this name
 fn write_loop(shared: &Shared, flush_rx: Receiver<Sender<()>>, mut sink: Sink, format: Format) {
     let mut line = String::with_capacity(512);
-    // The records of the batch taken last; its room goes back to the next batch taken.
-    let mut taken: Vec<AccessRecord> = Vec::new();
     loop {
-        // Asks taken before the batches: everything logged before them is written by the time
+        // Asks taken before the records: everything logged before them is written by the time
         // they are answered.
         let mut asks: Vec<Sender<()>> = Vec::new();
         let last = loop {
@@ -270,23 +260,25 @@ fn write_loop(shared: &Shared, flush_rx: Receiver<Sender<()>>, mut sink: Sink, f
             }
         };
         let clock = (Instant::now(), SystemTime::now());
-        let batches = shared
-            .batches
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        // Taken out while they are read, so that a thread adding its lane never waits on
+        // the writing.
+        let mut lanes =
+            std::mem::take(&mut *shared.lanes.lock().unwrap_or_else(PoisonError::into_inner));
         let mut wrote = false;
-        for batch in &batches {
-            std::mem::swap(
-                &mut *batch.lock().unwrap_or_else(PoisonError::into_inner),
-                &mut taken,
-            );
-            for record in taken.drain(..) {
+        for lane in &mut lanes {
+            lane.drain(|record| {
                 line.clear();
                 format_record(&record, wall_time(record.ended, clock), format, &mut line);
                 let _ = sink.writer().write_all(line.as_bytes());
                 wrote = true;
-            }
+            });
+        }
+        // A lane whose thread ended is dropped once it is empty.
+        lanes.retain_mut(|lane| !lane.finished());
+        {
+            let mut live = shared.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            lanes.append(&mut live);
+            *live = lanes;
         }
         if wrote || !asks.is_empty() || last {
             let _ = sink.writer().flush();
@@ -618,7 +610,7 @@ mod tests {
         let dropped = IntCounter::new("d", "d").unwrap();
         let log = AccessLog {
             shared: Arc::new(Shared {
-                batches: Mutex::default(),
+                lanes: Mutex::default(),
                 cap: 1,
             }),
             flush_tx: channel().0,

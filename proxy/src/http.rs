@@ -6,9 +6,9 @@
 //! round robin, and proxy. While the backend has the whole request and owes its answer, the
 //! request waits in its worker thread's list of [`crate::read_deadline`]. A failed attempt is
 //! tried again, on another backend of the same pool, when [`crate::retry`] says it is safe. At
-//! the end, count the request in its pool's metrics and add an access-log record to the worker
-//! thread's batch. Nothing here waits on a lock another thread holds for more than a swap,
-//! formats a log line or writes to a file.
+//! the end, count the request in its pool's metrics and send an access-log record down the
+//! worker thread's lane to the log's writer. Nothing here waits on a lock another thread holds
+//! for more than a moment, formats a log line or writes to a file.
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -8,16 +8,16 @@
 //!                  │ split::choose (bucket, cookie,  ▼
 //!                  │ override) ──────────────▶ pool::Pool ── select ──▶ Backend ──▶ upstream
 //!                  │                                 │ health: one atomic load (health.rs)
-//!                  └─ logging ─▶ metrics handles (atomics), access_log batch (own thread)
+//!                  └─ logging ─▶ metrics handles (atomics), access_log lane (own thread)
 //! ```
 //!
 //! The request path takes no lock another thread holds but for a moment: it reads one `Arc` of
 //! the table, atomics for health, counters and in-flight counts, its own worker thread's list of
-//! backend waits (`read_deadline`) and batch of access-log records (which the log's writer swaps
-//! for an empty one every 50 ms), and nothing else. This crate depends on the config and on pingora (and on
+//! backend waits (`read_deadline`) and lane of access-log records (`lane`, with no lock at all),
+//! and nothing else. This crate depends on the config and on pingora (and on
 //! the ACME challenge store, to answer HTTP-01 challenges); it knows nothing of the control
 //! socket, the controller, or how certificates are ordered. Its modules form no cycle: `split`,
-//! `metrics`, `health`, `read_deadline` and `text` depend on nothing here; `forwarding` on
+//! `metrics`, `health`, `read_deadline`, `lane` and `text` depend on nothing here; `forwarding` on
 //! `text`; `pool` on `metrics` and `health`; `routing` on those; `http` on everything.
 
 pub mod access_log;
@@ -27,6 +27,7 @@ pub mod forwarding;
 pub mod headers;
 pub mod health;
 pub mod http;
+mod lane;
 pub mod long_lived;
 pub mod metrics;
 pub mod names;

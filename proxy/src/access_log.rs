@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
+pub use crate::host_and_path::HostAndPath;
 use crate::lane;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -48,11 +49,8 @@ pub struct AccessRecord {
     /// When the request ended; the writer tells the time of day from it.
     pub ended: Instant,
     pub client: Option<IpAddr>,
-    /// The Host header, then the path and query, as the client sent them: one buffer, one
-    /// allocation per request. [`AccessRecord::host`] and [`AccessRecord::path`] split it.
-    pub host_and_path: String,
-    /// Where the host ends in `host_and_path`.
-    pub host_len: usize,
+    /// The Host header, then the path and query, as the client sent them.
+    pub host_and_path: HostAndPath,
     pub method: http::Method,
     /// The pool was forced by an override, not chosen by the split.
     pub forced: bool,
@@ -68,12 +66,12 @@ pub struct AccessRecord {
 
 impl AccessRecord {
     pub fn host(&self) -> &str {
-        self.host_and_path.get(..self.host_len).unwrap_or("")
+        self.host_and_path.host()
     }
 
     /// Path and query.
     pub fn path(&self) -> &str {
-        self.host_and_path.get(self.host_len..).unwrap_or("")
+        self.host_and_path.path()
     }
 }
 
@@ -484,8 +482,11 @@ mod tests {
         AccessRecord {
             ended: Instant::now(),
             client: Some("127.0.0.1".parse().unwrap()),
-            host_and_path: "app.test/a\"b?x=1".into(),
-            host_len: "app.test".len(),
+            host_and_path: {
+                let mut text = HostAndPath::with_host("app.test");
+                text.push_path("/a\"b?x=1");
+                text
+            },
             method: http::Method::GET,
             forced: false,
             retries: 0,

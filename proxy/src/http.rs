@@ -28,6 +28,7 @@ use switchback_config::{Cidr, Encoding};
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::compress;
+use crate::host_and_path::HostAndPath;
 use crate::long_lived::LongLivedGuard;
 use crate::metrics::{status_class, ClientCounters, Metrics};
 use crate::pool::{InFlight, Tried};
@@ -241,7 +242,7 @@ pub struct RequestCtx {
     compressor: Option<compress::Compressor>,
     /// For the access log only: the Host header (or authority) as the client sent it; the
     /// path and query are appended at the end.
-    host_and_path: String,
+    host_and_path: HostAndPath,
 }
 
 impl RequestCtx {
@@ -328,10 +329,7 @@ impl ProxyHttp for SwitchbackProxy {
             .unwrap_or("");
         let path = req.uri.path();
         if self.access_log.is_some() {
-            // Host, then path and query, in one allocation for the access log record.
-            let query = req.uri.query().map_or(0, |q| q.len() + 1);
-            ctx.host_and_path = String::with_capacity(raw_host.len() + path.len() + query);
-            ctx.host_and_path.push_str(raw_host);
+            ctx.host_and_path = HostAndPath::with_host(raw_host);
         }
         if let Some(challenges) = &self.challenges {
             if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
@@ -889,8 +887,7 @@ struct Ending {
     // For the access log.
     client: Option<IpAddr>,
     /// The Host header, then the path and query (empty when the log is off).
-    host_and_path: String,
-    host_len: usize,
+    host_and_path: HostAndPath,
     method: http::Method,
     forced: bool,
     retries: u32,
@@ -901,9 +898,8 @@ impl SwitchbackProxy {
         let started = ctx.started?;
         let req = session.req_header();
         let mut host_and_path = std::mem::take(&mut ctx.host_and_path);
-        let host_len = host_and_path.len();
         if self.access_log.is_some() {
-            host_and_path.push_str(
+            host_and_path.push_path(
                 req.uri
                     .path_and_query()
                     .map_or(req.uri.path(), |p| p.as_str()),
@@ -924,7 +920,6 @@ impl SwitchbackProxy {
             answered_here: ctx.answered_here,
             client: ctx.client,
             host_and_path,
-            host_len,
             method: req.method.clone(),
             forced: ctx.forced,
             retries: ctx.attempts.saturating_sub(1),
@@ -966,7 +961,6 @@ impl Ending {
                 ended,
                 client: self.client,
                 host_and_path: self.host_and_path,
-                host_len: self.host_len,
                 method: self.method,
                 forced: self.forced,
                 retries: self.retries,

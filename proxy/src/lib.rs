@@ -26,6 +26,7 @@ pub mod connections;
 pub mod forwarding;
 pub mod headers;
 pub mod health;
+mod host_and_path;
 pub mod http;
 mod lane;
 pub mod long_lived;

@@ -620,7 +620,13 @@ impl ProxyHttp for SwitchbackProxy {
                 let limit = service.config.read_timeout;
                 ctx.backend_wait
                     .start((fd, ctx.upstream_identity), limit, || {
-                        session.digest().and_then(|d| d.socket_digest.clone())
+                        match session.as_downstream().stream() {
+                            Some(stream) => Some(read_deadline::Client::Fd(stream.id())),
+                            None => session
+                                .digest()
+                                .and_then(|d| d.socket_digest.clone())
+                                .map(read_deadline::Client::Digest),
+                        }
                     });
             }
         }

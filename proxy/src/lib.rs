@@ -11,11 +11,11 @@
 //!                  └─ logging ─▶ metrics handles (atomics), access_log lane (own thread)
 //! ```
 //!
-//! The request path takes no lock another thread holds but for a moment: it reads one `Arc` of
-//! the table, atomics for health, counters and in-flight counts, its own worker thread's list of
-//! backend waits (`read_deadline`) and lane of access-log records (`lane`, with no lock at all),
-//! and nothing else. This crate depends on the config and on pingora (and on
-//! the ACME challenge store, to answer HTTP-01 challenges); it knows nothing of the control
+//! The request path takes no lock in the steady state: it reads one `Arc` of the table, atomics
+//! for health, counters and in-flight counts, its own worker thread's backend waits
+//! (`read_deadline`, whose entries it reuses: its list is locked only for a new one) and lane of
+//! access-log records (`lane`), and nothing else. This crate depends on the config and on
+//! pingora (and on the ACME challenge store, to answer HTTP-01 challenges); it knows nothing of the control
 //! socket, the controller, or how certificates are ordered. Its modules form no cycle: `split`,
 //! `metrics`, `health`, `read_deadline`, `lane` and `text` depend on nothing here; `forwarding` on
 //! `text`; `pool` on `metrics` and `health`; `routing` on those; `http` on everything.

@@ -21,13 +21,21 @@
 //! time not yet reached). A wait thus ends between `read_timeout` and `read_timeout` plus two
 //! ticks after the backend fell silent.
 //!
-//! An entry lives from the request's last byte sent to the backend to the last byte of the
+//! An entry waits from the request's last byte sent to the backend to the last byte of the
 //! answer read (or the request's end), and is always left before pingora closes or pools that
 //! backend connection, so a shutdown never reaches a descriptor another connection reused.
+//!
+//! Entries are kept for the thread's next requests rather than allocated for each: a request
+//! takes one from its thread's free list and gives it back at its end, with no lock and no
+//! allocation once the thread has as many as it serves requests at once. This holds where the
+//! ticker runs on the requests' own thread (each worker thread its own runtime, as switchback
+//! runs them), so that the two take turns and never act on an entry at the same time; on a
+//! runtime shared by several threads each request gets an entry of its own.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -71,8 +79,13 @@ struct Entry {
     answering: AtomicBool,
     /// The ticker shut the backend connection down.
     fired: AtomicBool,
-    /// The client connection (for its send queue).
+    /// The client connection (for its send queue): an HTTP/2 connection's digest, kept for the
+    /// entry's life (such an entry is not kept for other requests)...
     client: Option<Arc<SocketDigest>>,
+    /// ... or an HTTP/1.x connection's descriptor, set for each request (-1: none).
+    client_fd: AtomicI32,
+    /// The list it is in (its address), whose thread may keep it for its next requests.
+    owner: usize,
     /// `read_timeout` in nanoseconds.
     limit: AtomicU64,
 }
@@ -80,15 +93,29 @@ struct Entry {
 /// The waits of one worker thread, with its ticker.
 type List = Arc<Mutex<Vec<Arc<Entry>>>>;
 
+/// A worker thread's list, and whether its entries are kept for its next requests.
+struct Own {
+    list: List,
+    /// The ticker runs on this thread: see the module's doc.
+    reuse: bool,
+}
+
+/// Entries a thread keeps for its next requests at most.
+const FREE_MAX: usize = 1024;
+
 thread_local! {
-    static LIST: List = start_ticker();
+    static LIST: Own = start_ticker();
+    /// This thread's entries that no request holds, each also in its list.
+    static FREE: RefCell<Vec<Arc<Entry>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A new list, and its ticker on the current runtime (if any: outside one, waits are never
 /// ended, which only unit tests see).
-fn start_ticker() -> List {
+fn start_ticker() -> Own {
     let list: List = Arc::default();
+    let mut reuse = false;
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        reuse = runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
         let watched = Arc::downgrade(&list);
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(TICK);
@@ -104,10 +131,11 @@ fn start_ticker() -> List {
             }
         });
     }
-    list
+    Own { list, reuse }
 }
 
-/// Drops the entries no request holds or waits on, and ends the waits past their deadline.
+/// Drops the entries no request holds or waits on (nor a free list keeps), and ends the waits
+/// past their deadline.
 fn look_over(list: &Mutex<Vec<Arc<Entry>>>, now: u64) {
     let mut entries = list.lock().unwrap_or_else(|e| e.into_inner());
     entries.retain(|entry| {
@@ -160,12 +188,15 @@ fn look_over(list: &Mutex<Vec<Arc<Entry>>>, now: u64) {
 
 /// Whether the client connection still has bytes it has not taken.
 fn client_behind(entry: &Entry) -> bool {
-    let Some(client) = &entry.client else {
-        return false;
+    let info = match &entry.client {
+        Some(client) => client.tcp_info(),
+        None => match entry.client_fd.load(Ordering::Relaxed) {
+            // The request still waits, so its connection is open: the descriptor is its.
+            fd if fd >= 0 => pingora::protocols::l4::ext::get_tcp_info(fd).ok(),
+            _ => None,
+        },
     };
-    client
-        .tcp_info()
-        .is_some_and(|info| info.tcpi_notsent_bytes > 0 || info.tcpi_unacked > 0)
+    info.is_some_and(|info| info.tcpi_notsent_bytes > 0 || info.tcpi_unacked > 0)
 }
 
 /// A connection's local and remote addresses folded into one number, which tells it from any
@@ -194,6 +225,14 @@ fn identity_of(fd: RawFd) -> Option<u64> {
     ))
 }
 
+/// The client connection of a request, whose send queue a late deadline looks at.
+pub enum Client {
+    /// An HTTP/1.x connection's descriptor.
+    Fd(RawFd),
+    /// An HTTP/2 connection's digest.
+    Digest(Arc<SocketDigest>),
+}
+
 /// A request's wait on its backend, kept in its [`crate::http::RequestCtx`].
 #[derive(Debug, Default)]
 pub struct Wait {
@@ -202,13 +241,12 @@ pub struct Wait {
 
 impl Wait {
     /// The whole request is with the backend connection `backend_fd` (of [`identity`]
-    /// `identity`): its answer is due within `limit`. `client` is the client connection's
-    /// digest.
+    /// `identity`): its answer is due within `limit`. `client` is the client connection.
     pub fn start(
         &mut self,
         backend: (RawFd, u64),
         limit: Duration,
-        client: impl FnOnce() -> Option<Arc<SocketDigest>>,
+        client: impl FnOnce() -> Option<Client>,
     ) {
         self.start_at(backend, limit, client, soon());
     }
@@ -217,27 +255,24 @@ impl Wait {
         &mut self,
         (backend_fd, identity): (RawFd, u64),
         limit: Duration,
-        client: impl FnOnce() -> Option<Arc<SocketDigest>>,
+        client: impl FnOnce() -> Option<Client>,
         now: u64,
     ) {
-        let entry = self.entry.get_or_insert_with(|| {
-            // A retry's wait reuses the entry: the same request, and client.
-            let entry = Arc::new(Entry {
-                deadline: AtomicU64::new(0),
-                backend_fd: AtomicU64::new(0),
-                identity: AtomicU64::new(0),
-                answering: AtomicBool::new(false),
-                fired: AtomicBool::new(false),
-                client: client(),
-                limit: AtomicU64::new(0),
-            });
-            LIST.with(|list| {
-                list.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(entry.clone())
-            });
-            entry
+        let (digest, client_fd) = match client() {
+            Some(Client::Fd(fd)) => (None, fd),
+            Some(Client::Digest(digest)) => (Some(digest), -1),
+            None => (None, -1),
+        };
+        // A retry's wait reuses the entry: the same request, and client.
+        let entry = self.entry.get_or_insert_with(|| match digest {
+            Some(digest) => new_entry(Some(digest)),
+            None => FREE
+                .try_with(|free| free.borrow_mut().pop())
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| new_entry(None)),
         });
+        entry.client_fd.store(client_fd, Ordering::Relaxed);
         let limit = limit.as_nanos() as u64;
         entry.limit.store(limit, Ordering::Relaxed);
         entry.backend_fd.store(backend_fd as u64, Ordering::Relaxed);
@@ -290,7 +325,46 @@ impl Wait {
 impl Drop for Wait {
     fn drop(&mut self) {
         self.end();
+        let Some(entry) = self.entry.take() else {
+            return;
+        };
+        if entry.client.is_some() {
+            return;
+        }
+        // Kept for this thread's next request, if this thread's ticker looks after it.
+        let ours = LIST.try_with(|own| own.reuse && Arc::as_ptr(&own.list) as usize == entry.owner);
+        if ours != Ok(true) {
+            return;
+        }
+        let _ = FREE.try_with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < FREE_MAX {
+                free.push(entry);
+            }
+        });
     }
+}
+
+/// A new entry, in this thread's list.
+fn new_entry(client: Option<Arc<SocketDigest>>) -> Arc<Entry> {
+    let entry = Arc::new(Entry {
+        deadline: AtomicU64::new(0),
+        backend_fd: AtomicU64::new(0),
+        identity: AtomicU64::new(0),
+        answering: AtomicBool::new(false),
+        fired: AtomicBool::new(false),
+        client,
+        client_fd: AtomicI32::new(-1),
+        limit: AtomicU64::new(0),
+        owner: LIST.with(|own| Arc::as_ptr(&own.list) as usize),
+    });
+    LIST.with(|own| {
+        own.list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(entry.clone())
+    });
+    entry
 }
 
 #[cfg(test)]
@@ -329,7 +403,7 @@ mod tests {
     }
 
     fn list() -> List {
-        LIST.with(|l| l.clone())
+        LIST.with(|own| own.list.clone())
     }
 
     #[test]
@@ -385,7 +459,7 @@ mod tests {
     #[test]
     fn entries_go_once_their_request_does() {
         let count = || {
-            let own = LIST.with(|l| l.clone());
+            let own = list();
             let n = own.lock().unwrap().len();
             n
         };
@@ -395,6 +469,41 @@ mod tests {
         drop(wait);
         look_over(&list(), now_nanos());
         assert_eq!(count(), before);
+    }
+
+    #[test]
+    fn a_thread_whose_ticker_runs_on_it_keeps_ended_entries_for_its_next_requests() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let start = now_nanos();
+            let (wait, first, _theirs) = waiting(Duration::from_millis(50), start);
+            look_over(&list(), start + 50 * MS);
+            assert!(wait.end(), "the first wait fired");
+            let entry = wait.entry.clone().unwrap();
+            drop(wait);
+            let (again, second, _theirs) = waiting(Duration::from_millis(50), start + 60 * MS);
+            assert!(
+                Arc::ptr_eq(again.entry.as_ref().unwrap(), &entry),
+                "the same entry, not a new one"
+            );
+            assert!(!again.expired(), "and nothing of the last request's wait");
+            look_over(&list(), start + 100 * MS);
+            assert_open(&second, "the new wait has its own deadline");
+            look_over(&list(), start + 110 * MS);
+            assert!(again.expired());
+            drop(first);
+        });
+        // A thread with no ticker of its own keeps nothing.
+        std::thread::spawn(|| {
+            let (wait, _ours, _theirs) = waiting(Duration::from_secs(1), now_nanos());
+            drop(wait);
+            assert!(FREE.with(|free| free.borrow().is_empty()));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

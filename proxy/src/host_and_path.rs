@@ -7,28 +7,35 @@
 //! cache: the allocation waits for it. Within the record, the text costs no allocation and
 //! travels with the record's own cache lines.
 
-/// Bytes of host, path and query kept within the record; longer text goes to the heap.
-const INLINE: usize = 126;
+/// Bytes of host, path and query kept within the record (a short host and path, as most are);
+/// longer text goes to the heap. The record is copied a few times on its way, so it stays small.
+const INLINE: usize = 61;
 
 #[derive(Clone)]
 pub struct HostAndPath {
-    /// Where the host ends.
-    host_len: usize,
     text: Text,
 }
 
 #[derive(Clone)]
 enum Text {
-    Inline { len: u8, bytes: [u8; INLINE] },
-    Heap(String),
+    Inline {
+        len: u8,
+        /// Where the host ends.
+        host_len: u8,
+        bytes: [u8; INLINE],
+    },
+    Heap {
+        text: String,
+        host_len: usize,
+    },
 }
 
 impl Default for HostAndPath {
     fn default() -> HostAndPath {
         HostAndPath {
-            host_len: 0,
             text: Text::Inline {
                 len: 0,
+                host_len: 0,
                 bytes: [0; INLINE],
             },
         }
@@ -40,7 +47,10 @@ impl HostAndPath {
     pub fn with_host(host: &str) -> HostAndPath {
         let mut text = HostAndPath::default();
         text.push(host);
-        text.host_len = host.len();
+        match &mut text.text {
+            Text::Inline { len, host_len, .. } => *host_len = *len,
+            Text::Heap { host_len, .. } => *host_len = host.len(),
+        }
         text
     }
 
@@ -51,7 +61,11 @@ impl HostAndPath {
 
     fn push(&mut self, s: &str) {
         match &mut self.text {
-            Text::Inline { len, bytes } => {
+            Text::Inline {
+                len,
+                host_len,
+                bytes,
+            } => {
                 let at = *len as usize;
                 match bytes.get_mut(at..at + s.len()) {
                     Some(room) => {
@@ -59,34 +73,44 @@ impl HostAndPath {
                         *len = (at + s.len()) as u8;
                     }
                     None => {
-                        let mut heap = String::with_capacity(at + s.len());
-                        heap.push_str(self.as_str());
-                        heap.push_str(s);
-                        self.text = Text::Heap(heap);
+                        let host_len = *host_len as usize;
+                        let mut text = String::with_capacity(at + s.len());
+                        text.push_str(self.as_str());
+                        text.push_str(s);
+                        self.text = Text::Heap { text, host_len };
                     }
                 }
             }
-            Text::Heap(heap) => heap.push_str(s),
+            Text::Heap { text, .. } => text.push_str(s),
         }
     }
 
     fn as_str(&self) -> &str {
         match &self.text {
-            // Whole `&str`s only were copied in: the bytes are UTF-8.
-            Text::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..*len as usize]).unwrap_or("")
+            Text::Inline { len, bytes, .. } => {
+                let bytes = &bytes[..*len as usize];
+                // SAFETY: only whole `&str`s are ever copied in, one after another, so the bytes
+                // up to `len` are UTF-8.
+                unsafe { std::str::from_utf8_unchecked(bytes) }
             }
-            Text::Heap(heap) => heap,
+            Text::Heap { text, .. } => text,
+        }
+    }
+
+    fn host_len(&self) -> usize {
+        match &self.text {
+            Text::Inline { host_len, .. } => *host_len as usize,
+            Text::Heap { host_len, .. } => *host_len,
         }
     }
 
     pub fn host(&self) -> &str {
-        self.as_str().get(..self.host_len).unwrap_or("")
+        self.as_str().get(..self.host_len()).unwrap_or("")
     }
 
     /// Path and query.
     pub fn path(&self) -> &str {
-        self.as_str().get(self.host_len..).unwrap_or("")
+        self.as_str().get(self.host_len()..).unwrap_or("")
     }
 }
 
@@ -118,7 +142,7 @@ mod tests {
         assert_eq!((full.host(), full.path()), (host.as_str(), "/123456789"));
         let mut over = HostAndPath::with_host(&host);
         over.push_path("/1234567890");
-        assert!(matches!(over.text, Text::Heap(_)));
+        assert!(matches!(over.text, Text::Heap { .. }));
         assert_eq!((over.host(), over.path()), (host.as_str(), "/1234567890"));
 
         // A host too long on its own, and text that is not ASCII.

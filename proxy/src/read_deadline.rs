@@ -98,6 +98,8 @@ struct Own {
     list: List,
     /// The ticker runs on this thread: see the module's doc.
     reuse: bool,
+    /// This thread's entries that no request holds, each also in `list`.
+    free: RefCell<Vec<Arc<Entry>>>,
 }
 
 /// Entries a thread keeps for its next requests at most.
@@ -105,8 +107,6 @@ const FREE_MAX: usize = 1024;
 
 thread_local! {
     static LIST: Own = start_ticker();
-    /// This thread's entries that no request holds, each also in its list.
-    static FREE: RefCell<Vec<Arc<Entry>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A new list, and its ticker on the current runtime (if any: outside one, waits are never
@@ -131,7 +131,11 @@ fn start_ticker() -> Own {
             }
         });
     }
-    Own { list, reuse }
+    Own {
+        list,
+        reuse,
+        free: RefCell::default(),
+    }
 }
 
 /// Drops the entries no request holds or waits on (nor a free list keeps), and ends the waits
@@ -266,8 +270,8 @@ impl Wait {
         // A retry's wait reuses the entry: the same request, and client.
         let entry = self.entry.get_or_insert_with(|| match digest {
             Some(digest) => new_entry(Some(digest)),
-            None => FREE
-                .try_with(|free| free.borrow_mut().pop())
+            None => LIST
+                .try_with(|own| own.free.borrow_mut().pop())
                 .ok()
                 .flatten()
                 .unwrap_or_else(|| new_entry(None)),
@@ -332,14 +336,12 @@ impl Drop for Wait {
             return;
         }
         // Kept for this thread's next request, if this thread's ticker looks after it.
-        let ours = LIST.try_with(|own| own.reuse && Arc::as_ptr(&own.list) as usize == entry.owner);
-        if ours != Ok(true) {
-            return;
-        }
-        let _ = FREE.try_with(|free| {
-            let mut free = free.borrow_mut();
-            if free.len() < FREE_MAX {
-                free.push(entry);
+        let _ = LIST.try_with(|own| {
+            if own.reuse && Arc::as_ptr(&own.list) as usize == entry.owner {
+                let mut free = own.free.borrow_mut();
+                if free.len() < FREE_MAX {
+                    free.push(entry);
+                }
             }
         });
     }
@@ -500,7 +502,7 @@ mod tests {
         std::thread::spawn(|| {
             let (wait, _ours, _theirs) = waiting(Duration::from_secs(1), now_nanos());
             drop(wait);
-            assert!(FREE.with(|free| free.borrow().is_empty()));
+            assert!(LIST.with(|own| own.free.borrow().is_empty()));
         })
         .join()
         .unwrap();

@@ -447,6 +447,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
     async fn serve(self: Arc<Self>, mut stream: Stream, shutdown: ShutdownWatch) {
         let mut stopping = shutdown.clone();
         let shutdown = &shutdown;
+        // Whether the process is stopping, per request without the watch's lock: it only ever
+        // changes once (to true), and this receiver never marks a value seen, so any change
+        // since the connection began is the stop.
+        let stopped_before = *shutdown.borrow();
+        let stopping_now = || stopped_before || shutdown.has_changed().unwrap_or(true);
         let before = self.open.fetch_add(1, Ordering::Relaxed);
         let _open = Open(&self.open);
         if before >= self.limits.max_connections as i64 {
@@ -523,7 +528,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                         session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)))
                     }
                 }
-                if *shutdown.borrow() {
+                if stopping_now() {
                     session.set_keepalive(None);
                 }
                 session.set_read_timeout(Some(self.limits.body_timeout));

@@ -24,13 +24,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-
-pub use crate::host_and_path::HostAndPath;
-use crate::lane;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntCounter;
 
+pub use crate::host_and_path::HostAndPath;
+use crate::lane;
 use crate::text::{push_ip, push_padded, push_u64};
 
 /// How a line looks.

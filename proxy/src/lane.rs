@@ -126,9 +126,18 @@ unsafe impl<T: Send> Send for Sender<T> {}
 
 impl<T: Send> Sender<T> {
     /// Sends `item`, or hands it back when the lane holds `cap` items the receiver has not
-    /// taken yet. Never waits.
-    #[inline]
+    /// taken yet. Never waits. (The access log builds its records in place: see
+    /// [`Self::send_with`].)
+    #[cfg(test)]
     pub fn send(&mut self, item: T) -> Result<(), T> {
+        self.send_with(|| item).map_err(|make| make())
+    }
+
+    /// Sends the item `make` builds, built only once there is room, and in its slot: a large
+    /// item is then not copied on its way in. Hands `make` back, not called, when the lane
+    /// holds `cap` items the receiver has not taken yet. Never waits.
+    #[inline]
+    pub fn send_with<F: FnOnce() -> T>(&mut self, make: F) -> Result<(), F> {
         // SAFETY: the tail chunk is alive: the receiver frees a chunk only once `next` is set,
         // which only this end does, after which it never touches that chunk again.
         let mut chunk = unsafe { self.tail.as_ref() };
@@ -138,7 +147,7 @@ impl<T: Send> Sender<T> {
                 // The receiver's count is read only here, once a chunk.
                 self.taken = self.lane.taken.load(Ordering::Acquire);
                 if self.pushed - self.taken + size > self.lane.cap {
-                    return Err(item);
+                    return Err(make);
                 }
             }
             let next = Chunk::new(size);
@@ -149,7 +158,7 @@ impl<T: Send> Sender<T> {
             chunk = unsafe { self.tail.as_ref() };
         }
         // SAFETY: slot `index` is not yet published, so only this end touches it.
-        unsafe { (*chunk.slots[self.index].get()).write(item) };
+        unsafe { (*chunk.slots[self.index].get()).write(make()) };
         self.index += 1;
         chunk.filled.store(self.index, Ordering::Release);
         self.pushed += 1;
@@ -281,6 +290,24 @@ mod tests {
         let (mut tx, _rx) = lane(1);
         assert!(tx.send(1).is_ok());
         assert_eq!(tx.send(2), Err(2));
+        // An item to be built is not built when there is no room for it.
+        let built = std::cell::Cell::new(false);
+        let refused = tx.send_with(|| {
+            built.set(true);
+            3
+        });
+        assert!(refused.is_err());
+        assert!(!built.get());
+    }
+
+    #[test]
+    fn an_item_is_built_in_its_slot_when_there_is_room() {
+        let (mut tx, mut rx) = lane(CHUNK * 2);
+        for i in 0..CHUNK + 1 {
+            assert!(tx.send_with(|| i * 2).is_ok());
+        }
+        let expected: Vec<usize> = (0..CHUNK + 1).map(|i| i * 2).collect();
+        assert_eq!(taken(&mut rx), expected);
     }
 
     /// Counts its drops, to show every item is dropped exactly once wherever it ends.

@@ -1,6 +1,6 @@
 //! The access log: one line per request, written by a thread of its own.
 //!
-//! A worker only moves an [`AccessRecord`] into its thread's [lane](crate::lane) to the writer
+//! A worker only moves an [`AccessRecord`] into its thread's lane (`crate::lane`) to the writer
 //! (no formatting, no I/O, no wake-up, no lock). The writer thread takes what every lane holds
 //! every 50 ms, formats each record (JSON lines or the combined log format) and writes them in
 //! one go. When the writer falls behind and a thread's lane is full, the record is dropped and

@@ -15,9 +15,10 @@
 //! for health, counters and in-flight counts, its own worker thread's backend waits
 //! (`read_deadline`, whose entries it reuses: its list is locked only for a new one) and lane of
 //! access-log records (`lane`), and nothing else. This crate depends on the config and on
-//! pingora (and on the ACME challenge store, to answer HTTP-01 challenges); it knows nothing of the control
-//! socket, the controller, or how certificates are ordered. Its modules form no cycle: `split`,
-//! `metrics`, `health`, `read_deadline`, `lane` and `text` depend on nothing here; `forwarding` on
+//! pingora (and on the ACME challenge store, to answer HTTP-01 challenges); it knows nothing of
+//! the control socket, the controller, or how certificates are ordered. Its modules form no
+//! cycle: `split`, `metrics`, `health`, `read_deadline`, `lane`, `host_and_path` and `text`
+//! depend on nothing here; `forwarding` on `text`; `access_log` on `lane`, `host_and_path` and
 //! `text`; `pool` on `metrics` and `health`; `routing` on those; `http` on everything.
 
 pub mod access_log;

@@ -522,14 +522,14 @@ impl Proxy {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        command
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start switchback");
+            .stderr(log);
+        let child = spawn_once_not_busy(&mut command).expect("start switchback");
         self.child = Some(child);
         let (port, admin_port, https_port) = (self.port, self.admin_port, self.https_port);
         let socket = self.socket.clone();
@@ -1063,4 +1063,21 @@ pub fn wait_exited(pid: u64) {
                 .map_or(true, |stat| stat.contains(") Z "))
         },
     );
+}
+
+/// Spawns `command`, whose binary a test may have written a moment ago (a copy of switchback
+/// to upgrade). While another test thread forks a child, that child holds every descriptor
+/// open at that moment, the copy's writer among them, until it execs; executing the copy
+/// then fails as busy (ETXTBSY). That lasts only until the child execs, so the spawn is tried
+/// again until it is not busy, for at most two seconds.
+pub fn spawn_once_not_busy(command: &mut Command) -> std::io::Result<Child> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match command.spawn() {
+            Err(e) if e.kind() == ErrorKind::ExecutableFileBusy && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            spawned => return spawned,
+        }
+    }
 }

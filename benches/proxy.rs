@@ -165,6 +165,10 @@ impl Drop for Proc {
     /// SIGKILLed nginx master leaves its workers running, listening and eating CPU in the
     /// rounds that follow. SIGKILL after 5 s.
     fn drop(&mut self) {
+        // Already reaped (a bench that stopped it itself): its pid may be another process's now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

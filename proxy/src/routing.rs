@@ -485,7 +485,7 @@ pools.a = ["127.0.0.1:9004"]
         assert!(Arc::ptr_eq(&a.pools[1].backends[0], &green.backends[0]));
         assert!(Arc::ptr_eq(&a.pools[1].stats, &green.stats));
         let same = RoutingTable::build(&c, &state, &two, Some(&second), &registry, &metrics);
-        assert!(Arc::ptr_eq(&green, &same.service("app").unwrap().pools[1]));
+        assert!(Arc::ptr_eq(green, &same.service("app").unwrap().pools[1]));
     }
 
     #[test]

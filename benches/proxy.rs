@@ -954,6 +954,35 @@ fn observability(bench: &Bench, o: &Options) {
 }
 
 /// Sets a canary through the control socket of a running switchback.
+/// Waits until the proxy behind `socket` has a request in flight (wrk's load has reached it),
+/// for at most 10 s.
+fn wait_for_load(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(BIN)
+            .arg("--socket")
+            .arg(socket)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        let in_flight: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .flat_map(|v| v["services"].as_array().cloned().unwrap_or_default())
+            .flat_map(|s| s["pools"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["in_flight"].as_u64())
+            .sum();
+        if in_flight > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no load reached the proxy within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn set_canary(socket: &Path, pool: &str, percent: &str) {
     let ok = Command::new(BIN)
         .arg("--socket")
@@ -1139,7 +1168,7 @@ fn switch(bench: &Bench, o: &Options) {
         let c = o.connections;
         move || wrk(port, seconds, c)
     });
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_load(&socket);
     let started = Instant::now();
     let mut switches = 0;
     for i in 0..100 {

@@ -11,12 +11,27 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::retry::{switchback_config, Backend};
 use super::{nginx_bin, nginx_conf, read_answer, spawn, wait_http, Bench, Options, Proc, BIN};
 
 /// Resident memory of `pid` and its descendants, in bytes.
+/// `pid`'s tree's resident memory once it has stopped moving: the same in four readings
+/// 50 ms apart (or whatever it is after 5 s).
+fn settled_rss(pid: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = tree_rss(pid);
+    let mut same = 0;
+    while same < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = tree_rss(pid);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
 fn tree_rss(pid: u32) -> u64 {
     let mut total = 0;
     let mut stack = vec![pid];
@@ -148,11 +163,9 @@ fn per_connection(
     n: usize,
     open: impl FnOnce() -> Vec<TcpStream>,
 ) -> (f64, Vec<TcpStream>) {
-    std::thread::sleep(Duration::from_secs(1));
-    let before = tree_rss(pid);
+    let before = settled_rss(pid);
     let conns = open();
-    std::thread::sleep(Duration::from_secs(1));
-    let after = tree_rss(pid);
+    let after = settled_rss(pid);
     (after.saturating_sub(before) as f64 / n as f64, conns)
 }
 

@@ -3,14 +3,19 @@
 //! them: the thinnest proxy pingora can be (one thread, no work stealing, mimalloc, a fixed
 //! peer, nothing else), which this bench binary becomes when run as `proxy --floor PORT
 //! UPSTREAM_PORT`. Nothing switchback does can be cheaper than the floor; the ratio to it is
-//! what switchback's own code costs.
+//! what switchback's own code costs. Beside it runs `floor-forwarding` (`--floor PORT
+//! UPSTREAM_PORT --forwarding`): the floor plus the `X-Forwarded-For` and `X-Forwarded-Proto`
+//! that switchback writes for every client, and that nginx and HAProxy are configured to add
+//! here, inserted the way pingora's filters allow. The ratio to it is what switchback costs
+//! beyond forwarding.
 //!
 //! `cargo bench --bench proxy -- [SCENARIO…] [--rounds N] [--seconds S] [--connections C]`
 //!
 //! Scenarios (all by default):
 //! - `http`: keep-alive requests per second and p99 latency of switchback (its default config:
-//!   metrics and access log on), the floor, nginx and HAProxy, with the ratios of switchback and
-//!   of the floor to each other proxy measured in the same round, and their medians;
+//!   metrics and access log on), the floor, nginx, HAProxy and floor-forwarding, with the ratios
+//!   of switchback and of the floor to each other proxy measured in the same round, and their
+//!   medians;
 //! - `https`: keep-alive requests per second over TLS, and new TLS handshakes per second, for
 //!   switchback, nginx and HAProxy with the same certificate;
 //! - `switch`: failed requests while switchback switches blue → green → blue 100 times under
@@ -19,9 +24,9 @@
 //! - `canary`: switchback with a 10% canary against the same proxy with a plain active pool,
 //!   for clients that carry their bucket cookie;
 //! - `instructions`: user-space instructions per request under callgrind for switchback (bare,
-//!   with metrics, with metrics and access log, with a 10% canary), the floor, nginx and HAProxy: a
-//!   measure of work that, unlike requests per second, does not move with the load of a shared
-//!   machine. With `SWITCHBACK_BASELINE=/path/to/switchback` (another build, say of the commit
+//!   with metrics, with metrics and access log, with a 10% canary), the floor, floor-forwarding,
+//!   nginx and HAProxy: a measure of work that, unlike requests per second, does not move with
+//!   the load of a shared machine. With `SWITCHBACK_BASELINE=/path/to/switchback` (another build, say of the commit
 //!   before a change), that binary runs on the default config too, and the same-run ratio prices
 //!   the change (`http` runs it beside the others too);
 //! - `memory`: resident memory per idle keep-alive connection and per open WebSocket, for
@@ -63,17 +68,20 @@ mod shaping;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The engine's floor: a pingora proxy that does nothing of its own.
+/// The engine's floor: a pingora proxy that does nothing of its own (with `forwarding`, nothing
+/// but the two forwarding headers).
 mod floor {
     use async_trait::async_trait;
     use pingora::prelude::*;
     use pingora::proxy::{ProxyHttp, Session};
     use pingora::server::configuration::ServerConf;
 
-    struct Floor(HttpPeer);
+    /// Forwards to its peer and does nothing else: pingora's own filters throughout. With
+    /// `FORWARDING`, it writes the two forwarding headers into each request to its peer.
+    struct Floor<const FORWARDING: bool>(HttpPeer);
 
     #[async_trait]
-    impl ProxyHttp for Floor {
+    impl<const FORWARDING: bool> ProxyHttp for Floor<FORWARDING> {
         type CTX = ();
 
         fn new_ctx(&self) {}
@@ -87,10 +95,26 @@ mod floor {
         ) -> Result<Box<HttpPeer>> {
             Ok(Box::new(self.0.clone()))
         }
+
+        async fn upstream_request_filter(
+            &self,
+            session: &mut Session,
+            upstream_request: &mut pingora::http::RequestHeader,
+            _ctx: &mut (),
+        ) -> Result<()> {
+            if !FORWARDING {
+                return Ok(());
+            }
+            if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+                upstream_request.insert_header("X-Forwarded-For", peer.ip().to_string())?;
+            }
+            upstream_request.insert_header("X-Forwarded-Proto", "http")
+        }
     }
 
-    /// Serves on 127.0.0.1:`port` in front of 127.0.0.1:`upstream` until killed.
-    pub fn run(port: u16, upstream: u16) {
+    /// Serves on 127.0.0.1:`port` in front of 127.0.0.1:`upstream` until killed; with
+    /// `forwarding`, writing the forwarding headers into each request to the upstream.
+    pub fn run(port: u16, upstream: u16, forwarding: bool) {
         let conf = ServerConf {
             threads: 1,
             work_stealing: false,
@@ -101,7 +125,18 @@ mod floor {
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
         let peer = HttpPeer::new(("127.0.0.1", upstream), false, String::new());
-        let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Floor(peer));
+        if forwarding {
+            serve(server, port, Floor::<true>(peer))
+        } else {
+            serve(server, port, Floor::<false>(peer))
+        }
+    }
+
+    fn serve<P>(mut server: Server, port: u16, proxy: P)
+    where
+        P: ProxyHttp<CTX = ()> + Send + Sync + 'static,
+    {
+        let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, proxy);
         proxy.add_tcp(&format!("127.0.0.1:{port}"));
         server.add_service(proxy);
         server.run_forever();
@@ -353,6 +388,13 @@ impl Bench {
 
     fn floor(&self, port: u16) -> Proc {
         start("floor", self.floor_cmd(port), port, &self.dir)
+    }
+
+    /// The floor plus the two forwarding headers.
+    fn floor_forwarding_cmd(&self, port: u16) -> Command {
+        let mut cmd = self.floor_cmd(port);
+        cmd.arg("--forwarding");
+        cmd
     }
 
     fn nginx(&self, port: u16) -> Proc {
@@ -665,6 +707,14 @@ fn http(bench: &Bench, o: &Options) {
         ("nginx", url(ng_port)),
         ("haproxy", url(hp_port)),
     ];
+    let ff_port = free_port();
+    let _ff = start(
+        "floor-forwarding",
+        bench.floor_forwarding_cmd(ff_port),
+        ff_port,
+        &bench.dir,
+    );
+    targets.push(("floor-forwarding", url(ff_port)));
     // With SWITCHBACK_BASELINE, that build too, on the same config: a change's price.
     let bl_port = free_port();
     let _bl = bench
@@ -710,13 +760,19 @@ fn compare(title: &str, targets: &[(&str, String)], o: &Options, close: bool) {
             .collect();
         println!("round {}: {}", round + 1, line.join(" | "));
     }
+    let width = targets
+        .iter()
+        .map(|(n, _)| n.len())
+        .max()
+        .unwrap_or(0)
+        .max(12);
     println!(
-        "\n{:<12} {:>14} {:>12} {:>8}",
+        "\n{:<width$} {:>14} {:>12} {:>8}",
         "proxy", "median req/s", "median p99", "errors"
     );
     for ((name, _), r) in targets.iter().zip(&results) {
         println!(
-            "{:<12} {:>14.0} {:>10.2}ms {:>8}",
+            "{:<width$} {:>14.0} {:>10.2}ms {:>8}",
             name,
             median(r.iter().map(|x| x.rps).collect()),
             median(r.iter().map(|x| x.p99_ms).collect()),
@@ -1065,6 +1121,11 @@ fn instructions(bench: &Bench) {
         },
         {
             let port = free_port();
+            let cmd = bench.floor_forwarding_cmd(port);
+            ("floor-forwarding", cmd, port, String::new())
+        },
+        {
+            let port = free_port();
             ("nginx", bench.nginx_cmd(port), port, String::new())
         },
         {
@@ -1150,6 +1211,11 @@ fn instructions(bench: &Bench) {
         get("switchback-default").0 / get("floor").0,
     );
     println!(
+        "switchback (default config) / floor-forwarding x{:.3} on the request path (what switchback does beyond writing the forwarding headers; the floor pays {:+.0} instructions per request for them)",
+        get("switchback-default").1 / get("floor-forwarding").0,
+        get("floor-forwarding").0 - get("floor").0,
+    );
+    println!(
         "switchback (metrics on) / nginx x{:.2}, / haproxy x{:.2} (instructions per request; <1 is less work)",
         get("switchback-metrics").0 / get("nginx").0,
         get("switchback-metrics").0 / get("haproxy").0
@@ -1202,9 +1268,13 @@ fn main() {
         let port = |i: usize| -> u16 {
             args.get(i)
                 .and_then(|p| p.parse().ok())
-                .expect("--floor PORT UPSTREAM_PORT")
+                .expect("--floor PORT UPSTREAM_PORT [--forwarding]")
         };
-        floor::run(port(2), port(3));
+        floor::run(
+            port(2),
+            port(3),
+            args.get(4).is_some_and(|a| a == "--forwarding"),
+        );
         return;
     }
     let o = options();

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use super::retry::{switchback_config, Backend};
 use super::{nginx_bin, nginx_conf, read_answer, spawn, wait_http, Bench, Options, Proc, BIN};
 
-/// Resident memory of `pid` and its descendants, in bytes.
 /// `pid`'s tree's resident memory once it has stopped moving: the same in four readings
 /// 50 ms apart (or whatever it is after 5 s).
 fn settled_rss(pid: u32) -> u64 {
@@ -32,6 +31,7 @@ fn settled_rss(pid: u32) -> u64 {
     last
 }
 
+/// Resident memory of `pid` and its descendants, in bytes.
 fn tree_rss(pid: u32) -> u64 {
     let mut total = 0;
     let mut stack = vec![pid];

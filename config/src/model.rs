@@ -167,6 +167,18 @@ pub struct ServerConfig {
     pub max_request_body: usize,
     /// Peers whose forwarding headers are believed (appended to rather than replaced).
     pub trusted_proxies: Vec<Cidr>,
+    /// Which code serves HTTP/1.1 requests.
+    pub http1: Http1Engine,
+}
+
+/// `server.http1`: switchback's own HTTP/1.1 path, or pingora's for every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Engine {
+    /// switchback's own path for the requests it carries, pingora's for the rest.
+    #[default]
+    Switchback,
+    /// pingora's path for every request.
+    Pingora,
 }
 
 impl Default for ServerConfig {
@@ -184,6 +196,7 @@ impl Default for ServerConfig {
             max_uri_length: defaults::MAX_URI_LENGTH,
             max_request_body: defaults::MAX_REQUEST_BODY,
             trusted_proxies: Vec::new(),
+            http1: Http1Engine::default(),
         }
     }
 }

@@ -114,6 +114,8 @@ pub(crate) struct RawServer {
     pub max_request_body: Option<S<toml::Value>>,
     #[serde(default)]
     pub trusted_proxies: Vec<S<String>>,
+    /// `"switchback"` or `"pingora"`.
+    pub http1: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -415,7 +415,25 @@ impl Validator<'_> {
                 Err(e) => self.problem(item.span(), "server.trusted_proxies", e),
             }
         }
+        let http1 = match &raw.http1 {
+            None => Http1Engine::default(),
+            Some(v) => {
+                match v.get_ref().as_str() {
+                    "switchback" => Http1Engine::Switchback,
+                    "pingora" => Http1Engine::Pingora,
+                    other => {
+                        self.problem(
+                        v.span(),
+                        "server.http1",
+                        format!("{other:?} is not an HTTP/1 path: use \"switchback\" or \"pingora\""),
+                    );
+                        Http1Engine::default()
+                    }
+                }
+            }
+        };
         ServerConfig {
+            http1,
             threads,
             shutdown_grace,
             client_header_timeout: self.duration(
@@ -557,6 +575,31 @@ pools.blue = ["127.0.0.1:9001"]
 pools.green = ["127.0.0.1:9002"]
 health = { path = "/", interval = "500ms", timeout = "1s" }
 "#;
+
+    #[test]
+    fn server_http1_names_a_path() {
+        let c = parse(
+            Path::new("switchback.toml"),
+            "[listen]\nhttp = [\"127.0.0.1:8080\"]\n[server]\nhttp1 = \"pingora\"\n[control]\nsocket = \"/tmp/s.sock\"\n[state]\ndir = \"/tmp/s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.http1, Http1Engine::Pingora);
+        let c = parse(
+            Path::new("switchback.toml"),
+            "[listen]\nhttp = [\"127.0.0.1:8080\"]\n[control]\nsocket = \"/tmp/s.sock\"\n[state]\ndir = \"/tmp/s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.http1, Http1Engine::Switchback);
+        let problems = problems(
+            "[listen]\nhttp = [\"127.0.0.1:8080\"]\n[server]\nhttp1 = \"nginx\"\n[control]\nsocket = \"/tmp/s.sock\"\n[state]\ndir = \"/tmp/s\"\n",
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains(":4")
+                && problems[0].contains("server.http1: \"nginx\" is not an HTTP/1 path"),
+            "{problems:?}"
+        );
+    }
 
     fn problems(text: &str) -> Vec<String> {
         match parse(Path::new("switchback.toml"), text) {

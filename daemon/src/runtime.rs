@@ -311,20 +311,19 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let hand_over = Arc::new(Notify::new());
     let upgrader = Arc::new(Upgrader::new(upgrade_sock, hand_over.clone()));
 
-    let mut proxy = pingora::proxy::http_proxy(
-        &server.configuration,
-        SwitchbackProxy::new(controller.table_handle(), metrics.clone())
-            .with_server(&config.server)
-            .with_bucket_signer(BucketSigner::new(&match controller.fleet() {
-                Some(fleet) => fleet.bucket_key().to_vec(),
-                None => bucket_key(&config.state.dir)?,
-            }))
-            .with_access_log(access_log.clone())
-            .with_tls(
-                certs.as_ref().map(|c| c.challenges()),
-                config.listen.https.first().map(|a| a.port()),
-            ),
-    );
+    let switchback = SwitchbackProxy::new(controller.table_handle(), metrics.clone())
+        .with_server(&config.server)
+        .with_bucket_signer(BucketSigner::new(&match controller.fleet() {
+            Some(fleet) => fleet.bucket_key().to_vec(),
+            None => bucket_key(&config.state.dir)?,
+        }))
+        .with_access_log(access_log.clone())
+        .with_tls(
+            certs.as_ref().map(|c| c.challenges()),
+            config.listen.https.first().map(|a| a.port()),
+        );
+    let policy = switchback.policy();
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, switchback);
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(config.server.keepalive_timeout);
     proxy.server_options = Some(options);
@@ -335,7 +334,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
             ClientLimits::from_config(&config.server),
             metrics.open_connections(),
             metrics.client().clone(),
-        ),
+        )
+        .with_policy(policy),
     );
     for addr in &config.listen.http {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(PLAIN_L4_BUFFER));

@@ -15,7 +15,10 @@
 //! - writes the forwarding headers into the head of a request from a peer that is not a trusted
 //!   proxy (see [`crate::forwarding`]), and answers 431 when that leaves more header lines than
 //!   pingora parses;
-//! - hands the head to pingora as already-read bytes (the same buffer pingora would have
+//! - serves the request on switchback's own HTTP/1.1 path ([`crate::h1`]) when that path
+//!   carries it (`server.http1 = "switchback"`, the default), keeping what the client sent past
+//!   its end (pipelined requests) as the start of the next head;
+//! - else hands the head to pingora as already-read bytes (the same buffer pingora would have
 //!   allocated), with `client_body_timeout` as the read deadline of the body and
 //!   `send_timeout` as the write deadline of the answer.
 //!
@@ -50,10 +53,12 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
-use switchback_config::Cidr;
+use switchback_config::{Cidr, Http1Engine};
 
 use crate::forwarding::Forwarding;
+use crate::h1::{self, Http1};
 use crate::metrics::ClientCounters;
+use crate::policy::Policy;
 use crate::tunnel::{self, ClientSide, Splice};
 
 /// The deadlines and caps of `[server]`, as the data path uses them.
@@ -70,6 +75,8 @@ pub struct ClientLimits {
     /// Peers whose forwarding headers are kept (`server.trusted_proxies`); everyone else's
     /// requests get theirs written here (see [`crate::forwarding`]).
     pub trusted_proxies: Vec<Cidr>,
+    /// `server.http1`: whether switchback's own HTTP/1.1 path serves the requests it carries.
+    pub http1: Http1Engine,
 }
 
 impl ClientLimits {
@@ -84,6 +91,7 @@ impl ClientLimits {
             max_request_head: server.max_request_head,
             max_uri_length: server.max_uri_length,
             trusted_proxies: server.trusted_proxies.clone(),
+            http1: server.http1,
         }
     }
 
@@ -106,6 +114,8 @@ pub struct Connections<A> {
     open: Arc<AtomicI64>,
     per_ip: Option<Mutex<HashMap<IpAddr, usize>>>,
     counters: ClientCounters,
+    /// switchback's own HTTP/1.1 path, unless `server.http1 = "pingora"`.
+    http1: Option<Http1>,
 }
 
 impl<A> Connections<A> {
@@ -121,7 +131,21 @@ impl<A> Connections<A> {
             limits,
             open,
             counters,
+            http1: None,
         }
+    }
+
+    /// Serves the HTTP/1.1 requests it carries on switchback's own path ([`crate::h1`]), with
+    /// the decisions of `policy` (the proxy's own), unless `server.http1 = "pingora"`.
+    pub fn with_policy(mut self, policy: Arc<Policy>) -> Connections<A> {
+        if self.limits.http1 == Http1Engine::Switchback {
+            self.http1 = Some(Http1::new(
+                policy,
+                self.limits.body_timeout,
+                self.limits.send_timeout,
+            ));
+        }
+        self
     }
 
     /// Takes a place for `ip` under `max_connections_per_ip`, or None at the cap.
@@ -329,6 +353,23 @@ impl ClientLimits {
         }
     }
 
+    /// The next head when the connection's last request left `carried`, the start of the next
+    /// (pipelined): the rest of it within `header_timeout`.
+    async fn carried_head(
+        &self,
+        stream: &mut Stream,
+        carried: BytesMut,
+        deadline: &mut Pin<Box<Sleep>>,
+    ) -> Result<BytesMut, HeadEnd> {
+        if let Some(end) = head_end(&carried, 0) {
+            return self.check(&carried, end).map(|()| carried);
+        }
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.header_timeout);
+        self.rest_of_head(stream, carried, deadline).await
+    }
+
     /// Reads the rest of a head into `buf` until `deadline`.
     async fn rest_of_head(
         &self,
@@ -419,6 +460,8 @@ const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 const URI_TOO_LONG: &[u8] =
     b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const BAD_REQUEST: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 const HEAD_TOO_LARGE: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
@@ -476,16 +519,26 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             return;
         }
         let forwarding = self.limits.forwarding(&stream);
+        let peer = peer_ip(&stream);
+        let tls = stream.get_ssl_digest().is_some();
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut reused = false;
+        // What the last request on switchback's own path left of the next one.
+        let mut carried = BytesMut::new();
         // A new connection's whole first head is due client_header_timeout after the accept.
         let mut deadline = Box::pin(tokio::time::sleep(self.limits.header_timeout));
         loop {
-            let mut head = match self
-                .limits
-                .next_head(&mut stream, reused, &mut deadline, &mut stopping)
-                .await
-            {
+            let next = if carried.is_empty() {
+                self.limits
+                    .next_head(&mut stream, reused, &mut deadline, &mut stopping)
+                    .await
+            } else {
+                let carried = std::mem::take(&mut carried);
+                self.limits
+                    .carried_head(&mut stream, carried, &mut deadline)
+                    .await
+            };
+            let mut head = match next {
                 Ok(head) => head,
                 Err(HeadEnd::Closed) | Err(HeadEnd::TimedOut { started: false }) => return,
                 Err(HeadEnd::TimedOut { started: true }) => {
@@ -504,6 +557,34 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                     return;
                 }
             };
+            if let Some(http1) = &self.http1 {
+                let conn = h1::Conn {
+                    peer,
+                    tls,
+                    forwarding: forwarding.as_ref().map(Forwarding::lines),
+                    stopping: stopping_now(),
+                };
+                match http1.serve(&mut stream, head, &conn, &mut deadline).await {
+                    h1::Outcome::Declined(declined) => head = declined,
+                    h1::Outcome::Next(next) => {
+                        carried = next;
+                        reused = true;
+                        continue;
+                    }
+                    h1::Outcome::Close => return,
+                    h1::Outcome::Refused(h1::framing::Refusal::TooManyHeaders) => {
+                        // More header lines than a backend parses, with the forwarding lines.
+                        self.counters.head_too_large.inc();
+                        Box::pin(answer_and_close(stream, HEAD_TOO_LARGE)).await;
+                        return;
+                    }
+                    h1::Outcome::Refused(_) => {
+                        self.counters.bad_requests.inc();
+                        Box::pin(answer_and_close(stream, BAD_REQUEST)).await;
+                        return;
+                    }
+                }
+            }
             if let Some(forwarding) = &forwarding {
                 if forwarding.write_into(&mut head).is_err() {
                     // More header lines than pingora parses.

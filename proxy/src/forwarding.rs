@@ -28,6 +28,11 @@ const NAMES: [&[u8]; 4] = [
     b"forwarded",
 ];
 
+/// Whether `name` is one of the forwarding headers this proxy writes or removes.
+pub fn is_forwarding_header(name: &[u8]) -> bool {
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
 /// One connection's forwarding lines, built once for all its requests.
 #[derive(Debug)]
 pub struct Forwarding {
@@ -59,6 +64,11 @@ impl Forwarding {
             count: 1 + peer.is_some() as usize,
             lines: lines.into_bytes().into_boxed_slice(),
         }
+    }
+
+    /// The lines, each ending in CRLF, as they go into a request head.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
     }
 
     /// Writes the forwarding lines into `head`, a whole request head (possibly followed by

@@ -45,6 +45,27 @@ impl HeaderRules {
         self.apply(resp)
     }
 
+    /// Whether a rule names the header `name`: a head written as bytes leaves its lines out,
+    /// then adds [`HeaderRules::write_sets`].
+    pub fn touches(&self, name: &[u8]) -> bool {
+        self.rules
+            .iter()
+            .any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// Writes the header lines the rules set, for a head written as bytes (whose lines that
+    /// [`HeaderRules::touches`] were left out): the same result as [`HeaderRules::apply_to_request`].
+    pub fn write_sets(&self, out: &mut Vec<u8>) {
+        for (name, value) in &self.rules {
+            if let Some(value) = value {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
     fn apply(&self, message: &mut impl Message) -> Result<()> {
         for (name, value) in &self.rules {
             match value {

@@ -24,13 +24,14 @@ use pingora::{ErrorSource, ErrorType};
 
 use switchback_certs::challenge::CHALLENGE_PREFIX;
 use switchback_certs::ChallengeStore;
-use switchback_config::{Cidr, Encoding};
+use switchback_config::Encoding;
 
-use crate::access_log::{AccessLog, AccessRecord};
+use crate::access_log::AccessLog;
 use crate::compress;
 use crate::host_and_path::HostAndPath;
 use crate::long_lived::LongLivedGuard;
-use crate::metrics::{status_class, ClientCounters, Metrics};
+use crate::metrics::Metrics;
+use crate::policy::{Admission, Ending, Facts, Policy};
 use crate::pool::{InFlight, Tried};
 use crate::read_deadline;
 use crate::retry::{self, FailedAttempt, Failure, RetryReason};
@@ -41,62 +42,47 @@ use crate::tunnel::{BackendConnect, Splice};
 
 /// The proxy service.
 pub struct SwitchbackProxy {
-    table: Arc<ArcSwap<RoutingTable>>,
-    metrics: Arc<Metrics>,
-    access_log: Option<AccessLog>,
-    /// HTTP-01 answers, when some service orders certificates by ACME.
-    challenges: Option<Arc<ChallengeStore>>,
-    /// The port HTTPS redirects point at (None: the default, 443).
-    https_port: Option<u16>,
-    /// Peers whose forwarding headers are believed (`server.trusted_proxies`).
-    trusted_proxies: Vec<Cidr>,
+    /// The decisions it shares with switchback's own HTTP/1 path.
+    policy: Arc<Policy>,
     /// The write deadline of HTTP/2 answers (HTTP/1.1 gets it from the connection wrapper).
     send_timeout: Duration,
-    /// `server.max_request_body`: the limit of services that set none (0: no limit).
-    max_request_body: usize,
-    client_counters: ClientCounters,
-    /// Signs the canary bucket cookie.
-    buckets: Arc<split::BucketSigner>,
 }
 
 impl SwitchbackProxy {
     pub fn new(table: Arc<ArcSwap<RoutingTable>>, metrics: Arc<Metrics>) -> SwitchbackProxy {
         SwitchbackProxy {
-            table,
-            access_log: None,
-            challenges: None,
-            https_port: None,
-            trusted_proxies: Vec::new(),
+            policy: Arc::new(Policy::new(table, metrics)),
             send_timeout: switchback_config::defaults::SEND_TIMEOUT,
-            max_request_body: switchback_config::defaults::MAX_REQUEST_BODY,
-            client_counters: metrics.client().clone(),
-            buckets: Arc::new(split::BucketSigner::random()),
-            metrics,
         }
+    }
+
+    /// The policy, shared with switchback's own HTTP/1 path once configured.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.clone()
+    }
+
+    fn configure(&mut self) -> &mut Policy {
+        Arc::get_mut(&mut self.policy).expect("the proxy is configured before it is shared")
     }
 
     /// Signs bucket cookies with `signer` (its key kept in the state dir, so that cookies
     /// outlive a restart).
     pub fn with_bucket_signer(mut self, signer: split::BucketSigner) -> SwitchbackProxy {
-        self.buckets = Arc::new(signer);
+        self.configure().buckets = signer;
         self
     }
 
     /// The forwarding-header trust and the client deadlines of `[server]`.
     pub fn with_server(mut self, server: &switchback_config::ServerConfig) -> SwitchbackProxy {
-        self.trusted_proxies = server.trusted_proxies.clone();
+        let policy = self.configure();
+        policy.trusted_proxies = server.trusted_proxies.clone();
+        policy.max_request_body = server.max_request_body;
         self.send_timeout = server.send_timeout;
-        self.max_request_body = server.max_request_body;
         self
     }
 
-    fn trusted(&self, ip: IpAddr) -> bool {
-        self.trusted_proxies.iter().any(|c| c.contains(ip))
-    }
-
-    /// Fills in the peer, whether it is a trusted proxy, and the client: the peer, or, behind
-    /// a trusted proxy, the first address in `X-Forwarded-For`, read from the right, that is
-    /// not a trusted proxy.
+    /// Fills in the peer, whether it is a trusted proxy, and the client (see
+    /// [`Policy::identify`]).
     fn identify_client(&self, session: &Session, ctx: &mut RequestCtx) {
         let Some(peer) = session
             .client_addr()
@@ -106,20 +92,16 @@ impl SwitchbackProxy {
             return;
         };
         ctx.peer = Some(peer);
-        ctx.from_trusted_proxy = !self.trusted_proxies.is_empty() && self.trusted(peer);
-        ctx.client = Some(if ctx.from_trusted_proxy {
-            forwarded_client(
-                peer,
-                session.req_header().headers.get_all(&X_FORWARDED_FOR),
-                |ip| self.trusted(ip),
-            )
-        } else {
-            peer
-        });
+        let forwarded_for = session.req_header().headers.get_all(&X_FORWARDED_FOR);
+        let (client, trusted) = self
+            .policy
+            .identify(peer, forwarded_for.iter().map(|v| v.as_bytes()));
+        ctx.client = Some(client);
+        ctx.from_trusted_proxy = trusted;
     }
 
     pub fn with_access_log(mut self, log: Option<AccessLog>) -> SwitchbackProxy {
-        self.access_log = log;
+        self.configure().access_log = log;
         self
     }
 
@@ -129,8 +111,9 @@ impl SwitchbackProxy {
         challenges: Option<Arc<ChallengeStore>>,
         https_port: Option<u16>,
     ) -> SwitchbackProxy {
-        self.challenges = challenges;
-        self.https_port = https_port.filter(|p| *p != 443);
+        let policy = self.configure();
+        policy.challenges = challenges;
+        policy.https_port = https_port.filter(|p| *p != 443);
         self
     }
 
@@ -140,7 +123,7 @@ impl SwitchbackProxy {
         let mut location = String::with_capacity(16 + host.len() + req.uri.path().len());
         location.push_str("https://");
         location.push_str(host);
-        if let Some(port) = self.https_port {
+        if let Some(port) = self.policy.https_port {
             location.push(':');
             push_u64(&mut location, port as u64);
         }
@@ -259,30 +242,14 @@ impl RequestCtx {
             return false;
         };
         let service = &table.services[self.service];
-        let pool = &service.pools[self.pool];
-        let config = &service.config;
-        if let Some(i) = self.backend {
-            if kind == RetryReason::Connect {
-                if let Some(m) = pool.backend_metrics.get(i) {
-                    m.connect_failures.inc();
-                }
-            }
-            if kind.blames_backend(config.retry_on) {
-                pool.backends[i].health.failed();
-            }
-        }
-        let Some(reason) = retry else { return false };
-        if self.attempts > config.retries {
-            return false;
-        }
-        if !pool.has_untried(self.tried) {
-            match self.backend {
-                Some(i) if reason == RetryReason::ReusedConnection => self.tried.remove(i),
-                _ => return false,
-            }
-        }
-        pool.metrics.retries[reason.index()].inc();
-        true
+        crate::policy::after_failure(
+            service,
+            &service.pools[self.pool],
+            (self.backend, self.attempts),
+            &mut self.tried,
+            kind,
+            retry,
+        )
     }
 }
 
@@ -292,11 +259,11 @@ const X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
 const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
 const HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
 
-const NO_SERVICE: &[u8] = b"switchback: no service for this host and path\n";
-const NO_BACKEND: &[u8] = b"switchback: no healthy backend in the pool\n";
-const BAD_GATEWAY: &[u8] = b"switchback: the backend failed to answer\n";
-const GATEWAY_TIMEOUT: &[u8] = b"switchback: the backend did not answer in time\n";
-const BODY_TOO_LARGE: &[u8] =
+pub(crate) const NO_SERVICE: &[u8] = b"switchback: no service for this host and path\n";
+pub(crate) const NO_BACKEND: &[u8] = b"switchback: no healthy backend in the pool\n";
+pub(crate) const BAD_GATEWAY: &[u8] = b"switchback: the backend failed to answer\n";
+pub(crate) const GATEWAY_TIMEOUT: &[u8] = b"switchback: the backend did not answer in time\n";
+pub(crate) const BODY_TOO_LARGE: &[u8] =
     b"switchback: the request body is larger than this service takes (max_request_body)\n";
 
 #[async_trait]
@@ -321,7 +288,7 @@ impl ProxyHttp for SwitchbackProxy {
             // has no read deadline for HTTP/2 streams, only this one.
             session.set_write_timeout(Some(self.send_timeout));
         }
-        if self.metrics.enabled || self.access_log.is_some() {
+        if self.policy.records() {
             ctx.started = Some(Instant::now());
         }
         let req = session.req_header();
@@ -331,69 +298,51 @@ impl ProxyHttp for SwitchbackProxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
-        let path = req.uri.path();
-        if self.access_log.is_some() {
+        if self.policy.access_log.is_some() {
             ctx.host_and_path = HostAndPath::with_host(raw_host);
-        }
-        if let Some(challenges) = &self.challenges {
-            if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
-                let token = token.to_string();
-                ctx.answered_here = true;
-                Box::pin(self.answer_challenge(session, challenges, &token)).await?;
-                return Ok(true);
-            }
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         self.identify_client(session, ctx);
-        loop {
-            let table = self.table.load_full();
-            let Some((service_index, service)) = table.route(raw_host, path) else {
-                Box::pin(session.respond_error_with_body(503, Bytes::from_static(NO_SERVICE)))
-                    .await?;
+        let req = session.req_header();
+        let facts = Facts {
+            host: raw_host,
+            path: req.uri.path(),
+            headers: &req.headers,
+            client: ctx.client,
+            tls: ctx.tls,
+            get_or_head: matches!(req.method, http::Method::GET | http::Method::HEAD),
+            declared_length: declared_length(req),
+        };
+        let route = match self.policy.admit(&facts) {
+            Admission::Forward(route) => route,
+            Admission::Challenge => {
+                let token = facts.path[CHALLENGE_PREFIX.len()..].to_string();
+                ctx.answered_here = true;
+                if let Some(challenges) = &self.policy.challenges {
+                    Box::pin(self.answer_challenge(session, challenges, &token)).await?;
+                }
                 return Ok(true);
-            };
-            if service.config.https_redirect && !ctx.tls {
+            }
+            Admission::Redirect => {
                 let host = normalize_request_host(raw_host).into_owned();
                 ctx.answered_here = true;
                 Box::pin(self.redirect_to_https(session, &host)).await?;
                 return Ok(true);
             }
-            let mut pool_index = service.split.active;
-            if service.split.looks_at_requests() {
-                let client = ctx.client;
-                let choice = split::choose(
-                    &service.split,
-                    &service.overrides,
-                    &service.config.canary.sticky,
-                    |name| service.pool_index(name),
-                    &session.req_header().headers,
-                    client,
-                    &self.buckets,
-                );
-                pool_index = choice.pool;
-                ctx.new_bucket = choice.new_bucket;
-                ctx.forced = choice.forced;
-                ctx.judged = service.split.canary.is_some() && !choice.forced;
-                ctx.override_header_seen = choice.override_header_seen;
-                ctx.override_cookie_seen = choice.override_cookie_seen;
+            Admission::NoService => {
+                Box::pin(session.respond_error_with_body(503, Bytes::from_static(NO_SERVICE)))
+                    .await?;
+                return Ok(true);
             }
-            let in_flight = InFlight::start(&service.pools[pool_index].stats);
-            // A switch that landed between the load and the count above could miss this request
-            // when it waits for the old pool to drain. Both sides use sequentially consistent
-            // operations, so seeing the same table here means the switch will see the count.
-            if Arc::ptr_eq(&self.table.load(), &table) {
-                ctx.service = service_index;
-                ctx.pool = pool_index;
-                ctx.in_flight = Some(in_flight);
-                ctx.table = Some(table);
-                break;
+            Admission::TooLarge => {
+                self.policy.client_counters.body_too_large.inc();
+                session.set_keepalive(None);
+                Box::pin(session.respond_error_with_body(413, Bytes::from_static(BODY_TOO_LARGE)))
+                    .await?;
+                return Ok(true);
             }
-        }
-        let Some((service, _)) = ctx.route() else {
-            return Ok(false);
         };
-        let config = &service.config;
-        let limit = config.max_request_body.unwrap_or(self.max_request_body);
+        let config = &route.service().config;
         if !config.compress.is_empty() {
             ctx.encoding = compress::choose(
                 session
@@ -403,22 +352,16 @@ impl ProxyHttp for SwitchbackProxy {
                 &config.compress,
             );
         }
-        if limit > 0 {
-            // GET and HEAD rarely carry a body: theirs, if any, meets the limit as it is read.
-            let req = session.req_header();
-            if !matches!(req.method, http::Method::GET | http::Method::HEAD)
-                && declared_length(req).is_some_and(|n| n > limit as u64)
-            {
-                // Answered before any of the body is read: the connection closes rather than
-                // reading a body it would only throw away.
-                self.client_counters.body_too_large.inc();
-                session.set_keepalive(None);
-                Box::pin(session.respond_error_with_body(413, Bytes::from_static(BODY_TOO_LARGE)))
-                    .await?;
-                return Ok(true);
-            }
-            ctx.body_limit = limit;
-        }
+        ctx.service = route.service;
+        ctx.pool = route.pool;
+        ctx.new_bucket = route.new_bucket;
+        ctx.forced = route.forced;
+        ctx.judged = route.judged;
+        ctx.override_header_seen = route.override_header_seen;
+        ctx.override_cookie_seen = route.override_cookie_seen;
+        ctx.body_limit = route.body_limit;
+        ctx.in_flight = Some(route.in_flight);
+        ctx.table = Some(route.table);
         Ok(false)
     }
 
@@ -599,7 +542,7 @@ impl ProxyHttp for SwitchbackProxy {
             // the limit: the backend gets a request that never ends, and drops it.
             ctx.body_read += body.as_ref().map_or(0, |b| b.len());
             if ctx.body_read > ctx.body_limit {
-                self.client_counters.body_too_large.inc();
+                self.policy.client_counters.body_too_large.inc();
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body over max_request_body",
@@ -675,7 +618,8 @@ impl ProxyHttp for SwitchbackProxy {
         if let Some(bucket) = ctx.new_bucket {
             if let Some((service, _)) = ctx.route() {
                 if let switchback_config::Sticky::Cookie(name) = &service.config.canary.sticky {
-                    let cookie = split::sticky_cookie(name, self.buckets.value(bucket), ctx.tls);
+                    let cookie =
+                        split::sticky_cookie(name, self.policy.buckets.value(bucket), ctx.tls);
                     upstream_response.append_header("set-cookie", cookie)?;
                 }
             }
@@ -748,12 +692,12 @@ impl ProxyHttp for SwitchbackProxy {
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::ReadTimedout => {
                         // The body stalled past client_body_timeout.
-                        self.client_counters.body_timeouts.inc();
+                        self.policy.client_counters.body_timeouts.inc();
                         408
                     }
                     ErrorType::WriteTimedout => {
                         // The client took no answer data for send_timeout.
-                        self.client_counters.send_timeouts.inc();
+                        self.policy.client_counters.send_timeouts.inc();
                         0
                     }
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
@@ -789,7 +733,7 @@ impl ProxyHttp for SwitchbackProxy {
         if let Some(splice) = ctx.splice.take().filter(|s| s.upgraded()) {
             // Carried on by switchback (crate::tunnel): recorded when the connection ends, and
             // long-lived in its pool until then.
-            let (metrics, log) = (self.metrics.clone(), self.access_log.clone());
+            let (metrics, log) = (self.policy.metrics.clone(), self.policy.access_log.clone());
             let long_lived = ctx.long_lived.take();
             splice.ended(
                 e.is_none(),
@@ -800,7 +744,7 @@ impl ProxyHttp for SwitchbackProxy {
             );
             return;
         }
-        ending.record(&self.metrics, self.access_log.as_ref(), bytes);
+        ending.record(&self.policy.metrics, self.policy.access_log.as_ref(), bytes);
     }
 }
 
@@ -881,32 +825,12 @@ fn answer_ends_with_head(session: &Session, answer: &ResponseHeader) -> bool {
             })
 }
 
-/// What the end of a request records: its pool's metrics and its access-log line.
-struct Ending {
-    started: Instant,
-    status: u16,
-    table: Option<Arc<RoutingTable>>,
-    service: usize,
-    pool: usize,
-    backend: Option<usize>,
-    judged: bool,
-    backend_time: Option<Duration>,
-    answered_here: bool,
-    // For the access log.
-    client: Option<IpAddr>,
-    /// The Host header, then the path and query (empty when the log is off).
-    host_and_path: HostAndPath,
-    method: http::Method,
-    forced: bool,
-    retries: u32,
-}
-
 impl SwitchbackProxy {
     fn ending(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Ending> {
         let started = ctx.started?;
         let req = session.req_header();
         let mut host_and_path = std::mem::take(&mut ctx.host_and_path);
-        if self.access_log.is_some() {
+        if self.policy.access_log.is_some() {
             host_and_path.push_path(
                 req.uri
                     .path_and_query()
@@ -935,56 +859,6 @@ impl SwitchbackProxy {
     }
 }
 
-impl Ending {
-    /// Records the request as ended now, with `bytes` of answer body sent.
-    fn record(self, metrics: &Metrics, log: Option<&AccessLog>, bytes: u64) {
-        let ended = Instant::now();
-        let elapsed = ended.saturating_duration_since(self.started);
-        let route = self.table.as_ref().map(|t| {
-            (
-                &t.services[self.service],
-                &t.services[self.service].pools[self.pool],
-            )
-        });
-        if metrics.enabled {
-            match route {
-                Some((_, pool)) => {
-                    pool.metrics.duration.observe(elapsed.as_secs_f64());
-                    let backend = self
-                        .backend
-                        .and_then(|i| pool.backend_metrics.get(i))
-                        .unwrap_or(&pool.no_backend_metrics);
-                    backend.by_class[status_class(self.status)].inc();
-                    if self.judged {
-                        pool.stats
-                            .judge(status_class(self.status), self.backend_time);
-                    }
-                }
-                None if self.answered_here => {}
-                None => metrics.unrouted.inc(),
-            }
-        }
-        if let Some(log) = log {
-            log.log_with(|| AccessRecord {
-                ended,
-                client: self.client,
-                host_and_path: self.host_and_path,
-                method: self.method,
-                forced: self.forced,
-                retries: self.retries,
-                status: self.status,
-                bytes,
-                duration: elapsed,
-                service: route.map(|(s, _)| s.label.clone()),
-                pool: route.map(|(_, p)| p.name.clone()),
-                backend: route.and_then(|(_, p)| {
-                    self.backend.and_then(|i| p.backends.get(i)).map(|b| b.addr)
-                }),
-            });
-        }
-    }
-}
-
 /// The request's declared `Content-Length`, if it has one that parses.
 fn declared_length(req: &RequestHeader) -> Option<u64> {
     let value = req.headers.get(http::header::CONTENT_LENGTH)?;
@@ -1007,80 +881,4 @@ fn body_held(session: &Session, ctx: &RequestCtx) -> bool {
         downstream.retry_buffer_truncated(),
         service.config.retry_buffer,
     )
-}
-
-/// The client behind a chain of proxies: `X-Forwarded-For` values read from the right, the
-/// first that is not a trusted proxy. An entry that is not an address ends the walk at the
-/// last trusted hop, as does a chain of trusted proxies only.
-fn forwarded_client<'a>(
-    peer: IpAddr,
-    values: impl IntoIterator<Item = &'a http::HeaderValue>,
-    trusted: impl Fn(IpAddr) -> bool,
-) -> IpAddr {
-    let values: Vec<&http::HeaderValue> = values.into_iter().collect();
-    let mut client = peer;
-    for value in values.iter().rev() {
-        let Ok(text) = value.to_str() else {
-            return client;
-        };
-        for entry in text.rsplit(',') {
-            let Some(ip) = parse_forwarded_ip(entry.trim()) else {
-                return client;
-            };
-            client = ip;
-            if !trusted(ip) {
-                return ip;
-            }
-        }
-    }
-    client
-}
-
-/// An address as proxies write it in `X-Forwarded-For`: bare, or with a port
-/// (`1.2.3.4:5678`, `[2001:db8::1]:443`).
-fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
-    if let Ok(ip) = entry.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn client(peer: &str, xff: &[&str], trusted: &[&str]) -> String {
-        let trusted: Vec<Cidr> = trusted.iter().map(|c| c.parse().unwrap()).collect();
-        let values: Vec<http::HeaderValue> = xff
-            .iter()
-            .map(|v| http::HeaderValue::from_str(v).unwrap())
-            .collect();
-        forwarded_client(peer.parse().unwrap(), &values, |ip| {
-            trusted.iter().any(|c| c.contains(ip))
-        })
-        .to_string()
-    }
-
-    #[test]
-    fn the_client_is_the_first_untrusted_hop_from_the_right() {
-        let lb = ["10.0.0.0/8"];
-        assert_eq!(client("10.0.0.1", &["203.0.113.9"], &lb), "203.0.113.9");
-        // A client that forges an entry only adds to the left of what the proxy saw.
-        assert_eq!(
-            client("10.0.0.1", &["1.1.1.1, 203.0.113.9"], &lb),
-            "203.0.113.9"
-        );
-        // Two trusted hops, and the header split over two lines.
-        assert_eq!(
-            client("10.0.0.1", &["198.51.100.7", "10.0.0.2"], &lb),
-            "198.51.100.7"
-        );
-        assert_eq!(
-            client("10.0.0.1", &["[2001:db8::1]:443"], &lb),
-            "2001:db8::1"
-        );
-        // Garbage or a chain of trusted proxies only: the last trusted hop.
-        assert_eq!(client("10.0.0.1", &["nonsense, 10.0.0.3"], &lb), "10.0.0.3");
-        assert_eq!(client("10.0.0.1", &[], &lb), "10.0.0.1");
-    }
 }

@@ -3,7 +3,8 @@
 //! ```text
 //!                         control plane (switchback-daemon): build, persist, swap
 //!                                              │
-//!   requests ──▶ http (ProxyHttp) ── load once ─▶ ArcSwap<RoutingTable>     routing.rs
+//!   requests ──▶ h1 (own HTTP/1.1) or http (pingora's ProxyHttp), both through policy.rs
+//!                  │ ── load once ─▶ ArcSwap<RoutingTable>     routing.rs
 //!                  │                                 │ per service: pools + Split
 //!                  │ split::choose (bucket, cookie,  ▼
 //!                  │ override) ──────────────▶ pool::Pool ── select ──▶ Backend ──▶ upstream
@@ -19,12 +20,15 @@
 //! the control socket, the controller, or how certificates are ordered. Its modules form no
 //! cycle: `split`, `metrics`, `health`, `read_deadline`, `lane`, `host_and_path` and `text`
 //! depend on nothing here; `forwarding` on `text`; `access_log` on `lane`, `host_and_path` and
-//! `text`; `pool` on `metrics` and `health`; `routing` on those; `http` on everything.
+//! `text`; `pool` on `metrics` and `health`; `routing` on those; `policy` (the decisions of a
+//! request, whichever path carries it) on `routing`, `split` and `access_log`; `http` (pingora's
+//! hooks) and `h1` (switchback's own HTTP/1.1 path) on `policy`; `connections` on both.
 
 pub mod access_log;
 pub mod compress;
 pub mod connections;
 pub mod forwarding;
+pub mod h1;
 pub mod headers;
 pub mod health;
 mod host_and_path;
@@ -33,6 +37,7 @@ mod lane;
 pub mod long_lived;
 pub mod metrics;
 pub mod names;
+pub mod policy;
 pub mod pool;
 pub mod read_deadline;
 pub mod retry;

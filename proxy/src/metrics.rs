@@ -67,6 +67,8 @@ pub struct ClientCounters {
     pub uri_too_long: IntCounter,
     pub head_too_large: IntCounter,
     pub body_too_large: IntCounter,
+    /// Heads refused by a framing rule (400), on switchback's own HTTP/1.1 path.
+    pub bad_requests: IntCounter,
 }
 
 /// Per-pool handles, resolved once per table build.
@@ -166,7 +168,7 @@ impl Metrics {
         );
         let client_errors = counter(
             "switchback_client_errors_total",
-            "Client requests cut by a deadline (header_timeout 408, body_timeout, send_timeout) or refused by a size limit (uri_too_long 414, head_too_large 431, body_too_large 413).",
+            "Client requests cut by a deadline (header_timeout 408, body_timeout, send_timeout) or refused by a size limit (uri_too_long 414, head_too_large 431, body_too_large 413) or a framing rule (bad_request 400).",
             &["reason"],
         );
         let client = ClientCounters {
@@ -178,6 +180,7 @@ impl Metrics {
             uri_too_long: client_errors.with_label_values(&["uri_too_long"]),
             head_too_large: client_errors.with_label_values(&["head_too_large"]),
             body_too_large: client_errors.with_label_values(&["body_too_large"]),
+            bad_requests: client_errors.with_label_values(&["bad_request"]),
         };
         Metrics {
             registry,

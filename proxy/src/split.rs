@@ -121,7 +121,7 @@ pub fn choose(
     overrides: &Overrides,
     sticky: &Sticky,
     pool_index: impl Fn(&str) -> Option<usize>,
-    headers: &HeaderMap,
+    headers: &impl RequestHeaders,
     client: Option<IpAddr>,
     signer: &BucketSigner,
 ) -> Choice {
@@ -134,12 +134,15 @@ pub fn choose(
     };
     if split.overridable {
         let secret = overrides.secret.as_deref();
-        let header = overrides.header.as_ref().and_then(|h| headers.get(h));
+        let header = overrides
+            .header
+            .as_ref()
+            .and_then(|h| headers.first(h.as_str()));
         let cookie_value = overrides.cookie.as_deref().and_then(|c| cookie(headers, c));
         choice.override_header_seen = header.is_some();
         choice.override_cookie_seen = cookie_value.is_some();
         let named = header
-            .and_then(|v| override_pool(v.to_str().ok()?, secret))
+            .and_then(|v| override_pool(std::str::from_utf8(v).ok()?, secret))
             .or_else(|| override_pool(cookie_value?, secret));
         if let Some(index) = named.and_then(&pool_index) {
             choice.pool = index;
@@ -161,8 +164,8 @@ pub fn choose(
             }
         },
         Sticky::Header(name) => headers
-            .get(name.as_str())
-            .map_or_else(by_address, |v| bucket_of(v.as_bytes())),
+            .first(name.as_str())
+            .map_or_else(by_address, bucket_of),
         Sticky::Ip => by_address(),
     };
     if canary.takes(bucket) {
@@ -280,12 +283,32 @@ pub fn parse_bucket(value: &str) -> Option<u32> {
     value.parse().ok().filter(|b| *b < BUCKETS)
 }
 
+/// What the split reads of a request's headers, whichever transport parsed them: pingora's
+/// header map, or the HTTP/1 path's parse of the head in place.
+pub trait RequestHeaders {
+    /// The first value of the header `name` (lowercase).
+    fn first(&self, name: &str) -> Option<&[u8]>;
+    /// Every Cookie header's value, in order.
+    fn cookies(&self) -> impl Iterator<Item = &[u8]>;
+}
+
+impl RequestHeaders for HeaderMap {
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(|v| v.as_bytes())
+    }
+
+    fn cookies(&self) -> impl Iterator<Item = &[u8]> {
+        self.get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+    }
+}
+
 /// The value of cookie `name` in the request's Cookie headers.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn cookie<'a>(headers: &'a impl RequestHeaders, name: &str) -> Option<&'a str> {
     headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .cookies()
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
             let (k, v) = pair.split_once('=')?;

@@ -483,11 +483,18 @@ impl Proxy {
             .map(|p| format!("https = [\"127.0.0.1:{p}\"]\n"))
             .unwrap_or_default();
         // Two threads unless the test's server lines say otherwise.
-        let threads = if self.server.contains("threads =") {
-            ""
+        let mut threads = if self.server.contains("threads =") {
+            String::new()
         } else {
-            "threads = 2\n"
+            "threads = 2\n".to_string()
         };
+        // SWITCHBACK_TEST_HTTP1=pingora runs a test on pingora's HTTP/1 path (the README's test
+        // command runs the behaviour tests on both), unless the test chose one itself.
+        if let Ok(http1) = std::env::var("SWITCHBACK_TEST_HTTP1") {
+            if !self.server.contains("http1 =") {
+                threads.push_str(&format!("http1 = \"{http1}\"\n"));
+            }
+        }
         let text = format!(
             "[listen]\nhttp = [\"127.0.0.1:{}\"]\n{https}\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\n{threads}shutdown_grace = \"10s\"\n{}\n\n{}",
             self.port,

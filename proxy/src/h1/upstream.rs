@@ -1,0 +1,188 @@
+//! Backend connections kept alive between requests, per worker thread: a LIFO list per
+//! backend address, with no task and no timer per idle connection.
+//!
+//! A connection is checked as it is taken: one that the backend closed (or that sent bytes
+//! nobody asked for) has become readable, which tokio already knows from the thread's epoll
+//! without a system call; only then is it read to tell a stale readiness from a close. One
+//! sweeper per thread closes, every [`SWEEP`], the idle connections the backend has closed and
+//! those idle past [`IDLE_TIMEOUT`]. Everything here stays on the thread that made it: each
+//! worker thread runs its own single-threaded runtime, so a connection is only ever woken there.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use crate::read_deadline;
+
+/// Idle connections kept per backend address and worker thread at most; one given back beyond
+/// it is closed.
+pub const KEEP_PER_BACKEND: usize = 1024;
+/// How long a connection may stay idle before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a thread's sweeper looks over its idle connections.
+const SWEEP: Duration = Duration::from_secs(2);
+
+/// A backend connection, for the request that holds it.
+#[derive(Debug)]
+pub struct Upstream {
+    pub stream: TcpStream,
+    /// Its [`read_deadline::identity`], for the backend wait.
+    pub identity: u64,
+    /// It came from the idle list (a failure may be the keep-alive race).
+    pub reused: bool,
+}
+
+impl Upstream {
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+struct Idle {
+    stream: TcpStream,
+    identity: u64,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Lists {
+    by_backend: HashMap<SocketAddr, Vec<Idle>>,
+    sweeping: bool,
+}
+
+thread_local! {
+    static IDLE: RefCell<Lists> = RefCell::default();
+}
+
+/// An idle connection to `addr` that is still open, if this thread has one.
+pub fn take(addr: SocketAddr) -> Option<Upstream> {
+    IDLE.with(|lists| {
+        let mut lists = lists.borrow_mut();
+        let list = lists.by_backend.get_mut(&addr)?;
+        while let Some(idle) = list.pop() {
+            if still_open(&idle.stream) && idle.since.elapsed() < IDLE_TIMEOUT {
+                return Some(Upstream {
+                    stream: idle.stream,
+                    identity: idle.identity,
+                    reused: true,
+                });
+            }
+        }
+        None
+    })
+}
+
+/// A new connection to `addr`, made within `timeout`.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Upstream> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(stream) => stream?,
+        Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+    };
+    stream.set_nodelay(true)?;
+    let identity = read_deadline::identity(stream.local_addr()?, addr);
+    Ok(Upstream {
+        stream,
+        identity,
+        reused: false,
+    })
+}
+
+/// Keeps `upstream`, whose last answer ended cleanly, for the next request to `addr`.
+pub fn give_back(addr: SocketAddr, upstream: Upstream) {
+    let _ = IDLE.try_with(|lists| {
+        let mut lists = lists.borrow_mut();
+        let list = lists.by_backend.entry(addr).or_default();
+        if list.len() >= KEEP_PER_BACKEND {
+            return;
+        }
+        list.push(Idle {
+            stream: upstream.stream,
+            identity: upstream.identity,
+            since: Instant::now(),
+        });
+        if !lists.sweeping {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                lists.sweeping = true;
+                runtime.spawn(sweep());
+            }
+        }
+    });
+}
+
+/// Closes this thread's idle connections that were closed by their backend or idle too long,
+/// every [`SWEEP`], for as long as the thread runs.
+async fn sweep() {
+    let mut ticks = tokio::time::interval(SWEEP);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        IDLE.with(|lists| {
+            let mut lists = lists.borrow_mut();
+            for list in lists.by_backend.values_mut() {
+                list.retain(|idle| idle.since.elapsed() < IDLE_TIMEOUT && still_open(&idle.stream));
+            }
+            lists.by_backend.retain(|_, list| !list.is_empty());
+        });
+    }
+}
+
+/// Whether an idle connection is still open with nothing unread: not readable by the reactor's
+/// account, or readable only by a stale account (the read would block).
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_not_handed_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let first = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let (accepted_first, _) = listener.accept().await.unwrap();
+        let second = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let (_accepted_second, _) = listener.accept().await.unwrap();
+        give_back(addr, first);
+        give_back(addr, second);
+        // The backend closes the first one; the second, taken first (LIFO), is still good.
+        drop(accepted_first);
+        let taken = take(addr).expect("the open connection");
+        assert!(taken.reused);
+        // Wait until the close has reached this side, then the closed one must be passed over.
+        let mut tries = 0;
+        loop {
+            let closed = IDLE.with(|l| {
+                // The sweeper may have closed it already.
+                l.borrow()
+                    .by_backend
+                    .get(&addr)
+                    .is_none_or(|list| list.iter().all(|idle| !still_open(&idle.stream)))
+            });
+            if closed || tries > 200 {
+                break;
+            }
+            tries += 1;
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(take(addr).is_none(), "a closed connection was handed out");
+        let mut taken = taken;
+        taken.stream.write_all(b"x").await.unwrap();
+    }
+}

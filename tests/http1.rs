@@ -1,0 +1,265 @@
+//! switchback's own HTTP/1.1 path, with real clients on raw sockets: the smuggling rules, pipelined
+//! requests, bodies and heads that come a byte at a time, chunked answers, and the same request
+//! seen by the backend the same way on both `server.http1` settings.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+
+use support::{raw_connect, read_raw_answer, Proxy, Upstream};
+
+fn one_pool(upstream: &Upstream) -> String {
+    format!(
+        "[services.app]\nactive = \"blue\"\npools.blue = [\"{}\"]\n",
+        upstream.addr
+    )
+}
+
+fn start(http1: &str, upstream: &Upstream) -> Proxy {
+    Proxy::start_with_server(&format!("http1 = \"{http1}\""), &one_pool(upstream))
+}
+
+/// Reads until the proxy closes the connection (or 15 s pass, which fails).
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return all,
+            Err(e) => panic!("no close within 15 s ({e}); read so far: {all:?}"),
+        }
+    }
+}
+
+#[test]
+fn heads_that_could_be_read_two_ways_get_400_and_the_connection_closes() {
+    let blue = Upstream::start("blue");
+    let proxy = start("switchback", &blue);
+    let cases: [(&str, &[u8]); 9] = [
+        (
+            "length and chunked",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "a coding other than chunked",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "two lengths",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        ),
+        (
+            "a length not all digits",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\nx",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n continued\r\n\r\n",
+        ),
+        (
+            "space before the colon",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n",
+        ),
+        ("a bare CR", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r2\r\n\r\n"),
+        ("no Host", b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n"),
+        ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+    ];
+    for (what, head) in cases {
+        let mut s = raw_connect(proxy.addr());
+        s.write_all(head).unwrap();
+        let answer = String::from_utf8_lossy(&read_to_close(&mut s)).into_owned();
+        assert!(
+            answer.starts_with("HTTP/1.1 400 "),
+            "{what}: not answered 400 and closed: {answer:?}"
+        );
+        assert_eq!(
+            answer.matches("HTTP/1.1").count(),
+            1,
+            "{what}: more than one answer: {answer:?}"
+        );
+    }
+    assert_eq!(
+        blue.requests.load(Ordering::SeqCst),
+        0,
+        "a refused request reached the backend"
+    );
+    assert_eq!(
+        proxy.metric("switchback_client_errors_total{reason=\"bad_request\"}"),
+        Some(cases.len() as f64),
+        "each refusal is counted"
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let blue = Upstream::start("blue");
+    let proxy = start("switchback", &blue);
+    let mut s = raw_connect(proxy.addr());
+    s.write_all(
+        b"GET /status/201 HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /status/202 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+          POST /status/203 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+          GET /status/204 HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .unwrap();
+    for want in [201, 202, 203, 204] {
+        let (status, _) = read_raw_answer(&mut s).expect("an answer for each request");
+        assert_eq!(status, want, "answers out of order");
+    }
+    assert_eq!(blue.complete_bodies.load(Ordering::SeqCst), 2);
+}
+
+/// Writes `bytes` one byte at a time, each its own segment.
+fn trickle(s: &mut TcpStream, bytes: &[u8]) {
+    for b in bytes {
+        s.write_all(std::slice::from_ref(b)).unwrap();
+        s.flush().unwrap();
+    }
+}
+
+#[test]
+fn a_head_and_a_chunked_body_that_come_a_byte_at_a_time_reach_the_backend_whole() {
+    let blue = Upstream::start("blue");
+    let proxy = start("switchback", &blue);
+    let mut s = raw_connect(proxy.addr());
+    trickle(
+        &mut s,
+        b"POST /headers HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          6;ext=1\r\nhello \r\n5\r\nworld\r\n0\r\nX-Sum: 10\r\n\r\n",
+    );
+    let (status, seen) = read_raw_answer(&mut s).expect("an answer");
+    assert_eq!(status, 200);
+    assert!(seen.contains("transfer-encoding: chunked"), "{seen}");
+    assert_eq!(blue.complete_bodies.load(Ordering::SeqCst), 1);
+    // The connection goes on: the body's end was read exactly.
+    s.write_all(b"GET /status/204 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_raw_answer(&mut s).map(|a| a.0), Some(204));
+}
+
+#[test]
+fn a_bad_chunk_size_is_refused_before_the_backend_answers() {
+    let blue = Upstream::start("blue");
+    let proxy = start("switchback", &blue);
+    let mut s = raw_connect(proxy.addr());
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5x\r\nhello\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let answer = String::from_utf8_lossy(&read_to_close(&mut s)).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+    assert_eq!(blue.complete_bodies.load(Ordering::SeqCst), 0);
+}
+
+/// Decodes a chunked body from `s` after a head that said so.
+fn read_chunked_answer(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).expect("the answer within 15 s");
+        assert!(n > 0, "closed mid-answer: {all:?}");
+        all.extend_from_slice(&buf[..n]);
+        if all.ends_with(b"\r\n0\r\n\r\n") {
+            break;
+        }
+    }
+    let text = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&all[..text]).into_owned();
+    let mut body = Vec::new();
+    let mut at = text;
+    loop {
+        let line_end = at + all[at..].windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&all[at..line_end]).unwrap(), 16)
+            .expect("a hex chunk size");
+        at = line_end + 2;
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(&all[at..at + size]);
+        at += size + 2;
+    }
+    (head, body)
+}
+
+#[test]
+fn a_chunked_answer_passes_whole_and_the_connection_is_kept() {
+    let blue = Upstream::start("blue");
+    let proxy = start("switchback", &blue);
+    let mut s = raw_connect(proxy.addr());
+    for _ in 0..2 {
+        s.write_all(b"GET /text?bytes=200000&chunked=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let (head, body) = read_chunked_answer(&mut s);
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        assert_eq!(body, support::sample_text(200_000).into_bytes());
+    }
+}
+
+#[test]
+fn both_paths_hand_the_backend_the_same_request() {
+    let blue = Upstream::start("blue");
+    let seen = |http1: &str| {
+        let proxy = start(http1, &blue);
+        let mut s = raw_connect(proxy.addr());
+        s.write_all(
+            b"GET /headers?q=1 HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 6.6.6.6\r\n\
+              X-Real-IP: 6.6.6.6\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+              Keep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\n",
+        )
+        .unwrap();
+        let (status, seen) = read_raw_answer(&mut s).expect("an answer");
+        assert_eq!(status, 200, "{http1}");
+        let mut lines: Vec<String> = seen.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    let ours = seen("switchback");
+    let pingora = seen("pingora");
+    assert_eq!(ours, pingora, "the two paths forward different requests");
+    let text = ours.join("\n");
+    for want in [
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-kept: yes",
+    ] {
+        assert!(text.contains(want), "{want} missing from {text}");
+    }
+    for gone in ["6.6.6.6", "x-secret", "keep-alive: timeout"] {
+        assert!(!text.contains(gone), "{gone} reached the backend: {text}");
+    }
+}
+
+#[test]
+fn an_idle_backend_connection_is_reused_not_reopened() {
+    let blue = Upstream::start("blue");
+    let proxy = start("switchback", &blue);
+    let mut s = raw_connect(proxy.addr());
+    for _ in 0..20 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(read_raw_answer(&mut s).map(|a| a.0), Some(200));
+    }
+    // Every request went on the one backend connection: a second connection from the proxy's
+    // port range would show in the backend's count of accepted connections.
+    let sockets = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = format!("{:04X}", blue.addr.port());
+    let established_to_backend = sockets
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && cols[2].ends_with(&format!(":{port}")) && cols[3] == "01"
+        })
+        .count();
+    assert_eq!(
+        established_to_backend, 1,
+        "the proxy opened more than one backend connection for 20 sequential requests"
+    );
+}

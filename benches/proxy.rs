@@ -9,7 +9,8 @@
 //! here, inserted the way pingora's filters allow. The ratio to it is what switchback costs
 //! beyond forwarding.
 //!
-//! `cargo bench --bench proxy -- [SCENARIO…] [--rounds N] [--seconds S] [--connections C]`
+//! `cargo bench --bench proxy -- [SCENARIO…] [--rounds N] [--seconds S] [--connections C]
+//! [--threads T]` (T worker threads for every proxy; 1 by default)
 //!
 //! Scenarios (all by default):
 //! - `http`: keep-alive requests per second and p99 latency of switchback (its default config:
@@ -116,7 +117,7 @@ mod floor {
     /// `forwarding`, writing the forwarding headers into each request to the upstream.
     pub fn run(port: u16, upstream: u16, forwarding: bool) {
         let conf = ServerConf {
-            threads: 1,
+            threads: super::threads(),
             work_stealing: false,
             grace_period_seconds: Some(0),
             graceful_shutdown_timeout_seconds: Some(0),
@@ -141,6 +142,16 @@ mod floor {
         server.add_service(proxy);
         server.run_forever();
     }
+}
+
+/// Worker threads of every proxy (`--threads N`, default 1): switchback's and the floor's
+/// `threads`, nginx's `worker_processes`, HAProxy's `nbthread`. Passed on to the floor's
+/// process in `SWITCHBACK_BENCH_THREADS`.
+fn threads() -> usize {
+    std::env::var("SWITCHBACK_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1)
 }
 
 struct Options {
@@ -168,6 +179,10 @@ fn options() -> Options {
             "--rounds" => o.rounds = num("--rounds") as usize,
             "--seconds" => o.seconds = num("--seconds"),
             "--connections" => o.connections = num("--connections") as usize,
+            // Read by threads() here and in the floor's process, which inherits it.
+            "--threads" => {
+                std::env::set_var("SWITCHBACK_BENCH_THREADS", num("--threads").to_string())
+            }
             "--bench" => {}
             s if s.starts_with("--") => panic!("unknown option {s}"),
             s => o.scenarios.push(s.to_string()),
@@ -335,6 +350,17 @@ impl Bench {
     /// The command line of a switchback with `extra` config sections, and its control socket.
     /// Without `health`, no health checks run (their timing would blur instruction counts).
     fn switchback_cmd(&self, port: u16, extra: &str, health: bool) -> (Command, PathBuf) {
+        self.switchback_cmd_server(port, "", extra, health)
+    }
+
+    /// [`Bench::switchback_cmd`] with `server` lines (`http1 = "pingora"`, say) in `[server]`.
+    fn switchback_cmd_server(
+        &self,
+        port: u16,
+        server: &str,
+        extra: &str,
+        health: bool,
+    ) -> (Command, PathBuf) {
         let dir = self.dir.join(format!("switchback-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("control.sock");
@@ -342,13 +368,14 @@ impl Bench {
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n\
+                "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = {threads}\n{server}\n[control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n\
                  [services.app]\nactive = \"blue\"\npools.blue = [\"127.0.0.1:{}\"]\npools.green = [\"127.0.0.1:{}\"]\n{}\n{extra}",
                 socket.display(),
                 dir.join("state").display(),
                 self.upstream_blue,
                 self.upstream_green,
                 if health { "health = { path = \"/\", interval = \"1s\" }" } else { "" },
+                threads = threads(),
             ),
         )
         .unwrap();
@@ -427,11 +454,12 @@ impl Bench {
         std::fs::write(
             &conf,
             format!(
-                "global\n  nbthread 1\n  maxconn 4096\n\
+                "global\n  nbthread {threads}\n  maxconn 4096\n\
                  defaults\n  mode http\n  timeout connect 3s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n  option forwardfor\n  http-reuse always\n\
                  frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
                  backend be\n  server s1 127.0.0.1:{}\n",
-                self.upstream_blue
+                self.upstream_blue,
+                threads = threads(),
             ),
         )
         .unwrap();
@@ -584,10 +612,11 @@ fn nginx_conf(dir: &Path, http: &str) -> PathBuf {
     let d = dir.display();
     let user = if is_root() { "user root;\n" } else { "" };
     let conf = format!(
-        "{user}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "{user}worker_processes {threads};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
-           uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  keepalive_requests 1000000;\n{http}\n}}\n"
+           uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  keepalive_requests 1000000;\n{http}\n}}\n",
+        threads = threads(),
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
@@ -707,6 +736,11 @@ fn http(bench: &Bench, o: &Options) {
         ("nginx", url(ng_port)),
         ("haproxy", url(hp_port)),
     ];
+    // switchback with pingora's HTTP/1 path for every request (`server.http1 = "pingora"`).
+    let sp_port = free_port();
+    let (sp_cmd, _) = bench.switchback_cmd_server(sp_port, "http1 = \"pingora\"", "", true);
+    let _sp = start("switchback-pingora", sp_cmd, sp_port, &bench.dir);
+    targets.push(("switchback-pingora", url(sp_port)));
     let ff_port = free_port();
     let _ff = start(
         "floor-forwarding",
@@ -725,8 +759,11 @@ fn http(bench: &Bench, o: &Options) {
     }
     compare(
         &format!(
-            "http: keep-alive GET through each proxy, 1 worker thread each, wrk -t1 -c{} -d{}s, {} rounds; switchback with its default config (metrics and access log on)",
-            o.connections, o.seconds, o.rounds
+            "http: keep-alive GET through each proxy, {} worker thread(s) each, wrk -t1 -c{} -d{}s, {} rounds; switchback with its default config (metrics and access log on)",
+            threads(),
+            o.connections,
+            o.seconds,
+            o.rounds
         ),
         &targets,
         o,
@@ -871,14 +908,15 @@ fn https(bench: &Bench, o: &Options) {
     std::fs::write(
         &hconf,
         format!(
-            "global\n  nbthread 1\n  maxconn 4096\n\
+            "global\n  nbthread {threads}\n  maxconn 4096\n\
              defaults\n  mode http\n  timeout connect 3s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n  option forwardfor\n  http-reuse always\n\
              frontend fe\n  bind 127.0.0.1:{}\n  bind 127.0.0.1:{} ssl crt {} alpn http/1.1\n  default_backend be\n\
              backend be\n  server s1 127.0.0.1:{}\n",
             hp.0,
             hp.1,
             combined.display(),
-            bench.upstream_blue
+            bench.upstream_blue,
+            threads = threads(),
         ),
     )
     .unwrap();
@@ -894,8 +932,11 @@ fn https(bench: &Bench, o: &Options) {
     ];
     compare(
         &format!(
-            "https keep-alive: GET over TLS 1.3, 1 worker thread each, wrk -t1 -c{} -d{}s, {} rounds",
-            o.connections, o.seconds, o.rounds
+            "https keep-alive: GET over TLS 1.3, {} worker thread(s) each, wrk -t1 -c{} -d{}s, {} rounds",
+            threads(),
+            o.connections,
+            o.seconds,
+            o.rounds
         ),
         &targets,
         o,
@@ -903,8 +944,11 @@ fn https(bench: &Bench, o: &Options) {
     );
     compare(
         &format!(
-            "https handshakes: a new TLS connection per request (Connection: close), wrk -t1 -c{} -d{}s, {} rounds",
-            o.connections, o.seconds, o.rounds
+            "https handshakes: a new TLS connection per request (Connection: close), {} worker thread(s) each, wrk -t1 -c{} -d{}s, {} rounds",
+            threads(),
+            o.connections,
+            o.seconds,
+            o.rounds
         ),
         &targets,
         o,
@@ -1114,6 +1158,11 @@ fn instructions(bench: &Bench) {
             let port = free_port();
             let (cmd, _) = bench.switchback_cmd(port, "", false);
             ("switchback-default", cmd, port, String::new())
+        },
+        {
+            let port = free_port();
+            let (cmd, _) = bench.switchback_cmd_server(port, "http1 = \"pingora\"", "", false);
+            ("switchback-pingora", cmd, port, String::new())
         },
         {
             let port = free_port();

@@ -367,13 +367,8 @@ impl Http1 {
         let (mut up, sent_at, addr) = loop {
             let Some((index, chosen)) = pool.select(tried) else {
                 let status = if attempts == 0 { 503 } else { 502 };
-                let _ = self.answer_error(stream, status).await;
-                self.record(
-                    ending(status, backend, None, attempts),
-                    &mut host_and_path,
-                    0,
-                );
-                return Outcome::Close;
+                let record = ending(status, backend, None, attempts);
+                return self.fail(stream, status, record, &mut host_and_path).await;
             };
             tried.add(index);
             attempts += 1;
@@ -400,13 +395,8 @@ impl Http1 {
                         } else {
                             502
                         };
-                        let _ = self.answer_error(stream, status).await;
-                        self.record(
-                            ending(status, backend, None, attempts),
-                            &mut host_and_path,
-                            0,
-                        );
-                        return Outcome::Close;
+                        let record = ending(status, backend, None, attempts);
+                        return self.fail(stream, status, record, &mut host_and_path).await;
                     }
                 },
             };
@@ -476,13 +466,8 @@ impl Http1 {
                     } else {
                         502
                     };
-                    let _ = self.answer_error(stream, status).await;
-                    self.record(
-                        ending(status, backend, None, attempts),
-                        &mut host_and_path,
-                        0,
-                    );
-                    return Outcome::Close;
+                    let record = ending(status, backend, None, attempts);
+                    return self.fail(stream, status, record, &mut host_and_path).await;
                 }
             }
         };
@@ -495,13 +480,8 @@ impl Http1 {
             Ok(edited) => edited,
             Err(()) => {
                 wait.end();
-                let _ = self.answer_error(stream, 502).await;
-                self.record(
-                    ending(502, backend, backend_time, attempts),
-                    &mut host_and_path,
-                    0,
-                );
-                return Outcome::Close;
+                let record = ending(502, backend, backend_time, attempts);
+                return self.fail(stream, 502, record, &mut host_and_path).await;
             }
         };
         let relayed = self
@@ -509,13 +489,8 @@ impl Http1 {
             .await;
         let cut = wait.end() || relayed.is_err();
         if let Err(Unsent(true)) = relayed {
-            let _ = self.answer_error(stream, 502).await;
-            self.record(
-                ending(502, backend, backend_time, attempts),
-                &mut host_and_path,
-                0,
-            );
-            return Outcome::Close;
+            let record = ending(502, backend, backend_time, attempts);
+            return self.fail(stream, 502, record, &mut host_and_path).await;
         }
         let (sent, clean) = relayed.unwrap_or((0, false));
         if !cut && clean && !edited.backend_closes && body.complete() {
@@ -532,6 +507,19 @@ impl Http1 {
         // What came after this request's body: the start of the next one.
         let _ = head.split_to(body.end.min(head.len()));
         Outcome::Next(head)
+    }
+
+    /// Gives the proxy's own error answer `status`, records the request, and closes.
+    async fn fail(
+        &self,
+        stream: &mut Stream,
+        status: u16,
+        ending: Option<Ending>,
+        host_and_path: &mut HostAndPath,
+    ) -> Outcome {
+        let _ = self.answer_error(stream, status).await;
+        self.record(ending, host_and_path, 0);
+        Outcome::Close
     }
 
     fn record(&self, ending: Option<Ending>, host_and_path: &mut HostAndPath, bytes: u64) {

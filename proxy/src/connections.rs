@@ -564,7 +564,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                     forwarding: forwarding.as_ref().map(Forwarding::lines),
                     stopping: stopping_now(),
                 };
-                match http1.serve(&mut stream, head, &conn, &mut deadline).await {
+                // Boxed: the path's state while it carries a request (its buffers' handles, the
+                // plan, the attempt) would otherwise size every connection's state, idle ones
+                // included (measured: 9.9 KB per idle connection unboxed, against 4 KB).
+                let serving = Box::pin(http1.serve(&mut stream, head, &conn, &mut deadline));
+                match serving.await {
                     h1::Outcome::Declined(declined) => head = declined,
                     h1::Outcome::Next(next) => {
                         carried = next;

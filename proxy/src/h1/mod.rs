@@ -873,10 +873,7 @@ fn write_request_head(
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let named = head
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("connection"));
+    let named = has_header(head.headers, "connection");
     for h in head.headers {
         let name = h.name.as_bytes();
         if framing::is_hop_by_hop(name)
@@ -897,6 +894,11 @@ fn write_request_head(
     rules.write_sets(out);
     out.extend_from_slice(b"\r\n");
     Ok(())
+}
+
+/// Whether a head has a header `name` (lowercase).
+fn has_header(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    headers.iter().any(|h| h.name.eq_ignore_ascii_case(name))
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -943,15 +945,9 @@ fn edit_answer(
     out.push(b' ');
     out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let named = head
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("connection"));
+    let named = has_header(head.headers, "connection");
     // With a Transfer-Encoding, a Content-Length is not to be believed, nor passed on.
-    let coded = head
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    let coded = has_header(head.headers, "transfer-encoding");
     for h in head.headers {
         let name = h.name.as_bytes();
         if framing::is_hop_by_hop(name)

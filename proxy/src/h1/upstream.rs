@@ -164,23 +164,23 @@ mod tests {
         drop(accepted_first);
         let taken = take(addr).expect("the open connection");
         assert!(taken.reused);
-        // Wait until the close has reached this side, then the closed one must be passed over.
-        let mut tries = 0;
-        loop {
-            let closed = IDLE.with(|l| {
+        // Until the close has reached this side (the runtime polls its reactor between yields),
+        // within a deadline; the assertion below fails if it never does.
+        let closed = || {
+            IDLE.with(|l| {
                 // The sweeper may have closed it already.
                 l.borrow()
                     .by_backend
                     .get(&addr)
                     .is_none_or(|list| list.iter().all(|idle| !still_open(&idle.stream)))
-            });
-            if closed || tries > 200 {
-                break;
+            })
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while !closed() {
+                tokio::task::yield_now().await;
             }
-            tries += 1;
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        })
+        .await;
         assert!(take(addr).is_none(), "a closed connection was handed out");
         let mut taken = taken;
         taken.stream.write_all(b"x").await.unwrap();

@@ -266,3 +266,124 @@ fn an_idle_backend_connection_is_reused_not_reopened() {
         "{established_to_backend} backend connections open after 20 sequential requests"
     );
 }
+
+/// Reads one answer head, up to its empty line.
+fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("a head within 15 s");
+        assert_eq!(n, 1, "closed mid-head: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+#[test]
+fn both_paths_hand_the_backend_the_same_request_from_a_trusted_proxy_with_overrides() {
+    let blue = Upstream::start("blue");
+    let services = format!(
+        "{}[services.app.canary]\noverride_secret = \"0123456789abcdef\"\n",
+        one_pool(&blue)
+    );
+    let seen = |http1: &str| {
+        let proxy = Proxy::start_with_server(
+            &format!("http1 = \"{http1}\"\ntrusted_proxies = [\"127.0.0.0/8\"]"),
+            &services,
+        );
+        let mut s = raw_connect(proxy.addr());
+        s.write_all(
+            b"GET /headers HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 6.6.6.6\r\n\
+              X-Forwarded-For: 5.5.5.5\r\nX-Real-IP: 7.7.7.7\r\nX-Forwarded-Proto: https\r\n\
+              X-Switchback-Pool: blue:wrong\r\nCookie: a=1; switchback_pool=blue:wrong\r\n\
+              Cookie: b=2\r\n\r\n",
+        )
+        .unwrap();
+        let (status, seen) = read_raw_answer(&mut s).expect("an answer");
+        assert_eq!(status, 200, "{http1}");
+        let mut lines: Vec<String> = seen.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    let ours = seen("switchback");
+    let pingora = seen("pingora");
+    assert_eq!(ours, pingora, "the two paths forward different requests");
+    let text = ours.join("\n");
+    for want in [
+        "x-forwarded-for: 6.6.6.6, 5.5.5.5, 127.0.0.1",
+        "x-forwarded-proto: https",
+        "x-real-ip: 7.7.7.7",
+        "cookie: a=1; b=2",
+    ] {
+        assert!(text.contains(want), "{want} missing from {text}");
+    }
+    for gone in ["x-switchback-pool", "switchback_pool", "wrong"] {
+        assert!(!text.contains(gone), "{gone} reached the backend: {text}");
+    }
+}
+
+#[test]
+fn an_http_1_0_client_keeps_its_connection_when_it_asks_and_takes_chunked_answers_as_data() {
+    let blue = Upstream::start("blue");
+    let proxy = start("switchback", &blue);
+    let mut s = raw_connect(proxy.addr());
+    for _ in 0..3 {
+        s.write_all(b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("http/1.1 200 "), "{head}");
+        assert!(head.contains("\r\nconnection: keep-alive\r\n"), "{head}");
+        assert!(head.contains("\r\ncontent-length: 4\r\n"), "{head}");
+        let mut body = [0u8; 4];
+        s.read_exact(&mut body).unwrap();
+        assert_eq!(&body, b"blue");
+    }
+    // A chunked answer: its data, ended by the close (HTTP/1.0 has no chunks).
+    s.write_all(
+        b"GET /text?bytes=50000&chunked=1 HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .unwrap();
+    let all = read_to_close(&mut s);
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = String::from_utf8_lossy(&all[..end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert_eq!(&all[end..], support::sample_text(50_000).as_bytes());
+    // Without keep-alive, the connection closes after the answer.
+    let mut s = raw_connect(proxy.addr());
+    s.write_all(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").unwrap();
+    let all = String::from_utf8_lossy(&read_to_close(&mut s)).to_ascii_lowercase();
+    assert!(all.starts_with("http/1.1 200 "), "{all}");
+    assert!(all.contains("\r\nconnection: close\r\n"), "{all}");
+    assert!(all.ends_with("\r\n\r\nblue"), "{all}");
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body_and_not_passed_on() {
+    let blue = Upstream::start("blue");
+    let proxy = start("switchback", &blue);
+    let mut s = raw_connect(proxy.addr());
+    for round in 0..2 {
+        s.write_all(
+            b"POST /headers HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap();
+        // No body is sent until the proxy says so.
+        let interim = read_head(&mut s);
+        assert_eq!(interim, "http/1.1 100 continue\r\n\r\n", "round {round}");
+        s.write_all(b"hello").unwrap();
+        let (status, seen) = read_raw_answer(&mut s).expect("the final answer");
+        assert_eq!(status, 200);
+        assert!(
+            !seen.contains("expect"),
+            "the Expect reached the backend: {seen}"
+        );
+        assert!(seen.contains("content-length: 5"), "{seen}");
+    }
+    assert_eq!(blue.complete_bodies.load(Ordering::SeqCst), 2);
+}

@@ -334,11 +334,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The request's Cookie headers without cookie `name`, as one header value; None when nothing
 /// is left.
-pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
+pub fn cookies_without(headers: &impl RequestHeaders, name: &str) -> Option<String> {
     let kept: Vec<&str> = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .cookies()
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
         .filter(|pair| !pair.is_empty())

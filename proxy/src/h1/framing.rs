@@ -329,6 +329,8 @@ pub struct Chunks {
     trailers: usize,
     /// Data bytes seen so far (sizes and framing aside).
     data: u64,
+    /// Only the data is written on, without the chunked framing (for an HTTP/1.0 client).
+    plain: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +344,14 @@ enum ChunkState {
 }
 
 impl Chunks {
+    /// A decoder that writes on only the body's data: for a client that does not take chunks.
+    pub fn plain() -> Chunks {
+        Chunks {
+            plain: true,
+            ..Chunks::default()
+        }
+    }
+
     pub fn done(&self) -> bool {
         self.state == ChunkState::Done
     }
@@ -365,8 +375,10 @@ impl Chunks {
                         return Ok(at);
                     };
                     at += taken;
-                    push_hex(out, size);
-                    out.extend_from_slice(b"\r\n");
+                    if !self.plain {
+                        push_hex(out, size);
+                        out.extend_from_slice(b"\r\n");
+                    }
                     self.left = size;
                     self.state = if size == 0 {
                         ChunkState::Trailers
@@ -394,7 +406,9 @@ impl Chunks {
                     if &rest[..2] != b"\r\n" {
                         return Err(BadChunk);
                     }
-                    out.extend_from_slice(b"\r\n");
+                    if !self.plain {
+                        out.extend_from_slice(b"\r\n");
+                    }
                     at += 2;
                     self.state = ChunkState::Size;
                 }
@@ -412,10 +426,15 @@ impl Chunks {
                     }
                     at += line.len();
                     if line == b"\r\n" {
-                        out.extend_from_slice(b"\r\n");
+                        if !self.plain {
+                            out.extend_from_slice(b"\r\n");
+                        }
                         self.state = ChunkState::Done;
                     } else {
-                        out.extend_from_slice(trailer_line(line)?);
+                        let line = trailer_line(line)?;
+                        if !self.plain {
+                            out.extend_from_slice(line);
+                        }
                     }
                 }
             }
@@ -709,6 +728,22 @@ mod tests {
                 Ok((want.clone(), true)),
                 "split {split}"
             );
+        }
+    }
+
+    #[test]
+    fn a_plain_decoder_writes_only_the_data() {
+        let body = b"5;name=value\r\nhello\r\n3\r\n123\r\n0\r\nX-Sum: 1\r\n\r\n";
+        for split in 0..=body.len() {
+            let mut chunks = Chunks::plain();
+            let mut out = Vec::new();
+            let taken = chunks.feed(&body[..split], &mut out).unwrap();
+            let mut pending = body[taken..split].to_vec();
+            pending.extend_from_slice(&body[split..]);
+            assert_eq!(chunks.feed(&pending, &mut out), Ok(pending.len()));
+            assert_eq!(out, b"hello123", "split {split}");
+            assert!(chunks.done());
+            assert_eq!(chunks.data(), 8);
         }
     }
 

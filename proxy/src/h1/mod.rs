@@ -12,10 +12,15 @@
 //! ```
 //!
 //! The decisions are the policy's ([`crate::policy`]), the same functions pingora's hooks call.
-//! What this path does not carry yet goes to pingora on the same connection: HTTP/1.0,
-//! upgrades (WebSockets), `Expect`, targets not in origin form, requests from a trusted proxy,
-//! services that compress, requests that carry a pool override, and the proxy's own answers
-//! (ACME challenge, HTTPS redirect, no service, a body over the limit).
+//! What this path does not carry yet goes to pingora on the same connection: upgrades
+//! (WebSockets), an `Expect` other than `100-continue`, targets not in origin form, HTTP/1.0
+//! requests without a Host, services that compress, and the proxy's own answers (ACME
+//! challenge, HTTPS redirect, no service, a body over the limit).
+//!
+//! An `Expect: 100-continue` is answered here, with `100 Continue` once a backend connection
+//! is ready and the body is wanted; the backend never sees the `Expect`. An HTTP/1.0 client
+//! keeps its connection when it asked to and the answer has a length; a chunked answer reaches
+//! it as plain data, ended by the close.
 //!
 //! Deadlines: the backend's `read_timeout` is the per-thread ticker's ([`crate::read_deadline`]);
 //! the client's body and send deadlines use the connection's one timer, armed only when a read
@@ -60,7 +65,7 @@ pub struct Http1 {
 pub struct Conn<'a> {
     pub peer: Option<IpAddr>,
     pub tls: bool,
-    /// The forwarding lines (None: the peer is a trusted proxy).
+    /// The forwarding lines (None: the peer is a trusted proxy, whose own are appended to).
     pub forwarding: Option<&'a [u8]>,
     /// The process is stopping: answer with `connection: close`.
     pub stopping: bool,
@@ -86,6 +91,10 @@ struct Plan {
     framing: Framing,
     /// The client asked to close after this request.
     close: bool,
+    /// The client speaks HTTP/1.0: no chunks, and keep-alive only when said.
+    http10: bool,
+    /// The client waits for `100 Continue` before its body.
+    expect_continue: bool,
     head_request: bool,
     method: http::Method,
     host_and_path: HostAndPath,
@@ -111,6 +120,8 @@ struct Body {
     split: bool,
     /// Chunked bytes read and not yet taken (a line cut by a read's end).
     pending: Vec<u8>,
+    /// The client waits for `100 Continue` before it sends the body (not yet sent).
+    continue_wanted: bool,
 }
 
 impl Body {
@@ -254,10 +265,13 @@ impl Http1 {
         let Some(head) = framing::parse_request(buf, &mut headers)? else {
             return Ok(None);
         };
-        let Some(forwarding) = conn.forwarding else {
+        if head.upgrade || !head.target.starts_with('/') {
             return Ok(None);
-        };
-        if head.minor == 0 || head.upgrade || head.expect || !head.target.starts_with('/') {
+        }
+        let expect_continue = head.expect && expects_continue(head.headers);
+        if (head.expect && !expect_continue)
+            || (head.minor == 0 && (head.host.is_empty() || head.expect))
+        {
             return Ok(None);
         }
         let Ok(host) = std::str::from_utf8(head.host) else {
@@ -265,12 +279,32 @@ impl Http1 {
         };
         let path = head.target.split('?').next().unwrap_or("/");
         let view = Parsed(head.headers);
+        // From a trusted proxy: the client is the one its X-Forwarded-For names.
+        let (forwarding, client) = match (conn.forwarding, conn.peer) {
+            (Some(lines), peer) => (Forwarding::Lines(lines), peer),
+            (None, Some(peer)) => {
+                let forwarded_for = head
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+                    .map(|h| h.value);
+                let (client, _) = self.policy.identify(peer, forwarded_for);
+                (
+                    Forwarding::Append {
+                        peer,
+                        tls: conn.tls,
+                    },
+                    Some(client),
+                )
+            }
+            (None, None) => return Ok(None),
+        };
         let get_or_head = matches!(head.method, "GET" | "HEAD");
         let facts = Facts {
             host,
             path,
             headers: &view,
-            client: conn.peer,
+            client,
             tls: conn.tls,
             get_or_head,
             declared_length: match head.framing {
@@ -282,16 +316,27 @@ impl Http1 {
             return Ok(None);
         };
         let service = route.service();
-        if !service.config.compress.is_empty()
-            || route.override_header_seen
-            || route.override_cookie_seen
-        {
+        if !service.config.compress.is_empty() {
             return Ok(None);
         }
         let Ok(method) = http::Method::from_bytes(head.method.as_bytes()) else {
             return Ok(None);
         };
-        write_request_head(out, &head, forwarding, &service.request_headers)?;
+        let overrides = &service.overrides;
+        let edits = Edits {
+            forwarding,
+            rules: &service.request_headers,
+            override_header: overrides
+                .header
+                .as_ref()
+                .filter(|_| route.override_header_seen)
+                .map(|h| h.as_str()),
+            override_cookie: overrides
+                .cookie
+                .as_deref()
+                .filter(|_| route.override_cookie_seen),
+        };
+        write_request_head(out, &head, &edits)?;
         let host_and_path = if self.policy.access_log.is_some() {
             let mut hp = HostAndPath::with_host(host);
             hp.push_path(head.target);
@@ -304,10 +349,12 @@ impl Http1 {
             head_len: head.len,
             framing: head.framing,
             close: head.close,
+            http10: head.minor == 0,
+            expect_continue,
             head_request: head.method == "HEAD",
             method,
             host_and_path,
-            client: conn.peer,
+            client,
             tls: conn.tls,
         }))
     }
@@ -563,6 +610,17 @@ impl Http1 {
         if body.complete() {
             return Ok(());
         }
+        if body.continue_wanted {
+            // The backend is there and takes the body: the client may send it.
+            body.continue_wanted = false;
+            if self
+                .write_client(stream, b"HTTP/1.1 100 Continue\r\n\r\n", deadline)
+                .await
+                .is_err()
+            {
+                return Err(AttemptError::Client(0));
+            }
+        }
         if !body.split {
             // What follows the body's start in the head's buffer: a chunk line cut by the
             // buffer's end, to be taken with what comes next.
@@ -670,7 +728,13 @@ impl Http1 {
             Framing::Length(n) => n,
             _ => u64::MAX,
         };
-        let mut chunks = (edited.framing == Framing::Chunked).then(Chunks::default);
+        let mut chunks = (edited.framing == Framing::Chunked).then(|| {
+            if edited.dechunk {
+                Chunks::plain()
+            } else {
+                Chunks::default()
+            }
+        });
         // The body bytes that came with the head.
         let mut pending: Vec<u8> = Vec::new();
         let first = &answer[edited.head_len..];
@@ -819,6 +883,7 @@ fn first_body(head: &[u8], plan: &Plan) -> Result<Body, u16> {
             split: false,
             pending: Vec::new(),
             read: 0,
+            continue_wanted: false,
         }),
         Framing::Length(n) => {
             let have = (n.min(after.len() as u64)) as usize;
@@ -835,6 +900,7 @@ fn first_body(head: &[u8], plan: &Plan) -> Result<Body, u16> {
                 split: false,
                 pending: Vec::new(),
                 read: have as u64,
+                continue_wanted: plan.expect_continue && n > have as u64,
             })
         }
         Framing::Chunked => {
@@ -852,21 +918,41 @@ fn first_body(head: &[u8], plan: &Plan) -> Result<Body, u16> {
                 split: false,
                 pending: Vec::new(),
                 read: chunks.data(),
+                continue_wanted: plan.expect_continue && !chunks.done(),
                 chunks: Some(chunks),
             })
         }
     }
 }
 
+/// The forwarding headers a request goes on with.
+enum Forwarding<'a> {
+    /// The connection's lines, written by this proxy; the client's own are removed.
+    Lines(&'a [u8]),
+    /// From a trusted proxy: its `X-Forwarded-For` goes on with `peer` appended, its other
+    /// forwarding headers as they are (an `X-Forwarded-Proto` is added when it sent none).
+    Append { peer: IpAddr, tls: bool },
+}
+
+/// What the upstream request head changes of the client's.
+struct Edits<'a> {
+    forwarding: Forwarding<'a>,
+    rules: &'a crate::headers::HeaderRules,
+    /// The pool override's header and cookie, when the request carried them: the proxy's
+    /// business, never the backend's.
+    override_header: Option<&'a str>,
+    override_cookie: Option<&'a str>,
+}
+
 /// Writes the upstream request head: the request line, the client's headers but those that
-/// are hop by hop, forwarding headers, or named by a header rule; then the forwarding lines,
-/// the rules' headers, and the empty line.
+/// are hop by hop, `Expect` (answered here), forwarding headers, overrides, or named by a header
+/// rule; then the forwarding lines, the rules' headers, and the empty line.
 fn write_request_head(
     out: &mut Vec<u8>,
     head: &framing::RequestHead<'_, '_>,
-    forwarding: &[u8],
-    rules: &crate::headers::HeaderRules,
+    edits: &Edits<'_>,
 ) -> Result<(), framing::Refusal> {
+    let rules = edits.rules;
     let mut lines = 0;
     out.clear();
     out.extend_from_slice(head.method.as_bytes());
@@ -874,26 +960,76 @@ fn write_request_head(
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let named = has_header(head.headers, "connection");
+    let trusted = matches!(edits.forwarding, Forwarding::Append { .. });
     for h in head.headers {
         let name = h.name.as_bytes();
         if framing::is_hop_by_hop(name)
-            || is_forwarding_header(name)
+            || (head.expect && name.eq_ignore_ascii_case(b"expect"))
+            || (is_forwarding_header(name)
+                && (!trusted || name.eq_ignore_ascii_case(b"x-forwarded-for")))
             || (named && framing::dropped_by_connection(head.headers, name))
             || (!rules.is_empty() && rules.touches(name))
+            || edits
+                .override_header
+                .is_some_and(|o| name.eq_ignore_ascii_case(o.as_bytes()))
+            || (edits.override_cookie.is_some() && name.eq_ignore_ascii_case(b"cookie"))
         {
             continue;
         }
         lines += 1;
         push_header(out, name, h.value);
     }
-    lines += forwarding.iter().filter(|&&b| b == b'\n').count();
+    if let Some(cookie) = edits.override_cookie {
+        if let Some(kept) = split::cookies_without(&Parsed(head.headers), cookie) {
+            lines += 1;
+            push_header(out, b"cookie", kept.as_bytes());
+        }
+    }
+    match edits.forwarding {
+        Forwarding::Lines(forwarding) => {
+            lines += forwarding.iter().filter(|&&b| b == b'\n').count();
+            out.extend_from_slice(forwarding);
+        }
+        Forwarding::Append { peer, tls } => {
+            lines += 1;
+            out.extend_from_slice(b"X-Forwarded-For: ");
+            for h in head.headers {
+                if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+                    out.extend_from_slice(h.value);
+                    out.extend_from_slice(b", ");
+                }
+            }
+            let mut ip = String::with_capacity(40);
+            crate::text::push_ip(&mut ip, peer);
+            out.extend_from_slice(ip.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            if !has_header(head.headers, "x-forwarded-proto") {
+                lines += 1;
+                out.extend_from_slice(if tls {
+                    b"X-Forwarded-Proto: https\r\n"
+                } else {
+                    b"X-Forwarded-Proto: http\r\n"
+                });
+            }
+        }
+    }
     if lines > crate::forwarding::MAX_HEADER_LINES {
         return Err(framing::Refusal::TooManyHeaders);
     }
-    out.extend_from_slice(forwarding);
     rules.write_sets(out);
     out.extend_from_slice(b"\r\n");
     Ok(())
+}
+
+/// Whether the request's one `Expect` header asks for `100-continue`.
+fn expects_continue(headers: &[httparse::Header<'_>]) -> bool {
+    let mut expects = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("expect"));
+    matches!(
+        (expects.next(), expects.next()),
+        (Some(h), None) if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+    )
 }
 
 /// Whether a head has a header `name` (lowercase).
@@ -913,6 +1049,8 @@ struct Edited {
     status: u16,
     head_len: usize,
     framing: Framing,
+    /// The answer is chunked and the client takes no chunks: only its data is passed on.
+    dechunk: bool,
     backend_closes: bool,
     keep_client: bool,
 }
@@ -934,7 +1072,9 @@ fn edit_answer(
     let service = plan.route.service();
     let hsts = service.config.hsts.as_deref().filter(|_| plan.tls);
     let rules = &service.response_headers;
-    let keep_client = keep_client && head.framing != Framing::Close;
+    // An HTTP/1.0 client takes no chunks: it gets the data, ended by the close.
+    let dechunk = plan.http10 && head.framing == Framing::Chunked;
+    let keep_client = keep_client && head.framing != Framing::Close && !dechunk;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut code = [0u8; 3];
@@ -953,6 +1093,7 @@ fn edit_answer(
         if framing::is_hop_by_hop(name)
             || (named && framing::dropped_by_connection(head.headers, name))
             || (coded && name.eq_ignore_ascii_case(b"content-length"))
+            || (dechunk && name.eq_ignore_ascii_case(b"transfer-encoding"))
             || (hsts.is_some() && name.eq_ignore_ascii_case(b"strict-transport-security"))
             || (!rules.is_empty() && rules.touches(name))
         {
@@ -972,12 +1113,15 @@ fn edit_answer(
     rules.write_sets(out);
     if !keep_client {
         out.extend_from_slice(b"connection: close\r\n");
+    } else if plan.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
     Ok(Edited {
         status: head.status,
         head_len: head.len,
         framing: head.framing,
+        dechunk,
         backend_closes: head.close,
         keep_client,
     })

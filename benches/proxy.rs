@@ -26,8 +26,9 @@
 //!   for clients that carry their bucket cookie;
 //! - `instructions`: user-space instructions per request under callgrind for switchback (bare,
 //!   with metrics, with metrics and access log, with a 10% canary), the floor, floor-forwarding,
-//!   nginx and HAProxy: a measure of work that, unlike requests per second, does not move with
-//!   the load of a shared machine. With `SWITCHBACK_BASELINE=/path/to/switchback` (another build, say of the commit
+//!   nginx and HAProxy, and heap allocations per request (calls into malloc's or mimalloc's
+//!   entry points in the same profile): measures of work that, unlike requests per second, do
+//!   not move with the load of a shared machine. With `SWITCHBACK_BASELINE=/path/to/switchback` (another build, say of the commit
 //!   before a change), that binary runs on the default config too, and the same-run ratio prices
 //!   the change (`http` runs it beside the others too);
 //! - `memory`: resident memory per idle keep-alive connection and per open WebSocket, for
@@ -547,7 +548,7 @@ fn instructions_per_request(
     port: u16,
     dir: &Path,
     headers: &str,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     let (few, many) = (1000, 3000);
     let mut totals = Vec::new();
     for n in [few, many] {
@@ -564,12 +565,13 @@ fn instructions_per_request(
             .args(["-INT", &p.child.id().to_string()])
             .status();
         let _ = p.child.wait();
-        let (mut all, mut writer) = (0u64, 0u64);
+        let (mut all, mut writer, mut allocs) = (0u64, 0u64, 0u64);
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let file = path.file_name().unwrap().to_string_lossy().to_string();
             if file.starts_with(&format!("callgrind-{name}-{n}.")) && !file.ends_with(".log") {
                 let text = std::fs::read_to_string(&path).unwrap();
+                allocs += allocation_calls(&text);
                 let total = text
                     .lines()
                     .find_map(|l| l.strip_prefix("totals: "))
@@ -584,10 +586,51 @@ fn instructions_per_request(
                 }
             }
         }
-        totals.push((all, all - writer));
+        totals.push((all, all - writer, allocs));
     }
     let per = |a: u64, b: u64| (b as f64 - a as f64) / (many - few) as f64;
-    (per(totals[0].0, totals[1].0), per(totals[0].1, totals[1].1))
+    (
+        per(totals[0].0, totals[1].0),
+        per(totals[0].1, totals[1].1),
+        per(totals[0].2, totals[1].2),
+    )
+}
+
+/// Heap allocations in a callgrind profile: calls into the allocators' entry points (glibc's
+/// malloc family, and mimalloc's, which switchback and the floor use) from outside the
+/// allocators.
+fn allocation_calls(profile: &str) -> u64 {
+    const ENTRIES: [&str; 10] = [
+        "malloc",
+        "calloc",
+        "realloc",
+        "mi_malloc",
+        "mi_zalloc",
+        "mi_calloc",
+        "mi_realloc",
+        "mi_malloc_aligned",
+        "mi_zalloc_aligned",
+        "mi_realloc_aligned",
+    ];
+    let (mut caller, mut callee) = ("", "");
+    let mut calls = 0;
+    for line in profile.lines() {
+        if let Some(name) = line.strip_prefix("fn=") {
+            caller = name.trim();
+        } else if let Some(name) = line.strip_prefix("cfn=") {
+            callee = name.trim();
+        } else if let Some(rest) = line.strip_prefix("calls=") {
+            let inside = caller.starts_with("mi_") || caller.starts_with("_mi_");
+            if !inside && ENTRIES.contains(&callee) {
+                calls += rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    calls
 }
 
 fn nginx_bin() -> &'static str {
@@ -1217,12 +1260,14 @@ fn instructions(bench: &Bench) {
     }
     let mut results = Vec::new();
     for (name, cmd, port, headers) in &variants {
-        let (all, request_path) =
+        let (all, request_path, allocs) =
             instructions_per_request(name, cmd, *port, dir.as_path(), headers);
         if (all - request_path).abs() > 1.0 {
-            println!("{name:<24} {all:>10.0} instructions/request ({request_path:.0} outside the access-log writer thread)");
+            println!("{name:<24} {all:>10.0} instructions/request ({request_path:.0} outside the access-log writer thread), {allocs:.2} heap allocations/request");
         } else {
-            println!("{name:<24} {all:>10.0} instructions/request");
+            println!(
+                "{name:<24} {all:>10.0} instructions/request, {allocs:.2} heap allocations/request"
+            );
         }
         results.push((*name, all, request_path));
     }

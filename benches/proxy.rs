@@ -16,7 +16,9 @@
 //! - `http`: keep-alive requests per second and p99 latency of switchback (its default config:
 //!   metrics and access log on), the floor, nginx, HAProxy and floor-forwarding, with the ratios
 //!   of switchback and of the floor to each other proxy measured in the same round, and their
-//!   medians;
+//!   medians; then requests per second, p99 and backend connections opened at 64, 256 and 1000
+//!   clients (switchback on both HTTP/1 paths, nginx with `keepalive 1024`, HAProxy), which
+//!   `backends` runs alone;
 //! - `https`: keep-alive requests per second over TLS, and new TLS handshakes per second, for
 //!   switchback, nginx and HAProxy with the same certificate;
 //! - `switch`: failed requests while switchback switches blue → green → blue 100 times under
@@ -812,6 +814,92 @@ fn http(bench: &Bench, o: &Options) {
         o,
         false,
     );
+    backend_connections(bench, o);
+}
+
+/// TCP connections this machine opened so far (`Tcp: ActiveOpens` in /proc/net/snmp).
+fn active_opens() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").expect("read /proc/net/snmp");
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ActiveOpens")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Requests/s, p99 and backend connections opened at 64, 256 and 1000 keep-alive clients, for
+/// switchback on both HTTP/1 paths, nginx (`keepalive 1024`: switchback's default idle cap)
+/// and HAProxy. A proxy that keeps too few idle backend connections opens one for most
+/// requests once more clients are in flight than it keeps.
+fn backend_connections(bench: &Bench, o: &Options) {
+    let (sb_port, sp_port, ng_port, hp_port) = (free_port(), free_port(), free_port(), free_port());
+    let (_sb, _) = bench.switchback_with(sb_port, "");
+    let (sp_cmd, _) = bench.switchback_cmd_server(sp_port, "http1 = \"pingora\"", "", false);
+    let _sp = start("switchback-pingora", sp_cmd, sp_port, &bench.dir);
+    let dir = bench.dir.join(format!("nginx-{ng_port}"));
+    let conf = nginx_conf(
+        &dir,
+        &format!(
+            "upstream app {{ server 127.0.0.1:{}; keepalive 1024; }}\n\
+             server {{ listen 127.0.0.1:{ng_port} backlog=4096; access_log off;\n\
+               location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; }} }}",
+            bench.upstream_blue
+        ),
+    );
+    let mut ng_cmd = Command::new(nginx_bin());
+    ng_cmd.args(["-e", "stderr", "-c"]).arg(&conf);
+    let _ng = start("nginx-keepalive-1024", ng_cmd, ng_port, &bench.dir);
+    let _hp = bench.haproxy(hp_port);
+    let targets = [
+        ("switchback", sb_port),
+        ("switchback-pingora", sp_port),
+        ("nginx", ng_port),
+        ("haproxy", hp_port),
+    ];
+    println!(
+        "\n== backend connections: keep-alive GET at 64, 256 and 1000 clients, {} worker thread(s) each, wrk -t1 -d{}s, {} rounds; backend connections opened per run (the machine's TCP ActiveOpens, less wrk's own)",
+        threads(),
+        o.seconds,
+        o.rounds
+    );
+    println!(
+        "{:<20} {:>8} {:>14} {:>12} {:>16}",
+        "proxy", "clients", "median req/s", "median p99", "median opened"
+    );
+    for clients in [64usize, 256, 1000] {
+        for (_, port) in &targets {
+            wrk(*port, 1, clients); // warm up: the pools fill
+        }
+        let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); targets.len()];
+        for round in 0..o.rounds {
+            let mut order: Vec<usize> = (0..targets.len()).collect();
+            order.rotate_left(round % targets.len());
+            for i in order {
+                let before = active_opens();
+                let r = wrk(targets[i].1, o.seconds, clients);
+                let opened = active_opens()
+                    .saturating_sub(before)
+                    .saturating_sub(clients as u64);
+                runs[i].push((r.rps, r.p99_ms, opened as f64));
+            }
+        }
+        for ((name, _), r) in targets.iter().zip(&runs) {
+            println!(
+                "{:<20} {:>8} {:>14.0} {:>10.2}ms {:>16.0}",
+                name,
+                clients,
+                median(r.iter().map(|x| x.0).collect()),
+                median(r.iter().map(|x| x.1).collect()),
+                median(r.iter().map(|x| x.2).collect()),
+            );
+        }
+    }
 }
 
 /// Runs wrk against each target in alternating rounds and prints per-round numbers, medians,
@@ -1386,8 +1474,9 @@ fn main() {
             "reload" => reload::reload(&bench, &o),
             "shaping" => shaping::shaping(&bench, &o),
             "fleet" => fleet::fleet(&bench, &o),
+            "backends" => backend_connections(&bench, &o),
             other => panic!(
-                "unknown scenario {other} (http, https, switch, observability, canary, instructions, memory, retry, reload, shaping, fleet)"
+                "unknown scenario {other} (http, backends, https, switch, observability, canary, instructions, memory, retry, reload, shaping, fleet)"
             ),
         }
     }

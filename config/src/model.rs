@@ -35,6 +35,11 @@ pub mod defaults {
     pub const COMPRESS_MIN_LENGTH: usize = 1024;
     pub const PATH_PREFIX: &str = "/";
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// Idle keep-alive connections kept per backend (`upstream.keepalive`): more than a busy
+    /// proxy core has requests in flight to one backend.
+    pub const UPSTREAM_KEEPALIVE: usize = 1024;
+    /// How long an idle backend connection is kept (`upstream.idle_timeout`).
+    pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
     /// Extra attempts on another backend of the same pool (see [`super::RetryOn`]).
     pub const RETRIES: u32 = 2;
@@ -342,6 +347,27 @@ pub struct ServiceConfig {
     /// What happens to the WebSockets (and other upgraded connections) of a pool traffic left
     /// once `drain_timeout` passes.
     pub long_lived: LongLivedPolicy,
+    /// How backend connections are kept (`[services.NAME.upstream]`).
+    pub upstream: UpstreamConfig,
+}
+
+/// `[services.NAME.upstream]`: the service's backend connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Idle keep-alive connections kept per backend (per worker thread on switchback's own
+    /// HTTP/1.1 path); 0: none, every request gets a new connection.
+    pub keepalive: usize,
+    /// An idle connection is closed after this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> UpstreamConfig {
+        UpstreamConfig {
+            keepalive: defaults::UPSTREAM_KEEPALIVE,
+            idle_timeout: defaults::UPSTREAM_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// `long_lived`: what a drain does with the long-lived connections of the pool traffic left.

@@ -229,6 +229,7 @@ fn changed_settings(old: &ServiceConfig, new: &ServiceConfig) -> Vec<&'static st
         old.connect_timeout != new.connect_timeout,
     );
     check("read_timeout", old.read_timeout != new.read_timeout);
+    check("upstream", old.upstream != new.upstream);
     check("retries", old.retries != new.retries);
     check("retry_on", old.retry_on != new.retry_on);
     check(

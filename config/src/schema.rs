@@ -163,6 +163,14 @@ pub(crate) struct RawService {
     pub drain_timeout: Option<S<String>>,
     /// `"close"` or `"keep"`.
     pub long_lived: Option<S<String>>,
+    pub upstream: Option<S<RawUpstream>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub keepalive: Option<S<i64>>,
+    pub idle_timeout: Option<S<String>>,
 }
 
 /// `Header-Name = "value"`; `""` removes the header.

@@ -174,6 +174,23 @@ impl Validator<'_> {
                 }
             },
         };
+        let upstream = match raw.upstream.as_ref().map(|u| u.get_ref()) {
+            None => UpstreamConfig::default(),
+            Some(u) => UpstreamConfig {
+                keepalive: self.count(
+                    &u.keepalive,
+                    &key("upstream.keepalive"),
+                    0,
+                    1_000_000,
+                    defaults::UPSTREAM_KEEPALIVE as u32,
+                ) as usize,
+                idle_timeout: self.duration(
+                    &u.idle_timeout,
+                    &key("upstream.idle_timeout"),
+                    defaults::UPSTREAM_IDLE_TIMEOUT,
+                ),
+            },
+        };
         Some(ServiceConfig {
             name: n.clone(),
             hosts,
@@ -198,6 +215,7 @@ impl Validator<'_> {
             compress_min_length,
             drain_timeout,
             long_lived,
+            upstream,
         })
     }
 

@@ -272,8 +272,21 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .server
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // pingora's path keeps one pool of idle backend connections for the process: room for every
+    // backend's upstream.keepalive (its default of 128 closes most connections given back under
+    // load). Fixed at start; a reload does not resize it.
+    let keepalive_pool: usize = config
+        .services
+        .iter()
+        .map(|s| {
+            let backends: usize = s.pools.iter().map(|p| p.backends.len().max(1)).sum();
+            s.upstream.keepalive.saturating_mul(backends)
+        })
+        .fold(0usize, usize::saturating_add)
+        .clamp(128, 1 << 20);
     let conf = ServerConf {
         threads,
+        upstream_keepalive_pool_size: keepalive_pool,
         // One single-threaded runtime per worker thread: measured 10-15% less CPU per request
         // than tokio's work-stealing scheduler on short keep-alive requests.
         work_stealing: false,

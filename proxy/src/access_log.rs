@@ -61,6 +61,8 @@ pub struct AccessRecord {
     pub service: Option<Arc<str>>,
     pub pool: Option<Arc<str>>,
     pub backend: Option<SocketAddr>,
+    /// The backend connection was an idle keep-alive one (None: no backend connection).
+    pub reused: Option<bool>,
 }
 
 impl AccessRecord {
@@ -352,6 +354,11 @@ pub fn format_record(r: &AccessRecord, time: SystemTime, format: Format, out: &m
                 }
                 None => out.push_str("null"),
             }
+            out.push_str(match r.reused {
+                Some(true) => ",\"reused\":true",
+                Some(false) => ",\"reused\":false",
+                None => ",\"reused\":null",
+            });
             out.push_str(",\"retries\":");
             push_u64(out, r.retries as u64);
             out.push_str(if r.forced {
@@ -503,6 +510,7 @@ mod tests {
             service: Some("app".into()),
             pool: Some("blue".into()),
             backend: Some("127.0.0.1:9001".parse().unwrap()),
+            reused: Some(true),
         }
     }
 
@@ -523,6 +531,7 @@ mod tests {
         assert_eq!(v["service"], "app");
         assert_eq!(v["pool"], "blue");
         assert_eq!(v["backend"], "127.0.0.1:9001");
+        assert_eq!(v["reused"], true);
         assert_eq!(v["retries"], 0);
         assert_eq!(v["forced"], false);
     }

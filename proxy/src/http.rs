@@ -203,6 +203,8 @@ pub struct RequestCtx {
     /// The request carried the override header / cookie, which must not reach the backend.
     override_header_seen: bool,
     override_cookie_seen: bool,
+    /// The current attempt's backend connection was an idle keep-alive one.
+    reused: Option<bool>,
     /// The service's request body limit (0: none), and the body bytes read so far.
     body_limit: usize,
     body_read: usize,
@@ -515,13 +517,21 @@ impl ProxyHttp for SwitchbackProxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         fd: std::os::fd::RawFd,
         digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_fd = Some(fd);
+        ctx.reused = Some(reused);
+        if !reused {
+            if let Some((_, pool)) = ctx.route() {
+                if let Some(m) = ctx.backend.and_then(|i| pool.backend_metrics.get(i)) {
+                    m.opened.inc();
+                }
+            }
+        }
         // Kept with the connection's digest: queried once per connection, not per request.
         ctx.upstream_identity = digest
             .and_then(|d| d.socket_digest.as_ref())
@@ -855,6 +865,7 @@ impl SwitchbackProxy {
             method: req.method.clone(),
             forced: ctx.forced,
             retries: ctx.attempts.saturating_sub(1),
+            reused: ctx.reused,
         })
     }
 }

@@ -40,6 +40,7 @@ pub mod names;
 pub mod policy;
 pub mod pool;
 pub mod read_deadline;
+mod recycle;
 pub mod retry;
 pub mod routing;
 pub mod split;

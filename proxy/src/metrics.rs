@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::retry::RetryReason;
@@ -44,6 +45,9 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     connect_failures: IntCounterVec,
+    opened: IntCounterVec,
+    idle: IntGaugeVec,
+    pool_full: IntCounterVec,
     retries: IntCounterVec,
     switches: IntCounterVec,
     rollbacks: IntCounterVec,
@@ -84,6 +88,12 @@ pub struct PoolMetrics {
 pub struct BackendMetrics {
     pub by_class: [IntCounter; 5],
     pub connect_failures: IntCounter,
+    /// Connections opened to the backend.
+    pub opened: IntCounter,
+    /// Idle keep-alive connections to the backend, kept for the next requests.
+    pub idle: IntGauge,
+    /// Connections closed after their request because the keep-alive pool was full.
+    pub pool_full: IntCounter,
 }
 
 impl BackendMetrics {
@@ -119,6 +129,27 @@ impl Metrics {
             "Connections to a backend that failed before any byte of the request was sent.",
             &["service", "pool", "backend"],
         );
+        let opened = counter(
+            "switchback_upstream_connections_opened_total",
+            "Connections opened to a backend (a request that reuses an idle keep-alive connection opens none).",
+            &["service", "pool", "backend"],
+        );
+        let pool_full = counter(
+            "switchback_upstream_keepalive_overflow_total",
+            "Backend connections closed after their request because upstream.keepalive idle connections to the backend were kept already.",
+            &["service", "pool", "backend"],
+        );
+        let idle = IntGaugeVec::new(
+            Opts::new(
+                "switchback_upstream_idle_connections",
+                "Idle keep-alive connections to a backend, kept for the next requests (switchback's own HTTP/1.1 path).",
+            ),
+            &["service", "pool", "backend"],
+        )
+        .expect("a valid metric");
+        registry
+            .register(Box::new(idle.clone()))
+            .expect("registered once");
         let retries = counter(
             "switchback_upstream_retries_total",
             "Requests tried again after a failed attempt, by why: connect, reused_connection, error, timeout.",
@@ -188,6 +219,9 @@ impl Metrics {
             requests,
             duration,
             connect_failures,
+            opened,
+            idle,
+            pool_full,
             retries,
             switches,
             rollbacks,
@@ -227,6 +261,9 @@ impl Metrics {
             connect_failures: self
                 .connect_failures
                 .with_label_values(&[service, pool, backend]),
+            opened: self.opened.with_label_values(&[service, pool, backend]),
+            idle: self.idle.with_label_values(&[service, pool, backend]),
+            pool_full: self.pool_full.with_label_values(&[service, pool, backend]),
         }
     }
 
@@ -241,6 +278,11 @@ impl Metrics {
         }
         let _ = self
             .connect_failures
+            .remove_label_values(&[service, pool, backend]);
+        let _ = self.opened.remove_label_values(&[service, pool, backend]);
+        let _ = self.idle.remove_label_values(&[service, pool, backend]);
+        let _ = self
+            .pool_full
             .remove_label_values(&[service, pool, backend]);
     }
 

@@ -305,6 +305,8 @@ pub struct Ending {
     pub method: http::Method,
     pub forced: bool,
     pub retries: u32,
+    /// The backend connection was an idle keep-alive one (None: no backend connection).
+    pub reused: Option<bool>,
 }
 
 impl Ending {
@@ -344,6 +346,7 @@ impl Ending {
                 method: self.method,
                 forced: self.forced,
                 retries: self.retries,
+                reused: self.reused,
                 status: self.status,
                 bytes,
                 duration: elapsed,

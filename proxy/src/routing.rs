@@ -320,6 +320,13 @@ fn new_backend(
     // The read deadline is switchback's own (crate::read_deadline), but for upgrades, whose
     // peers get it back from upstream_peer.
     peer.options.write_timeout = Some(service.read_timeout);
+    // pingora's path keeps the connection idle for the service's upstream.idle_timeout, and
+    // not at all with upstream.keepalive = 0.
+    peer.options.idle_timeout = Some(if service.upstream.keepalive == 0 {
+        std::time::Duration::ZERO
+    } else {
+        service.upstream.idle_timeout
+    });
     let health = registry.get(&service.name, addr, service.health.is_some());
     if let Some(name) = &name {
         health.name_host(name);

@@ -70,6 +70,9 @@ pub struct Upstream {
     pub requests: Arc<AtomicU64>,
     pub slow_in_flight: Arc<AtomicU64>,
     pub complete_bodies: Arc<AtomicU64>,
+    /// Connections accepted so far, and open now.
+    pub accepted: Arc<AtomicU64>,
+    pub open: Arc<AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -94,6 +97,9 @@ impl Upstream {
         let slow_in_flight = Arc::new(AtomicU64::new(0));
         let failing = Arc::new(AtomicU64::new(0));
         let complete_bodies = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicU64::new(0));
+        let (accepted_count, open_count) = (accepted.clone(), open.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let state = (
             name.to_string(),
@@ -116,6 +122,9 @@ impl Upstream {
                             continue;
                         };
                         let state = state.clone();
+                        accepted_count.fetch_add(1, Ordering::SeqCst);
+                        open_count.fetch_add(1, Ordering::SeqCst);
+                        let open_count = open_count.clone();
                         tokio::spawn(async move {
                             let svc = service_fn(move |req| respond(state.clone(), req));
                             // Room for heads of as many header lines as pingora takes.
@@ -124,6 +133,7 @@ impl Upstream {
                                 .serve_connection(TokioIo::new(stream), svc)
                                 .with_upgrades()
                                 .await;
+                            open_count.fetch_sub(1, Ordering::SeqCst);
                         });
                     }
                 };
@@ -141,6 +151,8 @@ impl Upstream {
             requests,
             slow_in_flight,
             complete_bodies,
+            accepted,
+            open,
             stop: Some(stop_tx),
             thread: Some(thread),
         }

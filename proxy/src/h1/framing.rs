@@ -67,6 +67,9 @@ pub struct RequestHead<'b, 'h> {
     pub upgrade: bool,
     /// An `Expect` header.
     pub expect: bool,
+    /// A Connection header names headers to leave out (any token but close, keep-alive and
+    /// upgrade): see [`dropped_by_connection`].
+    pub names_headers: bool,
 }
 
 /// Parses a whole request head at the start of `buf` (None when it is not all there) and
@@ -97,6 +100,7 @@ pub fn parse_request<'b, 'h>(
         close: minor == 0,
         upgrade: false,
         expect: false,
+        names_headers: false,
     };
     let mut length = None;
     let mut chunked = None;
@@ -127,6 +131,8 @@ pub fn parse_request<'b, 'h>(
                     head.close = false;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
                     head.upgrade = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    head.names_headers = true;
                 }
             }
         } else if name.eq_ignore_ascii_case(b"upgrade") {
@@ -231,6 +237,8 @@ pub struct AnswerHead<'b, 'h> {
     pub framing: Framing,
     /// The backend will close the connection after this answer.
     pub close: bool,
+    /// A Connection header names headers to leave out (see [`RequestHead::names_headers`]).
+    pub names_headers: bool,
 }
 
 /// Parses a whole answer head at the start of `buf` (None when it is not all there), the
@@ -255,6 +263,7 @@ pub fn parse_answer<'b, 'h>(
     let mut length = None;
     let mut coding: Option<&[u8]> = None;
     let mut close = minor == 0;
+    let mut names_headers = false;
     for h in headers {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -270,8 +279,12 @@ pub fn parse_answer<'b, 'h>(
             for token in tokens(h.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                    close = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    if minor == 0 {
+                        close = false;
+                    }
+                } else if !token.eq_ignore_ascii_case(b"upgrade") {
+                    names_headers = true;
                 }
             }
         }
@@ -285,6 +298,7 @@ pub fn parse_answer<'b, 'h>(
         len,
         framing,
         close: close || framing == Framing::Close,
+        names_headers,
     }))
 }
 

@@ -49,6 +49,7 @@ use crate::http::{BAD_GATEWAY, BODY_TOO_LARGE, GATEWAY_TIMEOUT, NO_BACKEND};
 use crate::policy::{self, Admission, Ending, Facts, Policy, Route};
 use crate::pool::Tried;
 use crate::read_deadline;
+use crate::recycle::Recycled;
 use crate::retry::{self, FailedAttempt, Failure, RetryReason};
 use crate::split::{self, RequestHeaders};
 use framing::{Chunks, Framing, MAX_HEADERS};
@@ -392,7 +393,12 @@ impl Http1 {
         if body.first.len() > config.retry_buffer {
             body.overflow = true;
         }
-        let ending = |status: u16, backend: Option<usize>, backend_time, attempts: u32| {
+        // Whether the current attempt's backend connection was an idle one, for the log.
+        let mut reused = None;
+        let ending = |status: u16,
+                      (backend, reused): (Option<usize>, Option<bool>),
+                      backend_time,
+                      attempts: u32| {
             started.map(|started| Ending {
                 started,
                 status,
@@ -408,13 +414,14 @@ impl Http1 {
                 method: plan.method.clone(),
                 forced: route.forced,
                 retries: attempts.saturating_sub(1),
+                reused,
             })
         };
         // Attempts until one has the answer's head, or none is left.
-        let (mut up, sent_at, addr) = loop {
+        let (mut up, sent_at, addr, edited) = loop {
             let Some((index, chosen)) = pool.select(tried) else {
                 let status = if attempts == 0 { 503 } else { 502 };
-                let record = ending(status, backend, None, attempts);
+                let record = ending(status, (backend, reused), None, attempts);
                 return self.fail(stream, status, record, &mut host_and_path).await;
             };
             tried.add(index);
@@ -422,9 +429,20 @@ impl Http1 {
             backend = Some(index);
             let addr = chosen.addr;
             let mut up = match upstream::take(addr) {
-                Some(up) => up,
-                None => match upstream::connect(addr, config.connect_timeout).await {
-                    Ok(up) => up,
+                Some(up) => {
+                    reused = Some(true);
+                    up
+                }
+                // Boxed: a connect is rare beside a reuse, and its state would size every
+                // request's.
+                None => match Box::pin(upstream::connect(addr, config.connect_timeout)).await {
+                    Ok(up) => {
+                        reused = Some(false);
+                        if let Some(m) = pool.backend_metrics.get(index) {
+                            m.opened.inc();
+                        }
+                        up
+                    }
                     Err(e) => {
                         let again = policy::after_failure(
                             service,
@@ -442,7 +460,7 @@ impl Http1 {
                         } else {
                             502
                         };
-                        let record = ending(status, backend, None, attempts);
+                        let record = ending(status, (backend, reused), None, attempts);
                         return self.fail(stream, status, record, &mut host_and_path).await;
                     }
                 },
@@ -454,21 +472,26 @@ impl Http1 {
                 wait.start((up.fd(), up.identity), config.read_timeout, || {
                     Some(read_deadline::Client::Fd(client_fd))
                 });
-                read_answer_head(&mut up, answer, plan.head_request)
-                    .await
-                    .map_err(|()| {
-                        let failure = if wait.end() {
-                            Failure::Timeout
-                        } else {
-                            Failure::Error
-                        };
-                        AttemptError::Backend(failure, true)
-                    })?;
-                Ok::<_, AttemptError>(sent_at)
+                // The answer's head, once whole, is edited into `out` for the client. A body not
+                // all read (the backend answered early) leaves the connection unusable.
+                let keep_client = !plan.close && !conn.stopping && body.complete();
+                let edited = read_answer_head(&mut up, answer, plan.head_request, |head| {
+                    edit_answer(head, out, &plan, keep_client, &self.policy)
+                })
+                .await
+                .map_err(|()| {
+                    let failure = if wait.end() {
+                        Failure::Timeout
+                    } else {
+                        Failure::Error
+                    };
+                    AttemptError::Backend(failure, true)
+                })?;
+                Ok::<_, AttemptError>((sent_at, edited))
             }
             .await;
             match result {
-                Ok(sent_at) => break (up, sent_at, addr),
+                Ok((sent_at, edited)) => break (up, sent_at, addr, edited),
                 Err(AttemptError::Client(status)) => {
                     wait.end();
                     if status > 0 {
@@ -477,7 +500,7 @@ impl Http1 {
                     self.record(
                         ending(
                             if status > 0 { status } else { 499 },
-                            backend,
+                            (backend, reused),
                             None,
                             attempts,
                         ),
@@ -513,38 +536,34 @@ impl Http1 {
                     } else {
                         502
                     };
-                    let record = ending(status, backend, None, attempts);
+                    let record = ending(status, (backend, reused), None, attempts);
                     return self.fail(stream, status, record, &mut host_and_path).await;
                 }
             }
         };
         let backend_time = sent_at.map(|t| t.elapsed());
         wait.answered();
-        // The answer's head is in `answer`: edit it into `out` and pass the body on.
-        // A body not all read (the backend answered early) leaves the connection unusable.
-        let keep_client = !plan.close && !conn.stopping && body.complete();
-        let edited = match edit_answer(answer, out, &plan, keep_client, &self.policy) {
-            Ok(edited) => edited,
-            Err(()) => {
-                wait.end();
-                let record = ending(502, backend, backend_time, attempts);
-                return self.fail(stream, 502, record, &mut host_and_path).await;
-            }
-        };
         let relayed = self
             .relay_answer(stream, &mut up, answer, out, &edited, &wait, deadline)
             .await;
         let cut = wait.end() || relayed.is_err();
         if let Err(Unsent(true)) = relayed {
-            let record = ending(502, backend, backend_time, attempts);
+            let record = ending(502, (backend, reused), backend_time, attempts);
             return self.fail(stream, 502, record, &mut host_and_path).await;
         }
         let (sent, clean) = relayed.unwrap_or((0, false));
         if !cut && clean && !edited.backend_closes && body.complete() {
-            upstream::give_back(addr, up);
+            if let Some(metrics) = backend.and_then(|i| pool.backend_metrics.get(i)) {
+                let keep = upstream::Keep {
+                    keepalive: config.upstream.keepalive,
+                    idle_timeout: config.upstream.idle_timeout,
+                    metrics,
+                };
+                upstream::give_back(addr, up, &keep);
+            }
         }
         self.record(
-            ending(edited.status, backend, backend_time, attempts),
+            ending(edited.status, (backend, reused), backend_time, attempts),
             &mut host_and_path,
             sent,
         );
@@ -552,7 +571,8 @@ impl Http1 {
             return Outcome::Close;
         }
         // What came after this request's body: the start of the next one.
-        let _ = head.split_to(body.end.min(head.len()));
+        let end = body.end.min(head.len());
+        bytes::Buf::advance(&mut head, end);
         Outcome::Next(head)
     }
 
@@ -630,7 +650,9 @@ impl Http1 {
         }
         let mut buf = take_buffer();
         let mut encoded = Vec::new();
-        let result = async {
+        // In a recycled block: a body that streams is rarer than one that came with its head,
+        // and its state would otherwise size every request's.
+        let result = Recycled::new(async {
             loop {
                 buf.clear();
                 let want = if body.chunks.is_some() {
@@ -703,7 +725,7 @@ impl Http1 {
                     return Ok(());
                 }
             }
-        }
+        })
         .await;
         give_buffer(buf);
         result
@@ -763,37 +785,43 @@ impl Http1 {
             Framing::Chunked => chunks.as_ref().is_some_and(Chunks::done),
             Framing::Close => false,
         };
-        while !done(left, &chunks) {
-            answer.clear();
-            let want = (left.min(BODY_BUFFER as u64)) as usize;
-            let n = read_some(&mut up.stream, answer, want)
-                .await
-                .map_err(|_| Unsent(false))?;
-            if n == 0 {
-                if edited.framing == Framing::Close && !wait.expired() {
-                    break;
+        // In a recycled block: most answers come whole with their head, and the state of the
+        // loop would otherwise size every request's.
+        Recycled::new(async {
+            while !done(left, &chunks) {
+                answer.clear();
+                let want = (left.min(BODY_BUFFER as u64)) as usize;
+                let n = read_some(&mut up.stream, answer, want)
+                    .await
+                    .map_err(|_| Unsent(false))?;
+                if n == 0 {
+                    if edited.framing == Framing::Close && !wait.expired() {
+                        break;
+                    }
+                    return Err(Unsent(false));
                 }
-                return Err(Unsent(false));
+                wait.answered();
+                out.clear();
+                match chunks.as_mut() {
+                    Some(chunks) => {
+                        pending.extend_from_slice(answer);
+                        let taken = chunks.feed(&pending, out).map_err(|_| Unsent(false))?;
+                        pending.drain(..taken);
+                        sent += n as u64;
+                    }
+                    None => {
+                        out.extend_from_slice(answer);
+                        left = left.saturating_sub(n as u64);
+                        sent += n as u64;
+                    }
+                }
+                self.write_client(stream, out, deadline)
+                    .await
+                    .map_err(|()| Unsent(false))?;
             }
-            wait.answered();
-            out.clear();
-            match chunks.as_mut() {
-                Some(chunks) => {
-                    pending.extend_from_slice(answer);
-                    let taken = chunks.feed(&pending, out).map_err(|_| Unsent(false))?;
-                    pending.drain(..taken);
-                    sent += n as u64;
-                }
-                None => {
-                    out.extend_from_slice(answer);
-                    left = left.saturating_sub(n as u64);
-                    sent += n as u64;
-                }
-            }
-            self.write_client(stream, out, deadline)
-                .await
-                .map_err(|()| Unsent(false))?;
-        }
+            Ok(())
+        })
+        .await?;
         if chunks.is_some() && !pending.is_empty() {
             clean = false;
         }
@@ -825,8 +853,13 @@ impl Http1 {
         }
     }
 
-    /// A short error answer of the proxy's own, after which the connection closes.
+    /// A short error answer of the proxy's own, after which the connection closes. Boxed: the
+    /// rare error path's state (a drain buffer among it) would otherwise size every request's.
     async fn answer_error(&self, stream: &mut Stream, status: u16) -> std::io::Result<()> {
+        Box::pin(self.answer_error_now(stream, status)).await
+    }
+
+    async fn answer_error_now(&self, stream: &mut Stream, status: u16) -> std::io::Result<()> {
         let (line, body): (&str, &[u8]) = match status {
             400 => ("400 Bad Request", b""),
             408 => ("408 Request Timeout", b""),
@@ -959,7 +992,7 @@ fn write_request_head(
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let named = has_header(head.headers, "connection");
+    let named = head.names_headers;
     let trusted = matches!(edits.forwarding, Forwarding::Append { .. });
     for h in head.headers {
         let name = h.name.as_bytes();
@@ -1055,20 +1088,16 @@ struct Edited {
     keep_client: bool,
 }
 
-/// Writes the answer head in `answer` anew into `out` for the client: hop-by-hop headers out;
+/// Writes the answer head `head` anew into `out` for the client: hop-by-hop headers out;
 /// HSTS over TLS, the canary's sticky cookie, the service's response rules and the
 /// connection's fate in.
 fn edit_answer(
-    answer: &[u8],
+    head: &framing::AnswerHead<'_, '_>,
     out: &mut Vec<u8>,
     plan: &Plan,
     keep_client: bool,
     policy: &Policy,
-) -> Result<Edited, ()> {
-    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let head = framing::parse_answer(answer, &mut headers, plan.head_request)
-        .map_err(|_| ())?
-        .ok_or(())?;
+) -> Edited {
     let service = plan.route.service();
     let hsts = service.config.hsts.as_deref().filter(|_| plan.tls);
     let rules = &service.response_headers;
@@ -1085,7 +1114,7 @@ fn edit_answer(
     out.push(b' ');
     out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let named = has_header(head.headers, "connection");
+    let named = head.names_headers;
     // With a Transfer-Encoding, a Content-Length is not to be believed, nor passed on.
     let coded = has_header(head.headers, "transfer-encoding");
     for h in head.headers {
@@ -1117,24 +1146,25 @@ fn edit_answer(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Edited {
+    Edited {
         status: head.status,
         head_len: head.len,
         framing: head.framing,
         dechunk,
         backend_closes: head.close,
         keep_client,
-    })
+    }
 }
 
 /// Reads from the backend into `answer` until it holds a whole final answer head (1xx
-/// interim answers other than 101 are skipped). Err on a close, a failure, a malformed or
-/// oversized head.
-async fn read_answer_head(
+/// interim answers other than 101 are skipped), and gives it to `on_head`. Err on a close, a
+/// failure, a malformed or oversized head.
+async fn read_answer_head<T>(
     up: &mut Upstream,
     answer: &mut Vec<u8>,
     head_request: bool,
-) -> Result<(), ()> {
+    on_head: impl FnOnce(&framing::AnswerHead<'_, '_>) -> T,
+) -> Result<T, ()> {
     answer.clear();
     loop {
         if !answer.is_empty() {
@@ -1146,7 +1176,7 @@ async fn read_answer_head(
                     answer.drain(..len);
                     continue;
                 }
-                Ok(Some(_)) => return Ok(()),
+                Ok(Some(head)) => return Ok(on_head(&head)),
                 Ok(None) if answer.len() < MAX_ANSWER_HEAD => {}
                 _ => return Err(()),
             }

@@ -5,11 +5,12 @@
 //! nobody asked for) has become readable, which tokio already knows from the thread's epoll
 //! without a system call; only then is it read to tell a stale readiness from a close. One
 //! sweeper per thread closes, every [`SWEEP`], the idle connections the backend has closed and
-//! those idle past [`IDLE_TIMEOUT`]. Everything here stays on the thread that made it: each
+//! those idle past their service's `upstream.idle_timeout`. At most `upstream.keepalive` idle
+//! connections are kept per backend and thread; one given back beyond that is closed, and
+//! counted. Everything here stays on the thread that made it: each
 //! worker thread runs its own single-threaded runtime, so a connection is only ever woken there.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::task::{Context, Poll, Waker};
@@ -17,13 +18,17 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use crate::metrics::BackendMetrics;
 use crate::read_deadline;
 
-/// Idle connections kept per backend address and worker thread at most; one given back beyond
-/// it is closed.
-pub const KEEP_PER_BACKEND: usize = 1024;
-/// How long a connection may stay idle before it is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How a backend's connections are kept: its service's `upstream` settings, and its counters.
+pub struct Keep<'a> {
+    /// Idle connections kept per backend and thread at most (0: none).
+    pub keepalive: usize,
+    pub idle_timeout: Duration,
+    pub metrics: &'a BackendMetrics,
+}
+
 /// How often a thread's sweeper looks over its idle connections.
 const SWEEP: Duration = Duration::from_secs(2);
 
@@ -46,13 +51,40 @@ impl Upstream {
 struct Idle {
     stream: TcpStream,
     identity: u64,
-    since: Instant,
+    /// When it has been idle too long.
+    expires: Instant,
+}
+
+/// A backend's idle connections on this thread.
+struct List {
+    addr: SocketAddr,
+    idle: Vec<Idle>,
+    /// The gauge of the backend's idle connections (of the service that first kept one).
+    gauge: prometheus::IntGauge,
+}
+
+impl List {
+    /// Closes the connections that have expired or that the backend closed.
+    fn sweep(&mut self, now: Instant) {
+        let before = self.idle.len();
+        self.idle
+            .retain(|idle| now < idle.expires && still_open(&idle.stream));
+        self.gauge.sub((before - self.idle.len()) as i64);
+    }
 }
 
 #[derive(Default)]
 struct Lists {
-    by_backend: HashMap<SocketAddr, Vec<Idle>>,
+    /// A thread talks to a handful of backends: a list looked over beats hashing the address
+    /// twice per request.
+    by_backend: Vec<List>,
     sweeping: bool,
+}
+
+impl Lists {
+    fn of(&mut self, addr: SocketAddr) -> Option<&mut List> {
+        self.by_backend.iter_mut().find(|l| l.addr == addr)
+    }
 }
 
 thread_local! {
@@ -63,9 +95,11 @@ thread_local! {
 pub fn take(addr: SocketAddr) -> Option<Upstream> {
     IDLE.with(|lists| {
         let mut lists = lists.borrow_mut();
-        let list = lists.by_backend.get_mut(&addr)?;
-        while let Some(idle) = list.pop() {
-            if still_open(&idle.stream) && idle.since.elapsed() < IDLE_TIMEOUT {
+        let list = lists.of(addr)?;
+        let now = Instant::now();
+        while let Some(idle) = list.idle.pop() {
+            list.gauge.dec();
+            if still_open(&idle.stream) && now < idle.expires {
                 return Some(Upstream {
                     stream: idle.stream,
                     identity: idle.identity,
@@ -92,19 +126,34 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Ups
     })
 }
 
-/// Keeps `upstream`, whose last answer ended cleanly, for the next request to `addr`.
-pub fn give_back(addr: SocketAddr, upstream: Upstream) {
+/// Keeps `upstream`, whose last answer ended cleanly, for the next request to `addr`, or closes
+/// it when `keep` says no more are kept.
+pub fn give_back(addr: SocketAddr, upstream: Upstream, keep: &Keep<'_>) {
+    if keep.keepalive == 0 {
+        return;
+    }
     let _ = IDLE.try_with(|lists| {
         let mut lists = lists.borrow_mut();
-        let list = lists.by_backend.entry(addr).or_default();
-        if list.len() >= KEEP_PER_BACKEND {
+        if lists.of(addr).is_none() {
+            lists.by_backend.push(List {
+                addr,
+                idle: Vec::new(),
+                gauge: keep.metrics.idle.clone(),
+            });
+        }
+        let Some(list) = lists.of(addr) else {
+            return;
+        };
+        if list.idle.len() >= keep.keepalive {
+            keep.metrics.pool_full.inc();
             return;
         }
-        list.push(Idle {
+        list.idle.push(Idle {
             stream: upstream.stream,
             identity: upstream.identity,
-            since: Instant::now(),
+            expires: Instant::now() + keep.idle_timeout,
         });
+        list.gauge.inc();
         if !lists.sweeping {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 lists.sweeping = true;
@@ -123,10 +172,11 @@ async fn sweep() {
         ticks.tick().await;
         IDLE.with(|lists| {
             let mut lists = lists.borrow_mut();
-            for list in lists.by_backend.values_mut() {
-                list.retain(|idle| idle.since.elapsed() < IDLE_TIMEOUT && still_open(&idle.stream));
-            }
-            lists.by_backend.retain(|_, list| !list.is_empty());
+            let now = Instant::now();
+            lists.by_backend.retain_mut(|list| {
+                list.sweep(now);
+                !list.idle.is_empty()
+            });
         });
     }
 }
@@ -158,8 +208,15 @@ mod tests {
         let (accepted_first, _) = listener.accept().await.unwrap();
         let second = connect(addr, Duration::from_secs(1)).await.unwrap();
         let (_accepted_second, _) = listener.accept().await.unwrap();
-        give_back(addr, first);
-        give_back(addr, second);
+        let metrics = crate::metrics::Metrics::new(true).backend("app", "blue", "b");
+        let keep = Keep {
+            keepalive: 8,
+            idle_timeout: Duration::from_secs(60),
+            metrics: &metrics,
+        };
+        give_back(addr, first, &keep);
+        give_back(addr, second, &keep);
+        assert_eq!(metrics.idle.get(), 2);
         // The backend closes the first one; the second, taken first (LIFO), is still good.
         drop(accepted_first);
         let taken = take(addr).expect("the open connection");
@@ -169,10 +226,9 @@ mod tests {
         let closed = || {
             IDLE.with(|l| {
                 // The sweeper may have closed it already.
-                l.borrow()
-                    .by_backend
-                    .get(&addr)
-                    .is_none_or(|list| list.iter().all(|idle| !still_open(&idle.stream)))
+                l.borrow_mut()
+                    .of(addr)
+                    .is_none_or(|list| list.idle.iter().all(|idle| !still_open(&idle.stream)))
             })
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -182,6 +238,7 @@ mod tests {
         })
         .await;
         assert!(take(addr).is_none(), "a closed connection was handed out");
+        assert_eq!(metrics.idle.get(), 0, "the idle gauge counts what is kept");
         let mut taken = taken;
         taken.stream.write_all(b"x").await.unwrap();
     }

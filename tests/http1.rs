@@ -203,18 +203,20 @@ fn a_chunked_answer_passes_whole_and_the_connection_is_kept() {
     }
 }
 
-#[test]
-fn both_paths_hand_the_backend_the_same_request() {
-    let blue = Upstream::start("blue");
+/// Sends `head` through the proxy on each `server.http1` setting (with `server` settings and
+/// `services`), checks that the backend saw the same header lines both times, with every one
+/// of `want` and none of `gone`.
+fn same_request_on_both_paths(
+    server: &str,
+    services: &str,
+    head: &[u8],
+    want: &[&str],
+    gone: &[&str],
+) {
     let seen = |http1: &str| {
-        let proxy = start(http1, &blue);
+        let proxy = Proxy::start_with_server(&format!("http1 = \"{http1}\"\n{server}"), services);
         let mut s = raw_connect(proxy.addr());
-        s.write_all(
-            b"GET /headers?q=1 HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 6.6.6.6\r\n\
-              X-Real-IP: 6.6.6.6\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
-              Keep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\n",
-        )
-        .unwrap();
+        s.write_all(head).unwrap();
         let (status, seen) = read_raw_answer(&mut s).expect("an answer");
         assert_eq!(status, 200, "{http1}");
         let mut lines: Vec<String> = seen.lines().map(str::to_string).collect();
@@ -225,16 +227,30 @@ fn both_paths_hand_the_backend_the_same_request() {
     let pingora = seen("pingora");
     assert_eq!(ours, pingora, "the two paths forward different requests");
     let text = ours.join("\n");
-    for want in [
-        "x-forwarded-for: 127.0.0.1",
-        "x-forwarded-proto: http",
-        "x-kept: yes",
-    ] {
+    for want in want {
         assert!(text.contains(want), "{want} missing from {text}");
     }
-    for gone in ["6.6.6.6", "x-secret", "keep-alive: timeout"] {
+    for gone in gone {
         assert!(!text.contains(gone), "{gone} reached the backend: {text}");
     }
+}
+
+#[test]
+fn both_paths_hand_the_backend_the_same_request() {
+    let blue = Upstream::start("blue");
+    same_request_on_both_paths(
+        "",
+        &one_pool(&blue),
+        b"GET /headers?q=1 HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 6.6.6.6\r\n\
+          X-Real-IP: 6.6.6.6\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+          Keep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\n",
+        &[
+            "x-forwarded-for: 127.0.0.1",
+            "x-forwarded-proto: http",
+            "x-kept: yes",
+        ],
+        &["6.6.6.6", "x-secret", "keep-alive: timeout"],
+    );
 }
 
 #[test]
@@ -282,44 +298,24 @@ fn read_head(s: &mut TcpStream) -> String {
 #[test]
 fn both_paths_hand_the_backend_the_same_request_from_a_trusted_proxy_with_overrides() {
     let blue = Upstream::start("blue");
-    let services = format!(
-        "{}[services.app.canary]\noverride_secret = \"0123456789abcdef\"\n",
-        one_pool(&blue)
+    same_request_on_both_paths(
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+        &format!(
+            "{}[services.app.canary]\noverride_secret = \"0123456789abcdef\"\n",
+            one_pool(&blue)
+        ),
+        b"GET /headers HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 6.6.6.6\r\n\
+          X-Forwarded-For: 5.5.5.5\r\nX-Real-IP: 7.7.7.7\r\nX-Forwarded-Proto: https\r\n\
+          X-Switchback-Pool: blue:wrong\r\nCookie: a=1; switchback_pool=blue:wrong\r\n\
+          Cookie: b=2\r\n\r\n",
+        &[
+            "x-forwarded-for: 6.6.6.6, 5.5.5.5, 127.0.0.1",
+            "x-forwarded-proto: https",
+            "x-real-ip: 7.7.7.7",
+            "cookie: a=1; b=2",
+        ],
+        &["x-switchback-pool", "switchback_pool", "wrong"],
     );
-    let seen = |http1: &str| {
-        let proxy = Proxy::start_with_server(
-            &format!("http1 = \"{http1}\"\ntrusted_proxies = [\"127.0.0.0/8\"]"),
-            &services,
-        );
-        let mut s = raw_connect(proxy.addr());
-        s.write_all(
-            b"GET /headers HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 6.6.6.6\r\n\
-              X-Forwarded-For: 5.5.5.5\r\nX-Real-IP: 7.7.7.7\r\nX-Forwarded-Proto: https\r\n\
-              X-Switchback-Pool: blue:wrong\r\nCookie: a=1; switchback_pool=blue:wrong\r\n\
-              Cookie: b=2\r\n\r\n",
-        )
-        .unwrap();
-        let (status, seen) = read_raw_answer(&mut s).expect("an answer");
-        assert_eq!(status, 200, "{http1}");
-        let mut lines: Vec<String> = seen.lines().map(str::to_string).collect();
-        lines.sort();
-        lines
-    };
-    let ours = seen("switchback");
-    let pingora = seen("pingora");
-    assert_eq!(ours, pingora, "the two paths forward different requests");
-    let text = ours.join("\n");
-    for want in [
-        "x-forwarded-for: 6.6.6.6, 5.5.5.5, 127.0.0.1",
-        "x-forwarded-proto: https",
-        "x-real-ip: 7.7.7.7",
-        "cookie: a=1; b=2",
-    ] {
-        assert!(text.contains(want), "{want} missing from {text}");
-    }
-    for gone in ["x-switchback-pool", "switchback_pool", "wrong"] {
-        assert!(!text.contains(gone), "{gone} reached the backend: {text}");
-    }
 }
 
 #[test]

@@ -34,10 +34,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
-};
 use serde::{Deserialize, Serialize};
 use switchback_certs::{CertManager, OrderLock, SavedAccount, SharedStore};
 use switchback_config::{FleetConfig, LiveState};
@@ -45,6 +41,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::change::DeployError;
+use crate::etcd::{Client, Compare, ConnectOptions, RequestOp, TlsOptions};
 use crate::judge::{Counts, Snapshot};
 
 /// A node's counters of each pool of one service.
@@ -160,7 +157,7 @@ fn short(error: &str) -> &str {
 
 async fn call<T>(
     what: &str,
-    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    f: impl std::future::Future<Output = Result<T, crate::etcd::Error>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
@@ -369,7 +366,7 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let (Some(mut client), true) = (client, self.connected()) else {
+        let (Some(client), true) = (client, self.connected()) else {
             return Err(self.refuse_unreachable());
         };
         let (mut fleet, mut revision) = {
@@ -389,15 +386,12 @@ impl Fleet {
             let json = serde_json::to_vec(&candidate).map_err(|e| {
                 DeployError::FleetUnreachable(format!("cannot encode the state: {e}"))
             })?;
-            let txn = Txn::new()
-                .when(vec![Compare::mod_revision(
-                    self.state_key.as_str(),
-                    CompareOp::Equal,
-                    revision,
-                )])
-                .and_then(vec![TxnOp::put(self.state_key.as_str(), json, None)])
-                .or_else(vec![TxnOp::get(self.state_key.as_str(), None)]);
-            let response = match call("write the state", client.txn(txn)).await {
+            let txn = client.txn(
+                vec![Compare::mod_revision_is(&self.state_key, revision)],
+                vec![RequestOp::put(&self.state_key, json, 0)],
+                vec![RequestOp::get(&self.state_key)],
+            );
+            let response = match call("write the state", txn).await {
                 Ok(r) => r,
                 Err(e) => {
                     // The write may have gone through: the next session reads what it did.
@@ -405,20 +399,17 @@ impl Fleet {
                     return Err(DeployError::FleetWriteUnknown(e));
                 }
             };
-            if response.succeeded() {
-                let written = response.header().map_or(revision, |h| h.revision());
+            if response.succeeded {
+                let written = response.header.map_or(revision, |h| h.revision);
                 return Ok((candidate, written));
             }
-            let current = response.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(g) => g.kvs().first().cloned(),
-                _ => None,
-            });
+            let current = response.first_range().and_then(|kvs| kvs.first());
             let Some(kv) = current else {
                 return Err(DeployError::FleetUnreachable(
                     "the fleet state key is gone from etcd".into(),
                 ));
             };
-            let now: LiveState = serde_json::from_slice(kv.value()).map_err(|e| {
+            let now: LiveState = serde_json::from_slice(&kv.value).map_err(|e| {
                 DeployError::FleetUnreachable(format!("the fleet state in etcd is not valid: {e}"))
             })?;
             if let Some(service) = touched
@@ -431,7 +422,7 @@ impl Fleet {
                 });
             }
             fleet = now;
-            revision = kv.mod_revision();
+            revision = kv.mod_revision;
         }
         Err(DeployError::Conflict {
             service: touched.first().cloned().unwrap_or_default(),
@@ -472,52 +463,41 @@ impl Fleet {
     }
 
     async fn connect(&self) -> Result<Client, String> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(CALL_TIMEOUT)
-            .with_keep_alive(KEEP_ALIVE, CALL_TIMEOUT)
-            .with_keep_alive_while_idle(true);
+        let mut options = ConnectOptions {
+            connect_timeout: Some(CALL_TIMEOUT),
+            keep_alive: Some((KEEP_ALIVE, CALL_TIMEOUT)),
+            ..ConnectOptions::default()
+        };
         if let Some((user, file)) = &self.config.user {
-            let password = read_secret(file)?;
             // A token that expires is renewed on the next call, not by a broken session.
-            options = options
-                .with_user(user, password)
-                .with_auto_token_refresh(true);
+            options.user = Some((user.clone(), read_secret(file)?));
         }
         if self.config.ca.is_some() || self.config.client_cert.is_some() {
-            let mut tls = etcd_client::TlsOptions::new();
+            let mut tls = TlsOptions::default();
             if let Some(ca) = &self.config.ca {
                 let pem =
                     std::fs::read(ca).map_err(|e| format!("fleet.ca {}: {e}", ca.display()))?;
-                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
+                tls.ca = Some(pem);
             }
             if let Some((cert, key)) = &self.config.client_cert {
                 let cert = std::fs::read(cert)
                     .map_err(|e| format!("fleet.cert {}: {e}", cert.display()))?;
-                let key = read_secret(key)?;
-                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+                tls.identity = Some((cert, read_secret(key)?.into_bytes()));
             }
-            options = options.with_tls(tls);
+            options.tls = Some(tls);
         }
-        call(
-            "connect",
-            Client::connect(self.config.etcd.clone(), Some(options)),
-        )
-        .await
+        call("connect", Client::connect(&self.config.etcd, options)).await
     }
 
     /// At start, before the first request: the fleet's state, when etcd answers. When it does
     /// not, the node starts on its state file's state, and the first session catches up.
     pub async fn read_once(&self, follower: &dyn Follower) -> Result<(), String> {
-        let mut client = self.connect().await?;
-        let read = call(
-            "read the fleet state",
-            client.get(self.state_key.as_str(), None),
-        )
-        .await?;
-        if let Some(kv) = read.kvs().first() {
-            let state: LiveState = serde_json::from_slice(kv.value())
+        let client = self.connect().await?;
+        let read = call("read the fleet state", client.get(&self.state_key, false)).await?;
+        if let Some(kv) = read.kvs.first() {
+            let state: LiveState = serde_json::from_slice(&kv.value)
                 .map_err(|e| format!("the fleet state in etcd is not valid: {e}"))?;
-            follower.apply(self, state, kv.mod_revision()).await;
+            follower.apply(self, state, kv.mod_revision).await;
         }
         Ok(())
     }
@@ -547,12 +527,14 @@ impl Fleet {
     async fn leave(&self) {
         let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
         let lease = self.lease.load(Ordering::SeqCst);
-        if let Some(mut client) = client {
+        if let Some(client) = client {
             let key = self.key(&format!("nodes/{}", self.node()));
-            let txn = Txn::new()
-                .when(vec![Compare::lease(key.as_str(), CompareOp::Equal, lease)])
-                .and_then(vec![TxnOp::delete(key.as_str(), None)]);
-            let _ = call("leave", client.txn(txn)).await;
+            let txn = client.txn(
+                vec![Compare::lease_is(&key, lease)],
+                vec![RequestOp::delete(&key)],
+                vec![],
+            );
+            let _ = call("leave", txn).await;
             let _ = call("end the lease", client.lease_revoke(lease)).await;
         }
         self.connected.store(false, Ordering::SeqCst);
@@ -560,27 +542,14 @@ impl Fleet {
 
     /// One session: returns why it ended.
     async fn session(&self, follower: &dyn Follower) -> Result<(), String> {
-        let mut client = self.connect().await?;
-        let lease = call("grant a lease", client.lease_grant(LEASE_TTL, None))
-            .await?
-            .id();
+        let client = self.connect().await?;
+        let lease = call("grant a lease", client.lease_grant(LEASE_TTL)).await?;
         self.lease.store(lease, Ordering::SeqCst);
         let (mut keeper, mut keep_alive) =
             call("keep the lease alive", client.lease_keep_alive(lease)).await?;
         let prefix = format!("{}/", self.config.prefix);
-        let revision = self.read_all(&mut client, follower, &prefix).await?;
-        let mut watch = call(
-            "watch",
-            client.watch(
-                prefix.as_str(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1),
-                ),
-            ),
-        )
-        .await?;
+        let revision = self.read_all(&client, follower, &prefix).await?;
+        let mut watch = call("watch", client.watch(&prefix, true, revision + 1)).await?;
         *self.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
         *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if !self.connected.swap(true, Ordering::SeqCst) {
@@ -596,43 +565,42 @@ impl Fleet {
             tokio::select! {
                 message = watch.message() => {
                     let response = message
-                        .map_err(|e| format!("watch: {e}"))?
+                        .map_err(|e| format!("watch: {}", e.message()))?
                         .ok_or("the watch ended")?;
-                    if response.compact_revision() > 0 || response.canceled() {
+                    if response.compact_revision > 0 || response.canceled {
                         return Err(format!(
                             "the watch was cancelled ({}); reading everything again",
-                            if response.compact_revision() > 0 { "its start revision was compacted" } else { response.cancel_reason() }
+                            if response.compact_revision > 0 { "its start revision was compacted" } else { &response.cancel_reason }
                         ));
                     }
-                    for event in response.events() {
-                        let Some(kv) = event.kv() else { continue };
-                        let key = kv.key_str().unwrap_or_default();
-                        let deleted = event.event_type() == EventType::Delete;
-                        self.take(follower, key, kv.value(), kv.mod_revision(), deleted).await;
+                    for event in &response.events {
+                        let Some(kv) = &event.kv else { continue };
+                        let key = std::str::from_utf8(&kv.key).unwrap_or_default();
+                        self.take(follower, key, &kv.value, kv.mod_revision, event.is_delete()).await;
                     }
-                    if !response.events().is_empty() {
+                    if !response.events.is_empty() {
                         follower.end_orphans(self).await;
                     }
                 }
                 _ = tick.tick() => {
                     call("keep the lease alive", keeper.keep_alive()).await?;
-                    self.publish_counts(&mut client, follower, lease).await?;
+                    self.publish_counts(&client, follower, lease).await?;
                     if member_written.elapsed() >= MEMBER_REFRESH {
                         // The live ack too: after an upgrade, the old process's last words may
                         // have removed it.
-                        self.publish(&mut client, lease, true).await?;
+                        self.publish(&client, lease, true).await?;
                         member_written = tokio::time::Instant::now();
                     }
                 }
                 reply = keep_alive.message() => {
-                    match reply.map_err(|e| format!("lease: {e}"))? {
-                        Some(r) if r.ttl() > 0 => {}
+                    match reply.map_err(|e| format!("lease: {}", e.message()))? {
+                        Some(r) if r.ttl > 0 => {}
                         _ => return Err("the lease expired".into()),
                     }
                 }
                 changed = acks.changed() => {
                     changed.map_err(|_| "stopping")?;
-                    self.publish(&mut client, lease, true).await?;
+                    self.publish(&client, lease, true).await?;
                     member_written = tokio::time::Instant::now();
                 }
             }
@@ -642,29 +610,20 @@ impl Fleet {
     /// While rollouts run: this node's counters of their pools, for the driving node.
     async fn publish_counts(
         &self,
-        client: &mut Client,
+        client: &Client,
         follower: &dyn Follower,
         lease: i64,
     ) -> Result<(), String> {
         for (service, pools) in follower.rollout_counts().await {
             let json = serde_json::to_vec(&pools).map_err(unreachable)?;
             let key = self.key(&format!("stats/{service}/{}", self.node()));
-            call(
-                "publish rollout counters",
-                client.put(key, json, Some(PutOptions::new().with_lease(lease))),
-            )
-            .await?;
+            call("publish rollout counters", client.put(&key, json, lease)).await?;
         }
         Ok(())
     }
 
     /// Writes this node's ack: under its lease (`with_live`), and as a member.
-    async fn publish(
-        &self,
-        client: &mut Client,
-        lease: i64,
-        with_live: bool,
-    ) -> Result<(), String> {
+    async fn publish(&self, client: &Client, lease: i64, with_live: bool) -> Result<(), String> {
         let (generation, error) = self.ack.borrow().clone();
         let ack = Ack {
             generation,
@@ -673,23 +632,19 @@ impl Fleet {
         };
         let json = serde_json::to_vec(&ack).map_err(unreachable)?;
         let node = self.node();
-        let mut ops = vec![TxnOp::put(
-            format!("{}/members/{node}", self.config.prefix),
+        let mut ops = vec![RequestOp::put(
+            &format!("{}/members/{node}", self.config.prefix),
             json.clone(),
-            None,
+            0,
         )];
         if with_live {
-            ops.push(TxnOp::put(
-                format!("{}/nodes/{node}", self.config.prefix),
+            ops.push(RequestOp::put(
+                &format!("{}/nodes/{node}", self.config.prefix),
                 json,
-                Some(PutOptions::new().with_lease(lease)),
+                lease,
             ));
         }
-        call(
-            "write this node's ack",
-            client.txn(Txn::new().and_then(ops)),
-        )
-        .await?;
+        call("write this node's ack", client.txn(vec![], ops, vec![])).await?;
         Ok(())
     }
 
@@ -697,34 +652,25 @@ impl Fleet {
     /// the fleet has none yet) and the nodes. Returns the revision read.
     async fn read_all(
         &self,
-        client: &mut Client,
+        client: &Client,
         follower: &dyn Follower,
         prefix: &str,
     ) -> Result<i64, String> {
-        let all = call(
-            "read the fleet",
-            client.get(prefix, Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let mut revision = all.header().map_or(0, |h| h.revision());
-        let has_state = all
-            .kvs()
-            .iter()
-            .any(|kv| kv.key() == self.state_key.as_bytes());
+        let all = call("read the fleet", client.get(prefix, true)).await?;
+        let mut revision = all.header.map_or(0, |h| h.revision);
+        let has_state = all.kvs.iter().any(|kv| kv.key == self.state_key.as_bytes());
         if !has_state {
             // The first node of a fleet: its state becomes the fleet's, unless another node's
             // got there first.
             let mine = follower.local_state().await;
             let json = serde_json::to_vec(&mine).map_err(unreachable)?;
-            let txn = Txn::new()
-                .when(vec![Compare::create_revision(
-                    self.state_key.as_str(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then(vec![TxnOp::put(self.state_key.as_str(), json, None)]);
-            let written = call("start the fleet state", client.txn(txn)).await?;
-            if written.succeeded() {
+            let txn = client.txn(
+                vec![Compare::create_revision_is(&self.state_key, 0)],
+                vec![RequestOp::put(&self.state_key, json, 0)],
+                vec![],
+            );
+            let written = call("start the fleet state", txn).await?;
+            if written.succeeded {
                 info!(node = %self.node(), generation = mine.generation, "the fleet had no state: this node's state is the fleet's now");
             }
             return Box::pin(self.read_all(client, follower, prefix)).await;
@@ -733,11 +679,11 @@ impl Fleet {
             let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
             nodes.clear();
         }
-        for kv in all.kvs() {
-            let key = kv.key_str().unwrap_or_default();
-            self.take(follower, key, kv.value(), kv.mod_revision(), false)
+        for kv in &all.kvs {
+            let key = std::str::from_utf8(&kv.key).unwrap_or_default();
+            self.take(follower, key, &kv.value, kv.mod_revision, false)
                 .await;
-            revision = revision.max(kv.mod_revision());
+            revision = revision.max(kv.mod_revision);
         }
         self.nodes_changed.send_modify(|n| *n += 1);
         Ok(revision)
@@ -869,35 +815,22 @@ impl SharedStore for Fleet {
     }
 
     async fn lock_order(&self, host: &str) -> Result<OrderLock, String> {
-        let mut client = self.client()?;
+        let client = self.client()?;
         let key = self.key(&format!("locks/acme/{host}"));
         let lease = self.lease.load(Ordering::SeqCst);
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then(vec![TxnOp::put(
-                key.as_str(),
-                self.node(),
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else(vec![TxnOp::get(key.as_str(), None)]);
-        let response = call("take the ACME order lock", client.txn(txn)).await?;
-        if response.succeeded() {
+        let txn = client.txn(
+            vec![Compare::create_revision_is(&key, 0)],
+            vec![RequestOp::put(&key, self.node().into(), lease)],
+            vec![RequestOp::get(&key)],
+        );
+        let response = call("take the ACME order lock", txn).await?;
+        if response.succeeded {
             return Ok(OrderLock::Acquired);
         }
         let holder = response
-            .op_responses()
-            .into_iter()
-            .find_map(|op| match op {
-                TxnOpResponse::Get(g) => g
-                    .kvs()
-                    .first()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-                _ => None,
-            })
+            .first_range()
+            .and_then(|kvs| kvs.first())
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
             .unwrap_or_default();
         if holder == self.node() {
             // Left by this node's own order that ended without its release reaching etcd.
@@ -907,81 +840,67 @@ impl SharedStore for Fleet {
     }
 
     async fn unlock_order(&self, host: &str) {
-        let Ok(mut client) = self.client() else {
+        let Ok(client) = self.client() else {
             // The lock goes with this node's lease.
             return;
         };
         let key = self.key(&format!("locks/acme/{host}"));
-        let txn = Txn::new()
-            .when(vec![Compare::value(
-                key.as_str(),
-                CompareOp::Equal,
-                self.node(),
-            )])
-            .and_then(vec![TxnOp::delete(key.as_str(), None)]);
-        if let Err(e) = call("release the ACME order lock", client.txn(txn)).await {
+        let txn = client.txn(
+            vec![Compare::value_is(&key, self.node().as_bytes())],
+            vec![RequestOp::delete(&key)],
+            vec![],
+        );
+        if let Err(e) = call("release the ACME order lock", txn).await {
             warn!(host = %host, error = %e, "the ACME order lock stays until this node's lease ends");
         }
     }
 
     async fn load_account(&self) -> Result<Option<SavedAccount>, String> {
-        let mut client = self.client()?;
+        let client = self.client()?;
         let key = self.key("acme/account");
-        let read = call("read the ACME account", client.get(key.as_str(), None)).await?;
-        let Some(kv) = read.kvs().first() else {
+        let read = call("read the ACME account", client.get(&key, false)).await?;
+        let Some(kv) = read.kvs.first() else {
             return Ok(None);
         };
-        let plain = self.open(&key, kv.value())?;
+        let plain = self.open(&key, &kv.value)?;
         serde_json::from_slice(&plain)
             .map(Some)
             .map_err(|e| format!("the fleet's ACME account: {e}"))
     }
 
     async fn save_account(&self, account: &SavedAccount) -> Result<(), String> {
-        let mut client = self.client()?;
+        let client = self.client()?;
         let key = self.key("acme/account");
         let json = serde_json::to_vec(account).map_err(|e| e.to_string())?;
         let sealed = self.seal(&key, &json)?;
-        call(
-            "save the ACME account",
-            client.put(key.as_str(), sealed, None),
-        )
-        .await?;
+        call("save the ACME account", client.put(&key, sealed, 0)).await?;
         Ok(())
     }
 
     async fn save_cert(&self, host: &str, pem: &[u8]) -> Result<(), String> {
-        let mut client = self.client()?;
+        let client = self.client()?;
         let key = self.key(&format!("certs/{host}"));
         let sealed = self.seal(&key, pem)?;
-        call(
-            "share the certificate",
-            client.put(key.as_str(), sealed, None),
-        )
-        .await?;
+        call("share the certificate", client.put(&key, sealed, 0)).await?;
         Ok(())
     }
 
     async fn put_challenge(&self, token: &str, key_authorization: &str) -> Result<(), String> {
-        let mut client = self.client()?;
+        let client = self.client()?;
         let key = self.key(&format!("challenges/{token}"));
         let lease = self.lease.load(Ordering::SeqCst);
         call(
             "share the challenge answer",
-            client.put(
-                key.as_str(),
-                key_authorization,
-                Some(PutOptions::new().with_lease(lease)),
-            ),
+            client.put(&key, key_authorization.into(), lease),
         )
         .await?;
         Ok(())
     }
 
     async fn remove_challenge(&self, token: &str) {
-        if let Ok(mut client) = self.client() {
+        if let Ok(client) = self.client() {
             let key = self.key(&format!("challenges/{token}"));
-            let _ = call("remove the challenge answer", client.delete(key, None)).await;
+            let _ = call("remove the challenge answer", client.delete(&key)).await;
         }
     }
 }

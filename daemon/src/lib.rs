@@ -20,6 +20,7 @@ pub mod change;
 pub mod controller;
 pub mod drain;
 pub mod drive;
+pub mod etcd;
 pub mod fleet;
 pub mod handler;
 pub mod health_check;

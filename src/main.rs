@@ -24,7 +24,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "switchback",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SWITCHBACK_COMMIT"), ")"),
     about = "A reverse proxy for zero-downtime deploys"
 )]
 struct Cli {
@@ -60,6 +60,49 @@ enum Command {
     },
     /// Check a config file and exit: 0 when it is valid, 2 with every problem when not.
     Check,
+    /// Print the shell completion script for SHELL (the Debian package installs them).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, switchback(1), as roff.
+    Manpage,
+    /// Write a starter config for one app: its host names, its backends as the blue pool, an
+    /// empty green pool for the next deploy, and TLS by ACME. The config is checked first; it
+    /// is printed, or written to --output, never over an existing file.
+    Init {
+        /// A host name the app answers for (repeat for more).
+        #[arg(long = "host", required = true, value_name = "NAME")]
+        hosts: Vec<String>,
+        /// A backend of the blue pool, which serves first: `127.0.0.1:8000` or `name:port`
+        /// (repeat for more).
+        #[arg(long = "backend", required = true, value_name = "ADDR")]
+        backends: Vec<String>,
+        /// A backend of the green pool (repeat for more); empty by default, for `pool set`.
+        #[arg(long = "backend-green", value_name = "ADDR")]
+        backends_green: Vec<String>,
+        /// The contact address of the ACME account.
+        #[arg(long, value_name = "EMAIL")]
+        acme_email: Option<String>,
+        /// Plain HTTP only: no certificates, no HTTPS listener.
+        #[arg(long, conflicts_with = "acme_email")]
+        no_tls: bool,
+        /// The plain-HTTP listen address.
+        #[arg(long, default_value = "0.0.0.0:80", value_name = "ADDR")]
+        http: String,
+        /// The HTTPS listen address.
+        #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR")]
+        https: String,
+        /// The service's name.
+        #[arg(long, default_value = "app", value_name = "NAME")]
+        service: String,
+        /// The state directory.
+        #[arg(long, default_value = "/var/lib/switchback", value_name = "DIR")]
+        state_dir: String,
+        /// Write the config to FILE (which must not exist) instead of printing it.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Translate another proxy's config into switchback's: the config on stdout, every
     /// directive left behind on stderr with file:line and why.
     Import {
@@ -315,6 +358,40 @@ fn import_nginx(file: &Path) -> ExitCode {
     }
 }
 
+/// `switchback init`: the starter config, checked, then printed or written to a new file.
+fn init(starter: &switchback_config::starter::Starter, output: Option<&Path>) -> ExitCode {
+    let text = starter.render();
+    let name = output.unwrap_or(Path::new("switchback.toml"));
+    if let Err(e) = switchback_config::parse(name, &text) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    let Some(path) = output else {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    };
+    match switchback_config::atomic::write_new(path, text.as_bytes(), 0o644) {
+        Ok(()) => {
+            eprintln!(
+                "wrote {}: check it with `switchback check --config {0}`",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!(
+                "error: {} exists: init never overwrites a config; remove it or choose another --output",
+                path.display()
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn check(path: Option<&PathBuf>) -> ExitCode {
     match load_config(path) {
         Ok(c) => {
@@ -448,6 +525,51 @@ fn main() -> ExitCode {
             }
         }
         Command::Check => check(cli.config.as_ref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut command_line(),
+                "switchback",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => {
+            // The release alone, not the commit: the packaged page is committed and compared.
+            let command = command_line().version(env!("CARGO_PKG_VERSION"));
+            match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Init {
+            hosts,
+            backends,
+            backends_green,
+            acme_email,
+            no_tls,
+            http,
+            https,
+            service,
+            state_dir,
+            output,
+        } => {
+            let mut starter = switchback_config::starter::Starter::new(hosts, backends);
+            starter.green = backends_green;
+            starter.acme = !no_tls;
+            starter.acme_email = acme_email;
+            starter.http = http;
+            starter.https = https;
+            starter.service = service;
+            starter.state_dir = state_dir;
+            if let Some(socket) = cli.socket {
+                starter.socket = socket.display().to_string();
+            }
+            init(&starter, output.as_deref())
+        }
         Command::Import {
             from: ImportFrom::Nginx { file },
         } => import_nginx(&file),
@@ -465,7 +587,13 @@ fn main() -> ExitCode {
 /// A command for a running proxy: one request over the control socket, its answer printed.
 fn client(command: Command, socket: Result<PathBuf, String>) -> ExitCode {
     match command {
-        Command::Run { .. } | Command::Demo { .. } | Command::Check | Command::Import { .. } => {
+        Command::Run { .. }
+        | Command::Demo { .. }
+        | Command::Check
+        | Command::Init { .. }
+        | Command::Completions { .. }
+        | Command::Manpage
+        | Command::Import { .. } => {
             unreachable!("main runs these itself")
         }
         Command::Status { target, json } => {

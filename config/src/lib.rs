@@ -20,6 +20,7 @@ pub mod model;
 pub mod nginx;
 pub mod reload;
 mod schema;
+pub mod starter;
 pub mod state;
 pub mod time;
 pub mod validate;

@@ -606,6 +606,61 @@ async fn a_rollout_judges_the_errors_of_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_etcd_over_tls_with_its_client_certificate() {
+    let etcd = Etcd::start_tls();
+    let tls = etcd.tls.as_ref().unwrap();
+    let (blue, green) = (Upstream::start("blue"), Upstream::start("green"));
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let node = |name: &str, client_cert: bool| {
+        let cert = if client_cert {
+            format!(
+                "cert = \"{}\"\nkey = \"{}\"\n",
+                tls.client_cert.display(),
+                tls.client_key.display()
+            )
+        } else {
+            String::new()
+        };
+        Proxy::start(&format!(
+            "[fleet]\netcd = [\"{}\"]\nnode = \"{name}\"\nkey_file = \"{}\"\nca = \"{}\"\n{cert}\n{}",
+            etcd.url,
+            key.display(),
+            tls.ca.display(),
+            blue_green(&blue, &green)
+        ))
+    };
+    let good = node("node-1", true);
+    wait_for(
+        "node 1 to connect over TLS",
+        Duration::from_secs(20),
+        || fleet_view(&good)["connected"] == true,
+    );
+    good.wait_health("app", "green", "healthy");
+    good.cli_ok(&["switch", "green"]);
+    assert_eq!(good.active_pool("app"), "green");
+    let state = etcd
+        .get("/switchback/state")
+        .expect("the fleet state in etcd");
+    assert!(state.contains("\"green\""), "{state}");
+
+    // Without a client certificate etcd refuses the handshake: the node says so and serves
+    // its own state.
+    let bare = node("node-2", false);
+    wait_for(
+        "node 2 to report its refused connection",
+        Duration::from_secs(20),
+        || {
+            fleet_view(&bare)["problem"]
+                .as_str()
+                .is_some_and(|p| !p.is_empty())
+        },
+    );
+    assert_eq!(fleet_view(&bare)["connected"], false);
+    assert_eq!(bare.active_pool("app"), "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_logs_in_to_etcd_with_its_password_file() {
     use std::os::unix::fs::PermissionsExt;
     let etcd = Etcd::start();

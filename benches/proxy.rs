@@ -1225,14 +1225,43 @@ fn set_canary(socket: &Path, pool: &str, percent: &str) {
     assert!(ok.success(), "canary {pool} {percent} failed");
 }
 
-/// The cookie of a client whose bucket (42) puts it on a 10% canary.
-const CANARY_CLIENT: &str = "Cookie: switchback_bucket=42";
+/// The `Cookie` header of a client that comes back to the 10% canary of the proxy on `port`:
+/// a bucket cookie that proxy signed, for a bucket below 100. New clients are sent one until
+/// one lands there. The signing key is kept in the state dir, so a new process on the same dir
+/// takes the cookie too.
+fn canary_client(port: u16) -> String {
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let cookie = answer
+            .lines()
+            .find_map(|l| {
+                l.get(..11)
+                    .filter(|n| n.eq_ignore_ascii_case("set-cookie:"))
+                    .map(|_| l[11..].trim())
+            })
+            .and_then(|v| v.split(';').next())
+            .unwrap_or_else(|| panic!("no bucket cookie in the canary's answer:\n{answer}"));
+        let bucket = cookie
+            .split_once('=')
+            .and_then(|(_, v)| v.split_once('.'))
+            .and_then(|(b, _)| b.parse::<u32>().ok());
+        if bucket.is_some_and(|b| b < 100) {
+            return format!("Cookie: {cookie}");
+        }
+    }
+    panic!("no new client of 1000 got a canary bucket");
+}
 
 fn canary(bench: &Bench, o: &Options) {
     let (canary_port, plain_port) = (free_port(), free_port());
     let (_canary, socket) = bench.switchback(canary_port);
     let (_plain, _) = bench.switchback(plain_port);
     set_canary(&socket, "green", "10");
+    let client = canary_client(canary_port);
     println!(
         "\n== canary: switchback with a 10% canary (clients with a bucket cookie) against a plain active pool; wrk -t1 -c{} -d{}s, {} rounds",
         o.connections, o.seconds, o.rounds
@@ -1240,7 +1269,7 @@ fn canary(bench: &Bench, o: &Options) {
     alternate(
         ("canary", "plain"),
         (canary_port, plain_port),
-        &[CANARY_CLIENT],
+        &[client.as_str()],
         o,
     );
 }
@@ -1313,31 +1342,39 @@ fn instructions(bench: &Bench) {
             ("haproxy", bench.haproxy_cmd(port), port, String::new())
         },
     ];
-    // The canary variants: the same client cookie with and without a 10% canary, and new
-    // clients (no cookie: a bucket drawn and a Set-Cookie sent each time). The canary is set
-    // once through the control socket and restored from the state dir by the measured runs.
-    let cookie = format!("{CANARY_CLIENT}\r\n");
-    for (name, with_canary, headers) in [
-        ("switchback-plain-cookie", false, cookie.clone()),
-        ("switchback-canary-cookie", true, cookie),
-        ("switchback-canary-new", true, String::new()),
-    ] {
-        let port = free_port();
-        let (mut cmd, socket) =
-            bench.switchback_cmd(port, "[access_log]\nenabled = false\n", false);
-        if with_canary {
-            let mut p = start(name, cmd, port, &dir);
-            set_canary(&socket, "green", "10");
-            let _ = Command::new("kill")
-                .args(["-INT", &p.child.id().to_string()])
-                .status();
-            let _ = p.child.wait();
-            cmd = bench
-                .switchback_cmd(port, "[access_log]\nenabled = false\n", false)
-                .0;
-        }
-        variants.push((name, cmd, port, headers));
-    }
+    // The canary variants: a returning client (its signed bucket cookie) with and without a
+    // 10% canary, and new clients (no cookie: a bucket drawn and a Set-Cookie sent each time).
+    // The canary is set once through the control socket and restored from the state dir by
+    // the measured runs, which also keep the key that signed the cookie.
+    let with_canary = |name: &str, port: u16, learn_cookie: bool| {
+        let (cmd, socket) = bench.switchback_cmd(port, "[access_log]\nenabled = false\n", false);
+        let mut p = start(name, cmd, port, &dir);
+        set_canary(&socket, "green", "10");
+        let cookie = learn_cookie.then(|| canary_client(port));
+        let _ = Command::new("kill")
+            .args(["-INT", &p.child.id().to_string()])
+            .status();
+        let _ = p.child.wait();
+        let cmd = bench
+            .switchback_cmd(port, "[access_log]\nenabled = false\n", false)
+            .0;
+        (cmd, cookie)
+    };
+    let canary_port = free_port();
+    let (canary_cmd, cookie) = with_canary("switchback-canary-cookie", canary_port, true);
+    let cookie = format!("{}\r\n", cookie.expect("a canary client's cookie"));
+    let plain_port = free_port();
+    let (plain_cmd, _) = bench.switchback_cmd(plain_port, "[access_log]\nenabled = false\n", false);
+    variants.push((
+        "switchback-plain-cookie",
+        plain_cmd,
+        plain_port,
+        cookie.clone(),
+    ));
+    variants.push(("switchback-canary-cookie", canary_cmd, canary_port, cookie));
+    let new_port = free_port();
+    let (new_cmd, _) = with_canary("switchback-canary-new", new_port, false);
+    variants.push(("switchback-canary-new", new_cmd, new_port, String::new()));
     // Another build of switchback (SWITCHBACK_BASELINE=/path/to/switchback, say the commit
     // before a change) on the default config, to price a change in the same run.
     let port = free_port();

@@ -1136,8 +1136,9 @@ fn edit_answer(
     if let (Some(bucket), switchback_config::Sticky::Cookie(name)) =
         (plan.route.new_bucket, &service.config.canary.sticky)
     {
-        let cookie = split::sticky_cookie(name, policy.buckets.value(bucket), plan.tls);
-        push_header(out, b"set-cookie", cookie.as_bytes());
+        out.extend_from_slice(b"set-cookie: ");
+        split::write_sticky_cookie(out, name, policy.buckets.value(bucket), plan.tls);
+        out.extend_from_slice(b"\r\n");
     }
     rules.write_sets(out);
     if !keep_client {

@@ -161,6 +161,42 @@ mod tests {
     const APP: &str = "[services.app]\nactive = \"a\"\npools.a = [\"127.0.0.1:1\"]\n";
 
     #[test]
+    fn upstream_keepalive_and_idle_timeout_are_taken_and_bad_values_named() {
+        let app = check(APP).unwrap().service("app").unwrap().upstream.clone();
+        assert_eq!(app.keepalive, defaults::UPSTREAM_KEEPALIVE);
+        assert_eq!(app.idle_timeout, defaults::UPSTREAM_IDLE_TIMEOUT);
+        let c = check(&format!(
+            "{APP}[services.app.upstream]\nkeepalive = 0\nidle_timeout = \"5s\"\n"
+        ))
+        .unwrap();
+        let upstream = &c.service("app").unwrap().upstream;
+        assert_eq!(upstream.keepalive, 0);
+        assert_eq!(upstream.idle_timeout, std::time::Duration::from_secs(5));
+        let problems = check(&format!(
+            "{APP}[services.app.upstream]\nkeepalive = -1\nidle_timeout = \"soon\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.contains(":11:")
+                && p.contains("services.app.upstream.keepalive")
+                && p.contains("out of range")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(":12:") && p.contains("services.app.upstream.idle_timeout")),
+            "{problems:?}"
+        );
+        let unknown =
+            check(&format!("{APP}[services.app.upstream]\nkeep_alive = 8\n")).unwrap_err();
+        assert!(
+            unknown.iter().any(|p| p.contains("keep_alive")),
+            "{unknown:?}"
+        );
+    }
+
+    #[test]
     fn defaults_limit_bodies_and_leave_answers_alone() {
         let c = check(APP).unwrap();
         assert_eq!(c.server.max_request_body, defaults::MAX_REQUEST_BODY);

@@ -112,12 +112,20 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new(enabled: bool) -> Metrics {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
+        fn register<M: prometheus::core::Collector + Clone + 'static>(
+            registry: &Registry,
+            metric: M,
+        ) -> M {
             registry
-                .register(Box::new(c.clone()))
+                .register(Box::new(metric.clone()))
                 .expect("registered once");
-            c
+            metric
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric"),
+            )
         };
         let requests = counter(
             "switchback_requests_total",
@@ -139,17 +147,17 @@ impl Metrics {
             "Backend connections closed after their request because upstream.keepalive idle connections to the backend were kept already.",
             &["service", "pool", "backend"],
         );
-        let idle = IntGaugeVec::new(
-            Opts::new(
-                "switchback_upstream_idle_connections",
-                "Idle keep-alive connections to a backend, kept for the next requests (switchback's own HTTP/1.1 path).",
-            ),
-            &["service", "pool", "backend"],
-        )
-        .expect("a valid metric");
-        registry
-            .register(Box::new(idle.clone()))
-            .expect("registered once");
+        let idle = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "switchback_upstream_idle_connections",
+                    "Idle keep-alive connections to a backend, kept for the next requests (switchback's own HTTP/1.1 path).",
+                ),
+                &["service", "pool", "backend"],
+            )
+            .expect("a valid metric"),
+        );
         let retries = counter(
             "switchback_upstream_retries_total",
             "Requests tried again after a failed attempt, by why: connect, reused_connection, error, timeout.",
@@ -165,24 +173,23 @@ impl Metrics {
             "Rollbacks of a service: to the previous pool, or a canary or rollout sent back to the stable pool.",
             &["service"],
         );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "switchback_request_duration_seconds",
-                "Time from the request head read to the response sent, by service and pool.",
+        let duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "switchback_request_duration_seconds",
+                    "Time from the request head read to the response sent, by service and pool.",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["service", "pool"],
             )
-            .buckets(DURATION_BUCKETS.to_vec()),
-            &["service", "pool"],
-        )
-        .expect("a valid metric");
-        registry
-            .register(Box::new(duration.clone()))
-            .expect("registered once");
+            .expect("a valid metric"),
+        );
         let single = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("a valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("registered once");
-            c
+            register(
+                &registry,
+                IntCounter::new(name, help).expect("a valid metric"),
+            )
         };
         let unrouted = single(
             "switchback_unrouted_requests_total",

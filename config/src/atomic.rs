@@ -14,6 +14,27 @@ use std::path::Path;
 ///
 /// On error, `path` is unchanged and the temp file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_via_temp(path, bytes, mode, |tmp, path| fs::rename(tmp, path))
+}
+
+/// Writes `bytes` to a new file at `path`, as [`write_atomic`] does, but never over an existing
+/// file: the finished temp file is hard-linked into place, which fails when `path` exists, even
+/// if it appeared a moment ago. The error is then `AlreadyExists` and nothing was changed.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_via_temp(path, bytes, mode, |tmp, path| {
+        fs::hard_link(tmp, path)?;
+        fs::remove_file(tmp)
+    })
+}
+
+/// Writes `bytes` to a temp file beside `path` with `mode`, syncs it, puts it in place with
+/// `place` (a rename, or a link), and syncs the directory. The temp file never outlives it.
+fn write_via_temp(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    place: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -38,46 +59,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&tmp, path)?;
+        place(&tmp, path)?;
         File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result
-}
-
-/// Writes `bytes` to a new file at `path`, as [`write_atomic`] does, but never over an existing
-/// file: the finished temp file is hard-linked into place, which fails when `path` exists, even
-/// if it appeared a moment ago. The error is then `AlreadyExists` and nothing was changed.
-pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.new.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::hard_link(&tmp, path)?;
-        fs::remove_file(&tmp)?;
-        File::open(dir)?.sync_all()
-    })();
-    let _ = fs::remove_file(&tmp);
     result
 }
 

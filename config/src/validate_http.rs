@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn upstream_keepalive_and_idle_timeout_are_taken_and_bad_values_named() {
-        let app = check(APP).unwrap().service("app").unwrap().upstream.clone();
+        let app = check(APP).unwrap().service("app").unwrap().upstream;
         assert_eq!(app.keepalive, defaults::UPSTREAM_KEEPALIVE);
         assert_eq!(app.idle_timeout, defaults::UPSTREAM_IDLE_TIMEOUT);
         let c = check(&format!(

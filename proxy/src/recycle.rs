@@ -123,12 +123,10 @@ mod tests {
     use super::*;
     use std::rc::Rc;
 
-    fn work(held: Rc<()>, byte: u8) -> impl Future<Output = [u8; 300]> {
-        async move {
-            tokio::task::yield_now().await;
-            let _held = held;
-            [byte; 300]
-        }
+    async fn work(held: Rc<()>, byte: u8) -> [u8; 300] {
+        tokio::task::yield_now().await;
+        let _held = held;
+        [byte; 300]
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@
 pub mod address;
 pub mod atomic;
 pub mod duration;
+pub mod htpasswd;
 pub mod model;
 pub mod nginx;
 pub mod reload;
@@ -24,6 +25,7 @@ pub mod starter;
 pub mod state;
 pub mod time;
 pub mod validate;
+mod validate_access;
 mod validate_canary;
 mod validate_fleet;
 mod validate_http;

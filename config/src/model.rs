@@ -80,6 +80,10 @@ pub mod defaults {
     /// How often backends given by host name are resolved again (sooner when a record's TTL
     /// ends first, but not more than once a second).
     pub const RESOLVER_REFRESH: Duration = Duration::from_secs(5);
+    /// Keys one `rate` rule keeps a bucket for (`server.rate_limit_keys`): about 5 MB.
+    pub const RATE_LIMIT_KEYS: usize = 100_000;
+    /// The realm `basic_auth` names when it sets none.
+    pub const AUTH_REALM: &str = "restricted";
     /// Where a fleet keeps its keys in etcd.
     pub const FLEET_PREFIX: &str = "/switchback";
     /// How long a change waits for every live node of a fleet to apply it.
@@ -124,6 +128,9 @@ impl Config {
 pub struct ListenConfig {
     pub http: Vec<SocketAddr>,
     pub https: Vec<SocketAddr>,
+    /// Connections from these sources start with a PROXY protocol header (v1 or v2), whose
+    /// source address is the client's; connections from anywhere else are read without one.
+    pub proxy_protocol: Vec<Cidr>,
 }
 
 /// Where certificates come from, for the services with `tls = "acme"`.
@@ -174,6 +181,9 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Which code serves HTTP/1.1 requests.
     pub http1: Http1Engine,
+    /// The most keys (client addresses, header values) one `rate` rule keeps a bucket for; the
+    /// oldest is forgotten when a new one comes.
+    pub rate_limit_keys: usize,
 }
 
 /// `server.http1`: switchback's own HTTP/1.1 path, or pingora's for every request.
@@ -202,6 +212,7 @@ impl Default for ServerConfig {
             max_request_body: defaults::MAX_REQUEST_BODY,
             trusted_proxies: Vec::new(),
             http1: Http1Engine::default(),
+            rate_limit_keys: defaults::RATE_LIMIT_KEYS,
         }
     }
 }
@@ -349,6 +360,52 @@ pub struct ServiceConfig {
     pub long_lived: LongLivedPolicy,
     /// How backend connections are kept (`[services.NAME.upstream]`).
     pub upstream: UpstreamConfig,
+    /// `[[services.NAME.access]]`, longest `path_prefix` first (a rule without one last).
+    pub access: Vec<AccessRule>,
+}
+
+/// `[[services.NAME.access]]`: who may reach a service, or the part of it under a path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessRule {
+    /// None: the whole service.
+    pub path_prefix: Option<String>,
+    /// With any entry, only these client addresses pass (after `deny`).
+    pub allow: Vec<Cidr>,
+    /// These client addresses are refused.
+    pub deny: Vec<Cidr>,
+    pub basic_auth: Option<BasicAuth>,
+    pub rate: Option<RateLimit>,
+}
+
+/// `basic_auth = { realm, htpasswd, pass_authorization }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BasicAuth {
+    pub realm: String,
+    /// The file's users, read when the config is.
+    pub users: crate::htpasswd::Htpasswd,
+    /// Send the client's `Authorization` header on to the backend.
+    pub pass_authorization: bool,
+}
+
+/// `rate = { limit, burst, by }`: a token bucket per key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// The limit as written, like `"5/s"`.
+    pub limit: String,
+    /// Requests let through per second, over time.
+    pub per_second: f64,
+    /// Requests beyond the rate let through at once (nginx's `burst`).
+    pub burst: u32,
+    pub by: RateKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    /// The client address (after `trusted_proxies` and the PROXY protocol).
+    Ip,
+    /// A request header's value, lower-case name; a request without it is counted by its
+    /// client address instead.
+    Header(String),
 }
 
 /// `[services.NAME.upstream]`: the service's backend connections.

@@ -94,6 +94,9 @@ pub(crate) struct RawListen {
     pub http: Vec<S<String>>,
     #[serde(default)]
     pub https: Vec<S<String>>,
+    /// CIDRs whose connections start with a PROXY protocol header.
+    #[serde(default)]
+    pub proxy_protocol: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +119,7 @@ pub(crate) struct RawServer {
     pub trusted_proxies: Vec<S<String>>,
     /// `"switchback"` or `"pingora"`.
     pub http1: Option<S<String>>,
+    pub rate_limit_keys: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +168,37 @@ pub(crate) struct RawService {
     /// `"close"` or `"keep"`.
     pub long_lived: Option<S<String>>,
     pub upstream: Option<S<RawUpstream>>,
+    /// `[[services.NAME.access]]`.
+    #[serde(default)]
+    pub access: Vec<S<RawAccess>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccess {
+    pub path_prefix: Option<S<String>>,
+    pub allow: Option<S<Vec<S<String>>>>,
+    pub deny: Option<S<Vec<S<String>>>>,
+    pub basic_auth: Option<S<RawBasicAuth>>,
+    pub rate: Option<S<RawRate>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBasicAuth {
+    pub realm: Option<S<String>>,
+    pub htpasswd: S<String>,
+    pub pass_authorization: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRate {
+    /// `"5/s"`, `"300/m"`, `"1000/h"`.
+    pub limit: S<String>,
+    pub burst: Option<S<i64>>,
+    /// `"ip"` or `"header:NAME"`.
+    pub by: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

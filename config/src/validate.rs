@@ -354,7 +354,18 @@ impl Validator<'_> {
             );
         }
         let [http, https] = lists;
-        ListenConfig { http, https }
+        let mut proxy_protocol = Vec::new();
+        for item in &raw.get_ref().proxy_protocol {
+            match item.get_ref().parse::<Cidr>() {
+                Ok(c) => proxy_protocol.push(c),
+                Err(e) => self.problem(item.span(), "listen.proxy_protocol", e),
+            }
+        }
+        ListenConfig {
+            http,
+            https,
+            proxy_protocol,
+        }
     }
 
     fn server(&mut self, raw: Option<&S<RawServer>>) -> ServerConfig {
@@ -432,8 +443,16 @@ impl Validator<'_> {
                 }
             }
         };
+        let rate_limit_keys = self.count(
+            &raw.rate_limit_keys,
+            "server.rate_limit_keys",
+            1,
+            100_000_000,
+            defaults::RATE_LIMIT_KEYS as u32,
+        ) as usize;
         ServerConfig {
             http1,
+            rate_limit_keys,
             threads,
             shutdown_grace,
             client_header_timeout: self.duration(

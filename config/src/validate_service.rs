@@ -191,7 +191,9 @@ impl Validator<'_> {
                 ),
             },
         };
+        let access = self.access(&raw.access, &path_prefix, &key("access"));
         Some(ServiceConfig {
+            access,
             name: n.clone(),
             hosts,
             path_prefix,

@@ -63,6 +63,8 @@ pub struct AccessRecord {
     pub backend: Option<SocketAddr>,
     /// The backend connection was an idle keep-alive one (None: no backend connection).
     pub reused: Option<bool>,
+    /// Refused by an access rule, for this reason (`deny`, `auth`, `rate`).
+    pub denied: Option<&'static str>,
 }
 
 impl AccessRecord {
@@ -359,6 +361,11 @@ pub fn format_record(r: &AccessRecord, time: SystemTime, format: Format, out: &m
                 Some(false) => ",\"reused\":false",
                 None => ",\"reused\":null",
             });
+            if let Some(reason) = r.denied {
+                out.push_str(",\"denied\":\"");
+                out.push_str(reason);
+                out.push('"');
+            }
             out.push_str(",\"retries\":");
             push_u64(out, r.retries as u64);
             out.push_str(if r.forced {
@@ -393,6 +400,9 @@ pub fn format_record(r: &AccessRecord, time: SystemTime, format: Format, out: &m
             }
             if r.forced {
                 out.insert_str(out.len() - 1, " forced=true");
+            }
+            if let Some(reason) = r.denied {
+                out.insert_str(out.len() - 1, &format!(" denied={reason}"));
             }
         }
     }
@@ -511,6 +521,7 @@ mod tests {
             pool: Some("blue".into()),
             backend: Some("127.0.0.1:9001".parse().unwrap()),
             reused: Some(true),
+            denied: None,
         }
     }
 

@@ -26,6 +26,7 @@ use switchback_certs::challenge::CHALLENGE_PREFIX;
 use switchback_certs::ChallengeStore;
 use switchback_config::Encoding;
 
+use crate::access::Denial;
 use crate::access_log::AccessLog;
 use crate::compress;
 use crate::host_and_path::HostAndPath;
@@ -117,6 +118,28 @@ impl SwitchbackProxy {
         self
     }
 
+    /// The answer to a request an access rule refused: 403, 401 or 429. The connection stays
+    /// open for the next request.
+    async fn answer_denial(&self, session: &mut Session, denial: &Denial) -> Result<()> {
+        let body = denial.body();
+        let mut resp = ResponseHeader::build(denial.status(), Some(4))?;
+        resp.insert_header("content-type", "text/plain")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        if let Some((name, value)) = denial.header() {
+            resp.insert_header(name, value)?;
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session
+                .write_response_body(Some(Bytes::from_static(body)), true)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// `308 Permanent Redirect` to the same host and path over HTTPS.
     async fn redirect_to_https(&self, session: &mut Session, host: &str) -> Result<()> {
         let req = session.req_header();
@@ -205,6 +228,11 @@ pub struct RequestCtx {
     override_cookie_seen: bool,
     /// The current attempt's backend connection was an idle keep-alive one.
     reused: Option<bool>,
+    /// The request's `Authorization` was the login of the service's access rule: the backend
+    /// does not get it.
+    strip_authorization: bool,
+    /// Refused by an access rule, for this reason.
+    denied: Option<&'static str>,
     /// The service's request body limit (0: none), and the body bytes read so far.
     body_limit: usize,
     body_read: usize,
@@ -344,6 +372,19 @@ impl ProxyHttp for SwitchbackProxy {
                 return Ok(true);
             }
         };
+        match self.policy.guard(&route, &facts) {
+            Ok(passed) => ctx.strip_authorization = passed.strip_authorization,
+            Err(denial) => {
+                self.policy.denied(&route, &denial);
+                ctx.denied = Some(denial.reason());
+                ctx.service = route.service;
+                ctx.pool = route.pool;
+                ctx.table = Some(route.table.clone());
+                drop(route);
+                Box::pin(self.answer_denial(session, &denial)).await?;
+                return Ok(true);
+            }
+        }
         let config = &route.service().config;
         if !config.compress.is_empty() {
             ctx.encoding = compress::choose(
@@ -478,6 +519,9 @@ impl ProxyHttp for SwitchbackProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.strip_authorization {
+            upstream_request.remove_header(&http::header::AUTHORIZATION);
+        }
         if ctx.override_header_seen || ctx.override_cookie_seen {
             // An override carries the secret: it is the proxy's business, never the backend's.
             if let Some((service, _)) = ctx.route() {
@@ -866,6 +910,7 @@ impl SwitchbackProxy {
             forced: ctx.forced,
             retries: ctx.attempts.saturating_sub(1),
             reused: ctx.reused,
+            denied: ctx.denied,
         })
     }
 }

@@ -24,6 +24,7 @@
 //! request, whichever path carries it) on `routing`, `split` and `access_log`; `http` (pingora's
 //! hooks) and `h1` (switchback's own HTTP/1.1 path) on `policy`; `connections` on both.
 
+pub mod access;
 pub mod access_log;
 pub mod compress;
 pub mod connections;

@@ -51,6 +51,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     switches: IntCounterVec,
     rollbacks: IntCounterVec,
+    access_denied: IntCounterVec,
     pub unrouted: IntCounter,
     pub access_log_dropped: IntCounter,
     open_connections: Arc<AtomicI64>,
@@ -73,6 +74,9 @@ pub struct ClientCounters {
     pub body_too_large: IntCounter,
     /// Heads refused by a framing rule (400), on switchback's own HTTP/1.1 path.
     pub bad_requests: IntCounter,
+    /// Connections from a `listen.proxy_protocol` source closed for a missing or broken PROXY
+    /// header.
+    pub proxy_protocol_refused: IntCounter,
 }
 
 /// Per-pool handles, resolved once per table build.
@@ -209,7 +213,13 @@ impl Metrics {
             "Client requests cut by a deadline (header_timeout 408, body_timeout, send_timeout) or refused by a size limit (uri_too_long 414, head_too_large 431, body_too_large 413) or a framing rule (bad_request 400).",
             &["reason"],
         );
+        let access_denied = counter(
+            "switchback_access_denied_total",
+            "Requests refused by a service's access rules, by reason: deny (403), auth (401), rate (429); and connections closed for a missing or broken PROXY header (reason proxy_protocol, no service).",
+            &["service", "reason"],
+        );
         let client = ClientCounters {
+            proxy_protocol_refused: access_denied.with_label_values(&["", "proxy_protocol"]),
             refused_max_connections: refused.with_label_values(&["max_connections"]),
             refused_per_ip: refused.with_label_values(&["max_connections_per_ip"]),
             header_timeouts: client_errors.with_label_values(&["header_timeout"]),
@@ -232,6 +242,7 @@ impl Metrics {
             retries,
             switches,
             rollbacks,
+            access_denied,
             unrouted,
             access_log_dropped,
             open_connections: Arc::new(AtomicI64::new(0)),
@@ -291,6 +302,20 @@ impl Metrics {
         let _ = self
             .pool_full
             .remove_label_values(&[service, pool, backend]);
+    }
+
+    /// Starts the denial counters of a service with access rules at 0.
+    pub fn service_access(&self, service: &str) {
+        for reason in ["deny", "auth", "rate"] {
+            self.access_denied.with_label_values(&[service, reason]);
+        }
+    }
+
+    /// A request refused by `service`'s access rules, for `reason`.
+    pub fn count_denied(&self, service: &str, reason: &str) {
+        self.access_denied
+            .with_label_values(&[service, reason])
+            .inc();
     }
 
     pub fn count_switch(&self, service: &str, rollback: bool) {

@@ -18,6 +18,7 @@ use switchback_certs::challenge::CHALLENGE_PREFIX;
 use switchback_certs::ChallengeStore;
 use switchback_config::Cidr;
 
+use crate::access::{Denial, Passed};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::host_and_path::HostAndPath;
 use crate::metrics::{status_class, ClientCounters, Metrics};
@@ -145,6 +146,29 @@ impl Policy {
             forwarded_client(peer, forwarded_for, |ip| self.trusted(ip)),
             true,
         )
+    }
+
+    /// The routed service's access rules, for a request its path will carry on (on switchback's
+    /// own path: after everything that would hand it to pingora's). Counts nothing: whoever
+    /// answers a denial calls [`Self::denied`].
+    #[inline]
+    pub fn guard<H: RequestHeaders>(
+        &self,
+        route: &Route,
+        facts: &Facts<'_, H>,
+    ) -> Result<Passed, Denial> {
+        match &route.service().access {
+            None => Ok(Passed::default()),
+            Some(access) => access.check(facts.path, facts.client, facts.headers),
+        }
+    }
+
+    /// Counts a request refused by `route`'s access rules.
+    pub fn denied(&self, route: &Route, denial: &Denial) {
+        if self.metrics.enabled {
+            self.metrics
+                .count_denied(route.service().name(), denial.reason());
+        }
     }
 
     /// Decides what becomes of a request: see [`Admission`].
@@ -307,6 +331,8 @@ pub struct Ending {
     pub retries: u32,
     /// The backend connection was an idle keep-alive one (None: no backend connection).
     pub reused: Option<bool>,
+    /// Refused by the service's access rules, for this reason: no pool counts it.
+    pub denied: Option<&'static str>,
 }
 
 impl Ending {
@@ -322,6 +348,7 @@ impl Ending {
         });
         if metrics.enabled {
             match route {
+                Some(_) if self.denied.is_some() => {}
                 Some((_, pool)) => {
                     pool.metrics.duration.observe(elapsed.as_secs_f64());
                     let backend = self
@@ -347,6 +374,7 @@ impl Ending {
                 forced: self.forced,
                 retries: self.retries,
                 reused: self.reused,
+                denied: self.denied,
                 status: self.status,
                 bytes,
                 duration: elapsed,

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use pingora::upstreams::peer::HttpPeer;
 use switchback_config::{Config, LiveState, ServiceConfig, Target};
 
+use crate::access::Access;
 use crate::headers::HeaderRules;
 use crate::health::HealthRegistry;
 use crate::metrics::{Metrics, NO_BACKEND};
@@ -50,6 +51,8 @@ pub struct ServiceRoute {
     /// `request_headers` and `response_headers`, ready to apply.
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
+    /// `[[services.NAME.access]]` with its state; None: the service has no rules.
+    pub access: Option<Arc<Access>>,
 }
 
 impl ServiceRoute {
@@ -285,7 +288,17 @@ impl RoutingTable {
                 .filter(|c| c.pool != active && c.permille > 0);
             let overrides = Overrides::from_config(&config_arc.canary);
             let overridable = overrides.any();
+            // The rules' state (logins remembered, rate buckets) outlives a switch, not a
+            // change of the service's config.
+            let access = match current_service {
+                Some(s) if Arc::ptr_eq(&s.config, &config_arc) => s.access.clone(),
+                _ => Access::new(&config_arc.access, config.server.rate_limit_keys).map(Arc::new),
+            };
+            if access.is_some() {
+                metrics.service_access(&config_arc.name);
+            }
             services.push(ServiceRoute {
+                access,
                 label: config_arc.name.as_str().into(),
                 request_headers: HeaderRules::compile(&config_arc.request_headers),
                 response_headers: HeaderRules::compile(&config_arc.response_headers),

@@ -854,6 +854,19 @@ pub struct Answer {
 impl KeepAlive {
     pub async fn connect(addr: SocketAddr) -> std::io::Result<KeepAlive> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
+        KeepAlive::over(stream).await
+    }
+
+    /// A connection from the loopback address `source` (any of 127.0.0.0/8), so that the proxy
+    /// sees another client.
+    pub async fn connect_from(addr: SocketAddr, source: &str) -> std::io::Result<KeepAlive> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source.parse().unwrap(), 0))?;
+        let stream = socket.connect(addr).await?;
+        KeepAlive::over(stream).await
+    }
+
+    async fn over(stream: tokio::net::TcpStream) -> std::io::Result<KeepAlive> {
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

@@ -323,8 +323,14 @@ impl Http1 {
         let Ok(method) = http::Method::from_bytes(head.method.as_bytes()) else {
             return Ok(None);
         };
+        // Last of all: a rate rule takes from its bucket here. A refusal goes to pingora's
+        // path, which answers and counts it.
+        let Ok(passed) = self.policy.guard(&route, &facts) else {
+            return Ok(None);
+        };
         let overrides = &service.overrides;
         let edits = Edits {
+            strip_authorization: passed.strip_authorization,
             forwarding,
             rules: &service.request_headers,
             override_header: overrides
@@ -415,6 +421,7 @@ impl Http1 {
                 forced: route.forced,
                 retries: attempts.saturating_sub(1),
                 reused,
+                denied: None,
             })
         };
         // Attempts until one has the answer's head, or none is left.
@@ -975,6 +982,8 @@ struct Edits<'a> {
     /// business, never the backend's.
     override_header: Option<&'a str>,
     override_cookie: Option<&'a str>,
+    /// The client's login to an access rule, which the backend does not get.
+    strip_authorization: bool,
 }
 
 /// Writes the upstream request head: the request line, the client's headers but those that
@@ -1006,6 +1015,7 @@ fn write_request_head(
                 .override_header
                 .is_some_and(|o| name.eq_ignore_ascii_case(o.as_bytes()))
             || (edits.override_cookie.is_some() && name.eq_ignore_ascii_case(b"cookie"))
+            || (edits.strip_authorization && name.eq_ignore_ascii_case(b"authorization"))
         {
             continue;
         }

@@ -80,7 +80,7 @@ pub mod defaults {
     /// How often backends given by host name are resolved again (sooner when a record's TTL
     /// ends first, but not more than once a second).
     pub const RESOLVER_REFRESH: Duration = Duration::from_secs(5);
-    /// Keys one `rate` rule keeps a bucket for (`server.rate_limit_keys`): about 5 MB.
+    /// Keys one `rate` rule keeps a bucket for (`server.rate_limit_keys`): about 3 MB.
     pub const RATE_LIMIT_KEYS: usize = 100_000;
     /// The realm `basic_auth` names when it sets none.
     pub const AUTH_REALM: &str = "restricted";

@@ -31,6 +31,7 @@ use switchback_certs::CertManager;
 use switchback_config::{AccessLogFormat, Config, TlsMode};
 use switchback_control::BindError;
 use switchback_proxy::access_log::{self, AccessLog};
+use switchback_proxy::proxy_protocol::{BeforeTls, ProxyProtocol};
 use switchback_proxy::split::BucketSigner;
 use switchback_proxy::{ClientLimits, Connections, Metrics, SwitchbackProxy};
 use tokio::signal::unix::{signal, SignalKind};
@@ -340,16 +341,30 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(config.server.keepalive_timeout);
     proxy.server_options = Some(options);
-    let mut proxy = Service::new(
-        "switchback proxy".to_string(),
-        Connections::new(
-            proxy,
-            ClientLimits::from_config(&config.server),
-            metrics.open_connections(),
-            metrics.client().clone(),
-        )
-        .with_policy(policy),
-    );
+    let proxy_protocol = (!config.listen.proxy_protocol.is_empty()).then(|| {
+        Arc::new(ProxyProtocol {
+            sources: config.listen.proxy_protocol.clone(),
+            timeout: config.server.client_header_timeout,
+            refused: metrics.client().proxy_protocol_refused.clone(),
+        })
+    });
+    let mut connections = Connections::new(
+        proxy,
+        ClientLimits::from_config(&config.server),
+        metrics.open_connections(),
+        metrics.client().clone(),
+    )
+    .with_policy(policy);
+    if let Some(pp) = &proxy_protocol {
+        connections = connections.with_proxy_protocol(pp.clone());
+    }
+    let mut proxy = Service::new("switchback proxy".to_string(), connections);
+    if let Some(pp) = proxy_protocol {
+        // On HTTPS listeners the header comes before the TLS handshake.
+        proxy
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(BeforeTls(pp)));
+    }
     for addr in &config.listen.http {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(PLAIN_L4_BUFFER));
     }

@@ -47,6 +47,7 @@ use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::prelude::timeout;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::task::Poll;
@@ -59,6 +60,7 @@ use crate::forwarding::Forwarding;
 use crate::h1::{self, Http1};
 use crate::metrics::ClientCounters;
 use crate::policy::Policy;
+use crate::proxy_protocol::ProxyProtocol;
 use crate::recycle::Recycled;
 use crate::tunnel::{self, ClientSide, Splice};
 
@@ -117,6 +119,9 @@ pub struct Connections<A> {
     counters: ClientCounters,
     /// switchback's own HTTP/1.1 path, unless `server.http1 = "pingora"`.
     http1: Option<Http1>,
+    /// `listen.proxy_protocol`, read here on plain HTTP listeners (on HTTPS ones, before the
+    /// handshake: [`crate::proxy_protocol::BeforeTls`]).
+    proxy_protocol: Option<Arc<ProxyProtocol>>,
 }
 
 impl<A> Connections<A> {
@@ -133,7 +138,14 @@ impl<A> Connections<A> {
             open,
             counters,
             http1: None,
+            proxy_protocol: None,
         }
+    }
+
+    /// Reads a PROXY protocol header first on connections from `proxy_protocol`'s sources.
+    pub fn with_proxy_protocol(mut self, proxy_protocol: Arc<ProxyProtocol>) -> Connections<A> {
+        self.proxy_protocol = Some(proxy_protocol);
+        self
     }
 
     /// Serves the HTTP/1.1 requests it carries on switchback's own path ([`crate::h1`]), with
@@ -541,6 +553,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
         if before >= self.limits.max_connections as i64 {
             self.counters.refused_max_connections.inc();
             return;
+        }
+        if let Some(pp) = &self.proxy_protocol {
+            if stream.get_ssl_digest().is_none() && pp.expects_header(peer_ip(&stream)) {
+                // A plain listener's stream is pingora's L4 stream, which can take back what
+                // was read past the header.
+                let Ok(mut l4) = stream.into_any().downcast::<L4Stream>() else {
+                    return;
+                };
+                if Box::pin(pp.accept(&mut l4)).await.is_err() {
+                    return;
+                }
+                stream = l4;
+            }
         }
         let _per_ip = match self.per_ip.is_some().then(|| peer_ip(&stream)).flatten() {
             Some(ip) => match self.enter(ip) {

@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod read_deadline;
 mod recycle;
 pub mod retry;

@@ -395,7 +395,9 @@ pub struct Proxy {
     pub config: PathBuf,
     services: String,
     /// Extra lines for the `[server]` section.
-    server: String,
+    pub server: String,
+    /// Extra lines for the `[listen]` section.
+    pub listen: String,
     child: Option<Child>,
     /// Processes an upgrade started (not children of the test): stopped with the proxy.
     upgraded: Vec<u32>,
@@ -444,6 +446,7 @@ impl Proxy {
             config: dir.path().join("switchback.toml"),
             services: String::new(),
             server: String::new(),
+            listen: String::new(),
             dir,
             child: None,
             upgraded: Vec::new(),
@@ -508,8 +511,9 @@ impl Proxy {
             }
         }
         let text = format!(
-            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n{https}\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\n{threads}shutdown_grace = \"10s\"\n{}\n\n{}",
+            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n{https}{}\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\n{threads}shutdown_grace = \"10s\"\n{}\n\n{}",
             self.port,
+            self.listen,
             self.admin_port,
             self.socket.display(),
             self.state_dir().display(),

@@ -128,6 +128,64 @@ async fn an_imported_config_routes_and_shapes_answers_as_nginx_did() {
     assert_eq!(text.headers["content-encoding"], "gzip");
 }
 
+/// nginx's guards come along: an admin UI behind `auth_basic` and `allow`/`deny` stays behind
+/// them, and a login route keeps its `limit_req`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_config_guards_what_nginx_guarded() {
+    let app = Upstream::start("app");
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("htpasswd");
+    let status = Command::new("htpasswd")
+        .args(["-cbB"])
+        .arg(&users)
+        .args(["admin", "s3cret"])
+        .status()
+        .expect("htpasswd (Debian's apache2-utils) is installed");
+    assert!(status.success());
+    let path = dir.path().join("nginx.conf");
+    let mut file = std::fs::File::create(&path).unwrap();
+    write!(
+        file,
+        "http {{\n  limit_req_zone $binary_remote_addr zone=login:10m rate=1r/m;\n\
+           upstream app {{ server {}; }}\n\
+           server {{\n    listen 127.0.0.1:8080;\n    server_name app.test;\n\
+             location / {{ proxy_pass http://app; }}\n\
+             location /admin/ {{ auth_basic \"Admin\"; auth_basic_user_file {}; proxy_pass http://app; }}\n\
+             location /metrics {{ allow 10.0.0.0/8; deny all; proxy_pass http://app; }}\n\
+             location /login {{ limit_req zone=login burst=1 nodelay; proxy_pass http://app; }}\n  }}\n}}\n",
+        app.addr,
+        users.display()
+    )
+    .unwrap();
+    let (toml, notes) = import(path.to_str().unwrap());
+    assert!(!notes.contains("auth_basic"), "{notes}");
+    let services = &toml[toml.find("[services.").expect("services")..];
+    let proxy = Proxy::start(services);
+    let mut conn = KeepAlive::connect(proxy.addr()).await.unwrap();
+    conn.host = "app.test".into();
+    assert_eq!(conn.get("/").await.unwrap().status, 200);
+    assert_eq!(conn.get("/admin/").await.unwrap().status, 401);
+    let login = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "admin:s3cret")
+    );
+    let answer = conn
+        .get_with("/admin/", &[("authorization", login.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(conn.get("/metrics").await.unwrap().status, 403);
+    // The rate and burst: two pass, the third is over.
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(conn.get("/login").await.unwrap().status.as_u16());
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
 /// The Compose example the README walks through is a valid config: `check` passes it, and its
 /// backends are the stack's service names.
 #[test]

@@ -52,6 +52,39 @@ struct Settings {
     gzip_min_length: Option<String>,
     read_timeout: Option<String>,
     connect_timeout: Option<String>,
+    /// `allow` and `deny` in their order (true: allow), with where each is.
+    access: Option<Vec<(bool, String, At)>>,
+    /// `auth_basic`: the realm, or `off`.
+    auth_basic: Option<(String, At)>,
+    auth_basic_user_file: Option<String>,
+    /// `limit_req zone=NAME [burst=N] [nodelay]`: the zone, the burst, and where.
+    limit_req: Option<Vec<(String, u32, At)>>,
+}
+
+/// Where a directive is, for a note written after the walk.
+#[derive(Debug, Clone)]
+struct At {
+    file: std::path::PathBuf,
+    line: usize,
+    directive: String,
+}
+
+impl At {
+    fn of(d: &Directive) -> At {
+        At {
+            file: d.file.clone(),
+            line: d.line,
+            directive: d.name.clone(),
+        }
+    }
+}
+
+/// A `limit_req_zone`: its rate (`5r/s`) and what it counts by.
+#[derive(Debug, Clone)]
+struct Zone {
+    rate: String,
+    /// `"ip"` or `"header:NAME"`; None: a key switchback cannot count by.
+    by: Option<String>,
 }
 
 impl Settings {
@@ -76,6 +109,13 @@ impl Settings {
                 .connect_timeout
                 .clone()
                 .or(parent.connect_timeout.clone()),
+            access: self.access.clone().or(parent.access.clone()),
+            auth_basic: self.auth_basic.clone().or(parent.auth_basic.clone()),
+            auth_basic_user_file: self
+                .auth_basic_user_file
+                .clone()
+                .or(parent.auth_basic_user_file.clone()),
+            limit_req: self.limit_req.clone().or(parent.limit_req.clone()),
         }
     }
 }
@@ -89,6 +129,8 @@ struct Service {
     backends: Vec<String>,
     settings: Settings,
     tls: Option<String>,
+    /// The body of its `[[access]]` rule, once [`Translator::finish`] worked it out.
+    access: Option<String>,
 }
 
 #[derive(Default)]
@@ -102,6 +144,21 @@ struct Translator {
     redirected: Vec<Vec<String>>,
     /// `[server]` keys from `http`'s client timeouts.
     server: Vec<(&'static str, String)>,
+    /// `limit_req_zone`s by name.
+    zones: BTreeMap<String, Zone>,
+    /// The smallest `limit_conn` on a zone keyed by the client address.
+    limit_conn: Option<u32>,
+    /// `limit_conn_zone`s keyed by the client address.
+    conn_zones: Vec<String>,
+    /// `set_real_ip_from` blocks, and `real_ip_header`.
+    real_ip_from: Vec<String>,
+    real_ip_header: Option<(String, At)>,
+    /// Some `listen` has `proxy_protocol`.
+    proxy_protocol: Option<At>,
+    /// What [`Translator::finish`] makes of the above: `listen.proxy_protocol` and
+    /// `server.trusted_proxies`.
+    proxy_protocol_from: Vec<String>,
+    trusted_proxies: Vec<String>,
 }
 
 /// `proxy_set_header` values switchback already sends, or that WebSockets need and
@@ -195,10 +252,199 @@ impl Translator {
                     ),
                 }
             }
+            "allow" | "deny" => {
+                let addr = arg(0);
+                if addr.starts_with("unix:") {
+                    self.note(d, "switchback's access rules are on client addresses");
+                } else {
+                    s.access.get_or_insert_with(Vec::new).push((
+                        d.name == "allow",
+                        addr,
+                        At::of(d),
+                    ));
+                }
+            }
+            "auth_basic" => s.auth_basic = Some((arg(0), At::of(d))),
+            "auth_basic_user_file" => s.auth_basic_user_file = Some(arg(0)),
+            "limit_req" => {
+                let mut zone = None;
+                let mut burst = 0;
+                for a in &d.args {
+                    if let Some(z) = a.strip_prefix("zone=") {
+                        zone = Some(z.to_string());
+                    } else if let Some(b) = a.strip_prefix("burst=") {
+                        burst = b.parse().unwrap_or(0);
+                    } else if a.starts_with("delay=") {
+                        self.note(d, format!("{a}: switchback lets the whole burst through at once, as nodelay does"));
+                    }
+                }
+                if !d.args.iter().any(|a| a == "nodelay") && burst > 0 {
+                    self.note(d, "without nodelay nginx delays the burst; switchback lets it through at once, then answers 429");
+                }
+                match zone {
+                    Some(zone) => s
+                        .limit_req
+                        .get_or_insert_with(Vec::new)
+                        .push((zone, burst, At::of(d))),
+                    None => self.note(d, "no zone= given"),
+                }
+            }
+            "limit_req_status" | "limit_conn_status" => {
+                if arg(0) != "429" {
+                    self.note(d, "switchback answers 429 to a client over its rate");
+                }
+            }
+            "limit_req_log_level" | "limit_conn_log_level" | "real_ip_recursive" => {}
+            "limit_req_zone" => {
+                let by = match arg(0).as_str() {
+                    "$binary_remote_addr" | "$remote_addr" => Some("ip".to_string()),
+                    key => key
+                        .strip_prefix("$http_")
+                        .map(|h| format!("header:{}", h.replace('_', "-"))),
+                };
+                let mut name = None;
+                let mut rate = None;
+                for a in &d.args[1.min(d.args.len())..] {
+                    if let Some(z) = a.strip_prefix("zone=") {
+                        name = Some(z.split(':').next().unwrap_or(z).to_string());
+                    } else if let Some(r) = a.strip_prefix("rate=") {
+                        rate = Some(r.to_string());
+                    }
+                }
+                match (name, rate) {
+                    (Some(name), Some(rate)) if crate::validate_access::parse_rate(&rate).is_ok() => {
+                        if by.is_none() {
+                            self.note(d, format!("{}: switchback counts by the client address or a request header", arg(0)));
+                        }
+                        self.zones.insert(name, Zone { rate, by });
+                    }
+                    _ => self.note(d, "a zone needs zone=NAME:SIZE and rate=Nr/s or Nr/m"),
+                }
+            }
+            "limit_conn_zone" => {
+                let name = d
+                    .args
+                    .iter()
+                    .find_map(|a| a.strip_prefix("zone="))
+                    .map(|z| z.split(':').next().unwrap_or(z).to_string());
+                match (arg(0).as_str(), name) {
+                    ("$binary_remote_addr" | "$remote_addr", Some(name)) => {
+                        self.conn_zones.push(name)
+                    }
+                    _ => self.note(
+                        d,
+                        "switchback caps connections per client address only (server.max_connections_per_ip)",
+                    ),
+                }
+            }
+            "set_real_ip_from" => push_new(&mut self.real_ip_from, arg(0)),
+            "real_ip_header" => self.real_ip_header = Some((arg(0), At::of(d))),
+            "limit_conn" => match (arg(1).parse::<u32>(), self.conn_zones.contains(&arg(0))) {
+                (Ok(n), true) => {
+                    if self.limit_conn.is_some_and(|m| m != n) {
+                        self.note(d, "switchback has one per-address connection cap for the whole proxy (server.max_connections_per_ip): the smallest limit_conn is kept");
+                    }
+                    self.limit_conn = Some(self.limit_conn.map_or(n, |m| m.min(n)));
+                }
+                _ => self.note(
+                    d,
+                    "switchback caps connections per client address only (server.max_connections_per_ip)",
+                ),
+            },
             "proxy_http_version" | "proxy_buffering" | "proxy_redirect" => {}
             _ => return false,
         }
         true
+    }
+
+    /// The `[[access]]` rule of a service with these settings, if they protect it; the
+    /// protections that could not be carried over are noted.
+    fn access_rule(&mut self, set: &Settings) -> Option<String> {
+        const EVERYONE: &str = "deny = [\"0.0.0.0/0\", \"::/0\"]";
+        let mut lines = Vec::new();
+        if let Some(entries) = &set.access {
+            let (mut allow, mut deny) = (Vec::new(), Vec::new());
+            let mut last_all = None;
+            for (i, (allowed, addr, at)) in entries.iter().enumerate() {
+                if addr == "all" {
+                    last_all = Some(*allowed);
+                    if i + 1 < entries.len() {
+                        self.note_at(at, "nothing after `all` is ever reached: left out");
+                    }
+                    break;
+                }
+                if !*allowed && !allow.is_empty() {
+                    self.note_at(at, "switchback checks deny before allow, so this address is denied even where an allow above it matched in nginx");
+                }
+                if *allowed { &mut allow } else { &mut deny }.push(addr.clone());
+            }
+            match last_all {
+                // `deny all` last: only the allowed pass.
+                Some(false) if allow.is_empty() => return Some(EVERYONE.to_string()),
+                Some(false) => {
+                    lines.push(format!("allow = [{}]", list(&allow)));
+                    if !deny.is_empty() {
+                        lines.push(format!("deny = [{}]", list(&deny)));
+                    }
+                }
+                // Everyone else passes: an allow says nothing then.
+                _ => {
+                    if !deny.is_empty() {
+                        lines.push(format!("deny = [{}]", list(&deny)));
+                    }
+                }
+            }
+        }
+        if let Some((realm, at)) = &set.auth_basic {
+            if realm != "off" {
+                match &set.auth_basic_user_file {
+                    Some(file) => lines.push(format!(
+                        "basic_auth = {{ realm = {}, htpasswd = {} }}",
+                        quote(realm),
+                        quote(file)
+                    )),
+                    None => {
+                        self.note_at(
+                            at,
+                            "no auth_basic_user_file: nobody could log in, so everyone is denied",
+                        );
+                        return Some(EVERYONE.to_string());
+                    }
+                }
+            }
+        }
+        if let Some(limits) = &set.limit_req {
+            for (i, (zone, burst, at)) in limits.iter().enumerate() {
+                if i > 0 {
+                    self.note_at(
+                        at,
+                        "switchback takes one rate per route: the first limit_req is kept",
+                    );
+                    continue;
+                }
+                match self.zones.get(zone).cloned() {
+                    Some(Zone { rate, by: Some(by) }) => lines.push(format!(
+                        "rate = {{ limit = {}, burst = {burst}, by = {} }}",
+                        quote(&rate.replacen("r/", "/", 1)),
+                        quote(&by)
+                    )),
+                    Some(Zone { by: None, .. }) => {
+                        self.note_at(at, format!("zone {zone} counts by a key switchback cannot count by: use the client address or a request header"))
+                    }
+                    None => self.note_at(at, format!("no limit_req_zone named {zone}")),
+                }
+            }
+        }
+        (!lines.is_empty()).then(|| lines.join("\n"))
+    }
+
+    fn note_at(&mut self, at: &At, why: impl Into<String>) {
+        self.notes.push(Untranslated {
+            file: at.file.clone(),
+            line: at.line,
+            directive: at.directive.clone(),
+            why: why.into(),
+        });
     }
 
     fn top(&mut self, directives: &[Directive]) {
@@ -295,6 +541,19 @@ impl Translator {
                 continue;
             }
             match d.name.as_str() {
+                "listen" if d.args.iter().any(|a| a == "proxy_protocol") => {
+                    if self.proxy_protocol.is_none() {
+                        self.proxy_protocol = Some(At::of(d));
+                    }
+                    match listen(&d.args) {
+                        Some((addr, true)) => push_new(&mut self.https, addr),
+                        Some((addr, false)) => {
+                            plain = true;
+                            push_new(&mut self.http, addr)
+                        }
+                        None => self.note(d, "switchback listens on IP:port addresses"),
+                    }
+                }
                 "listen" => match listen(&d.args) {
                     Some((addr, true)) => push_new(&mut self.https, addr),
                     Some((addr, false)) => {
@@ -441,23 +700,70 @@ impl Translator {
             backends,
             settings,
             tls: tls.clone(),
+            access: None,
         });
     }
 
+    /// What needs the whole config read: each service's access rule, the PROXY protocol's
+    /// sources and the trusted proxies.
+    fn finish(&mut self) {
+        for i in 0..self.services.len() {
+            let settings = self.services[i].settings.clone();
+            self.services[i].access = self.access_rule(&settings);
+        }
+        let (header, header_at) = self
+            .real_ip_header
+            .clone()
+            .map_or((String::new(), None), |(h, at)| (h, Some(at)));
+        if let Some(at) = self.proxy_protocol.clone() {
+            if header == "proxy_protocol" && !self.real_ip_from.is_empty() {
+                self.proxy_protocol_from = self.real_ip_from.clone();
+            } else {
+                self.note_at(&at, "nginx takes a PROXY header from everyone here; list your load balancers in listen.proxy_protocol instead of everyone, so that no client can forge one");
+                self.proxy_protocol_from = vec!["0.0.0.0/0".into(), "::/0".into()];
+            }
+        }
+        if !self.real_ip_from.is_empty() && header.eq_ignore_ascii_case("x-forwarded-for") {
+            self.trusted_proxies = self.real_ip_from.clone();
+        } else if !self.real_ip_from.is_empty() && header.eq_ignore_ascii_case("x-real-ip") {
+            self.trusted_proxies = self.real_ip_from.clone();
+            if let Some(at) = header_at {
+                self.note_at(&at, "switchback reads the client from X-Forwarded-For of its trusted proxies, not X-Real-IP");
+            }
+        }
+    }
+
     fn write(&self, source: &str) -> String {
-        let list = |v: &[String]| v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ");
         let mut out = format!(
             "# Imported from {source} by `switchback import nginx`; check it with `switchback check`.\n\
-             [listen]\nhttp = [{}]\nhttps = [{}]\n\n\
-             [control]\nsocket = \"/run/switchback/control.sock\"\n\n\
-             [state]\ndir = \"/var/lib/switchback\"\n",
+             [listen]\nhttp = [{}]\nhttps = [{}]\n",
             list(&self.http),
             list(&self.https)
         );
-        if !self.server.is_empty() {
+        if !self.proxy_protocol_from.is_empty() {
+            out.push_str(&format!(
+                "proxy_protocol = [{}]\n",
+                list(&self.proxy_protocol_from)
+            ));
+        }
+        out.push_str(
+            "\n[control]\nsocket = \"/run/switchback/control.sock\"\n\n\
+             [state]\ndir = \"/var/lib/switchback\"\n",
+        );
+        if !self.server.is_empty() || self.limit_conn.is_some() || !self.trusted_proxies.is_empty()
+        {
             out.push_str("\n[server]\n");
             for (k, v) in &self.server {
                 out.push_str(&format!("{k} = {}\n", quote(v)));
+            }
+            if let Some(n) = self.limit_conn {
+                out.push_str(&format!("max_connections_per_ip = {n}\n"));
+            }
+            if !self.trusted_proxies.is_empty() {
+                out.push_str(&format!(
+                    "trusted_proxies = [{}]\n",
+                    list(&self.trusted_proxies)
+                ));
             }
         }
         if self
@@ -522,6 +828,9 @@ impl Translator {
                     out.push_str(&format!("{} = {}\n", quote(&n), quote(&v)));
                 }
             }
+            if let Some(rule) = &s.access {
+                out.push_str(&format!("\n[[services.{}.access]]\n{rule}\n", s.name));
+            }
         }
         out
     }
@@ -532,6 +841,21 @@ fn is_setting_name(name: &str) -> bool {
     matches!(
         name,
         "add_header"
+            | "allow"
+            | "deny"
+            | "auth_basic"
+            | "auth_basic_user_file"
+            | "limit_req"
+            | "limit_req_zone"
+            | "limit_req_status"
+            | "limit_req_log_level"
+            | "limit_conn"
+            | "limit_conn_zone"
+            | "limit_conn_status"
+            | "limit_conn_log_level"
+            | "set_real_ip_from"
+            | "real_ip_header"
+            | "real_ip_recursive"
             | "proxy_set_header"
             | "client_max_body_size"
             | "gzip"
@@ -552,6 +876,7 @@ fn is_setting_name(name: &str) -> bool {
 pub fn translate(tree: &[Directive]) -> Import {
     let mut t = Translator::default();
     t.top(tree);
+    t.finish();
     let source = tree
         .first()
         .map(|d| d.file.display().to_string())
@@ -560,6 +885,11 @@ pub fn translate(tree: &[Directive]) -> Import {
     let mut untranslated = t.notes;
     untranslated.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     Import { toml, untranslated }
+}
+
+/// `"a", "b"`: the inside of a TOML array of strings.
+fn list(v: &[String]) -> String {
+    v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
 }
 
 fn quote(s: &str) -> String {
@@ -715,6 +1045,102 @@ mod tests {
             assert!(
                 notes.iter().any(|n| n.starts_with(expected)),
                 "{expected} not in {notes:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn access_rules_limits_and_the_proxy_protocol_are_carried_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        std::fs::write(
+            &users,
+            "bob:$2y$04$oNaRnAmvhQSfY010Whl6hO7DiDA7SW2dHCTIeYxtQXkgi4xVWXO9e\n",
+        )
+        .unwrap();
+        let (toml, notes) = run(&format!(
+            "http {{\n\
+             limit_req_zone $binary_remote_addr zone=login:10m rate=5r/s;\n\
+             limit_req_zone $http_x_api_key zone=api:10m rate=600r/m;\n\
+             limit_req_zone $request_uri zone=odd:10m rate=1r/s;\n\
+             limit_conn_zone $binary_remote_addr zone=perip:10m;\n\
+             set_real_ip_from 10.0.0.0/16;\n\
+             real_ip_header proxy_protocol;\n\
+             upstream app {{ server 127.0.0.1:9000; }}\n\
+             server {{\n\
+              listen 80 proxy_protocol;\n\
+              server_name a.test;\n\
+              limit_conn perip 20;\n\
+              location / {{ proxy_pass http://app; }}\n\
+              location /admin/ {{ allow 10.0.0.0/8; allow 192.0.2.7; deny all; auth_basic \"Admin\"; auth_basic_user_file {}; proxy_pass http://app; }}\n\
+              location /login {{ limit_req zone=login burst=10 nodelay; proxy_pass http://app; }}\n\
+              location /api/ {{ limit_req zone=api burst=50; deny 198.51.100.0/24; proxy_pass http://app; }}\n\
+              location /odd/ {{ limit_req zone=odd; proxy_pass http://app; }}\n\
+              location /mixed/ {{ allow 10.0.0.0/8; deny 10.9.0.0/16; deny all; proxy_pass http://app; }}\n\
+              location /closed/ {{ deny all; proxy_pass http://app; }}\n\
+             }}\n}}\n",
+            users.display()
+        ));
+        let config = crate::parse(std::path::Path::new("t.toml"), &toml)
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        assert_eq!(
+            config.listen.proxy_protocol,
+            ["10.0.0.0/16".parse().unwrap()]
+        );
+        assert_eq!(config.server.max_connections_per_ip, Some(20));
+        let rule = |name: &str| {
+            let s = config
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("{name} in {toml}"));
+            s.access.clone()
+        };
+        assert!(rule("app").is_empty());
+        let admin = &rule("app-admin")[0];
+        assert_eq!(admin.path_prefix, None);
+        assert_eq!(admin.allow.len(), 2);
+        assert!(admin.deny.is_empty());
+        let auth = admin.basic_auth.as_ref().unwrap();
+        assert_eq!(auth.realm, "Admin");
+        assert_eq!(auth.users.len(), 1);
+        let login = rule("app-login")[0].rate.clone().unwrap();
+        assert_eq!((login.per_second, login.burst), (5.0, 10));
+        assert_eq!(login.by, crate::RateKey::Ip);
+        let api = &rule("app-api")[0];
+        let rate = api.rate.clone().unwrap();
+        assert_eq!((rate.per_second, rate.burst), (10.0, 50));
+        assert_eq!(rate.by, crate::RateKey::Header("x-api-key".into()));
+        assert_eq!(api.deny.len(), 1);
+        assert!(rule("app-odd").is_empty());
+        let mixed = &rule("app-mixed")[0];
+        assert_eq!((mixed.allow.len(), mixed.deny.len()), (1, 1));
+        let closed = &rule("app-closed")[0];
+        assert_eq!(closed.deny.len(), 2);
+        for expected in [
+            "16: limit_req: without nodelay nginx delays the burst",
+            "17: limit_req: zone odd counts by a key switchback cannot count by",
+            "4: limit_req_zone: $request_uri: switchback counts by",
+            "18: deny: switchback checks deny before allow",
+        ] {
+            assert!(
+                notes.iter().any(|n| n.starts_with(expected)),
+                "{expected} not in {notes:#?}"
+            );
+        }
+        // Nothing of it is listed as left behind.
+        for name in [
+            "allow",
+            "auth_basic",
+            "limit_conn",
+            "set_real_ip_from",
+            "listen",
+        ] {
+            assert!(
+                !notes
+                    .iter()
+                    .any(|n| n.contains(&format!(": {name}: no switchback"))),
+                "{notes:#?}"
             );
         }
     }

@@ -27,7 +27,8 @@
 //! - `canary`: switchback with a 10% canary against the same proxy with a plain active pool,
 //!   for clients that carry their bucket cookie;
 //! - `instructions`: user-space instructions per request under callgrind for switchback (bare,
-//!   with metrics, with metrics and access log, with a 10% canary), the floor, floor-forwarding,
+//!   with metrics, with metrics and access log, with one allow list and one rate limit, with a
+//!   10% canary), the floor, floor-forwarding,
 //!   nginx and HAProxy, and heap allocations per request (calls into malloc's or mimalloc's
 //!   entry points in the same profile): measures of work that, unlike requests per second, do
 //!   not move with the load of a shared machine. With `SWITCHBACK_BASELINE=/path/to/switchback` (another build, say of the commit
@@ -1320,6 +1321,18 @@ fn instructions(bench: &Bench) {
             ("switchback-default", cmd, port, String::new())
         },
         {
+            // One allow list and one rate limit on the whole service, which every request
+            // passes (the rate is far above what the run sends).
+            let port = free_port();
+            let (cmd, _) = bench.switchback_cmd(
+                port,
+                "[access_log]\nenabled = false\n\
+                 [[services.app.access]]\nallow = [\"127.0.0.0/8\", \"::1\"]\nrate = { limit = \"1000000/s\", burst = 1000000 }\n",
+                false,
+            );
+            ("switchback-access", cmd, port, String::new())
+        },
+        {
             let port = free_port();
             let (cmd, _) = bench.switchback_cmd_server(port, "http1 = \"pingora\"", "", false);
             ("switchback-pingora", cmd, port, String::new())
@@ -1418,6 +1431,10 @@ fn instructions(bench: &Bench) {
         (get("switchback-metrics").0 / bare - 1.0) * 100.0,
         (get("switchback-metrics-log").1 / bare - 1.0) * 100.0,
         (get("switchback-metrics-log").0 / bare - 1.0) * 100.0
+    );
+    println!(
+        "access rules cost: one allow list and one rate limit {:+.1}% (against switchback-metrics)",
+        (get("switchback-access").0 / get("switchback-metrics").0 - 1.0) * 100.0
     );
     println!(
         "canary cost: 10% canary {:+.1}% for a client with its cookie (against the same client on a plain pool); {:+.1}% for a new client (bucket drawn, cookie set; against switchback-metrics)",

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -87,17 +88,34 @@ async fn address_rules_deny_first_then_allow_by_the_longest_prefix() {
     let answer = lb.get_with("/admin/x", &via("127.0.0.2")).await.unwrap();
     assert_eq!(answer.status, 200);
 
+    // A refused request with a body is answered, and its connection closed rather than the
+    // body read.
+    let mut small = bind_raw("127.0.1.2", proxy.addr()).await;
+    small
+        .write_all(b"POST /admin/x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    assert_eq!(read_raw_answer(&mut small).map(|a| a.0), Some(403));
+    let mut rest = Vec::new();
+    assert_eq!(small.read_to_end(&mut rest).unwrap(), 0, "closed");
+    let mut large = bind_raw("127.0.1.2", proxy.addr()).await;
+    large
+        .write_all(b"POST /admin/x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10000000\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_raw_answer(&mut large).map(|a| a.0), Some(403));
+    let mut rest = Vec::new();
+    assert_eq!(large.read_to_end(&mut rest).unwrap(), 0, "closed");
+
     assert_eq!(
         proxy.metric("switchback_access_denied_total{reason=\"deny\",service=\"app\"}"),
-        Some(7.0)
+        Some(9.0)
     );
     assert_eq!(
         proxy.metric("switchback_access_denied_total{reason=\"rate\",service=\"app\"}"),
         Some(0.0)
     );
-    let lines = access_log(&log, 13);
+    let lines = access_log(&log, 15);
     let denied: Vec<&serde_json::Value> = lines.iter().filter(|l| l["denied"] == "deny").collect();
-    assert_eq!(denied.len(), 7, "{lines:?}");
+    assert_eq!(denied.len(), 9, "{lines:?}");
     assert!(denied
         .iter()
         .all(|l| l["status"] == 403 && l["service"] == "app"));
@@ -108,6 +126,20 @@ async fn address_rules_deny_first_then_allow_by_the_longest_prefix() {
         .all(|l| l.get("denied").is_none()));
     // The backend never saw a refused request.
     assert_eq!(app.requests.load(std::sync::atomic::Ordering::SeqCst), 6);
+}
+
+/// A blocking connection from the loopback address `source`.
+async fn bind_raw(source: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    let stream = socket.connect(to).await.unwrap().into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    stream
 }
 
 fn htpasswd(file: &std::path::Path, flag: &str, user: &str, password: &str) {
@@ -260,4 +292,52 @@ async fn a_client_over_its_rate_gets_429_and_another_client_is_not_affected() {
         proxy.metric("switchback_access_denied_total{reason=\"rate\",service=\"app\"}"),
         Some(f64::from(limited))
     );
+}
+
+/// The rules hold on pingora's HTTP/2 path too: curl over TLS with ALPN h2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_hold_over_http2() {
+    let app = Upstream::start("blue");
+    let mut proxy = Proxy::unstarted(true);
+    let dir = proxy.dir.path().to_path_buf();
+    let (cert, key) = support::pebble::self_signed(&["app.switchback.test"]);
+    std::fs::write(dir.join("app.pem"), &cert).unwrap();
+    std::fs::write(dir.join("app.key"), &key).unwrap();
+    let users = dir.join("users");
+    htpasswd(&users, "-B", "alice", "wonderland");
+    proxy.launch(&format!(
+        "[services.app]\nhosts = [\"app.switchback.test\"]\nactive = \"blue\"\npools.blue = [\"{}\"]\n\
+         tls = {{ cert = \"{d}/app.pem\", key = \"{d}/app.key\" }}\n\
+         [[services.app.access]]\npath_prefix = \"/admin\"\nbasic_auth = {{ htpasswd = \"{}\" }}\n\
+         [[services.app.access]]\npath_prefix = \"/internal\"\nallow = [\"10.0.0.0/8\"]\n",
+        app.addr,
+        users.display(),
+        d = dir.display()
+    ));
+    let port = proxy.https_port.unwrap();
+    let curl = |path: &str, extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--http2", "--cacert"])
+            .arg(dir.join("app.pem"))
+            .args([
+                "--resolve",
+                &format!("app.switchback.test:{port}:127.0.0.1"),
+            ])
+            .args(["-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+            .args(extra)
+            .arg(format!("https://app.switchback.test:{port}{path}"))
+            .output()
+            .expect("curl is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(curl("/", &[]), "2 200");
+    assert_eq!(curl("/admin/", &[]), "2 401");
+    assert_eq!(curl("/admin/", &["-u", "alice:wonderland"]), "2 200");
+    assert_eq!(curl("/admin/", &["-u", "alice:rabbit"]), "2 401");
+    assert_eq!(curl("/internal/x", &[]), "2 403");
 }

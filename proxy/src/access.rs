@@ -277,8 +277,16 @@ impl Auth {
     }
 }
 
+/// The longest login header checked: SHA-crypt's cost grows with the password's length, so a
+/// client could otherwise buy seconds of a worker's time with one long password. bcrypt reads
+/// 72 bytes at most anyway.
+const MAX_CREDENTIALS: usize = 1024;
+
 /// The user and password of a `Basic` Authorization header.
 fn credentials(header: &[u8]) -> Option<(String, Vec<u8>)> {
+    if header.len() > MAX_CREDENTIALS {
+        return None;
+    }
     let text = std::str::from_utf8(header).ok()?.trim();
     let (scheme, token) = text.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -492,12 +500,14 @@ mod tests {
         let mut bearer = HeaderMap::new();
         bearer.insert("authorization", "Bearer abc".parse().unwrap());
         assert_eq!(access.check("/", client, &bearer), denied);
+        let long = format!("bob:{}", "x".repeat(2000));
+        assert_eq!(access.check("/", client, &basic(&long)), denied);
         let right = Ok(Passed {
             strip_authorization: true,
         });
         assert_eq!(access.check("/", client, &basic("bob:hunter2")), right);
         // Remembered: the second check is a lookup.
-        assert_eq!(access.rules[0].auth.as_ref().unwrap().lock().len(), 4);
+        assert_eq!(access.rules[0].auth.as_ref().unwrap().lock().len(), 5);
         assert_eq!(access.check("/", client, &basic("bob:hunter2")), right);
         assert_eq!(access.check("/", client, &basic("bob:wrong")), denied);
         let header = Denial::Auth {

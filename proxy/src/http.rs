@@ -119,7 +119,7 @@ impl SwitchbackProxy {
     }
 
     /// The answer to a request an access rule refused: 403, 401 or 429. The connection stays
-    /// open for the next request.
+    /// open for the next request; after a request with a body (never read) pingora closes it.
     async fn answer_denial(&self, session: &mut Session, denial: &Denial) -> Result<()> {
         let body = denial.body();
         let mut resp = ResponseHeader::build(denial.status(), Some(4))?;

@@ -1396,8 +1396,16 @@ fn instructions(bench: &Bench) {
     if let Some(other) = other {
         variants.push(("baseline-default", other, port, String::new()));
     }
+    // SWITCHBACK_BENCH_ONLY=switchback-metrics,switchback-access measures only those (and
+    // prints no ratios), for a quick look at one change.
+    let only: Option<Vec<String>> = std::env::var("SWITCHBACK_BENCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(str::to_string).collect());
     let mut results = Vec::new();
     for (name, cmd, port, headers) in &variants {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
+            continue;
+        }
         let (all, request_path, allocs) =
             instructions_per_request(name, cmd, *port, dir.as_path(), headers);
         if (all - request_path).abs() > 1.0 {
@@ -1408,6 +1416,9 @@ fn instructions(bench: &Bench) {
             );
         }
         results.push((*name, all, request_path));
+    }
+    if only.is_some() {
+        return;
     }
     let get = |n: &str| {
         results

@@ -235,3 +235,25 @@ async fn localhost_needs_no_dns_server() {
         assert_eq!((a.status.as_u16(), a.pool.as_str()), (200, "local"));
     }
 }
+
+/// Compose names services with underscores (`flask_server`), and Docker's DNS answers them:
+/// such a name is looked up and served, through a real DNS server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_name_with_an_underscore_resolves_and_serves() {
+    let dns = DnsServer::start();
+    let port = free_port();
+    let _app = Upstream::start_on("flask", SocketAddr::from(([127, 0, 0, 3], port)));
+    dns.add_a("flask_server", &["127.0.0.3"]);
+    let proxy = Proxy::start(&format!(
+        "{}\n[services.app]\nactive = \"blue\"\npools.blue = [\"flask_server:{port}\"]\n",
+        resolver(&dns)
+    ));
+    assert_eq!(get_once(proxy.addr(), "/").await.unwrap().pool, "flask");
+    assert_eq!(
+        backends(&proxy, "blue")
+            .iter()
+            .map(|b| (b.0.clone(), b.1.clone()))
+            .collect::<Vec<_>>(),
+        [(format!("127.0.0.3:{port}"), format!("flask_server:{port}"))]
+    );
+}

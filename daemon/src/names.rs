@@ -15,6 +15,7 @@ use hickory_resolver::config::{
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
+use hickory_resolver::proto::rr::Name;
 use hickory_resolver::TokioResolver;
 use switchback_config::ResolverConfig;
 use switchback_proxy::names::{Answer, Resolved};
@@ -87,7 +88,21 @@ pub async fn lookup(config: &ResolverConfig, hosts: &[String], previous: &Resolv
     for host in hosts {
         let (resolver, host) = (resolver.clone(), host.clone());
         lookups.spawn(async move {
-            let result = tokio::time::timeout(LOOKUP_TIMEOUT, resolver.lookup_ip(host.as_str()))
+            // An ASCII name is looked up as the labels it is, underscores included, as glibc
+            // and Docker's DNS do: Compose names services `flask_server`. hickory's default
+            // reading of a &str is IDNA's, which refuses `_` before any query is sent.
+            let name = if host.is_ascii() {
+                Name::from_ascii(&host)
+            } else {
+                Name::from_utf8(&host)
+            };
+            let lookup = async {
+                match name {
+                    Ok(name) => resolver.lookup_ip(name).await,
+                    Err(_) => resolver.lookup_ip(host.as_str()).await,
+                }
+            };
+            let result = tokio::time::timeout(LOOKUP_TIMEOUT, lookup)
                 .await
                 .map_err(|_| None)
                 .and_then(|r| r.map_err(Some));

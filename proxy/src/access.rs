@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -118,6 +118,7 @@ impl Access {
         path: &str,
         client: Option<IpAddr>,
         headers: &H,
+        now: Option<Instant>,
     ) -> Result<Passed, Denial> {
         let path = normalize(path);
         let Some(rule) = self.rules.iter().find(|r| match &r.prefix {
@@ -144,7 +145,7 @@ impl Access {
             passed.strip_authorization = !auth.config.pass_authorization;
         }
         if let Some(rate) = &rule.rate {
-            rate.take(client, headers, Instant::now())?;
+            rate.take(client, headers, now.unwrap_or_else(Instant::now))?;
         }
         Ok(passed)
     }
@@ -173,10 +174,16 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 /// Borrows in the common case of a path with none of these.
 pub fn normalize(path: &str) -> Cow<'_, str> {
     let bytes = path.as_bytes();
-    let plain = !bytes.contains(&b'%')
-        && !path.contains("//")
-        && !path.contains("/.")
-        && !path.contains('\\');
+    // One pass: no escape, no backslash, no `//` and no `/.`.
+    let mut plain = true;
+    let mut after_slash = false;
+    for &b in bytes {
+        if b == b'%' || b == b'\\' || (after_slash && (b == b'/' || b == b'.')) {
+            plain = false;
+            break;
+        }
+        after_slash = b == b'/';
+    }
     if plain {
         return Cow::Borrowed(path);
     }
@@ -301,6 +308,26 @@ fn credentials(header: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((user, raw[colon + 1..].to_vec()))
 }
 
+/// A hasher that passes a `u64` through: for keys that are keyed hashes already.
+#[derive(Debug, Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// A token bucket per key, kept as the time its bucket will be full again (GCRA): one word a
 /// key.
 #[derive(Debug)]
@@ -312,14 +339,18 @@ struct Limiter {
     tolerance: u64,
     max_keys: usize,
     epoch: Instant,
+    /// Keys the hash of header values (SipHash) ...
     hasher: RandomState,
+    /// ... and of addresses (a folded multiply, as foldhash's: a few instructions).
+    seeds: [u64; 2],
     buckets: Mutex<Buckets>,
 }
 
 #[derive(Debug, Default)]
 struct Buckets {
-    /// Key hash → when its bucket is full again, in nanoseconds since `epoch`.
-    full_at: HashMap<u64, u64>,
+    /// Key hash → when its bucket is full again, in nanoseconds since `epoch`. The keys are
+    /// keyed hashes already, so the map uses them as they are.
+    full_at: HashMap<u64, u64, BuildHasherDefault<Identity>>,
     /// Keys in the order they came, for forgetting the oldest.
     order: VecDeque<u64>,
 }
@@ -334,6 +365,10 @@ impl Limiter {
             max_keys: max_keys.max(1),
             epoch: Instant::now(),
             hasher: RandomState::new(),
+            seeds: {
+                let random = RandomState::new();
+                [random.hash_one(1u8), random.hash_one(2u8) | 1]
+            },
             buckets: Mutex::default(),
         }
     }
@@ -344,20 +379,33 @@ impl Limiter {
         headers: &H,
         now: Instant,
     ) -> Result<(), Denial> {
-        let mut h = self.hasher.build_hasher();
-        match (&self.by, client) {
-            (RateKey::Header(name), _) if headers.first(name).is_some() => {
-                1u8.hash(&mut h);
-                headers.first(name).hash(&mut h);
+        let header = match &self.by {
+            RateKey::Header(name) => headers.first(name),
+            RateKey::Ip => None,
+        };
+        let fold = |x: u64, seed: u64| {
+            let full = u128::from(x ^ self.seeds[0]) * u128::from(seed);
+            (full as u64) ^ ((full >> 64) as u64)
+        };
+        // Tagged, so that no header value hashes as an address does.
+        let key = match (header, client) {
+            (Some(value), _) => {
+                let mut h = self.hasher.build_hasher();
+                h.write(value);
+                h.finish().rotate_left(1) | 1
             }
-            (_, Some(ip)) => {
-                2u8.hash(&mut h);
-                ip.hash(&mut h);
+            (None, Some(IpAddr::V4(ip))) => fold(u64::from(ip.to_bits()), self.seeds[1]) & !1,
+            (None, Some(IpAddr::V6(ip))) => {
+                let bits = ip.to_bits();
+                fold(
+                    fold(bits as u64, self.seeds[1]) ^ (bits >> 64) as u64,
+                    self.seeds[1],
+                ) & !1
             }
             // No address (a Unix socket) and no header: one bucket for all such requests.
-            (_, None) => 3u8.hash(&mut h),
-        }
-        self.take_key(h.finish(), now)
+            (None, None) => 0,
+        };
+        self.take_key(key, now)
     }
 
     fn take_key(&self, key: u64, now: Instant) -> Result<(), Denial> {
@@ -422,7 +470,7 @@ mod tests {
         open.deny = vec!["192.0.2.0/24".parse().unwrap()];
         let access = Access::new(&[open, admin], 10).unwrap();
         let h = HeaderMap::new();
-        let check = |path: &str, client: &str| access.check(path, ip(client), &h);
+        let check = |path: &str, client: &str| access.check(path, ip(client), &h, None);
         assert_eq!(check("/admin/x", "10.1.2.3"), Ok(Passed::default()));
         assert_eq!(check("/admin", "10.1.2.3"), Ok(Passed::default()));
         assert_eq!(check("/admin/x", "10.9.2.3"), Err(Denial::Address));
@@ -451,7 +499,10 @@ mod tests {
             assert_eq!(check(path, "203.0.113.1"), Err(Denial::Address), "{path}");
         }
         // No client address: no address rule passes.
-        assert_eq!(access.check("/admin/", None, &h), Err(Denial::Address));
+        assert_eq!(
+            access.check("/admin/", None, &h, None),
+            Err(Denial::Address)
+        );
     }
 
     #[test]
@@ -463,6 +514,17 @@ mod tests {
         assert_eq!(normalize("/a%"), "/a%");
         assert_eq!(normalize("/.."), "/");
         assert_eq!(normalize("\\admin"), "/admin");
+    }
+
+    impl Access {
+        fn check_at<H: RequestHeaders>(
+            &self,
+            path: &str,
+            client: Option<IpAddr>,
+            headers: &H,
+        ) -> Result<Passed, Denial> {
+            self.check(path, client, headers, None)
+        }
     }
 
     fn users() -> Htpasswd {
@@ -494,22 +556,22 @@ mod tests {
             realm: "admin".into(),
         });
         let client = ip("192.0.2.1");
-        assert_eq!(access.check("/", client, &HeaderMap::new()), denied);
-        assert_eq!(access.check("/", client, &basic("bob:wrong")), denied);
-        assert_eq!(access.check("/", client, &basic("eve:hunter2")), denied);
+        assert_eq!(access.check_at("/", client, &HeaderMap::new()), denied);
+        assert_eq!(access.check_at("/", client, &basic("bob:wrong")), denied);
+        assert_eq!(access.check_at("/", client, &basic("eve:hunter2")), denied);
         let mut bearer = HeaderMap::new();
         bearer.insert("authorization", "Bearer abc".parse().unwrap());
-        assert_eq!(access.check("/", client, &bearer), denied);
+        assert_eq!(access.check_at("/", client, &bearer), denied);
         let long = format!("bob:{}", "x".repeat(2000));
-        assert_eq!(access.check("/", client, &basic(&long)), denied);
+        assert_eq!(access.check_at("/", client, &basic(&long)), denied);
         let right = Ok(Passed {
             strip_authorization: true,
         });
-        assert_eq!(access.check("/", client, &basic("bob:hunter2")), right);
+        assert_eq!(access.check_at("/", client, &basic("bob:hunter2")), right);
         // Remembered: the second check is a lookup.
         assert_eq!(access.rules[0].auth.as_ref().unwrap().lock().len(), 5);
-        assert_eq!(access.check("/", client, &basic("bob:hunter2")), right);
-        assert_eq!(access.check("/", client, &basic("bob:wrong")), denied);
+        assert_eq!(access.check_at("/", client, &basic("bob:hunter2")), right);
+        assert_eq!(access.check_at("/", client, &basic("bob:wrong")), denied);
         let header = Denial::Auth {
             realm: "admin".into(),
         }

@@ -342,6 +342,7 @@ impl ProxyHttp for SwitchbackProxy {
             tls: ctx.tls,
             get_or_head: matches!(req.method, http::Method::GET | http::Method::HEAD),
             declared_length: declared_length(req),
+            now: ctx.started,
         };
         let route = match self.policy.admit(&facts) {
             Admission::Forward(route) => route,

@@ -58,6 +58,9 @@ pub struct Facts<'a, H> {
     pub get_or_head: bool,
     /// The Content-Length the request declares.
     pub declared_length: Option<u64>,
+    /// When the request's head was read, if the path took the time already (rate rules need
+    /// it; they read the clock themselves otherwise).
+    pub now: Option<Instant>,
 }
 
 /// What is to become of a request.
@@ -159,7 +162,7 @@ impl Policy {
     ) -> Result<Passed, Denial> {
         match &route.service().access {
             None => Ok(Passed::default()),
-            Some(access) => access.check(facts.path, facts.client, facts.headers),
+            Some(access) => access.check(facts.path, facts.client, facts.headers, facts.now),
         }
     }
 

@@ -225,7 +225,7 @@ impl Http1 {
     ) -> Outcome {
         let started = self.policy.records().then(Instant::now);
         let mut out = take_buffer();
-        let plan = match self.prepare(&head, conn, &mut out) {
+        let plan = match self.prepare(&head, conn, started, &mut out) {
             Ok(Some(plan)) => plan,
             Ok(None) => {
                 give_buffer(out);
@@ -260,6 +260,7 @@ impl Http1 {
         &self,
         buf: &[u8],
         conn: &Conn<'_>,
+        started: Option<Instant>,
         out: &mut Vec<u8>,
     ) -> Result<Option<Plan>, framing::Refusal> {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -312,6 +313,7 @@ impl Http1 {
                 Framing::Length(n) => Some(n),
                 _ => None,
             },
+            now: started,
         };
         let Admission::Forward(route) = self.policy.admit(&facts) else {
             return Ok(None);
@@ -986,6 +988,17 @@ struct Edits<'a> {
     strip_authorization: bool,
 }
 
+impl Edits<'_> {
+    /// Whether the client's header `name` is the proxy's business: the pool override's header
+    /// or cookie, or the login of an access rule.
+    fn removes(&self, name: &[u8]) -> bool {
+        self.override_header
+            .is_some_and(|o| name.eq_ignore_ascii_case(o.as_bytes()))
+            || (self.override_cookie.is_some() && name.eq_ignore_ascii_case(b"cookie"))
+            || (self.strip_authorization && name.eq_ignore_ascii_case(b"authorization"))
+    }
+}
+
 /// Writes the upstream request head: the request line, the client's headers but those that
 /// are hop by hop, `Expect` (answered here), forwarding headers, overrides, or named by a header
 /// rule; then the forwarding lines, the rules' headers, and the empty line.
@@ -1003,6 +1016,11 @@ fn write_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let named = head.names_headers;
     let trusted = matches!(edits.forwarding, Forwarding::Append { .. });
+    // Whether any header of the client's may be the proxy's own business: rare, so one test
+    // per header in the common case.
+    let removes = edits.override_header.is_some()
+        || edits.override_cookie.is_some()
+        || edits.strip_authorization;
     for h in head.headers {
         let name = h.name.as_bytes();
         if framing::is_hop_by_hop(name)
@@ -1011,11 +1029,7 @@ fn write_request_head(
                 && (!trusted || name.eq_ignore_ascii_case(b"x-forwarded-for")))
             || (named && framing::dropped_by_connection(head.headers, name))
             || (!rules.is_empty() && rules.touches(name))
-            || edits
-                .override_header
-                .is_some_and(|o| name.eq_ignore_ascii_case(o.as_bytes()))
-            || (edits.override_cookie.is_some() && name.eq_ignore_ascii_case(b"cookie"))
-            || (edits.strip_authorization && name.eq_ignore_ascii_case(b"authorization"))
+            || (removes && edits.removes(name))
         {
             continue;
         }

@@ -56,7 +56,7 @@ fn a_compose_stacks_nginx_config_imports_to_a_config_that_passes_check() {
         "conf.d/app.conf:26: proxy_set_header: switchback does not send X-Real-IP",
         "nginx.conf:29: server: max_fails=3: use services.NAME.health",
         "nginx.conf:19: gzip_types: switchback compresses a fixed set of types",
-        "nginx.conf:11: include: the file is not there",
+        "nginx.conf:11: include: file not found: mime.types",
     ] {
         assert!(notes.contains(expected), "{expected:?} not in\n{notes}");
     }

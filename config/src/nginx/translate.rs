@@ -338,6 +338,8 @@ impl Translator {
                 }
             }
             "set_real_ip_from" => push_new(&mut self.real_ip_from, arg(0)),
+            // The parser read every include whose files are there.
+            "include" => self.note(d, format!("file not found: {}", arg(0))),
             "real_ip_header" => self.real_ip_header = Some((arg(0), At::of(d))),
             "limit_conn" => match (arg(1).parse::<u32>(), self.conn_zones.contains(&arg(0))) {
                 (Ok(n), true) => {
@@ -473,7 +475,6 @@ impl Translator {
                 ("events", _) | ("worker_processes" | "worker_connections" | "user" | "pid", _) => {
                     self.note(d, "a process setting: switchback sizes itself ([server] threads, max_connections)")
                 }
-                ("include", None) => self.note(d, "the file is not there"),
                 (
                     "keepalive_timeout" | "client_header_timeout" | "client_body_timeout"
                     | "send_timeout",
@@ -644,13 +645,20 @@ impl Translator {
                 d,
                 format!("= {prefix}: an exact match, imported as a prefix"),
             );
+        } else if prefix != "/" && !prefix.ends_with('/') {
+            self.note(
+                d,
+                format!("{prefix}: switchback matches whole path segments: {prefix} and {prefix}/… are served, {prefix}x is not as nginx's prefix would"),
+            );
         }
         let Some(rest) = url.strip_prefix("http://") else {
             self.note(at, "switchback proxies to backends over plain HTTP");
             return;
         };
         let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        if !path.is_empty() || rest.ends_with('/') && prefix != "/" {
+        // `location /api/ { proxy_pass http://x/api/; }` hands the path on as it came.
+        let same_path = format!("/{path}") == prefix;
+        if !same_path && (!path.is_empty() || rest.ends_with('/') && prefix != "/") {
             self.note(
                 at,
                 "a URI part in proxy_pass rewrites the path; switchback passes the path as it came",
@@ -789,7 +797,12 @@ impl Translator {
             };
             key(&mut out, "read_timeout", &set.read_timeout);
             key(&mut out, "connect_timeout", &set.connect_timeout);
-            key(&mut out, "max_request_body", &set.max_body);
+            match &set.max_body {
+                Some(limit) => key(&mut out, "max_request_body", &Some(limit.clone())),
+                None => out.push_str(
+                    "max_request_body = \"1m\"  # nginx's default client_max_body_size; switchback's own is 100m\n",
+                ),
+            }
             if set.gzip == Some(true) {
                 out.push_str("compress = [\"gzip\"]\n");
                 key(&mut out, "compress_min_length", &set.gzip_min_length);
@@ -841,6 +854,7 @@ fn is_setting_name(name: &str) -> bool {
     matches!(
         name,
         "add_header"
+            | "include"
             | "allow"
             | "deny"
             | "auth_basic"
@@ -1143,5 +1157,32 @@ mod tests {
                 "{notes:#?}"
             );
         }
+    }
+
+    #[test]
+    fn nginx_defaults_and_paths_come_along_without_false_notes() {
+        let (toml, notes) = run("http {\n upstream api { server 127.0.0.1:9000; }\n\
+             server {\n  listen 80;\n  include /nonexistent/snippets/ssl.conf;\n\
+               location /api/ { proxy_pass http://api/api/; }\n\
+               location /ws { proxy_pass http://api; }\n\
+               location /v2/ { client_max_body_size 5m; proxy_pass http://api/v1/; }\n }\n}\n");
+        let config = crate::parse(std::path::Path::new("t.toml"), &toml)
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        // nginx's 1 MB body limit where the config set none, not switchback's 100 MB.
+        let limit = |name: &str| config.service(name).unwrap().max_request_body;
+        assert_eq!(limit("api"), Some(1 << 20));
+        assert_eq!(limit("api-v2"), Some(5 << 20));
+        for expected in [
+            "5: include: file not found: /nonexistent/snippets/ssl.conf",
+            "7: location: /ws: switchback matches whole path segments",
+            "8: proxy_pass: a URI part in proxy_pass rewrites the path",
+        ] {
+            assert!(
+                notes.iter().any(|n| n.starts_with(expected)),
+                "{expected} not in {notes:#?}"
+            );
+        }
+        // The same path in proxy_pass as in the location rewrites nothing.
+        assert!(!notes.iter().any(|n| n.starts_with("6:")), "{notes:#?}");
     }
 }

@@ -90,14 +90,14 @@ async fn address_rules_deny_first_then_allow_by_the_longest_prefix() {
 
     // A refused request with a body is answered, and its connection closed rather than the
     // body read.
-    let mut small = bind_raw("127.0.1.2", proxy.addr()).await;
+    let mut small = raw_connect_from("127.0.1.2", proxy.addr()).await;
     small
         .write_all(b"POST /admin/x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello")
         .unwrap();
     assert_eq!(read_raw_answer(&mut small).map(|a| a.0), Some(403));
     let mut rest = Vec::new();
     assert_eq!(small.read_to_end(&mut rest).unwrap(), 0, "closed");
-    let mut large = bind_raw("127.0.1.2", proxy.addr()).await;
+    let mut large = raw_connect_from("127.0.1.2", proxy.addr()).await;
     large
         .write_all(b"POST /admin/x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10000000\r\n\r\n")
         .unwrap();
@@ -126,20 +126,6 @@ async fn address_rules_deny_first_then_allow_by_the_longest_prefix() {
         .all(|l| l.get("denied").is_none()));
     // The backend never saw a refused request.
     assert_eq!(app.requests.load(std::sync::atomic::Ordering::SeqCst), 6);
-}
-
-/// A blocking connection from the loopback address `source`.
-async fn bind_raw(source: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(std::net::SocketAddr::new(source.parse().unwrap(), 0))
-        .unwrap();
-    let stream = socket.connect(to).await.unwrap().into_std().unwrap();
-    stream.set_nonblocking(false).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    stream
 }
 
 fn htpasswd(file: &std::path::Path, flag: &str, user: &str, password: &str) {

@@ -138,7 +138,7 @@ async fn the_client_behind_haproxy_is_the_client_over_http_with_either_version()
         &b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n"[..],
         b"PROXY TCP4 nonsense\r\n",
     ] {
-        let mut s = bind_connect(BALANCER, proxy.addr()).await;
+        let mut s = raw_connect_from(BALANCER, proxy.addr()).await;
         s.write_all(garbage).unwrap();
         let mut answer = Vec::new();
         let _ = s.read_to_end(&mut answer);
@@ -149,7 +149,7 @@ async fn the_client_behind_haproxy_is_the_client_over_http_with_either_version()
             == Some(before + 2.0)
     });
     // A trusted source that sends nothing at all is closed at client_header_timeout.
-    let mut s = bind_connect(BALANCER, proxy.addr()).await;
+    let mut s = raw_connect_from(BALANCER, proxy.addr()).await;
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     assert!(answer.is_empty());
@@ -157,21 +157,6 @@ async fn the_client_behind_haproxy_is_the_client_over_http_with_either_version()
         proxy.metric("switchback_access_denied_total{reason=\"proxy_protocol\",service=\"\"}"),
         Some(before + 3.0)
     );
-}
-
-/// A blocking connection from the loopback address `source`, with a read deadline past
-/// every deadline under test.
-async fn bind_connect(source: &str, to: SocketAddr) -> std::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(source.parse().unwrap(), 0))
-        .unwrap();
-    let stream = socket.connect(to).await.unwrap().into_std().unwrap();
-    stream.set_nonblocking(false).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    stream
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +224,7 @@ async fn the_header_comes_before_the_tls_handshake_on_https() {
     assert!(text.ends_with('2'), "not HTTP/2: {text}");
     assert_eq!(forwarded_for(&text), Some("127.0.0.1"), "{text}");
     // A trusted source that starts with the TLS handshake, no header: closed.
-    let mut s = bind_connect(BALANCER, https).await;
+    let mut s = raw_connect_from(BALANCER, https).await;
     s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])
         .unwrap();
     let mut answer = Vec::new();

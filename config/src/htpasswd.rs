@@ -206,8 +206,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Writes an htpasswd file in `dir` with one user, bob (password hunter2, bcrypt), for the
+    /// tests of configs that name one.
+    pub(crate) fn write_bob(dir: &Path) -> PathBuf {
+        let path = dir.join("users");
+        std::fs::write(
+            &path,
+            "bob:$2y$04$oNaRnAmvhQSfY010Whl6hO7DiDA7SW2dHCTIeYxtQXkgi4xVWXO9e\n",
+        )
+        .unwrap();
+        path
+    }
 
     // Written by Debian's `htpasswd` (apache2-utils 2.4): -m, -B -C 4, -5, -2.
     const FILE: &str = "\

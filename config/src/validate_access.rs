@@ -248,12 +248,7 @@ mod tests {
     #[test]
     fn rules_are_read_and_sorted_longest_prefix_first() {
         let dir = tempfile::tempdir().unwrap();
-        let users = dir.path().join("users");
-        std::fs::write(
-            &users,
-            "bob:$2y$04$oNaRnAmvhQSfY010Whl6hO7DiDA7SW2dHCTIeYxtQXkgi4xVWXO9e\n",
-        )
-        .unwrap();
+        let users = crate::htpasswd::tests::write_bob(dir.path());
         let c = check(&service(&format!(
             "[[services.app.access]]\nrate = {{ limit = \"300/m\", burst = 5 }}\n\
              [[services.app.access]]\npath_prefix = \"/admin/\"\nallow = [\"10.0.0.0/8\", \"203.0.113.7\"]\ndeny = [\"10.9.0.0/16\"]\n\

@@ -306,6 +306,22 @@ pub fn raw_connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// A blocking connection from the loopback address `source` (any of 127.0.0.0/8), so that the
+/// proxy sees another client, with [`raw_connect`]'s read deadline.
+pub async fn raw_connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    let stream = socket.connect(to).await.unwrap().into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    stream
+}
+
 /// Reads one answer: its status and body (by `content-length`). None if the connection
 /// closed first.
 pub fn read_raw_answer(s: &mut TcpStream) -> Option<(u16, String)> {

@@ -1066,12 +1066,7 @@ mod tests {
     #[test]
     fn access_rules_limits_and_the_proxy_protocol_are_carried_over() {
         let dir = tempfile::tempdir().unwrap();
-        let users = dir.path().join("users");
-        std::fs::write(
-            &users,
-            "bob:$2y$04$oNaRnAmvhQSfY010Whl6hO7DiDA7SW2dHCTIeYxtQXkgi4xVWXO9e\n",
-        )
-        .unwrap();
+        let users = crate::htpasswd::tests::write_bob(dir.path());
         let (toml, notes) = run(&format!(
             "http {{\n\
              limit_req_zone $binary_remote_addr zone=login:10m rate=5r/s;\n\

@@ -286,10 +286,21 @@ pub fn print_status(s: &StatusReply) {
         } else {
             service.hosts.join(", ")
         };
-        println!(
+        let mut line = format!(
             "service {}   hosts {}   prefix {}",
             service.name, hosts, service.path_prefix
         );
+        if !service.listen.is_empty() {
+            line.push_str(&format!("   listen {}", service.listen.join(", ")));
+        }
+        if service.default {
+            line.push_str("   default");
+        }
+        println!("{line}");
+        if let Some(r) = &service.redirect {
+            println!("  redirect {} {}", r.code, r.to);
+            continue;
+        }
         let mut active = format!("  active  {}", service.active);
         if service.active != service.configured_active {
             active.push_str(&format!("   (config file: {})", service.configured_active));

@@ -23,12 +23,14 @@ pub mod reload;
 mod schema;
 pub mod starter;
 pub mod state;
+pub mod template;
 pub mod time;
 pub mod validate;
 mod validate_access;
 mod validate_canary;
 mod validate_fleet;
 mod validate_http;
+mod validate_routes;
 mod validate_service;
 mod validate_tls;
 

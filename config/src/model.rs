@@ -321,6 +321,15 @@ pub struct ServiceConfig {
     /// Lower-case host names; `*.example.com` matches any subdomain. Empty: every host.
     pub hosts: Vec<String>,
     pub path_prefix: String,
+    /// The listeners (`listen.http`/`listen.https` addresses) the service is routed on.
+    /// Empty: every listener.
+    pub listen: Vec<SocketAddr>,
+    /// Serves the requests whose Host no service on its listeners routes (nginx's
+    /// `default_server`).
+    pub default: bool,
+    /// Answers every request with this redirect. Such a service has no pools (and `active`
+    /// is empty).
+    pub redirect: Option<Redirect>,
     pub active: String,
     /// Sorted by name.
     pub pools: Vec<PoolConfig>,
@@ -436,6 +445,22 @@ pub enum LongLivedPolicy {
     Close,
     /// Left open until client or backend ends them.
     Keep,
+}
+
+/// `services.NAME.redirect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// The `Location`, with `$host`, `$request_uri`, `$scheme` and `$server_port` in it.
+    pub to: String,
+    /// 301, 302, 303, 307 or 308.
+    pub code: u16,
+}
+
+impl ServiceConfig {
+    /// Whether the service is routed on `listener` (an address of `listen.http`/`https`).
+    pub fn on_listener(&self, listener: &SocketAddr) -> bool {
+        self.listen.is_empty() || self.listen.contains(listener)
+    }
 }
 
 /// One entry of `request_headers` or `response_headers`.

@@ -223,6 +223,9 @@ fn changed_settings(old: &ServiceConfig, new: &ServiceConfig) -> Vec<&'static st
     };
     check("hosts", old.hosts != new.hosts);
     check("path_prefix", old.path_prefix != new.path_prefix);
+    check("listen", old.listen != new.listen);
+    check("default", old.default != new.default);
+    check("redirect", old.redirect != new.redirect);
     check("health", old.health != new.health);
     check(
         "connect_timeout",

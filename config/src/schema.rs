@@ -142,8 +142,12 @@ pub(crate) struct RawService {
     #[serde(default)]
     pub hosts: Vec<S<String>>,
     pub path_prefix: Option<S<String>>,
-    pub active: S<String>,
-    pub pools: S<RawPools>,
+    /// Listener addresses, as in `[listen]`.
+    pub listen: Option<S<Vec<S<String>>>>,
+    pub default: Option<S<bool>>,
+    pub redirect: Option<S<RawRedirect>>,
+    pub active: Option<S<String>>,
+    pub pools: Option<S<RawPools>>,
     pub health: Option<S<RawHealth>>,
     pub connect_timeout: Option<S<String>>,
     pub read_timeout: Option<S<String>>,
@@ -171,6 +175,13 @@ pub(crate) struct RawService {
     /// `[[services.NAME.access]]`.
     #[serde(default)]
     pub access: Vec<S<RawAccess>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedirect {
+    pub to: S<String>,
+    pub code: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -242,7 +242,7 @@ impl Validator<'_> {
                 services.push(s);
             }
         }
-        self.routes(&raw.services, &services);
+        self.routes(&raw.services, &listen, &services);
         self.tls_listeners(&raw, &listen, &services);
         Config {
             source: path.to_path_buf(),

@@ -4,6 +4,7 @@
 use crate::model::Encoding;
 use crate::model::HeaderRule;
 use crate::schema::*;
+use crate::template::{Template, HEADER_VARS};
 use crate::validate::Validator;
 
 /// Which way a header rule applies.
@@ -114,6 +115,12 @@ impl Validator<'_> {
                     "a header value is printable ASCII on one line, with no space at either end",
                 );
                 continue;
+            }
+            if direction == Direction::Request {
+                if let Err(e) = Template::parse(text, HEADER_VARS) {
+                    self.problem(value.span(), &rule_key, e);
+                    continue;
+                }
             }
             rules.push(HeaderRule {
                 name: lower,

@@ -1,8 +1,6 @@
 //! Validation of `[services.NAME]`: hosts, path prefix, pools and their backends, the active
-//! pool, health checks and timeouts; and of the routes all services make together (no two
-//! services on the same host and prefix).
-
-use std::collections::BTreeMap;
+//! pool, health checks and timeouts. Where requests go (listeners, defaults, redirects, and
+//! the routes all services make together) is `validate_routes`.
 
 use crate::address::{parse_target, Target};
 use crate::model::*;
@@ -48,66 +46,29 @@ impl Validator<'_> {
                 defaults::PATH_PREFIX.to_string()
             }
         };
-        let mut pools = Vec::new();
-        for (pool_name, backends) in raw.pools.get_ref() {
-            let pn = pool_name.get_ref();
-            let pkey = key(&format!("pools.{pn}"));
-            if !valid_name(pn) {
-                self.problem(
-                    pool_name.span(),
-                    &pkey,
-                    "pool names use letters, digits, '-' and '_' (at most 64)",
-                );
-            }
-            let mut addrs: Vec<Target> = Vec::new();
-            for b in backends.get_ref() {
-                match parse_target(b.get_ref()) {
-                    Ok(a) if addrs.contains(&a) => {
-                        self.problem(b.span(), &pkey, format!("{a} is listed twice"))
-                    }
-                    Ok(a) => addrs.push(a),
-                    Err(e) => self.problem(b.span(), &pkey, e),
+        let listen = self.service_listen(raw.listen.as_ref(), &key("listen"));
+        let default = raw.default.as_ref().is_some_and(|d| *d.get_ref());
+        let redirect = raw
+            .redirect
+            .as_ref()
+            .and_then(|r| self.redirect(r, &key("redirect")));
+        let (active, pools) = if raw.redirect.is_some() {
+            for (span, k) in [
+                (raw.pools.as_ref().map(S::span), "pools"),
+                (raw.active.as_ref().map(S::span), "active"),
+            ] {
+                if let Some(span) = span {
+                    self.problem(
+                        span,
+                        key(k),
+                        "a service with a redirect has no pools: remove this, or remove redirect to proxy to pools",
+                    );
                 }
             }
-            if addrs.len() > MAX_BACKENDS_PER_POOL {
-                self.problem(
-                    backends.span(),
-                    &pkey,
-                    format!(
-                        "{} backends: a pool has at most {MAX_BACKENDS_PER_POOL}; split them into several services or put a load balancer in front",
-                        addrs.len()
-                    ),
-                );
-            }
-            pools.push(PoolConfig {
-                name: pn.clone(),
-                backends: addrs,
-            });
-        }
-        if pools.is_empty() {
-            self.problem(
-                raw.pools.span(),
-                key("pools"),
-                "no pools: define at least one, like pools.blue = [\"127.0.0.1:9001\"]",
-            );
-        }
-        let active = raw.active.get_ref().clone();
-        match pools.iter().find(|p| p.name == active) {
-            None => {
-                let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
-                self.problem(
-                    raw.active.span(),
-                    key("active"),
-                    format!("no pool named {active:?} (pools: {})", names.join(", ")),
-                );
-            }
-            Some(p) if p.backends.is_empty() => self.problem(
-                raw.active.span(),
-                key("active"),
-                format!("the active pool {active:?} has no backends"),
-            ),
-            Some(_) => {}
-        }
+            (String::new(), Vec::new())
+        } else {
+            self.pools(name, raw)
+        };
         let health = raw.health.as_ref().map(|h| self.health(n, h));
         let connect_timeout = self.duration(
             &raw.connect_timeout,
@@ -197,6 +158,9 @@ impl Validator<'_> {
             name: n.clone(),
             hosts,
             path_prefix,
+            listen,
+            default,
+            redirect,
             active,
             pools,
             health,
@@ -219,6 +183,90 @@ impl Validator<'_> {
             long_lived,
             upstream,
         })
+    }
+
+    /// `pools` and `active`, which every service but a redirect has.
+    fn pools(&mut self, name: &S<String>, raw: &RawService) -> (String, Vec<PoolConfig>) {
+        let n = name.get_ref();
+        let key = |k: &str| format!("services.{n}.{k}");
+        let mut pools = Vec::new();
+        let Some(raw_pools) = &raw.pools else {
+            self.problem(
+                name.span(),
+                key("pools"),
+                "no pools: define at least one, like pools.blue = [\"127.0.0.1:9001\"] (or give the service a redirect)",
+            );
+            return (String::new(), pools);
+        };
+        for (pool_name, backends) in raw_pools.get_ref() {
+            let pn = pool_name.get_ref();
+            let pkey = key(&format!("pools.{pn}"));
+            if !valid_name(pn) {
+                self.problem(
+                    pool_name.span(),
+                    &pkey,
+                    "pool names use letters, digits, '-' and '_' (at most 64)",
+                );
+            }
+            let mut addrs: Vec<Target> = Vec::new();
+            for b in backends.get_ref() {
+                match parse_target(b.get_ref()) {
+                    Ok(a) if addrs.contains(&a) => {
+                        self.problem(b.span(), &pkey, format!("{a} is listed twice"))
+                    }
+                    Ok(a) => addrs.push(a),
+                    Err(e) => self.problem(b.span(), &pkey, e),
+                }
+            }
+            if addrs.len() > MAX_BACKENDS_PER_POOL {
+                self.problem(
+                    backends.span(),
+                    &pkey,
+                    format!(
+                        "{} backends: a pool has at most {MAX_BACKENDS_PER_POOL}; split them into several services or put a load balancer in front",
+                        addrs.len()
+                    ),
+                );
+            }
+            pools.push(PoolConfig {
+                name: pn.clone(),
+                backends: addrs,
+            });
+        }
+        if pools.is_empty() {
+            self.problem(
+                raw_pools.span(),
+                key("pools"),
+                "no pools: define at least one, like pools.blue = [\"127.0.0.1:9001\"]",
+            );
+        }
+        let Some(raw_active) = &raw.active else {
+            let first = pools.first().map_or("blue", |p| p.name.as_str());
+            self.problem(
+                name.span(),
+                key("active"),
+                format!("no active pool: say which pool serves, like active = {first:?}"),
+            );
+            return (String::new(), pools);
+        };
+        let active = raw_active.get_ref().clone();
+        match pools.iter().find(|p| p.name == active) {
+            None => {
+                let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+                self.problem(
+                    raw_active.span(),
+                    key("active"),
+                    format!("no pool named {active:?} (pools: {})", names.join(", ")),
+                );
+            }
+            Some(p) if p.backends.is_empty() => self.problem(
+                raw_active.span(),
+                key("active"),
+                format!("the active pool {active:?} has no backends"),
+            ),
+            Some(_) => {}
+        }
+        (active, pools)
     }
 
     fn retry_on(&mut self, raw: &Option<S<Vec<S<String>>>>, key: &str) -> RetryOn {
@@ -287,52 +335,6 @@ impl Validator<'_> {
             timeout,
             healthy_threshold,
             unhealthy_threshold,
-        }
-    }
-
-    /// Two services may not claim the same host and path prefix, and only one may take every
-    /// host for a given prefix.
-    pub(crate) fn routes(
-        &mut self,
-        raw: &BTreeMap<S<String>, S<RawService>>,
-        services: &[ServiceConfig],
-    ) {
-        let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
-        for service in services {
-            let raw_service = raw
-                .iter()
-                .find(|(k, _)| k.get_ref() == &service.name)
-                .map(|(_, v)| v.get_ref());
-            let Some(raw_service) = raw_service else {
-                continue;
-            };
-            if service.hosts.is_empty() {
-                let route = (String::new(), service.path_prefix.clone());
-                if let Some(other) = seen.insert(route, &service.name) {
-                    let span = raw_service.active.span();
-                    self.problem(
-                        span,
-                        format!("services.{}.hosts", service.name),
-                        format!(
-                            "both {other:?} and {:?} take every host (hosts = []) for path prefix {:?}: give one of them hosts or a different path_prefix",
-                            service.name, service.path_prefix
-                        ),
-                    );
-                }
-            }
-            for (host, raw_host) in service.hosts.iter().zip(&raw_service.hosts) {
-                let route = (host.clone(), service.path_prefix.clone());
-                if let Some(other) = seen.insert(route, &service.name) {
-                    self.problem(
-                        raw_host.span(),
-                        format!("services.{}.hosts", service.name),
-                        format!(
-                            "host {host:?} with path prefix {:?} is already routed to service {other:?}",
-                            service.path_prefix
-                        ),
-                    );
-                }
-            }
         }
     }
 }

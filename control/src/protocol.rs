@@ -493,7 +493,16 @@ pub struct ServiceStatus {
     pub name: String,
     pub hosts: Vec<String>,
     pub path_prefix: String,
-    /// The pool new requests go to now.
+    /// The listeners the service is routed on (`services.NAME.listen`); empty: every one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<String>,
+    /// Serves the names no service on its listeners has.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
+    /// The service answers every request with this redirect (and has no pools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectView>,
+    /// The pool new requests go to now (empty for a redirect).
     pub active: String,
     /// The pool the config file names; differs from `active` after a switch.
     pub configured_active: String,
@@ -507,6 +516,12 @@ pub struct ServiceStatus {
     #[serde(default)]
     pub rollout: Option<RolloutStatus>,
     pub pools: Vec<PoolStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RedirectView {
+    pub to: String,
+    pub code: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

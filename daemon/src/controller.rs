@@ -385,8 +385,14 @@ impl Controller {
                 name: n.to_string(),
                 known: known(),
             }),
-            None if config.services.len() == 1 => Ok(config.services[0].name.clone()),
-            None => Err(DeployError::ServiceRequired { known: known() }),
+            None => {
+                // Redirects have no pools to change: the one service with pools is meant.
+                let mut with_pools = config.services.iter().filter(|s| s.redirect.is_none());
+                match (with_pools.next(), with_pools.next()) {
+                    (Some(only), None) => Ok(only.name.clone()),
+                    _ => Err(DeployError::ServiceRequired { known: known() }),
+                }
+            }
         }
     }
 
@@ -1103,12 +1109,16 @@ impl Controller {
         route.pool(pool).ok_or_else(|| DeployError::UnknownPool {
             service: route.name().to_string(),
             pool: pool.to_string(),
-            known: route
-                .pools
-                .iter()
-                .map(|p| p.name.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            known: if route.redirect.is_some() {
+                "none: it answers every request with its redirect".to_string()
+            } else {
+                route
+                    .pools
+                    .iter()
+                    .map(|p| p.name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
         })
     }
 

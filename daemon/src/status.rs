@@ -6,8 +6,8 @@
 //! dashboard can never disagree about which pool is active or which backend is down.
 
 use switchback_control::{
-    BackendHealth, BackendStatus, CanaryView, FleetNode, FleetStatus, PoolStatus, RolloutStatus,
-    ServiceStatus, SplitShare, StatusReply,
+    BackendHealth, BackendStatus, CanaryView, FleetNode, FleetStatus, PoolStatus, RedirectView,
+    RolloutStatus, ServiceStatus, SplitShare, StatusReply,
 };
 use switchback_proxy::health::Health;
 use switchback_proxy::names::Resolved;
@@ -68,7 +68,17 @@ fn service_status(controller: &Controller, route: &ServiceRoute) -> ServiceStatu
         name: route.name().to_string(),
         hosts: route.config.hosts.clone(),
         path_prefix: route.config.path_prefix.clone(),
-        active: route.active_pool().name.to_string(),
+        listen: route.config.listen.iter().map(|a| a.to_string()).collect(),
+        default: route.config.default,
+        redirect: route.config.redirect.as_ref().map(|r| RedirectView {
+            to: r.to.clone(),
+            code: r.code,
+        }),
+        active: route
+            .pools
+            .get(route.split.active)
+            .map(|p| p.name.to_string())
+            .unwrap_or_default(),
         configured_active: route.config.active.clone(),
         previous: route.rollback_to.map(|i| route.pools[i].name.to_string()),
         split: route

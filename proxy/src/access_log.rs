@@ -30,6 +30,7 @@ use prometheus::IntCounter;
 
 pub use crate::host_and_path::HostAndPath;
 use crate::lane;
+use crate::request_id::RequestId;
 use crate::text::{push_ip, push_padded, push_u64};
 
 /// How a line looks.
@@ -65,6 +66,8 @@ pub struct AccessRecord {
     pub reused: Option<bool>,
     /// Refused by an access rule, for this reason (`deny`, `auth`, `rate`).
     pub denied: Option<&'static str>,
+    /// `$request_id`; None: one the log makes (the request had none, and sent none on).
+    pub request_id: Option<RequestId>,
 }
 
 impl AccessRecord {
@@ -366,6 +369,21 @@ pub fn format_record(r: &AccessRecord, time: SystemTime, format: Format, out: &m
                 out.push_str(reason);
                 out.push('"');
             }
+            match &r.request_id {
+                Some(RequestId::Given(id)) => {
+                    out.push_str(",\"request_id\":");
+                    json_str(id, out);
+                }
+                // Only the log has the id: it is made here, off the request's thread.
+                fresh => {
+                    out.push_str(",\"request_id\":\"");
+                    fresh
+                        .clone()
+                        .unwrap_or_else(RequestId::fresh)
+                        .push_str_to(out);
+                    out.push('"');
+                }
+            }
             out.push_str(",\"retries\":");
             push_u64(out, r.retries as u64);
             out.push_str(if r.forced {
@@ -403,6 +421,9 @@ pub fn format_record(r: &AccessRecord, time: SystemTime, format: Format, out: &m
             }
             if let Some(reason) = r.denied {
                 out.insert_str(out.len() - 1, &format!(" denied={reason}"));
+            }
+            if let Some(id) = &r.request_id {
+                out.insert_str(out.len() - 1, &format!(" request_id={id}"));
             }
         }
     }
@@ -514,6 +535,7 @@ mod tests {
             method: http::Method::GET,
             forced: false,
             retries: 0,
+            request_id: None,
             status: 200,
             bytes: 12,
             duration: Duration::from_micros(1500),
@@ -545,6 +567,18 @@ mod tests {
         assert_eq!(v["reused"], true);
         assert_eq!(v["retries"], 0);
         assert_eq!(v["forced"], false);
+        // A request with no id of its own gets one here; a given one is kept, escaped.
+        let id = v["request_id"].as_str().unwrap();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        let mut r = record();
+        r.request_id = RequestId::given(b"a\"b");
+        line.clear();
+        format_record(&r, time(), Format::Json, &mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["request_id"], "a\"b");
     }
 
     #[test]

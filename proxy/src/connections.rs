@@ -586,6 +586,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
         }
         let forwarding = self.limits.forwarding(&stream);
         let peer = peer_ip(&stream);
+        let socket = stream.get_socket_digest();
         let tls = stream.get_ssl_digest().is_some();
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut reused = false;
@@ -626,6 +627,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             if let Some(http1) = &self.http1 {
                 let conn = h1::Conn {
                     peer,
+                    socket: socket.as_deref(),
                     tls,
                     forwarding: forwarding.as_ref().map(Forwarding::lines),
                     stopping: stopping_now(),

@@ -4,45 +4,124 @@
 //! A rule sets a header, replacing every value the message had, or removes it. Rules run after
 //! the proxy's own headers (forwarding headers, HSTS), so the service has the last word.
 
+use std::net::IpAddr;
+
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
+use switchback_config::template::{Piece, Template, Var, HEADER_VARS};
 use switchback_config::HeaderRule;
+
+use crate::request_id::RequestId;
+use crate::routing::normalize_request_host;
 
 /// The rules of one direction, ready to apply.
 #[derive(Debug, Default)]
 pub struct HeaderRules {
-    rules: Vec<(HeaderName, Option<HeaderValue>)>,
+    rules: Vec<(HeaderName, Option<Value>)>,
+    /// Some rule's value has `$request_id`.
+    request_id: bool,
+}
+
+/// A value to set: the same for every request, or with variables (request rules only).
+#[derive(Debug)]
+enum Value {
+    Fixed(HeaderValue),
+    Vars(Template),
+}
+
+/// What a request's variables stand for.
+pub struct Vars<'a> {
+    /// The client, after `trusted_proxies` and the PROXY protocol.
+    pub client: Option<IpAddr>,
+    /// The Host header (or authority) as the client sent it.
+    pub host: &'a str,
+    pub tls: bool,
+    pub request_id: Option<&'a RequestId>,
+    /// The peer's port.
+    pub remote_port: Option<u16>,
+}
+
+impl Vars<'_> {
+    fn push(&self, var: Var, out: &mut Vec<u8>) {
+        use std::io::Write;
+        match var {
+            Var::ClientIp => {
+                if let Some(ip) = self.client {
+                    let _ = write!(out, "{ip}");
+                }
+            }
+            Var::Host => out.extend_from_slice(normalize_request_host(self.host).as_bytes()),
+            Var::Scheme => out.extend_from_slice(if self.tls { b"https" } else { b"http" }),
+            Var::RequestId => {
+                if let Some(id) = self.request_id {
+                    id.push_to(out);
+                }
+            }
+            Var::RemotePort => {
+                if let Some(port) = self.remote_port {
+                    let _ = write!(out, "{port}");
+                }
+            }
+            // Not request header variables: validation refuses them there.
+            Var::RequestUri | Var::ServerPort => {}
+        }
+    }
+
+    fn expand(&self, template: &Template, out: &mut Vec<u8>) {
+        for piece in &template.0 {
+            match piece {
+                Piece::Text(text) => out.extend_from_slice(text.as_bytes()),
+                Piece::Var(var) => self.push(*var, out),
+            }
+        }
+    }
 }
 
 impl HeaderRules {
     /// Validation let only valid names and values through; a rule that still does not parse is
-    /// left out rather than failing every request.
-    pub fn compile(rules: &[HeaderRule]) -> HeaderRules {
-        let rules = rules
+    /// left out rather than failing every request. Request rules may have variables; answer
+    /// rules are taken as written.
+    pub fn compile(rules: &[HeaderRule], request: bool) -> HeaderRules {
+        let rules: Vec<(HeaderName, Option<Value>)> = rules
             .iter()
             .filter_map(|rule| {
                 let name = HeaderName::from_bytes(rule.name.as_bytes()).ok()?;
                 let value = match &rule.value {
-                    Some(v) => Some(HeaderValue::from_str(v).ok()?),
                     None => None,
+                    Some(v) if !request => Some(Value::Fixed(HeaderValue::from_str(v).ok()?)),
+                    Some(v) => {
+                        let template = Template::parse(v, HEADER_VARS).ok()?;
+                        Some(match template.fixed() {
+                            Some(text) => Value::Fixed(HeaderValue::from_str(text).ok()?),
+                            None => Value::Vars(template),
+                        })
+                    }
                 };
                 Some((name, value))
             })
             .collect();
-        HeaderRules { rules }
+        let request_id = rules
+            .iter()
+            .any(|(_, v)| matches!(v, Some(Value::Vars(t)) if t.uses(Var::RequestId)));
+        HeaderRules { rules, request_id }
     }
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
-    pub fn apply_to_request(&self, req: &mut RequestHeader) -> Result<()> {
-        self.apply(req)
+    /// Whether a rule sends `$request_id`: the request needs an id.
+    pub fn uses_request_id(&self) -> bool {
+        self.request_id
+    }
+
+    pub fn apply_to_request(&self, req: &mut RequestHeader, vars: &Vars<'_>) -> Result<()> {
+        self.apply(req, Some(vars))
     }
 
     pub fn apply_to_response(&self, resp: &mut ResponseHeader) -> Result<()> {
-        self.apply(resp)
+        self.apply(resp, None)
     }
 
     /// Whether a rule names the header `name`: a head written as bytes leaves its lines out,
@@ -55,21 +134,37 @@ impl HeaderRules {
 
     /// Writes the header lines the rules set, for a head written as bytes (whose lines that
     /// [`HeaderRules::touches`] were left out): the same result as [`HeaderRules::apply_to_request`].
-    pub fn write_sets(&self, out: &mut Vec<u8>) {
+    /// Answer rules have no variables: `vars` is None for them.
+    pub fn write_sets(&self, out: &mut Vec<u8>, vars: Option<&Vars<'_>>) {
         for (name, value) in &self.rules {
-            if let Some(value) = value {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
+            let Some(value) = value else { continue };
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            match value {
+                Value::Fixed(v) => out.extend_from_slice(v.as_bytes()),
+                Value::Vars(template) => {
+                    if let Some(vars) = vars {
+                        vars.expand(template, out)
+                    }
+                }
             }
+            out.extend_from_slice(b"\r\n");
         }
     }
 
-    fn apply(&self, message: &mut impl Message) -> Result<()> {
+    fn apply(&self, message: &mut impl Message, vars: Option<&Vars<'_>>) -> Result<()> {
         for (name, value) in &self.rules {
             match value {
-                Some(v) => message.set(name.clone(), v.clone())?,
+                Some(Value::Fixed(v)) => message.set(name.clone(), v.clone())?,
+                Some(Value::Vars(template)) => {
+                    let Some(vars) = vars else { continue };
+                    let mut bytes = Vec::new();
+                    vars.expand(template, &mut bytes);
+                    // Every variable expands to visible ASCII (a Host header is one already).
+                    if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+                        message.set(name.clone(), v)?;
+                    }
+                }
                 // pingora's removal rebuilds its case map: only when there is something to remove.
                 None if message.has(name) => message.unset(name),
                 None => {}
@@ -118,7 +213,7 @@ mod tests {
                 value: (!v.is_empty()).then(|| v.to_string()),
             })
             .collect();
-        HeaderRules::compile(&list)
+        HeaderRules::compile(&list, true)
     }
 
     #[test]
@@ -142,8 +237,45 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("host", "example.com").unwrap();
         rules(&[("host", "app.internal")])
-            .apply_to_request(&mut req)
+            .apply_to_request(&mut req, &vars(None))
             .unwrap();
         assert_eq!(req.headers["host"], "app.internal");
+    }
+
+    fn vars(id: Option<&RequestId>) -> Vars<'_> {
+        Vars {
+            client: Some("203.0.113.7".parse().unwrap()),
+            host: "Example.COM:8443",
+            tls: true,
+            request_id: id,
+            remote_port: Some(50123),
+        }
+    }
+
+    #[test]
+    fn variables_expand_alike_on_both_paths() {
+        let rules = rules(&[
+            ("x-real-ip", "$client_ip"),
+            ("x-origin", "$scheme://$host from port $remote_port"),
+            ("x-request-id", "$request_id"),
+            ("x-price", "$$5"),
+        ]);
+        assert!(rules.uses_request_id());
+        let id = RequestId::Given("abc".into());
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        rules.apply_to_request(&mut req, &vars(Some(&id))).unwrap();
+        assert_eq!(req.headers["x-real-ip"], "203.0.113.7");
+        assert_eq!(
+            req.headers["x-origin"],
+            "https://example.com from port 50123"
+        );
+        assert_eq!(req.headers["x-request-id"], "abc");
+        assert_eq!(req.headers["x-price"], "$5");
+        let mut out = Vec::new();
+        rules.write_sets(&mut out, Some(&vars(Some(&id))));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "x-real-ip: 203.0.113.7\r\nx-origin: https://example.com from port 50123\r\nx-request-id: abc\r\nx-price: $5\r\n"
+        );
     }
 }

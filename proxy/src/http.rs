@@ -29,12 +29,14 @@ use switchback_config::Encoding;
 use crate::access::Denial;
 use crate::access_log::AccessLog;
 use crate::compress;
+use crate::headers::Vars;
 use crate::host_and_path::HostAndPath;
 use crate::long_lived::LongLivedGuard;
 use crate::metrics::Metrics;
 use crate::policy::{Admission, Ending, Facts, Policy};
 use crate::pool::{InFlight, Tried};
 use crate::read_deadline;
+use crate::request_id::RequestId;
 use crate::retry::{self, FailedAttempt, Failure, RetryReason};
 use crate::routing::{normalize_request_host, RoutingTable};
 use crate::split;
@@ -160,6 +162,18 @@ impl SwitchbackProxy {
         session.write_response_header(Box::new(resp), true).await
     }
 
+    async fn answer_redirect(
+        &self,
+        session: &mut Session,
+        code: u16,
+        location: String,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(code, Some(3))?;
+        resp.insert_header("location", location)?;
+        resp.insert_header("content-length", "0")?;
+        session.write_response_header(Box::new(resp), true).await
+    }
+
     async fn answer_challenge(
         &self,
         session: &mut Session,
@@ -256,6 +270,8 @@ pub struct RequestCtx {
     /// For the access log only: the Host header (or authority) as the client sent it; the
     /// path and query are appended at the end.
     host_and_path: HostAndPath,
+    /// `$request_id`, when the log or a header rule wants it.
+    request_id: Option<RequestId>,
 }
 
 impl RequestCtx {
@@ -343,6 +359,7 @@ impl ProxyHttp for SwitchbackProxy {
             get_or_head: matches!(req.method, http::Method::GET | http::Method::HEAD),
             declared_length: declared_length(req),
             now: ctx.started,
+            socket: session.digest().and_then(|d| d.socket_digest.as_deref()),
         };
         let route = match self.policy.admit(&facts) {
             Admission::Forward(route) => route,
@@ -358,6 +375,18 @@ impl ProxyHttp for SwitchbackProxy {
                 let host = normalize_request_host(raw_host).into_owned();
                 ctx.answered_here = true;
                 Box::pin(self.redirect_to_https(session, &host)).await?;
+                return Ok(true);
+            }
+            Admission::Moved { table, service } => {
+                let Some(redirect) = &table.services[service].redirect else {
+                    return Ok(false);
+                };
+                let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                let port = facts.local().map(|a| a.port());
+                let location = redirect.location(raw_host, uri, ctx.tls, port);
+                let code = redirect.code;
+                ctx.answered_here = true;
+                Box::pin(self.answer_redirect(session, code, location)).await?;
                 return Ok(true);
             }
             Admission::NoService => {
@@ -395,6 +424,15 @@ impl ProxyHttp for SwitchbackProxy {
                     .get(http::header::ACCEPT_ENCODING),
                 &config.compress,
             );
+        }
+        let given = || {
+            let value = session.req_header().headers.get("x-request-id");
+            value.map(|v| v.as_bytes())
+        };
+        if route.service().request_headers.uses_request_id() {
+            ctx.request_id = Some(RequestId::of(given()));
+        } else if self.policy.access_log.is_some() {
+            ctx.request_id = given().and_then(RequestId::given);
         }
         ctx.service = route.service;
         ctx.pool = route.pool;
@@ -554,7 +592,24 @@ impl ProxyHttp for SwitchbackProxy {
             set_forwarding_headers(upstream_request, ctx)?;
         }
         if let Some((service, _)) = ctx.route().filter(|(s, _)| !s.request_headers.is_empty()) {
-            service.request_headers.apply_to_request(upstream_request)?;
+            let req = session.req_header();
+            let vars = Vars {
+                client: ctx.client,
+                host: req
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                    .unwrap_or(""),
+                tls: ctx.tls,
+                request_id: ctx.request_id.as_ref(),
+                remote_port: crate::policy::peer_port(
+                    session.digest().and_then(|d| d.socket_digest.as_deref()),
+                ),
+            };
+            service
+                .request_headers
+                .apply_to_request(upstream_request, &vars)?;
         }
         Ok(())
     }
@@ -912,6 +967,7 @@ impl SwitchbackProxy {
             retries: ctx.attempts.saturating_sub(1),
             reused: ctx.reused,
             denied: ctx.denied,
+            request_id: ctx.request_id.take(),
         })
     }
 }

@@ -43,6 +43,7 @@ pub mod pool;
 pub mod proxy_protocol;
 pub mod read_deadline;
 mod recycle;
+pub mod request_id;
 pub mod retry;
 pub mod routing;
 pub mod split;

@@ -8,11 +8,12 @@
 //!   untrusted `X-Forwarded-For` hop);
 //! - [`Ending::record`]: what the end of a request counts and logs.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use pingora::protocols::SocketDigest;
 
 use switchback_certs::challenge::CHALLENGE_PREFIX;
 use switchback_certs::ChallengeStore;
@@ -23,6 +24,7 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::host_and_path::HostAndPath;
 use crate::metrics::{status_class, ClientCounters, Metrics};
 use crate::pool::{InFlight, Pool, Tried};
+use crate::request_id::RequestId;
 use crate::retry::RetryReason;
 use crate::routing::{RoutingTable, ServiceRoute};
 use crate::split::{self, RequestHeaders};
@@ -61,6 +63,26 @@ pub struct Facts<'a, H> {
     /// When the request's head was read, if the path took the time already (rate rules need
     /// it; they read the clock themselves otherwise).
     pub now: Option<Instant>,
+    /// The connection's socket: its local address says which listener took the request.
+    pub socket: Option<&'a SocketDigest>,
+}
+
+impl<H> Facts<'_, H> {
+    /// The listener's address the connection came to (asked of the socket once per
+    /// connection, and only when routes differ by listener).
+    pub fn local(&self) -> Option<SocketAddr> {
+        local_addr(self.socket)
+    }
+}
+
+/// A socket's local address.
+pub fn local_addr(socket: Option<&SocketDigest>) -> Option<SocketAddr> {
+    socket?.local_addr()?.as_inet().copied()
+}
+
+/// A socket's peer's port (after a PROXY header, the client's).
+pub fn peer_port(socket: Option<&SocketDigest>) -> Option<u16> {
+    Some(socket?.peer_addr()?.as_inet()?.port())
 }
 
 /// What is to become of a request.
@@ -70,6 +92,11 @@ pub enum Admission {
     Challenge,
     /// A plain HTTP request to a service that redirects to HTTPS.
     Redirect,
+    /// To a redirect service: answered with its redirect.
+    Moved {
+        table: Arc<RoutingTable>,
+        service: usize,
+    },
     /// No service routes this host and path: 503.
     NoService,
     /// The declared body is over the service's `max_request_body`: 413, and close.
@@ -181,9 +208,17 @@ impl Policy {
         }
         let route = loop {
             let table = self.table.load_full();
-            let Some((service_index, service)) = table.route(facts.host, facts.path) else {
+            let Some((service_index, service)) =
+                table.route(|| facts.local(), facts.host, facts.path)
+            else {
                 return Admission::NoService;
             };
+            if service.redirect.is_some() {
+                return Admission::Moved {
+                    service: service_index,
+                    table,
+                };
+            }
             if service.config.https_redirect && !facts.tls {
                 return Admission::Redirect;
             }
@@ -336,6 +371,8 @@ pub struct Ending {
     pub reused: Option<bool>,
     /// Refused by the service's access rules, for this reason: no pool counts it.
     pub denied: Option<&'static str>,
+    /// For the access log (None when the log is off).
+    pub request_id: Option<RequestId>,
 }
 
 impl Ending {
@@ -378,6 +415,7 @@ impl Ending {
                 retries: self.retries,
                 reused: self.reused,
                 denied: self.denied,
+                request_id: self.request_id,
                 status: self.status,
                 bytes,
                 duration: elapsed,

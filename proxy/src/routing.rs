@@ -6,14 +6,18 @@
 //! did not change, so health and counters carry over) and swaps it in whole. The control
 //! plane (the `switchback-daemon` crate) is the one writer.
 //!
-//! Routing is by Host (exact name, then `*.suffix`, then the catch-all service), then by the
-//! longest matching path prefix.
+//! Routing is by listener (a service with `listen` is on those listeners only), then by Host
+//! (exact name, then `*.suffix`, then the catch-all service, then the listener's default
+//! service for a name no service has), then by the longest matching path prefix. When no
+//! service names listeners or is a default, every listener shares one index, and the
+//! connection's local address is never asked for.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pingora::upstreams::peer::HttpPeer;
+use switchback_config::template::{Template, Var, REDIRECT_VARS};
 use switchback_config::{Config, LiveState, ServiceConfig, Target};
 
 use crate::access::Access;
@@ -30,7 +34,10 @@ pub struct RoutingTable {
     pub generation: u64,
     /// In config order (sorted by name).
     pub services: Vec<ServiceRoute>,
+    /// The routes of a request on any listener.
     hosts: HostIndex,
+    /// Per listener, when some service names listeners or is a default (else empty).
+    by_listener: Vec<(SocketAddr, HostIndex)>,
 }
 
 /// A service as routed in one generation.
@@ -53,6 +60,35 @@ pub struct ServiceRoute {
     pub response_headers: HeaderRules,
     /// `[[services.NAME.access]]` with its state; None: the service has no rules.
     pub access: Option<Arc<Access>>,
+    /// `redirect`: the service answers every request with it, and has no pools.
+    pub redirect: Option<RedirectRoute>,
+}
+
+/// A redirect service's answer, ready to expand.
+#[derive(Debug)]
+pub struct RedirectRoute {
+    pub code: u16,
+    to: Template,
+}
+
+impl RedirectRoute {
+    /// The `Location` for a request: `host` as sent, `uri` its path and query, `port` the
+    /// listener's.
+    pub fn location(&self, host: &str, uri: &str, tls: bool, port: Option<u16>) -> String {
+        let mut out = String::new();
+        self.to.expand(&mut out, |var, out| match var {
+            Var::Host => out.push_str(&normalize_request_host(host)),
+            Var::RequestUri => out.push_str(uri),
+            Var::Scheme => out.push_str(if tls { "https" } else { "http" }),
+            Var::ServerPort => {
+                let port = port.unwrap_or(if tls { 443 } else { 80 });
+                out.push_str(&port.to_string())
+            }
+            // Not redirect variables: validation refuses them there.
+            _ => {}
+        });
+        out
+    }
 }
 
 impl ServiceRoute {
@@ -82,6 +118,8 @@ struct HostIndex {
     /// `(".example.com", …)` for `*.example.com`, longest suffix first.
     wildcard: Vec<(Box<str>, Prefixes)>,
     any: Prefixes,
+    /// The default service's host's routes, for a name that no service has.
+    fallback: Option<Prefixes>,
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -107,10 +145,19 @@ fn first_match(prefixes: &Prefixes, path: &str) -> Option<usize> {
 }
 
 impl HostIndex {
-    fn build(services: &[ServiceRoute]) -> HostIndex {
+    /// The index of the services `on` takes (by their index), with `default` the listener's
+    /// default service, if any.
+    fn build(
+        services: &[ServiceRoute],
+        on: impl Fn(&ServiceConfig) -> bool,
+        default: Option<usize>,
+    ) -> HostIndex {
         let mut index = HostIndex::default();
         let mut wildcard: HashMap<Box<str>, Prefixes> = HashMap::new();
         for (i, service) in services.iter().enumerate() {
+            if !on(&service.config) {
+                continue;
+            }
             let prefix: Box<str> = service.config.path_prefix.as_str().into();
             if service.config.hosts.is_empty() {
                 index.any.push((prefix.clone(), i));
@@ -138,6 +185,17 @@ impl HostIndex {
         index.exact.values_mut().for_each(by_length);
         index.wildcard.iter_mut().for_each(|(_, p)| by_length(p));
         by_length(&mut index.any);
+        // A default with hosts = [] takes every name already.
+        index.fallback = default
+            .and_then(|i| services[i].config.hosts.first())
+            .and_then(|host| match host.strip_prefix('*') {
+                Some(suffix) => index
+                    .wildcard
+                    .iter()
+                    .find(|(s, _)| **s == *suffix)
+                    .map(|(_, p)| p.clone()),
+                None => index.exact.get(host.as_str()).cloned(),
+            });
         index
     }
 
@@ -148,19 +206,36 @@ impl HostIndex {
     }
 
     fn lookup(&self, host: &str, path: &str) -> Option<usize> {
+        // Whether some service has this name: then the default is not the name's.
+        let mut named = false;
         if !self.exact.is_empty() {
-            if let Some(found) = self.exact.get(host).and_then(|p| first_match(p, path)) {
-                return Some(found);
-            }
-        }
-        for (suffix, prefixes) in &self.wildcard {
-            if host.len() > suffix.len() && host.ends_with(&**suffix) {
+            if let Some(prefixes) = self.exact.get(host) {
+                named = true;
                 if let Some(found) = first_match(prefixes, path) {
                     return Some(found);
                 }
             }
         }
-        first_match(&self.any, path)
+        for (suffix, prefixes) in &self.wildcard {
+            if host.len() > suffix.len() && host.ends_with(&**suffix) {
+                named = true;
+                if let Some(found) = first_match(prefixes, path) {
+                    return Some(found);
+                }
+            }
+        }
+        first_match(&self.any, path).or_else(|| match &self.fallback {
+            Some(fallback) if !named => first_match(fallback, path),
+            _ => None,
+        })
+    }
+
+    fn route(&self, raw_host: &str, path: &str) -> Option<usize> {
+        if self.by_host() {
+            self.lookup(&normalize_request_host(raw_host), path)
+        } else {
+            first_match(&self.any, path)
+        }
     }
 }
 
@@ -182,14 +257,40 @@ pub fn normalize_request_host(raw: &str) -> std::borrow::Cow<'_, str> {
 
 impl RoutingTable {
     /// The service for a request, by its Host header (or authority) as sent and its path.
+    /// `local` gives the connection's local address, asked for only when routes differ by
+    /// listener.
     #[inline]
-    pub fn route(&self, raw_host: &str, path: &str) -> Option<(usize, &ServiceRoute)> {
-        let index = if self.hosts.by_host() {
-            self.hosts.lookup(&normalize_request_host(raw_host), path)?
+    pub fn route(
+        &self,
+        local: impl FnOnce() -> Option<SocketAddr>,
+        raw_host: &str,
+        path: &str,
+    ) -> Option<(usize, &ServiceRoute)> {
+        let hosts = if self.by_listener.is_empty() {
+            &self.hosts
         } else {
-            first_match(&self.hosts.any, path)?
+            self.listener(local())
         };
+        let index = hosts.route(raw_host, path)?;
         Some((index, &self.services[index]))
+    }
+
+    /// The routes of the listener that has the local address `local`: the one bound to that
+    /// address, or to the unspecified address of its port.
+    fn listener(&self, local: Option<SocketAddr>) -> &HostIndex {
+        let Some(local) = local else {
+            return &self.hosts;
+        };
+        let found = self
+            .by_listener
+            .iter()
+            .find(|(l, _)| *l == local)
+            .or_else(|| {
+                self.by_listener
+                    .iter()
+                    .find(|(l, _)| l.port() == local.port() && l.ip().is_unspecified())
+            });
+        found.map_or(&self.hosts, |(_, hosts)| hosts)
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceRoute> {
@@ -297,11 +398,18 @@ impl RoutingTable {
             if access.is_some() {
                 metrics.service_access(&config_arc.name);
             }
+            let redirect = config_arc.redirect.as_ref().and_then(|r| {
+                Some(RedirectRoute {
+                    code: r.code,
+                    to: Template::parse(&r.to, REDIRECT_VARS).ok()?,
+                })
+            });
             services.push(ServiceRoute {
+                redirect,
                 access,
                 label: config_arc.name.as_str().into(),
-                request_headers: HeaderRules::compile(&config_arc.request_headers),
-                response_headers: HeaderRules::compile(&config_arc.response_headers),
+                request_headers: HeaderRules::compile(&config_arc.request_headers, true),
+                response_headers: HeaderRules::compile(&config_arc.response_headers, false),
                 config: config_arc,
                 pools,
                 split: Split {
@@ -313,11 +421,35 @@ impl RoutingTable {
                 rollback_to,
             });
         }
-        let hosts = HostIndex::build(&services);
+        // Services on every listener, and none of them a default: the index of requests whose
+        // listener is not known.
+        let hosts = HostIndex::build(&services, |s| s.listen.is_empty(), None);
+        let by_listener = if config
+            .services
+            .iter()
+            .any(|s| !s.listen.is_empty() || s.default)
+        {
+            config
+                .listen
+                .http
+                .iter()
+                .chain(&config.listen.https)
+                .map(|listener| {
+                    let on = |s: &ServiceConfig| s.on_listener(listener);
+                    let default = services
+                        .iter()
+                        .position(|s| s.config.default && on(&s.config));
+                    (*listener, HostIndex::build(&services, on, default))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         RoutingTable {
             generation: state.generation,
             services,
             hosts,
+            by_listener,
         }
     }
 }
@@ -387,7 +519,7 @@ pools.a = ["127.0.0.1:9004"]
 
     fn name(table: &RoutingTable, host: &str, path: &str) -> String {
         table
-            .route(host, path)
+            .route(|| None, host, path)
             .map(|(_, s)| s.name().to_string())
             .unwrap_or_default()
     }
@@ -416,6 +548,64 @@ pools.a = ["127.0.0.1:9004"]
         );
         assert_eq!(name(&t, "other.net", "/api"), "app");
         assert_eq!(name(&t, "[::1]:8080", "/"), "app");
+    }
+
+    #[test]
+    fn listeners_have_their_services_and_their_default() {
+        let c = switchback_config::parse(
+            Path::new("t.toml"),
+            r#"
+[listen]
+http = ["127.0.0.1:8080", "0.0.0.0:9090"]
+[control]
+socket = "/tmp/x.sock"
+[state]
+dir = "/tmp/x"
+[services.site]
+hosts = ["*.example.com"]
+listen = ["127.0.0.1:8080"]
+default = true
+active = "a"
+pools.a = ["127.0.0.1:9001"]
+[services.site-api]
+hosts = ["*.example.com"]
+path_prefix = "/api/"
+active = "a"
+pools.a = ["127.0.0.1:9002"]
+[services.metrics]
+listen = ["0.0.0.0:9090"]
+path_prefix = "/metrics"
+active = "a"
+pools.a = ["127.0.0.1:9003"]
+"#,
+        )
+        .unwrap();
+        let t = RoutingTable::build(
+            &c,
+            &LiveState::from_config(&c),
+            &Resolved::default(),
+            None,
+            &HealthRegistry::default(),
+            &Metrics::default(),
+        );
+        let at = |local: &str, host: &str, path: &str| {
+            let local = local.parse().ok();
+            t.route(|| local, host, path)
+                .map(|(_, s)| s.name().to_string())
+                .unwrap_or_default()
+        };
+        let main = "127.0.0.1:8080";
+        assert_eq!(at(main, "a.example.com", "/"), "site");
+        // An unknown name takes the default's routes (its wildcard's, paths and all).
+        assert_eq!(at(main, "10.1.2.3", "/"), "site");
+        assert_eq!(at(main, "10.1.2.3", "/api/x"), "site-api");
+        // A listener on 0.0.0.0 takes any local address of its port.
+        assert_eq!(at("10.0.0.5:9090", "a.example.com", "/api/x"), "site-api");
+        assert_eq!(at("10.0.0.5:9090", "a.example.com", "/"), "");
+        assert_eq!(at("10.0.0.5:9090", "10.1.2.3", "/metrics"), "metrics");
+        // Without a local address, only services on every listener.
+        assert_eq!(at("", "a.example.com", "/api/x"), "site-api");
+        assert_eq!(at("", "a.example.com", "/"), "");
     }
 
     #[test]

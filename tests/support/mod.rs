@@ -414,6 +414,8 @@ pub struct Proxy {
     pub server: String,
     /// Extra lines for the `[listen]` section.
     pub listen: String,
+    /// More plain HTTP listeners on 127.0.0.1, after `port`.
+    pub more_http: Vec<u16>,
     child: Option<Child>,
     /// Processes an upgrade started (not children of the test): stopped with the proxy.
     upgraded: Vec<u32>,
@@ -463,6 +465,7 @@ impl Proxy {
             services: String::new(),
             server: String::new(),
             listen: String::new(),
+            more_http: Vec::new(),
             dir,
             child: None,
             upgraded: Vec::new(),
@@ -526,8 +529,13 @@ impl Proxy {
                 threads.push_str(&format!("http1 = \"{http1}\"\n"));
             }
         }
+        let more: String = self
+            .more_http
+            .iter()
+            .map(|p| format!(", \"127.0.0.1:{p}\""))
+            .collect();
         let text = format!(
-            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n{https}{}\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\n{threads}shutdown_grace = \"10s\"\n{}\n\n{}",
+            "[listen]\nhttp = [\"127.0.0.1:{}\"{more}]\n{https}{}\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[control]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[server]\n{threads}shutdown_grace = \"10s\"\n{}\n\n{}",
             self.port,
             self.listen,
             self.admin_port,

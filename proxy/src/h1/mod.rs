@@ -39,17 +39,19 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use pingora::protocols::Stream;
+use pingora::protocols::{SocketDigest, Stream};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
 use crate::forwarding::is_forwarding_header;
+use crate::headers::Vars;
 use crate::host_and_path::HostAndPath;
 use crate::http::{BAD_GATEWAY, BODY_TOO_LARGE, GATEWAY_TIMEOUT, NO_BACKEND};
 use crate::policy::{self, Admission, Ending, Facts, Policy, Route};
 use crate::pool::Tried;
 use crate::read_deadline;
 use crate::recycle::Recycled;
+use crate::request_id::RequestId;
 use crate::retry::{self, FailedAttempt, Failure, RetryReason};
 use crate::split::{self, RequestHeaders};
 use framing::{Chunks, Framing, MAX_HEADERS};
@@ -65,6 +67,8 @@ pub struct Http1 {
 /// What the connection loop knows of a connection.
 pub struct Conn<'a> {
     pub peer: Option<IpAddr>,
+    /// The connection's socket (its local address names the listener).
+    pub socket: Option<&'a SocketDigest>,
     pub tls: bool,
     /// The forwarding lines (None: the peer is a trusted proxy, whose own are appended to).
     pub forwarding: Option<&'a [u8]>,
@@ -101,6 +105,8 @@ struct Plan {
     host_and_path: HostAndPath,
     client: Option<IpAddr>,
     tls: bool,
+    /// For the access log.
+    request_id: Option<RequestId>,
 }
 
 /// A request's body as far as it came with its head, ready to send to any attempt.
@@ -314,6 +320,7 @@ impl Http1 {
                 _ => None,
             },
             now: started,
+            socket: conn.socket,
         };
         let Admission::Forward(route) = self.policy.admit(&facts) else {
             return Ok(None);
@@ -331,10 +338,29 @@ impl Http1 {
             return Ok(None);
         };
         let overrides = &service.overrides;
+        let rules = &service.request_headers;
+        let request_id = if rules.uses_request_id() {
+            Some(RequestId::of(view.first("x-request-id")))
+        } else if self.policy.access_log.is_some() {
+            view.first("x-request-id").and_then(RequestId::given)
+        } else {
+            None
+        };
         let edits = Edits {
             strip_authorization: passed.strip_authorization,
             forwarding,
-            rules: &service.request_headers,
+            rules,
+            vars: Vars {
+                client,
+                host,
+                tls: conn.tls,
+                request_id: request_id.as_ref(),
+                remote_port: if rules.is_empty() {
+                    None
+                } else {
+                    policy::peer_port(conn.socket)
+                },
+            },
             override_header: overrides
                 .header
                 .as_ref()
@@ -365,6 +391,7 @@ impl Http1 {
             host_and_path,
             client,
             tls: conn.tls,
+            request_id,
         }))
     }
 
@@ -424,6 +451,7 @@ impl Http1 {
                 retries: attempts.saturating_sub(1),
                 reused,
                 denied: None,
+                request_id: plan.request_id.clone(),
             })
         };
         // Attempts until one has the answer's head, or none is left.
@@ -980,6 +1008,8 @@ enum Forwarding<'a> {
 struct Edits<'a> {
     forwarding: Forwarding<'a>,
     rules: &'a crate::headers::HeaderRules,
+    /// What the rules' variables stand for.
+    vars: Vars<'a>,
     /// The pool override's header and cookie, when the request carried them: the proxy's
     /// business, never the backend's.
     override_header: Option<&'a str>,
@@ -1073,7 +1103,7 @@ fn write_request_head(
     if lines > crate::forwarding::MAX_HEADER_LINES {
         return Err(framing::Refusal::TooManyHeaders);
     }
-    rules.write_sets(out);
+    rules.write_sets(out, Some(&edits.vars));
     out.extend_from_slice(b"\r\n");
     Ok(())
 }
@@ -1164,7 +1194,7 @@ fn edit_answer(
         split::write_sticky_cookie(out, name, policy.buckets.value(bucket), plan.tls);
         out.extend_from_slice(b"\r\n");
     }
-    rules.write_sets(out);
+    rules.write_sets(out, None);
     if !keep_client {
         out.extend_from_slice(b"connection: close\r\n");
     } else if plan.http10 {

@@ -16,15 +16,6 @@ fn bucket_cookie(a: &Answer) -> Option<String> {
         .map(|c| c.split(';').next().unwrap().to_string())
 }
 
-fn service<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap()
-}
-
 /// The pool that answers a request for `host` with `headers`.
 async fn ask(conn: &mut KeepAlive, host: &str, headers: Vec<(&str, &str)>) -> String {
     conn.host = host.to_string();
@@ -81,7 +72,7 @@ async fn ten_percent_of_clients_go_to_the_canary_and_each_keeps_its_pool() {
     let out = proxy.cli_ok(&["canary", "green", "10"]);
     assert!(out.contains("10% of clients go to green"), "{out}");
     let status = proxy.status();
-    let app = service(&status, "app");
+    let app = service_status(&status, "app");
     assert_eq!(app["canary"]["pool"], "green");
     assert_eq!(app["canary"]["percent"], 10.0);
     let split: HashMap<String, f64> = app["split"]
@@ -161,7 +152,7 @@ async fn ten_percent_of_clients_go_to_the_canary_and_each_keeps_its_pool() {
         after.iter().all(|(p, c)| p == "blue" && c.is_none()),
         "{after:?}"
     );
-    assert!(service(&proxy.status(), "app")["canary"].is_null());
+    assert!(service_status(&proxy.status(), "app")["canary"].is_null());
     assert_eq!(
         proxy.metric("switchback_rollbacks_total{service=\"app\"}"),
         Some(1.0)
@@ -177,7 +168,7 @@ async fn a_canary_survives_a_restart() {
     proxy.cli_ok(&["canary", "green", "12.5"]);
     let clients = new_clients(&proxy, 400, 2).await;
     proxy.restart();
-    let app = service(&proxy.status(), "app").clone();
+    let app = service_status(&proxy.status(), "app").clone();
     assert_eq!(app["canary"]["percent"], 12.5, "{app}");
     let cookies: Vec<String> = clients.iter().map(|(_, c)| c.clone().unwrap()).collect();
     let again = replay(&proxy, &cookies).await;
@@ -416,7 +407,7 @@ fn bad_canary_input_is_refused_and_changes_nothing() {
     let after = proxy.status();
     assert_eq!(after["generation"], before["generation"], "nothing changed");
     assert_eq!(
-        service(&after, "app")["canary"],
-        service(&before, "app")["canary"]
+        service_status(&after, "app")["canary"],
+        service_status(&before, "app")["canary"]
     );
 }

@@ -1,6 +1,7 @@
 //! `switchback import nginx` with the real binary: a Compose stack's nginx config (with an
 //! `include` glob) becomes a config that passes `switchback check`, every directive left behind
-//! is named by file and line, and an imported config routes as the nginx one did.
+//! is named by file and line, and an imported config routes as the nginx one did: server
+//! blocks on their own listeners, redirects, the default server, nginx's guards.
 
 mod support;
 
@@ -47,13 +48,17 @@ fn a_compose_stacks_nginx_config_imports_to_a_config_that_passes_check() {
         Some("max-age=31536000; includeSubDomains")
     );
     assert_eq!(api.response_headers.len(), 4);
+    // proxy_set_header X-Real-IP $remote_addr.
+    assert!(api
+        .request_headers
+        .iter()
+        .any(|h| h.name == "x-real-ip" && h.value.as_deref() == Some("$client_ip")));
     let ws = config.service("api-ws").unwrap();
     assert_eq!(ws.read_timeout.as_secs(), 86400);
     assert_eq!(config.service("dashboard").unwrap().path_prefix, "/");
     assert_eq!(config.server.keepalive_timeout.as_secs(), 65);
     // What it left behind, by file and line, with the included file named as itself.
     for expected in [
-        "conf.d/app.conf:26: proxy_set_header: switchback does not send X-Real-IP",
         "nginx.conf:29: server: max_fails=3: use services.NAME.health",
         "nginx.conf:19: gzip_types: switchback compresses a fixed set of types",
         "nginx.conf:11: include: file not found: mime.types",
@@ -217,4 +222,98 @@ fn the_compose_example_passes_check() {
             "{host} is not a service of docker-compose.yml"
         );
     }
+}
+
+/// Real configs' server blocks, imported and served with real backends: the certbot port-80
+/// server, a www redirect server, two `server_name _` servers on their own ports, a default
+/// server, `X-Real-IP`/`X-Request-ID`, and nginx's 1 MB body limit where none was set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_config_keeps_each_server_block_on_its_own_listeners() {
+    let app = Upstream::start("app");
+    let grafana = Upstream::start("grafana");
+    let api = Upstream::start("api");
+    let other = Upstream::start("other");
+    let mut proxy = Proxy::unstarted(true);
+    let (p2, p3) = (free_port(), free_port());
+    proxy.more_http = vec![p2, p3];
+    let (p1, ps) = (proxy.port, proxy.https_port.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pebble::self_signed(&["app.test"]);
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(
+        &path,
+        format!(
+            "http {{\n  upstream app {{ server {app}; }}\n\
+             server {{\n listen 127.0.0.1:{p1};\n server_name app.test;\n\
+               location /.well-known/acme-challenge/ {{ root /var/www/certbot; }}\n\
+               location / {{ return 301 https://$host$request_uri; }}\n }}\n\
+             server {{\n listen 127.0.0.1:{ps} ssl;\n server_name app.test;\n\
+               ssl_certificate {cert};\n ssl_certificate_key {key};\n\
+               add_header Strict-Transport-Security \"max-age=63072000\" always;\n\
+               location / {{ proxy_pass http://app; proxy_set_header X-Real-IP $remote_addr;\n\
+                 proxy_set_header X-Request-ID $request_id; }}\n }}\n\
+             server {{\n listen 127.0.0.1:{p1};\n server_name www.app.test;\n\
+               return 301 https://app.test$request_uri;\n }}\n\
+             server {{\n listen 127.0.0.1:{p2};\n server_name _;\n\
+               location / {{ proxy_pass http://{grafana}; }}\n }}\n\
+             server {{\n listen 127.0.0.1:{p3};\n server_name other.test;\n\
+               location / {{ proxy_pass http://{other}; }}\n }}\n\
+             server {{\n listen 127.0.0.1:{p3} default_server;\n server_name api.test;\n\
+               location / {{ proxy_pass http://{api}; }}\n }}\n}}\n",
+            app = app.addr,
+            grafana = grafana.addr,
+            other = other.addr,
+            api = api.addr,
+            cert = cert_path.display(),
+            key = key_path.display(),
+        ),
+    )
+    .unwrap();
+    let (toml, notes) = import(path.to_str().unwrap());
+    // The challenge location is switchback's own business, not a lost directive.
+    assert!(!notes.contains("root: no switchback equivalent"), "{notes}");
+    proxy.launch(&toml[toml.find("[services.").expect("services")..]);
+
+    // The certbot server: plain HTTP for app.test goes to HTTPS, which serves with HSTS and
+    // tells the backend who the client is.
+    let (status, _, location) = ask(p1, "app.test", "/x?y=1").await;
+    assert_eq!(status, 308);
+    assert_eq!(location, format!("https://app.test:{ps}/x?y=1"));
+    let out = Command::new("curl")
+        .args(["-sk", "-D", "-", "--resolve"])
+        .arg(format!("app.test:{ps}:127.0.0.1"))
+        .arg(format!("https://app.test:{ps}/headers"))
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        text.contains("strict-transport-security: max-age=63072000"),
+        "{text}"
+    );
+    assert!(text.contains("x-real-ip: 127.0.0.1"), "{text}");
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("a request id");
+    assert!(id.trim().len() == 32, "{id}");
+    // The www server redirects, on its own listener.
+    let (status, _, location) = ask(p1, "www.app.test", "/a?b").await;
+    assert_eq!((status, location.as_str()), (301, "https://app.test/a?b"));
+    // Each catch-all server keeps its port; the default server takes unknown names.
+    assert_eq!(ask(p2, "app.test", "/").await.1, "grafana");
+    assert_eq!(ask(p2, "10.0.0.1", "/").await.1, "grafana");
+    assert_eq!(ask(p3, "other.test", "/").await.1, "other");
+    assert_eq!(ask(p3, "api.test", "/").await.1, "api");
+    assert_eq!(ask(p3, "localhost", "/").await.1, "api");
+    assert_eq!(ask(p3, "app.test", "/").await.1, "api");
+    // nginx's 1 MB body limit: a 2 MB upload is refused before the backend has it.
+    let mut conn = KeepAlive::connect(format!("127.0.0.1:{p3}").parse().unwrap())
+        .await
+        .unwrap();
+    conn.host = "api.test".into();
+    let big = conn.request("POST", "/upload", vec![b'x'; 2 << 20]).await;
+    assert_eq!(big.unwrap().status, 413);
 }

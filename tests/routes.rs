@@ -10,18 +10,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// Which backend answered, or the redirect: status, `x-pool`, `location`.
-async fn ask(port: u16, host: &str, path: &str) -> (u16, String, String) {
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let answer = get_host(addr, host, path).await.unwrap();
-    let location = answer
-        .headers
-        .get("location")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (answer.status.as_u16(), answer.pool, location)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_are_per_listener_with_a_default_service_and_redirects() {
     let site = Upstream::start("site");
@@ -72,15 +60,7 @@ async fn routes_are_per_listener_with_a_default_service_and_redirects() {
 
     // status shows each service's listeners, the default, the redirect.
     let status = proxy.status();
-    let service = |name: &str| {
-        status["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let service = |name: &str| service_status(&status, name).clone();
     assert_eq!(service("site")["listen"][0], format!("127.0.0.1:{main}"));
     assert_eq!(service("site")["default"], true);
     assert_eq!(service("www")["redirect"]["code"], 301);

@@ -517,6 +517,18 @@ pools.a = ["127.0.0.1:9004"]
         .unwrap()
     }
 
+    /// The first table of `c`.
+    fn fresh(c: &Config) -> RoutingTable {
+        RoutingTable::build(
+            c,
+            &LiveState::from_config(c),
+            &Resolved::default(),
+            None,
+            &HealthRegistry::default(),
+            &Metrics::default(),
+        )
+    }
+
     fn name(table: &RoutingTable, host: &str, path: &str) -> String {
         table
             .route(|| None, host, path)
@@ -527,14 +539,7 @@ pools.a = ["127.0.0.1:9004"]
     #[test]
     fn routes_by_host_then_longest_prefix_then_catch_all() {
         let c = config();
-        let t = RoutingTable::build(
-            &c,
-            &LiveState::from_config(&c),
-            &Resolved::default(),
-            None,
-            &HealthRegistry::default(),
-            &Metrics::default(),
-        );
+        let t = fresh(&c);
         assert_eq!(name(&t, "example.com", "/api/users"), "api");
         assert_eq!(name(&t, "EXAMPLE.com:443", "/api"), "api");
         assert_eq!(name(&t, "example.com", "/api?x=1"), "api");
@@ -580,14 +585,7 @@ pools.a = ["127.0.0.1:9003"]
 "#,
         )
         .unwrap();
-        let t = RoutingTable::build(
-            &c,
-            &LiveState::from_config(&c),
-            &Resolved::default(),
-            None,
-            &HealthRegistry::default(),
-            &Metrics::default(),
-        );
+        let t = fresh(&c);
         let at = |local: &str, host: &str, path: &str| {
             let local = local.parse().ok();
             t.route(|| local, host, path)

@@ -997,6 +997,29 @@ pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Result<Answer
     c.get(path).await
 }
 
+/// One GET to `127.0.0.1:port` with `host`: the status, which upstream answered (`x-pool`)
+/// and the `location` of a redirect.
+pub async fn ask(port: u16, host: &str, path: &str) -> (u16, String, String) {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let answer = get_host(addr, host, path).await.unwrap();
+    let location = answer
+        .headers
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (answer.status.as_u16(), answer.pool, location)
+}
+
+/// The entry of service `name` in a `status --json` reply.
+pub fn service_status<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no service {name} in {status}"))
+}
+
 /// `[services.app]` whose blue pool is port `dead` (where nobody listens), then `live`; no
 /// health check, so only a failed connect tells the proxy the first backend is dead.
 pub fn dead_then_live(dead: u16, live: &Upstream) -> String {

@@ -3,12 +3,15 @@
 //! file and line.
 //!
 //! [`parse`] turns nginx's syntax into a tree of directives; [`translate`] maps the tree onto
-//! switchback's keys. nginx's grammar is small: words separated by blanks, `;` ending a
-//! directive, `{ … }` a block, `#` a comment to the end of the line, and single- or
-//! double-quoted words with backslash escapes.
+//! switchback's keys, with [`servers`] deciding where each service is routed (listeners,
+//! default servers, redirects) and [`vars`] renaming nginx's variables. nginx's grammar is
+//! small: words separated by blanks, `;` ending a directive, `{ … }` a block, `#` a comment to
+//! the end of the line, and single- or double-quoted words with backslash escapes.
 
 mod parse;
+mod servers;
 mod translate;
+mod vars;
 
 pub use parse::{parse_file, Directive, ParseError};
 pub use translate::{translate, Import, Untranslated};

@@ -4,12 +4,20 @@
 //! hosts, its path the prefix, and the upstream (or the one address) behind it the service's
 //! only pool, `blue`, which is active. The headers, body limit, compression, timeouts and TLS of
 //! the location, its server and `http` come along with nginx's inheritance (a level that sets
-//! `add_header` or `proxy_set_header` replaces its parent's list). A plain-HTTP server that only
-//! redirects to `https://` turns `https_redirect` on for the services of its names.
+//! `add_header` or `proxy_set_header` replaces its parent's list), and `proxy_set_header` values
+//! keep the variables switchback knows (`$remote_addr` is `$client_ip`, see [`super::vars`]).
+//!
+//! Where requests go is the server blocks' business, in [`super::servers`]: a service is routed
+//! on the listeners of its server block, a `return` redirect becomes a redirect service,
+//! `default_server` (or the first server on a port) the listener's default service, and a
+//! plain-HTTP server that only sends its names to `https://` turns `https_redirect` on for them.
+//!
+//! Everything that has no equivalent is listed, with file and line, in [`Import::untranslated`].
 
 use std::collections::BTreeMap;
 
 use super::parse::Directive;
+use super::vars;
 use crate::duration::parse_duration;
 use crate::validate::valid_name;
 
@@ -44,7 +52,7 @@ impl std::fmt::Display for Untranslated {
 
 /// What a level (`http`, `server`, `location`) sets; unset fields inherit.
 #[derive(Debug, Clone, Default)]
-struct Settings {
+pub(super) struct Settings {
     response_headers: Option<Vec<(String, String)>>,
     request_headers: Option<Vec<(String, String)>>,
     max_body: Option<String>,
@@ -63,14 +71,14 @@ struct Settings {
 
 /// Where a directive is, for a note written after the walk.
 #[derive(Debug, Clone)]
-struct At {
+pub(super) struct At {
     file: std::path::PathBuf,
     line: usize,
     directive: String,
 }
 
 impl At {
-    fn of(d: &Directive) -> At {
+    pub(super) fn of(d: &Directive) -> At {
         At {
             file: d.file.clone(),
             line: d.line,
@@ -88,7 +96,7 @@ struct Zone {
 }
 
 impl Settings {
-    fn under(&self, parent: &Settings) -> Settings {
+    pub(super) fn under(&self, parent: &Settings) -> Settings {
         Settings {
             response_headers: self
                 .response_headers
@@ -118,30 +126,86 @@ impl Settings {
             limit_req: self.limit_req.clone().or(parent.limit_req.clone()),
         }
     }
+
+    /// Whether two levels do the same to a request, wherever their directives are written:
+    /// the test for serving two server blocks' locations with one service.
+    pub(super) fn same(&self, other: &Settings) -> bool {
+        self.effect() == other.effect()
+    }
+
+    fn effect(&self) -> Effect<'_> {
+        Effect {
+            headers: [
+                self.response_headers.clone().unwrap_or_default(),
+                self.request_headers.clone().unwrap_or_default(),
+            ],
+            limits: [&self.max_body, &self.read_timeout, &self.connect_timeout],
+            gzip: (self.gzip == Some(true)).then_some(self.gzip_min_length.as_ref()),
+            access: (self.access.iter().flatten())
+                .map(|(allow, addr, _)| (*allow, addr))
+                .collect(),
+            auth: (self.auth_basic.as_ref())
+                .filter(|(realm, _)| realm != "off")
+                .map(|(realm, _)| (realm, &self.auth_basic_user_file)),
+            rates: (self.limit_req.iter().flatten())
+                .map(|(zone, burst, _)| (zone, *burst))
+                .collect(),
+        }
+    }
+}
+
+/// What [`Settings::same`] compares: the effective settings, without where they are written.
+#[derive(PartialEq)]
+struct Effect<'a> {
+    headers: [Vec<(String, String)>; 2],
+    limits: [&'a Option<String>; 3],
+    /// Compression on, and its minimum length.
+    gzip: Option<Option<&'a String>>,
+    access: Vec<(bool, &'a String)>,
+    auth: Option<(&'a String, &'a Option<String>)>,
+    rates: Vec<(&'a String, u32)>,
 }
 
 /// One service to write.
 #[derive(Debug)]
-struct Service {
-    name: String,
-    hosts: Vec<String>,
-    prefix: String,
-    backends: Vec<String>,
-    settings: Settings,
-    tls: Option<String>,
+pub(super) struct Service {
+    pub(super) name: String,
+    pub(super) hosts: Vec<String>,
+    pub(super) prefix: String,
+    pub(super) action: Action,
+    pub(super) settings: Settings,
+    /// The value of its `tls` key.
+    pub(super) tls: Option<String>,
+    /// The listeners of the server blocks it came from; empty: every listener.
+    pub(super) listen: Vec<String>,
+    /// Its listeners' default service: its block was nginx's default server on one of them
+    /// (`listen … default_server`, or the first `server` on a port).
+    pub(super) default: bool,
+    pub(super) https_redirect: bool,
     /// The body of its `[[access]]` rule, once [`Translator::finish`] worked it out.
-    access: Option<String>,
+    pub(super) access: Option<String>,
+}
+
+/// What a service does with a request.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Action {
+    /// Proxies it to these backends (the pool `blue`).
+    Proxy(Vec<String>),
+    /// Answers with a redirect: the `Location` in switchback's spelling, and the code.
+    Redirect(String, u16),
 }
 
 #[derive(Default)]
-struct Translator {
-    notes: Vec<Untranslated>,
-    http: Vec<String>,
-    https: Vec<String>,
-    upstreams: BTreeMap<String, Vec<String>>,
-    services: Vec<Service>,
-    /// Host lists of plain-HTTP servers that redirect everything to HTTPS.
-    redirected: Vec<Vec<String>>,
+pub(super) struct Translator {
+    pub(super) notes: Vec<Untranslated>,
+    pub(super) http: Vec<String>,
+    pub(super) https: Vec<String>,
+    pub(super) upstreams: BTreeMap<String, Vec<String>>,
+    pub(super) services: Vec<Service>,
+    /// Every `server` block, in the order of the files.
+    pub(super) blocks: Vec<super::servers::Block>,
+    /// `location /.well-known/acme-challenge/` blocks that serve files.
+    pub(super) challenges: Vec<At>,
     /// `[server]` keys from `http`'s client timeouts.
     server: Vec<(&'static str, String)>,
     /// `limit_req_zone`s by name.
@@ -154,7 +218,7 @@ struct Translator {
     real_ip_from: Vec<String>,
     real_ip_header: Option<(String, At)>,
     /// Some `listen` has `proxy_protocol`.
-    proxy_protocol: Option<At>,
+    pub(super) proxy_protocol: Option<At>,
     /// What [`Translator::finish`] makes of the above: `listen.proxy_protocol` and
     /// `server.trusted_proxies`.
     proxy_protocol_from: Vec<String>,
@@ -175,7 +239,7 @@ const IMPLIED_REQUEST_HEADERS: &[(&str, &str)] = &[
 ];
 
 impl Translator {
-    fn note(&mut self, d: &Directive, why: impl Into<String>) {
+    pub(super) fn note(&mut self, d: &Directive, why: impl Into<String>) {
         self.notes.push(Untranslated {
             file: d.file.clone(),
             line: d.line,
@@ -187,14 +251,14 @@ impl Translator {
     /// A backend switchback cannot take (a Unix socket, say) is written as it is, with a note,
     /// so that `check` points at it. Host names (`api:8000`, as in a Compose network) are
     /// fine: they are resolved while the proxy runs.
-    fn note_backend(&mut self, d: &Directive, addr: &str) {
+    pub(super) fn note_backend(&mut self, d: &Directive, addr: &str) {
         if let Err(e) = crate::parse_target(&with_port(addr)) {
             self.note(d, format!("{addr}: {e}"));
         }
     }
 
     /// A setting every level may carry; false when `d` is not one.
-    fn setting(&mut self, d: &Directive, s: &mut Settings) -> bool {
+    pub(super) fn setting(&mut self, d: &Directive, s: &mut Settings) -> bool {
         let arg = |i: usize| d.args.get(i).cloned().unwrap_or_default();
         match d.name.as_str() {
             "add_header" if d.args.len() >= 2 => {
@@ -217,17 +281,20 @@ impl Translator {
                 if implied {
                     // switchback does this itself; the level still sets its own list.
                     s.request_headers.get_or_insert_with(Vec::new);
-                } else if name == "x-real-ip" {
-                    self.note(d, "switchback does not send X-Real-IP; backends read the client from X-Forwarded-For");
-                } else if value.contains('$') {
-                    self.note(
-                        d,
-                        "a value with nginx variables has no switchback equivalent",
-                    );
                 } else {
-                    s.request_headers
-                        .get_or_insert_with(Vec::new)
-                        .push((arg(0), value));
+                    match vars::translate(&value, vars::header_var) {
+                        Ok(value) => s
+                            .request_headers
+                            .get_or_insert_with(Vec::new)
+                            .push((arg(0), value)),
+                        Err(var) => self.note(
+                            d,
+                            format!(
+                                "{var} has no switchback equivalent: request headers may use {}",
+                                vars::HEADER_VARS
+                            ),
+                        ),
+                    }
                 }
             }
             "client_max_body_size" => s.max_body = Some(arg(0)),
@@ -440,7 +507,7 @@ impl Translator {
         (!lines.is_empty()).then(|| lines.join("\n"))
     }
 
-    fn note_at(&mut self, at: &At, why: impl Into<String>) {
+    pub(super) fn note_at(&mut self, at: &At, why: impl Into<String>) {
         self.notes.push(Untranslated {
             file: at.file.clone(),
             line: at.line,
@@ -470,7 +537,7 @@ impl Translator {
                     let mut inner = Settings::default().under(settings);
                     self.http_block(body, &mut inner);
                 }
-                ("server", Some(body)) => self.server(body, settings),
+                ("server", Some(body)) => self.server(d, body, settings),
                 ("upstream", Some(_)) => {}
                 ("events", _) | ("worker_processes" | "worker_connections" | "user" | "pid", _) => {
                     self.note(d, "a process setting: switchback sizes itself ([server] threads, max_connections)")
@@ -530,194 +597,16 @@ impl Translator {
             .insert(d.args.first().cloned().unwrap_or_default(), backends);
     }
 
-    fn server(&mut self, body: &[Directive], http: &Settings) {
-        let mut settings = Settings::default();
-        let mut hosts = Vec::new();
-        let mut tls_cert = None;
-        let mut tls_key = None;
-        let mut plain = false;
-        let mut redirects = false;
-        for d in body {
-            if self.setting(d, &mut settings) {
-                continue;
-            }
-            match d.name.as_str() {
-                "listen" if d.args.iter().any(|a| a == "proxy_protocol") => {
-                    if self.proxy_protocol.is_none() {
-                        self.proxy_protocol = Some(At::of(d));
-                    }
-                    match listen(&d.args) {
-                        Some((addr, true)) => push_new(&mut self.https, addr),
-                        Some((addr, false)) => {
-                            plain = true;
-                            push_new(&mut self.http, addr)
-                        }
-                        None => self.note(d, "switchback listens on IP:port addresses"),
-                    }
-                }
-                "listen" => match listen(&d.args) {
-                    Some((addr, true)) => push_new(&mut self.https, addr),
-                    Some((addr, false)) => {
-                        plain = true;
-                        push_new(&mut self.http, addr)
-                    }
-                    None => self.note(d, "switchback listens on IP:port addresses"),
-                },
-                "server_name" => {
-                    for name in &d.args {
-                        if name.starts_with('~') {
-                            self.note(
-                                d,
-                                format!("{name}: switchback matches exact names and *.suffix"),
-                            );
-                        } else if name != "_" && !name.is_empty() {
-                            push_new(&mut hosts, name.to_ascii_lowercase());
-                        }
-                    }
-                }
-                "ssl_certificate" => tls_cert = d.args.first().cloned(),
-                "ssl_certificate_key" => tls_key = d.args.first().cloned(),
-                "ssl_protocols" | "ssl_ciphers" | "ssl_prefer_server_ciphers" | "http2" => self
-                    .note(
-                    d,
-                    "switchback serves TLS 1.2 and 1.3 with rustls' ciphers, and HTTP/2 by ALPN",
-                ),
-                "return" if is_https_redirect(&d.args) => redirects = true,
-                "location" => {}
-                _ => self.note(d, "no switchback equivalent"),
-            }
-        }
-        if plain && redirects {
-            self.redirected.push(hosts.clone());
-        }
-        let settings = settings.under(http);
-        let tls = match (tls_cert, tls_key) {
-            (Some(c), _) if c.starts_with("/etc/letsencrypt/") => Some("\"acme\"".to_string()),
-            (Some(c), Some(k)) => Some(format!("{{ cert = {}, key = {} }}", quote(&c), quote(&k))),
-            _ => None,
-        };
-        for d in body.iter().filter(|d| d.name == "location") {
-            self.location(d, &hosts, &settings, &tls);
-        }
-    }
-
-    fn location(
-        &mut self,
-        d: &Directive,
-        hosts: &[String],
-        parent: &Settings,
-        tls: &Option<String>,
-    ) {
-        let (prefix, exact) = match d.args.as_slice() {
-            [path] => (path.clone(), false),
-            [m, path] if m == "^~" => (path.clone(), false),
-            [m, path] if m == "=" => (path.clone(), true),
-            _ => {
-                self.note(
-                    d,
-                    "a regular-expression location: switchback routes by path prefix",
-                );
-                return;
-            }
-        };
-        let Some(body) = &d.block else { return };
-        let mut settings = Settings::default();
-        let mut target = None;
-        for inner in body {
-            if self.setting(inner, &mut settings) {
-                continue;
-            }
-            match inner.name.as_str() {
-                "proxy_pass" => {
-                    target = Some((inner, inner.args.first().cloned().unwrap_or_default()))
-                }
-                "return" if is_https_redirect(&inner.args) && prefix == "/" => {}
-                "location" => self.note(
-                    inner,
-                    "a nested location: switchback routes by one prefix per service",
-                ),
-                _ => self.note(inner, "no switchback equivalent"),
-            }
-        }
-        let Some((at, url)) = target else { return };
-        if exact {
-            self.note(
-                d,
-                format!("= {prefix}: an exact match, imported as a prefix"),
-            );
-        } else if prefix != "/" && !prefix.ends_with('/') {
-            self.note(
-                d,
-                format!("{prefix}: switchback matches whole path segments: {prefix} and {prefix}/… are served, {prefix}x is not as nginx's prefix would"),
-            );
-        }
-        let Some(rest) = url.strip_prefix("http://") else {
-            self.note(at, "switchback proxies to backends over plain HTTP");
-            return;
-        };
-        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        // `location /api/ { proxy_pass http://x/api/; }` hands the path on as it came.
-        let same_path = format!("/{path}") == prefix;
-        if !same_path && (!path.is_empty() || rest.ends_with('/') && prefix != "/") {
-            self.note(
-                at,
-                "a URI part in proxy_pass rewrites the path; switchback passes the path as it came",
-            );
-        }
-        if authority.contains('$') {
-            self.note(
-                at,
-                "a proxy_pass with variables has no switchback equivalent",
-            );
-            return;
-        }
-        let (base, backends) = match self.upstreams.get(authority) {
-            Some(servers) => (authority.to_string(), servers.clone()),
-            None => {
-                self.note_backend(at, authority);
-                // A service is named after the host it proxies to, or, for an address, after
-                // its location's first path segment.
-                let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-                let segment = prefix.trim_matches('/').split('/').next().unwrap_or("");
-                let base = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-                    Ok(_) if !segment.is_empty() => segment,
-                    Ok(_) => "app",
-                    Err(_) => host,
-                };
-                (base.to_string(), vec![with_port(authority)])
-            }
-        };
-        let settings = settings.under(parent);
-        // The same route under another server block (the port-80 twin of a TLS server): one
-        // service serves both listeners.
-        if let Some(existing) = self
-            .services
-            .iter_mut()
-            .find(|s| s.hosts == hosts && s.prefix == prefix)
-        {
-            if existing.tls.is_none() {
-                existing.tls = tls.clone();
-            }
-            return;
-        }
-        let name = unique_name(&self.services, &base, &prefix);
-        self.services.push(Service {
-            name,
-            hosts: hosts.to_vec(),
-            prefix,
-            backends,
-            settings,
-            tls: tls.clone(),
-            access: None,
-        });
-    }
-
-    /// What needs the whole config read: each service's access rule, the PROXY protocol's
-    /// sources and the trusted proxies.
+    /// What needs the whole config read: the routes (see [`Translator::routes`]), each
+    /// service's access rule, the PROXY protocol's sources and the trusted proxies.
     fn finish(&mut self) {
+        self.routes();
         for i in 0..self.services.len() {
-            let settings = self.services[i].settings.clone();
-            self.services[i].access = self.access_rule(&settings);
+            // nginx answers a `return` before it checks access.
+            if let Action::Proxy(_) = self.services[i].action {
+                let settings = self.services[i].settings.clone();
+                self.services[i].access = self.access_rule(&settings);
+            }
         }
         let (header, header_at) = self
             .real_ip_header
@@ -782,70 +671,89 @@ impl Translator {
             out.push_str("\n[acme]\n# email = \"you@example.com\"\n");
         }
         for s in &self.services {
-            let set = &s.settings;
-            out.push_str(&format!(
-                "\n[services.{}]\nhosts = [{}]\npath_prefix = {}\nactive = \"blue\"\npools.blue = [{}]\n",
-                s.name,
-                list(&s.hosts),
-                quote(&s.prefix),
-                list(&s.backends)
-            ));
-            let key = |out: &mut String, k: &str, v: &Option<String>| {
-                if let Some(v) = v {
-                    out.push_str(&format!("{k} = {}\n", quote(v)));
-                }
-            };
-            key(&mut out, "read_timeout", &set.read_timeout);
-            key(&mut out, "connect_timeout", &set.connect_timeout);
-            match &set.max_body {
-                Some(limit) => key(&mut out, "max_request_body", &Some(limit.clone())),
-                None => out.push_str(
-                    "max_request_body = \"1m\"  # nginx's default client_max_body_size; switchback's own is 100m\n",
-                ),
-            }
-            if set.gzip == Some(true) {
-                out.push_str("compress = [\"gzip\"]\n");
-                key(&mut out, "compress_min_length", &set.gzip_min_length);
-            }
-            let mut response = set.response_headers.clone().unwrap_or_default();
-            if let Some(tls) = &s.tls {
-                out.push_str(&format!("tls = {tls}\n"));
-                let redirect = self
-                    .redirected
-                    .iter()
-                    .any(|hosts| hosts.is_empty() || s.hosts.iter().any(|h| hosts.contains(h)));
-                out.push_str(&format!("https_redirect = {redirect}\n"));
-                let hsts = response
-                    .iter()
-                    .position(|(n, _)| n.eq_ignore_ascii_case("strict-transport-security"));
-                match hsts {
-                    Some(i) => {
-                        let (_, value) = response.remove(i);
-                        out.push_str(&format!("hsts = {}\n", quote(&value)));
-                    }
-                    None => out.push_str("hsts = false\n"),
-                }
-            }
-            for (table, rules) in [
-                ("response_headers", response),
-                (
-                    "request_headers",
-                    set.request_headers.clone().unwrap_or_default(),
-                ),
-            ] {
-                if rules.is_empty() {
-                    continue;
-                }
-                out.push_str(&format!("\n[services.{}.{table}]\n", s.name));
-                for (n, v) in rules {
-                    out.push_str(&format!("{} = {}\n", quote(&n), quote(&v)));
-                }
-            }
-            if let Some(rule) = &s.access {
-                out.push_str(&format!("\n[[services.{}.access]]\n{rule}\n", s.name));
-            }
+            Translator::write_service(&mut out, s);
         }
         out
+    }
+
+    /// `[services.NAME]` and its tables. A redirect service has no pools, nor anything about
+    /// what a backend gets.
+    fn write_service(out: &mut String, s: &Service) {
+        let set = &s.settings;
+        out.push_str(&format!(
+            "\n[services.{}]\nhosts = [{}]\npath_prefix = {}\n",
+            s.name,
+            list(&s.hosts),
+            quote(&s.prefix),
+        ));
+        if !s.listen.is_empty() {
+            out.push_str(&format!("listen = [{}]\n", list(&s.listen)));
+        }
+        if s.default {
+            out.push_str("default = true\n");
+        }
+        let key = |out: &mut String, k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                out.push_str(&format!("{k} = {}\n", quote(v)));
+            }
+        };
+        match &s.action {
+            Action::Redirect(to, code) => out.push_str(&format!(
+                "redirect = {{ to = {}, code = {code} }}\n",
+                quote(to)
+            )),
+            Action::Proxy(backends) => {
+                out.push_str(&format!(
+                    "active = \"blue\"\npools.blue = [{}]\n",
+                    list(backends)
+                ));
+                key(out, "read_timeout", &set.read_timeout);
+                key(out, "connect_timeout", &set.connect_timeout);
+                match &set.max_body {
+                    Some(limit) => key(out, "max_request_body", &Some(limit.clone())),
+                    None => out.push_str(
+                        "max_request_body = \"1m\"  # nginx's default client_max_body_size; switchback's own is 100m\n",
+                    ),
+                }
+                if set.gzip == Some(true) {
+                    out.push_str("compress = [\"gzip\"]\n");
+                    key(out, "compress_min_length", &set.gzip_min_length);
+                }
+            }
+        }
+        let mut response = set.response_headers.clone().unwrap_or_default();
+        if let Some(tls) = &s.tls {
+            out.push_str(&format!("tls = {tls}\n"));
+            out.push_str(&format!("https_redirect = {}\n", s.https_redirect));
+            let hsts = response
+                .iter()
+                .position(|(n, _)| n.eq_ignore_ascii_case("strict-transport-security"));
+            match hsts {
+                Some(i) => {
+                    let (_, value) = response.remove(i);
+                    out.push_str(&format!("hsts = {}\n", quote(&value)));
+                }
+                None => out.push_str("hsts = false\n"),
+            }
+        }
+        // nginx adds its `add_header`s to redirects too; a redirect has no backend to send
+        // request headers to, and nginx answers it before it checks access.
+        let request = match s.action {
+            Action::Proxy(_) => set.request_headers.clone().unwrap_or_default(),
+            Action::Redirect(..) => Vec::new(),
+        };
+        for (table, rules) in [("response_headers", response), ("request_headers", request)] {
+            if rules.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("\n[services.{}.{table}]\n", s.name));
+            for (n, v) in rules {
+                out.push_str(&format!("{} = {}\n", quote(&n), quote(&v)));
+            }
+        }
+        if let Some(rule) = &s.access {
+            out.push_str(&format!("\n[[services.{}.access]]\n{rule}\n", s.name));
+        }
     }
 }
 
@@ -896,28 +804,34 @@ pub fn translate(tree: &[Directive]) -> Import {
         .map(|d| d.file.display().to_string())
         .unwrap_or_default();
     let toml = t.write(&source);
-    let mut untranslated = t.notes;
+    // A setting two services inherit can be noted for each.
+    let mut untranslated: Vec<Untranslated> = Vec::new();
+    for note in t.notes {
+        if !untranslated.contains(&note) {
+            untranslated.push(note);
+        }
+    }
     untranslated.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     Import { toml, untranslated }
 }
 
 /// `"a", "b"`: the inside of a TOML array of strings.
-fn list(v: &[String]) -> String {
+pub(super) fn list(v: &[String]) -> String {
     v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
 }
 
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
-fn push_new(list: &mut Vec<String>, item: String) {
+pub(super) fn push_new(list: &mut Vec<String>, item: String) {
     if !list.contains(&item) {
         list.push(item);
     }
 }
 
 /// nginx's default port is 80 when an upstream server gives none.
-fn with_port(addr: &str) -> String {
+pub(super) fn with_port(addr: &str) -> String {
     let has_port = match addr.rsplit_once(':') {
         Some((host, port)) => !host.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()),
         None => false,
@@ -927,32 +841,6 @@ fn with_port(addr: &str) -> String {
     } else {
         format!("{addr}:80")
     }
-}
-
-/// `listen 80`, `listen 127.0.0.1:8080`, `listen [::]:443 ssl`: the address and whether it
-/// serves TLS.
-fn listen(args: &[String]) -> Option<(String, bool)> {
-    let first = args.first()?;
-    let ssl = args[1..].iter().any(|a| a == "ssl");
-    let addr = if first.bytes().all(|b| b.is_ascii_digit()) {
-        format!("0.0.0.0:{first}")
-    } else if let Some(port) = first.strip_prefix("*:") {
-        format!("0.0.0.0:{port}")
-    } else if first.starts_with('[') && !first.contains("]:") {
-        format!("{first}:80")
-    } else if first.starts_with("unix:") {
-        return None;
-    } else if first.contains(':') {
-        first.clone()
-    } else {
-        format!("{first}:80")
-    };
-    addr.parse::<std::net::SocketAddr>().ok()?;
-    Some((addr, ssl))
-}
-
-fn is_https_redirect(args: &[String]) -> bool {
-    matches!(args, [code, url] if matches!(code.as_str(), "301" | "302" | "307" | "308") && url.starts_with("https://"))
 }
 
 /// nginx times (`60`, `60s`, `5m`, `1h`, `1d`, `500ms`) as switchback writes them.
@@ -969,7 +857,7 @@ fn duration(text: &str) -> Option<String> {
 
 /// The upstream's name; when taken, with the location's first path segment (`api-ws`), then a
 /// number.
-fn unique_name(services: &[Service], base: &str, prefix: &str) -> String {
+pub(super) fn unique_name(services: &[Service], base: &str, prefix: &str) -> String {
     let clean = |text: &str| -> String {
         text.chars()
             .map(|c| {
@@ -1006,9 +894,10 @@ fn unique_name(services: &[Service], base: &str, prefix: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
 
-    fn run(text: &str) -> (String, Vec<String>) {
+    /// The TOML and the notes (`line: directive: why`) an nginx config imports to.
+    pub(in crate::nginx) fn run(text: &str) -> (String, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, text).unwrap();
@@ -1019,6 +908,14 @@ mod tests {
             .map(|n| format!("{}: {}: {}", n.line, n.directive, n.why))
             .collect();
         (import.toml, notes)
+    }
+
+    /// [`run`], with the TOML read back as switchback reads it.
+    pub(in crate::nginx) fn import(text: &str) -> (crate::Config, Vec<String>, String) {
+        let (toml, notes) = run(text);
+        let config = crate::parse(std::path::Path::new("t.toml"), &toml)
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        (config, notes, toml)
     }
 
     #[test]
@@ -1051,6 +948,11 @@ mod tests {
         );
         assert!(!app.https_redirect);
         assert_eq!(app.hsts, None);
+        // On both blocks' listeners, which is every listener, and the first server's fallback.
+        assert!(app.listen.is_empty() && app.default);
+        let exact = config.service("exact").unwrap();
+        assert_eq!(exact.listen, ["0.0.0.0:80".parse().unwrap()]);
+        assert!(!exact.default);
         assert_eq!(config.service("exact").unwrap().path_prefix, "/exact");
         for expected in [
             "8: location: a regular-expression location",
@@ -1061,6 +963,44 @@ mod tests {
                 "{expected} not in {notes:#?}"
             );
         }
+    }
+
+    #[test]
+    fn proxy_set_header_keeps_the_variables_switchback_knows() {
+        let (config, notes, toml) = import(
+            "http {\n server {\n  listen 80;\n  server_name a.test;\n  location / {\n\
+               proxy_pass http://app:8000;\n\
+               proxy_set_header Host $host;\n\
+               proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+               proxy_set_header X-Real-IP $remote_addr;\n\
+               proxy_set_header X-Request-ID $request_id;\n\
+               proxy_set_header X-Client \"$remote_addr:$remote_port\";\n\
+               proxy_set_header X-Price 5$;\n\
+               proxy_set_header X-User $http_x_user;\n  }\n }\n}\n",
+        );
+        let mut rules: Vec<(&str, Option<&str>)> = config
+            .service("app")
+            .unwrap()
+            .request_headers
+            .iter()
+            .map(|r| (r.name.as_str(), r.value.as_deref()))
+            .collect();
+        rules.sort();
+        // Host and X-Forwarded-For are what switchback sends anyway: no rule for them.
+        assert_eq!(
+            rules,
+            [
+                ("x-client", Some("$client_ip:$remote_port")),
+                ("x-price", Some("5$$")),
+                ("x-real-ip", Some("$client_ip")),
+                ("x-request-id", Some("$request_id")),
+            ],
+            "{toml}"
+        );
+        assert_eq!(
+            notes,
+            ["13: proxy_set_header: $http_x_user has no switchback equivalent: request headers may use $remote_addr (as $client_ip), $host, $scheme, $request_id and $remote_port"]
+        );
     }
 
     #[test]

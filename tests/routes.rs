@@ -82,6 +82,12 @@ async fn routes_are_per_listener_with_a_default_service_and_redirects() {
         err.contains("it answers every request with its redirect"),
         "{err}"
     );
+    // A state file written with a redirect service in it is read back on a restart.
+    let moved = Upstream::start("metrics-2");
+    proxy.cli_ok(&["pool", "set", "a", &moved.addr.to_string(), "-s", "metrics"]);
+    proxy.restart();
+    assert_eq!(ask(second, "any.test", "/").await.1, "metrics-2");
+    assert_eq!(ask(main, "www.site.test", "/").await.0, 301);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,6 +138,10 @@ impl LiveState {
                 problems.push(Missing::Service(name.clone()));
                 continue;
             };
+            if conf.redirect.is_some() {
+                // No pools to be live: whatever the state says of it is past.
+                continue;
+            }
             let missing_pool = |pool: &String| Missing::Pool {
                 service: name.clone(),
                 pool: pool.clone(),
@@ -170,6 +174,9 @@ impl LiveState {
             let Some(saved_service) = saved.services.get(name) else {
                 continue;
             };
+            if config.service(name).is_some_and(|s| s.redirect.is_some()) {
+                continue;
+            }
             service.active = saved_service.active.clone();
             service.rollback_to = saved_service.rollback_to.clone();
             match &saved_service.rollout {
@@ -579,6 +586,21 @@ mod tests {
             notices[0].contains("stopped by a restart at step 2 of 4"),
             "{notices:?}"
         );
+    }
+
+    #[test]
+    fn a_redirect_service_restores_whatever_its_state_said() {
+        let www = "[services.www]\nhosts = [\"www.example.com\"]\nredirect = { to = \"https://example.com$request_uri\" }\n";
+        let c = config(www);
+        // As saved with the redirect, and as saved while it still had pools.
+        let same = LiveState::from_config(&c);
+        let mut before = same.clone();
+        before.services.get_mut("www").unwrap().active = "blue".into();
+        for saved in [same, before] {
+            let (live, _) = LiveState::restore(&c, saved).unwrap();
+            assert_eq!(live.services["www"].active, "");
+            assert!(live.services["www"].pools.is_empty());
+        }
     }
 
     #[test]

@@ -646,7 +646,19 @@ health = { path = "/", interval = "500ms", timeout = "1s" }
         let text = include_str!("../../examples/switchback.toml");
         let c =
             parse(Path::new("examples/switchback.toml"), text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services.len(), 3);
+        let app = c.service("app").unwrap();
+        assert!(app.default);
+        assert_eq!(app.request_headers.len(), 3);
+        assert_eq!(
+            c.service("old-site")
+                .unwrap()
+                .redirect
+                .as_ref()
+                .unwrap()
+                .code,
+            301
+        );
     }
 
     #[test]

@@ -382,8 +382,7 @@ impl ProxyHttp for SwitchbackProxy {
                     return Ok(false);
                 };
                 let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-                let port = facts.local().map(|a| a.port());
-                let location = redirect.location(raw_host, uri, ctx.tls, port);
+                let location = redirect.location(raw_host, uri, ctx.tls, facts.local());
                 let code = redirect.code;
                 ctx.answered_here = true;
                 Box::pin(self.answer_redirect(session, code, location)).await?;

@@ -72,16 +72,20 @@ pub struct RedirectRoute {
 }
 
 impl RedirectRoute {
-    /// The `Location` for a request: `host` as sent, `uri` its path and query, `port` the
-    /// listener's.
-    pub fn location(&self, host: &str, uri: &str, tls: bool, port: Option<u16>) -> String {
+    /// The `Location` for a request: `host` as sent, `uri` its path and query, `local` the
+    /// address it came to (whose IP stands in for a missing host, as nginx's would).
+    pub fn location(&self, host: &str, uri: &str, tls: bool, local: Option<SocketAddr>) -> String {
         let mut out = String::new();
         self.to.expand(&mut out, |var, out| match var {
-            Var::Host => out.push_str(&normalize_request_host(host)),
+            Var::Host => match (&*normalize_request_host(host), local) {
+                ("", Some(SocketAddr::V4(a))) => out.push_str(&a.ip().to_string()),
+                ("", Some(SocketAddr::V6(a))) => out.push_str(&format!("[{}]", a.ip())),
+                (host, _) => out.push_str(host),
+            },
             Var::RequestUri => out.push_str(uri),
             Var::Scheme => out.push_str(if tls { "https" } else { "http" }),
             Var::ServerPort => {
-                let port = port.unwrap_or(if tls { 443 } else { 80 });
+                let port = local.map_or(if tls { 443 } else { 80 }, |a| a.port());
                 out.push_str(&port.to_string())
             }
             // Not redirect variables: validation refuses them there.
@@ -553,6 +557,30 @@ pools.a = ["127.0.0.1:9004"]
         );
         assert_eq!(name(&t, "other.net", "/api"), "app");
         assert_eq!(name(&t, "[::1]:8080", "/"), "app");
+    }
+
+    #[test]
+    fn a_redirect_expands_the_request_and_stands_in_for_a_missing_host() {
+        let r = RedirectRoute {
+            code: 301,
+            to: Template::parse("$scheme://$host:$server_port/x$request_uri", REDIRECT_VARS)
+                .unwrap(),
+        };
+        let local = "10.0.0.5:8080".parse().ok();
+        assert_eq!(
+            r.location("WWW.Example.com:8080", "/a?b", false, local),
+            "http://www.example.com:8080/x/a?b"
+        );
+        assert_eq!(
+            r.location("", "/", true, None),
+            "https://:443/x/",
+            "no host and no address: nothing to stand in"
+        );
+        assert_eq!(r.location("", "/", false, local), "http://10.0.0.5:8080/x/");
+        assert_eq!(
+            r.location("", "/", false, "[::1]:80".parse().ok()),
+            "http://[::1]:80/x/"
+        );
     }
 
     #[test]

@@ -348,11 +348,25 @@ impl ClientLimits {
     ) -> Result<std::io::Result<BytesMut>, HeadEnd> {
         let start = tokio::time::Instant::now();
         let quiet = STOP_WATCH_AFTER.min(self.keepalive_timeout);
-        deadline.as_mut().reset(start + quiet);
-        tokio::select! {
-            biased;
-            read = first_read(stream) => return Ok(read),
-            () = deadline.as_mut() => {}
+        let wake = start + quiet;
+        // The timer is re-armed only when it would not go off before `wake`: a connection that
+        // asks again within a second keeps the one it armed for an earlier request, which goes
+        // off early once and is armed again then. Moving a timer in tokio's wheel on every
+        // request cost more than the rest of the wait.
+        let armed = deadline.deadline();
+        if armed <= start || armed > wake {
+            deadline.as_mut().reset(wake);
+        }
+        loop {
+            tokio::select! {
+                biased;
+                read = first_read(stream) => return Ok(read),
+                () = deadline.as_mut() => {}
+            }
+            if tokio::time::Instant::now() >= wake {
+                break;
+            }
+            deadline.as_mut().reset(wake);
         }
         if quiet == self.keepalive_timeout {
             return Err(HeadEnd::TimedOut { started: false });

@@ -70,6 +70,8 @@ pub struct RequestHead<'b, 'h> {
     /// A Connection header names headers to leave out (any token but close, keep-alive and
     /// upgrade): see [`dropped_by_connection`].
     pub names_headers: bool,
+    /// The first `X-Request-ID` header's value.
+    pub request_id: Option<&'b [u8]>,
 }
 
 /// Parses a whole request head at the start of `buf` (None when it is not all there) and
@@ -101,6 +103,7 @@ pub fn parse_request<'b, 'h>(
         upgrade: false,
         expect: false,
         names_headers: false,
+        request_id: None,
     };
     let mut length = None;
     let mut chunked = None;
@@ -139,6 +142,8 @@ pub fn parse_request<'b, 'h>(
             head.upgrade = true;
         } else if name.eq_ignore_ascii_case(b"expect") {
             head.expect = true;
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            head.request_id.get_or_insert(h.value);
         }
     }
     head.framing = framing_of_request(length, chunked.is_some())?;

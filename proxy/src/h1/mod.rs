@@ -340,9 +340,9 @@ impl Http1 {
         let overrides = &service.overrides;
         let rules = &service.request_headers;
         let request_id = if rules.uses_request_id() {
-            Some(RequestId::of(view.first("x-request-id")))
+            Some(RequestId::of(head.request_id))
         } else if self.policy.access_log.is_some() {
-            view.first("x-request-id").and_then(RequestId::given)
+            head.request_id.and_then(RequestId::given)
         } else {
             None
         };

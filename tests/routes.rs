@@ -82,6 +82,9 @@ async fn routes_are_per_listener_with_a_default_service_and_redirects() {
         err.contains("it answers every request with its redirect"),
         "{err}"
     );
+    // A reload of the same file changes nothing, redirect and all.
+    let out = proxy.cli_ok(&["reload"]);
+    assert!(!out.contains("refused"), "{out}");
     // A state file written with a redirect service in it is read back on a restart.
     let moved = Upstream::start("metrics-2");
     proxy.cli_ok(&["pool", "set", "a", &moved.addr.to_string(), "-s", "metrics"]);

@@ -63,6 +63,22 @@ pub fn plan_reload(
             changes.push(format!("service {name:?} added"));
             continue;
         };
+        if old_service.redirect.is_some() || new_service.redirect.is_some() {
+            // A redirect has no pools: nothing live carries over to or from one, and the
+            // file's state (from_config) is the service's.
+            redirect_change(
+                old_service,
+                new_service,
+                now,
+                force,
+                &mut changes,
+                &mut refusals,
+            );
+            if force && now.rollout.is_some() {
+                ends_rollouts.push(name.clone());
+            }
+            continue;
+        }
         let next = state
             .services
             .get_mut(name)
@@ -168,6 +184,23 @@ pub fn plan_reload(
         }
     }
 
+    // The running listeners are the old file's until an upgrade: a service limited to one
+    // only the new file has would be on no listener at all.
+    for service in &new.services {
+        let missing: Vec<String> = service
+            .listen
+            .iter()
+            .filter(|l| !old.listen.http.contains(l) && !old.listen.https.contains(l))
+            .map(|l| l.to_string())
+            .collect();
+        if !missing.is_empty() && !force {
+            refusals.push(format!(
+                "service {:?}: listen names {}, which this process does not listen on yet: `switchback upgrade` starts a process with the new listeners",
+                service.name,
+                missing.join(", ")
+            ));
+        }
+    }
     if old.resolver != new.resolver {
         changes.push("resolver settings changed: names are resolved with them from now on".into());
     }
@@ -180,6 +213,50 @@ pub fn plan_reload(
         needs_upgrade: needs_upgrade(old, new),
         ends_rollouts,
     })
+}
+
+/// A reload's word on a service that answers with a redirect before or after it.
+fn redirect_change(
+    old: &ServiceConfig,
+    new: &ServiceConfig,
+    now: &crate::state::ServiceState,
+    force: bool,
+    changes: &mut Vec<String>,
+    refusals: &mut Vec<String>,
+) {
+    let name = &new.name;
+    if let Some(mark) = &now.rollout {
+        if force {
+            changes.push(format!(
+                "service {name:?}: the rollout of pool {:?} ends (forced)",
+                mark.pool
+            ));
+        } else {
+            refusals.push(format!(
+                "service {name:?}: a rollout of pool {:?} runs and the new config makes the service a redirect",
+                mark.pool
+            ));
+        }
+    }
+    match (old.redirect.is_some(), new.redirect.is_some()) {
+        // As removing the pool that serves: only when forced.
+        (false, true) if !force => refusals.push(format!(
+            "service {name:?}: pool {:?} serves its traffic and the new config makes the service a redirect (reload with --force to do it)",
+            now.active
+        )),
+        (false, true) => changes.push(format!(
+            "service {name:?}: answers every request with its redirect now; its pools are gone (forced)"
+        )),
+        (true, false) => changes.push(format!(
+            "service {name:?}: proxies to its pools now, {:?} active",
+            new.active
+        )),
+        _ => {}
+    }
+    let settings = changed_settings(old, new);
+    if !settings.is_empty() {
+        changes.push(format!("service {name:?}: {} changed", settings.join(", ")));
+    }
 }
 
 /// The config that runs after a reload of `new` over `old`: the new file's services, and the
@@ -331,6 +408,49 @@ mod tests {
             ]
         );
         assert!(plan.needs_upgrade.is_empty());
+    }
+
+    #[test]
+    fn redirect_services_reload_and_a_service_becomes_one_only_when_forced() {
+        const WWW: &str = "[services.www]\nhosts = [\"www.test\"]\nredirect = { to = \"https://test$request_uri\" }\n";
+        let old = config(&format!("{BLUE_GREEN}{WWW}"));
+        let live = LiveState::from_config(&old);
+        // The same file, and a changed redirect.
+        assert!(plan_reload(&old, &old, &live, false)
+            .unwrap()
+            .changes
+            .is_empty());
+        let new = config(&format!(
+            "{BLUE_GREEN}{}",
+            WWW.replace("https://test", "https://x.test")
+        ));
+        let plan = plan_reload(&old, &new, &live, false).unwrap();
+        assert_eq!(plan.changes, ["service \"www\": redirect changed"]);
+        // A redirect that gets pools serves its file's active pool.
+        let pooled = config(&format!(
+            "{BLUE_GREEN}[services.www]\nhosts = [\"www.test\"]\nactive = \"a\"\npools.a = [\"127.0.0.1:9100\"]\n"
+        ));
+        let plan = plan_reload(&old, &pooled, &live, false).unwrap();
+        assert_eq!(plan.state.services["www"].active, "a");
+        // And back: the pool that serves goes only with --force.
+        let live = LiveState::from_config(&pooled);
+        let e = plan_reload(&pooled, &old, &live, false).unwrap_err();
+        assert!(e[0].contains("makes the service a redirect"), "{e:?}");
+        let plan = plan_reload(&pooled, &old, &live, true).unwrap();
+        assert!(plan.state.services["www"].is_redirect());
+    }
+
+    #[test]
+    fn a_service_may_not_move_to_a_listener_the_process_lacks() {
+        let old = config(BLUE_GREEN);
+        let live = LiveState::from_config(&old);
+        let text = format!("[listen]\nhttp = [\"127.0.0.1:8080\", \"127.0.0.1:8081\"]\n[control]\nsocket = \"/tmp/sb.sock\"\n[state]\ndir = \"/tmp/sb\"\n{BLUE_GREEN}listen = [\"127.0.0.1:8081\"]\n");
+        let new = crate::parse(Path::new("test.toml"), &text).unwrap();
+        let e = plan_reload(&old, &new, &live, false).unwrap_err();
+        assert!(
+            e[0].contains("listen names 127.0.0.1:8081, which this process does not listen on yet"),
+            "{e:?}"
+        );
     }
 
     #[test]

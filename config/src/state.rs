@@ -49,6 +49,13 @@ pub struct ServiceState {
     pub rollout: Option<RolloutMark>,
 }
 
+impl ServiceState {
+    /// The state of a service that answers with a redirect: no pools, none active.
+    pub fn is_redirect(&self) -> bool {
+        self.active.is_empty() && self.pools.is_empty()
+    }
+}
+
 /// The canary of a service: `permille` thousandths of clients go to `pool`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,8 +145,9 @@ impl LiveState {
                 problems.push(Missing::Service(name.clone()));
                 continue;
             };
-            if conf.redirect.is_some() {
-                // No pools to be live: whatever the state says of it is past.
+            if conf.redirect.is_some() || s.is_redirect() {
+                // No pools to be live, now or when it was saved: what the state says of it is
+                // past, and the file's pools (if any) serve.
                 continue;
             }
             let missing_pool = |pool: &String| Missing::Pool {
@@ -174,7 +182,9 @@ impl LiveState {
             let Some(saved_service) = saved.services.get(name) else {
                 continue;
             };
-            if config.service(name).is_some_and(|s| s.redirect.is_some()) {
+            if saved_service.is_redirect()
+                || config.service(name).is_some_and(|s| s.redirect.is_some())
+            {
                 continue;
             }
             service.active = saved_service.active.clone();
@@ -219,6 +229,10 @@ impl LiveState {
             else {
                 continue;
             };
+            // A redirect here (or in the node that wrote it) has no pools to take.
+            if conf.redirect.is_some() || wanted.is_redirect() {
+                continue;
+            }
             let canary = wanted.canary.as_ref().map(|c| &c.pool);
             let rollout = wanted.rollout.as_ref().map(|r| &r.pool);
             let missing: Vec<&String> = std::iter::once(&wanted.active)
@@ -596,11 +610,26 @@ mod tests {
         let same = LiveState::from_config(&c);
         let mut before = same.clone();
         before.services.get_mut("www").unwrap().active = "blue".into();
-        for saved in [same, before] {
+        for saved in [same.clone(), before] {
             let (live, _) = LiveState::restore(&c, saved).unwrap();
             assert_eq!(live.services["www"].active, "");
             assert!(live.services["www"].pools.is_empty());
         }
+        // Saved as a redirect, then given pools: the file's pools serve, and the rest of
+        // the state is kept.
+        let pooled = config("[services.www]\nhosts = [\"www.example.com\"]\nactive = \"a\"\npools.a = [\"127.0.0.1:9100\"]\n");
+        let mut saved = same;
+        saved.services.get_mut("app").unwrap().active = "green".into();
+        let (live, _) = LiveState::restore(&pooled, saved.clone()).unwrap();
+        assert_eq!(live.services["www"].active, "a");
+        assert_eq!(live.services["app"].active, "green");
+        // A fleet state with the redirect in it is taken without a problem, both ways.
+        let (_, problems) = LiveState::from_config(&c).adopt(&c, &saved);
+        assert!(problems.is_empty(), "{problems:?}");
+        let (adopted, problems) = LiveState::from_config(&pooled).adopt(&pooled, &saved);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(adopted.services["www"].active, "a");
+        assert_eq!(adopted.services["app"].active, "green");
     }
 
     #[test]

@@ -103,6 +103,10 @@ fn valid(config: &Config) {
     assert!(config.server.max_connections >= 1);
     assert!(config.server.max_request_head <= switchback_config::MAX_REQUEST_HEAD_LIMIT);
     for service in &config.services {
+        if service.redirect.is_some() {
+            assert!(service.pools.is_empty() && service.active.is_empty());
+            continue;
+        }
         // Another pool may be empty (`pool set` fills it later); the active one may not.
         let active = service.pools.iter().find(|p| p.name == service.active);
         assert!(

@@ -285,15 +285,27 @@ impl RoutingTable {
         let Some(local) = local else {
             return &self.hosts;
         };
+        // An IPv4 client of a dual-stack `[::]` socket comes as ::ffff:a.b.c.d.
+        let local = match local {
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+                None => local,
+            },
+            v4 => v4,
+        };
+        let wildcard = |same_family: bool| {
+            self.by_listener.iter().find(move |(l, _)| {
+                l.port() == local.port()
+                    && l.ip().is_unspecified()
+                    && (l.is_ipv4() == local.is_ipv4()) == same_family
+            })
+        };
         let found = self
             .by_listener
             .iter()
             .find(|(l, _)| *l == local)
-            .or_else(|| {
-                self.by_listener
-                    .iter()
-                    .find(|(l, _)| l.port() == local.port() && l.ip().is_unspecified())
-            });
+            .or_else(|| wildcard(true))
+            .or_else(|| wildcard(false));
         found.map_or(&self.hosts, |(_, hosts)| hosts)
     }
 
@@ -625,8 +637,11 @@ pools.a = ["127.0.0.1:9003"]
         // An unknown name takes the default's routes (its wildcard's, paths and all).
         assert_eq!(at(main, "10.1.2.3", "/"), "site");
         assert_eq!(at(main, "10.1.2.3", "/api/x"), "site-api");
-        // A listener on 0.0.0.0 takes any local address of its port.
+        // A listener on 0.0.0.0 takes any local address of its port, IPv6 too when it is the
+        // only one there (a dual-stack socket's IPv4 clients come as ::ffff:…).
         assert_eq!(at("10.0.0.5:9090", "a.example.com", "/api/x"), "site-api");
+        assert_eq!(at("[::ffff:10.0.0.5]:9090", "x", "/metrics"), "metrics");
+        assert_eq!(at("[2001:db8::1]:9090", "x", "/metrics"), "metrics");
         assert_eq!(at("10.0.0.5:9090", "a.example.com", "/"), "");
         assert_eq!(at("10.0.0.5:9090", "10.1.2.3", "/metrics"), "metrics");
         // Without a local address, only services on every listener.

@@ -15,7 +15,7 @@
 //! What this path does not carry yet goes to pingora on the same connection: upgrades
 //! (WebSockets), an `Expect` other than `100-continue`, targets not in origin form, HTTP/1.0
 //! requests without a Host, services that compress, and the proxy's own answers (ACME
-//! challenge, HTTPS redirect, no service, a body over the limit).
+//! challenge, HTTPS redirect, a redirect service's, no service, a body over the limit).
 //!
 //! An `Expect: 100-continue` is answered here, with `100 Continue` once a backend connection
 //! is ready and the body is wanted; the backend never sees the `Expect`. An HTTP/1.0 client

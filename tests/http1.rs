@@ -383,3 +383,53 @@ fn expect_100_continue_is_answered_before_the_body_and_not_passed_on() {
     }
     assert_eq!(blue.complete_bodies.load(Ordering::SeqCst), 2);
 }
+
+/// The names of the proxy's worker threads (`switchback-N`), sorted.
+fn worker_threads(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|comm| comm.trim().to_string())
+        .filter(|comm| {
+            comm.strip_prefix("switchback-")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn server_threads_worker_threads_each_accept_and_serve_on_their_own() {
+    let blue = Upstream::start("blue");
+    let proxy = Proxy::start_with_server("threads = 3", &one_pool(&blue));
+    // The first worker may serve before the last one is started.
+    let want = ["switchback-0", "switchback-1", "switchback-2"];
+    let started = std::time::Instant::now();
+    while worker_threads(proxy.pid()) != want && started.elapsed().as_secs() < 10 {
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        worker_threads(proxy.pid()),
+        want,
+        "one worker thread per server.threads"
+    );
+    // Connections open at once, each kept for a few requests, land on whichever worker
+    // accepted them; every one is served.
+    let mut conns: Vec<TcpStream> = (0..24).map(|_| raw_connect(proxy.addr())).collect();
+    for round in 0..3 {
+        for s in &mut conns {
+            s.write_all(b"GET /status/204 HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap();
+        }
+        for (i, s) in conns.iter_mut().enumerate() {
+            let answer = read_raw_answer(s);
+            assert_eq!(
+                answer.map(|(status, _)| status),
+                Some(204),
+                "connection {i}, round {round}"
+            );
+        }
+    }
+    assert_eq!(worker_threads(proxy.pid()).len(), 3);
+}

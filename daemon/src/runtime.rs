@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -33,6 +32,7 @@ use switchback_control::BindError;
 use switchback_proxy::access_log::{self, AccessLog};
 use switchback_proxy::proxy_protocol::{BeforeTls, ProxyProtocol};
 use switchback_proxy::split::BucketSigner;
+use switchback_proxy::workers::{Listener, Workers};
 use switchback_proxy::{ClientLimits, Connections, Metrics, SwitchbackProxy};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
@@ -44,19 +44,6 @@ use crate::controller::Controller;
 use crate::handler::{reload, ControlHandler};
 use crate::health_check::{check_all_once, run_checker};
 use crate::upgrade::{self, Upgrader};
-
-/// The socket buffers of a plain-HTTP client connection. pingora gives every accepted
-/// connection a 64 KiB read buffer, held for the connection's whole life, idle or not; for
-/// plain HTTP it saves nothing, because heads and bodies are read into buffers of their own,
-/// one read per arrival either way. Without it an idle keep-alive connection costs 20 KB
-/// instead of 86 KB (`cargo bench --bench proxy -- memory`), at the same requests per second
-/// and instructions per request. TLS listeners keep pingora's default: rustls reads records
-/// in small pieces, which the buffer turns into one read each.
-const PLAIN_L4_BUFFER: L4BufferSettings = L4BufferSettings {
-    read: Some(0),
-    // pingora's default: about one segment, flushed by the HTTP layer after each write.
-    write: None,
-};
 
 /// How long an exit waits for the access log writer to catch up.
 const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(5);
@@ -205,8 +192,15 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .map(|a| (*a, "listen.http"))
         .chain(config.listen.https.iter().map(|a| (*a, "listen.https")))
         .chain(admin_listen.map(|a| (a, "admin.listen")));
+    // The proxy's sockets are bound here, so that a port in use stops the start with its
+    // reason; the admin listener's is bound again by pingora.
+    let mut bound = std::collections::HashMap::new();
     for (addr, key) in listeners.filter(|_| !taking_over) {
-        TcpListener::bind(addr).map_err(|source| RunError::Listen { addr, key, source })?;
+        let listener =
+            TcpListener::bind(addr).map_err(|source| RunError::Listen { addr, key, source })?;
+        if key != "admin.listen" {
+            bound.insert(addr, listener);
+        }
     }
     if let Some(addr) = admin_listen {
         if !addr.ip().is_loopback() {
@@ -288,8 +282,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let conf = ServerConf {
         threads,
         upstream_keepalive_pool_size: keepalive_pool,
-        // One single-threaded runtime per worker thread: measured 10-15% less CPU per request
-        // than tokio's work-stealing scheduler on short keep-alive requests.
+        // pingora's own services (admin, background tasks) run on single-threaded runtimes, as
+        // the proxy's worker threads do (switchback_proxy::workers): measured 10-15% less CPU
+        // per request than tokio's work-stealing scheduler on short keep-alive requests.
         work_stealing: false,
         grace_period_seconds: Some(config.server.shutdown_grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
@@ -358,16 +353,16 @@ pub fn run(config: Config) -> Result<(), RunError> {
     if let Some(pp) = &proxy_protocol {
         connections = connections.with_proxy_protocol(pp.clone());
     }
-    let mut proxy = Service::new("switchback proxy".to_string(), connections);
-    if let Some(pp) = proxy_protocol {
-        // On HTTPS listeners the header comes before the TLS handshake.
-        proxy
-            .endpoints()
-            .set_pre_tls_callback(Arc::new(BeforeTls(pp)));
-    }
-    for addr in &config.listen.http {
-        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(PLAIN_L4_BUFFER));
-    }
+    let mut listeners: Vec<Listener> = config
+        .listen
+        .http
+        .iter()
+        .map(|addr| Listener {
+            addr: *addr,
+            tls: None,
+            bound: bound.remove(addr),
+        })
+        .collect();
     if let Some(certs) = &certs {
         for addr in &config.listen.https {
             let mut tls = TlsSettings::intermediate("", "").map_err(|e| RunError::Tls {
@@ -376,8 +371,24 @@ pub fn run(config: Config) -> Result<(), RunError> {
             })?;
             tls.set_cert_resolver(certs.resolver());
             tls.enable_h2();
-            proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+            listeners.push(Listener {
+                addr: *addr,
+                tls: Some(Arc::new(tls.build())),
+                bound: bound.remove(addr),
+            });
         }
+    }
+    // Each worker thread accepts on its own and serves what it accepted: see
+    // switchback_proxy::workers. A TLS handshake is due within client_header_timeout.
+    let mut proxy = Workers::new(
+        connections,
+        listeners,
+        threads,
+        config.server.client_header_timeout,
+    );
+    if let Some(pp) = proxy_protocol {
+        // On HTTPS listeners the header comes before the TLS handshake.
+        proxy = proxy.with_before_tls(Arc::new(BeforeTls(pp)));
     }
     server.add_service(proxy);
     if let Some(addr) = admin_listen {

@@ -23,15 +23,18 @@
 //!   `send_timeout` as the write deadline of the answer.
 //!
 //! An idle keep-alive connection holds as little as it can:
-//! - it runs in a task of its own, not in pingora's task of the accepted connection, whose
-//!   state keeps room for the TLS handshake (about 8.8 KB) for as long as the task lives;
+//! - it runs in a task of its own on the worker thread that accepted it ([`crate::workers`]),
+//!   with no room in its state for the TLS handshake, which a boxed future of its own did;
 //! - no head buffer while it waits (the first read goes through a buffer on the stack and is
 //!   copied into a head buffer of its size, which a request held open for long, a WebSocket
 //!   say, keeps instead of 4 KiB);
 //! - the rare error answers are boxed, so their buffers are not part of every connection's
 //!   state.
 //!
-//! What it still holds is mostly pingora's stream, with its 1,460-byte write buffer.
+//! - its stream has no buffers of its own: what the proxy writes goes out in one `write` or
+//!   `writev` of its own buffers.
+//!
+//! What it still holds is mostly pingora's stream.
 //!
 //! HTTP/2 connections go to pingora's own loop, with `keepalive_timeout` as its idle timeout.
 
@@ -42,7 +45,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::prelude::timeout;
@@ -532,29 +534,10 @@ const BAD_REQUEST: &[u8] =
 const HEAD_TOO_LARGE: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
-    /// Moves the connection to a task of its own and lets pingora's end: pingora's task for an
-    /// accepted connection keeps room for a TLS handshake in its state (about 8.8 KB), and
-    /// would hold it for as long as the connection lives; this one holds the connection's
-    /// state only.
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        tokio::spawn(self.clone().serve(stream, shutdown.clone()));
-        None
-    }
-
-    async fn cleanup(&self) {
-        ServerApp::cleanup(&*self.app).await
-    }
-}
-
 impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
-    /// Serves one client connection to its end.
-    async fn serve(self: Arc<Self>, mut stream: Stream, shutdown: ShutdownWatch) {
+    /// Serves one client connection to its end, on the worker thread that accepted it (see
+    /// [`crate::workers`]).
+    pub async fn serve(self: Arc<Self>, mut stream: Stream, shutdown: ShutdownWatch) {
         let mut stopping = shutdown.clone();
         let shutdown = &shutdown;
         // Whether the process is stopping, per request without the watch's lock: it only ever

@@ -22,7 +22,8 @@
 //! depend on nothing here; `forwarding` on `text`; `access_log` on `lane`, `host_and_path` and
 //! `text`; `pool` on `metrics` and `health`; `routing` on those; `policy` (the decisions of a
 //! request, whichever path carries it) on `routing`, `split` and `access_log`; `http` (pingora's
-//! hooks) and `h1` (switchback's own HTTP/1.1 path) on `policy`; `connections` on both.
+//! hooks) and `h1` (switchback's own HTTP/1.1 path) on `policy`; `connections` on both;
+//! `workers` (the worker threads that accept and serve connections) on `connections`.
 
 pub mod access;
 pub mod access_log;
@@ -49,6 +50,7 @@ pub mod routing;
 pub mod split;
 mod text;
 pub mod tunnel;
+pub mod workers;
 
 pub use connections::{ClientLimits, Connections};
 pub use health::{Health, HealthRegistry, HealthState};

@@ -19,6 +19,8 @@
 //!   medians; then requests per second, p99 and backend connections opened at 64, 256 and 1000
 //!   clients (switchback on both HTTP/1 paths, nginx with `keepalive 1024`, HAProxy), which
 //!   `backends` runs alone;
+//! - `large`: keep-alive GETs of a 1 MiB answer (requests per second times 1 MiB is the
+//!   bytes per second), for switchback on both HTTP/1 paths, the floor, nginx and HAProxy;
 //! - `https`: keep-alive requests per second over TLS, and new TLS handshakes per second, for
 //!   switchback, nginx and HAProxy with the same certificate;
 //! - `switch`: failed requests while switchback switches blue → green → blue 100 times under
@@ -196,6 +198,7 @@ fn options() -> Options {
         o.scenarios = vec![
             "http".into(),
             "https".into(),
+            "large".into(),
             "switch".into(),
             "observability".into(),
             "canary".into(),
@@ -318,9 +321,11 @@ impl Bench {
             &dir.join("upstream"),
             &format!(
                 "server {{ listen 127.0.0.1:{blue}; access_log off; location / {{ return 200 \"blue\\n\"; }}\n\
-                   location = /page {{ default_type text/html; alias {}; }} }}\n\
+                   location = /page {{ default_type text/html; alias {}; }}\n\
+                   location = /large {{ default_type application/octet-stream; alias {}; }} }}\n\
                  server {{ listen 127.0.0.1:{green}; access_log off; location / {{ return 200 \"green\\n\"; }} }}",
-                shaping::page_file(&dir).display()
+                shaping::page_file(&dir).display(),
+                large_file(&dir).display()
             ),
         );
         let mut upstream = spawn(
@@ -816,6 +821,60 @@ fn http(bench: &Bench, o: &Options) {
         false,
     );
     backend_connections(bench, o);
+}
+
+/// The upstream's `/large`: a 1 MiB answer.
+fn large_file(dir: &Path) -> PathBuf {
+    let path = dir.join("large.bin");
+    let bytes: Vec<u8> = (0..LARGE).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+const LARGE: usize = 1 << 20;
+
+/// 1 MiB answers over keep-alive connections: requests per second times 1 MiB is the bytes per
+/// second each proxy moves, for switchback on both HTTP/1 paths, the floor, nginx and HAProxy.
+fn large(bench: &Bench, o: &Options) {
+    let (sb_port, fl_port, ng_port, hp_port) = (free_port(), free_port(), free_port(), free_port());
+    let (_sb, _) = bench.switchback_with(sb_port, "");
+    let _fl = bench.floor(fl_port);
+    let _ng = bench.nginx(ng_port);
+    let _hp = bench.haproxy(hp_port);
+    let sp_port = free_port();
+    let (sp_cmd, _) = bench.switchback_cmd_server(sp_port, "http1 = \"pingora\"", "", true);
+    let _sp = start("switchback-pingora", sp_cmd, sp_port, &bench.dir);
+    let url = |port: u16| format!("http://127.0.0.1:{port}/large");
+    let mut targets = vec![
+        ("switchback", url(sb_port)),
+        ("floor", url(fl_port)),
+        ("nginx", url(ng_port)),
+        ("haproxy", url(hp_port)),
+        ("switchback-pingora", url(sp_port)),
+    ];
+    let bl_port = free_port();
+    let _bl = bench
+        .baseline_cmd(bl_port, "", true)
+        .map(|cmd| start("baseline", cmd, bl_port, &bench.dir));
+    if _bl.is_some() {
+        targets.push(("baseline", url(bl_port)));
+    }
+    let connections = o.connections.min(8);
+    compare(
+        &format!(
+            "large: keep-alive GET of a 1 MiB answer, {} worker thread(s) each, wrk -t1 -c{connections} -d{}s, {} rounds (MiB/s = req/s)",
+            threads(),
+            o.seconds,
+            o.rounds
+        ),
+        &targets,
+        &Options {
+            scenarios: Vec::new(),
+            connections,
+            ..*o
+        },
+        false,
+    );
 }
 
 /// TCP connections this machine opened so far (`Tcp: ActiveOpens` in /proc/net/snmp).
@@ -1540,8 +1599,9 @@ fn main() {
             "shaping" => shaping::shaping(&bench, &o),
             "fleet" => fleet::fleet(&bench, &o),
             "backends" => backend_connections(&bench, &o),
+            "large" => large(&bench, &o),
             other => panic!(
-                "unknown scenario {other} (http, backends, https, switch, observability, canary, instructions, memory, retry, reload, shaping, fleet)"
+                "unknown scenario {other} (http, backends, large, https, switch, observability, canary, instructions, memory, retry, reload, shaping, fleet)"
             ),
         }
     }

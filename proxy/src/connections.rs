@@ -163,6 +163,11 @@ impl<A> Connections<A> {
         self
     }
 
+    /// Whether connections from some sources open with a PROXY protocol header.
+    pub fn reads_proxy_protocol(&self) -> bool {
+        self.proxy_protocol.is_some()
+    }
+
     /// Takes a place for `ip` under `max_connections_per_ip`, or None at the cap.
     fn enter(&self, ip: IpAddr) -> Option<PerIp<'_>> {
         let (Some(map), Some(cap)) = (&self.per_ip, self.limits.max_connections_per_ip) else {

@@ -27,6 +27,7 @@
 
 pub mod access;
 pub mod access_log;
+pub mod client_tcp;
 pub mod compress;
 pub mod connections;
 pub mod forwarding;

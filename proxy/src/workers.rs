@@ -36,6 +36,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tracing::{error, warn};
 
+use crate::client_tcp::ClientTcp;
 use crate::connections::Connections;
 
 /// How long a worker waits before accepting again when the process is out of descriptors.
@@ -318,21 +319,32 @@ impl<A: HttpServerApp + Send + Sync + 'static> Worker<A> {
                 Err(_) => continue,
             };
             let _ = tcp.set_nodelay(true);
-            let mut l4 = L4Stream::from(tcp);
-            let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+            let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
             let _ = digest.peer_addr.set(Some(peer.into()));
-            l4.set_socket_digest(digest);
             let held = Held::new(&self.balance, self.me);
             let app = self.app.clone();
             let shutdown = shutdown.clone();
             match &tls {
+                // A PROXY protocol header is read through pingora's stream, which can take
+                // back what followed it.
+                None if !app.reads_proxy_protocol() => {
+                    let client = ClientTcp::new(tcp, digest);
+                    tokio::spawn(async move {
+                        let _held = held;
+                        app.serve(Box::new(client), shutdown).await
+                    });
+                }
                 None => {
+                    let mut l4 = L4Stream::from(tcp);
+                    l4.set_socket_digest(digest);
                     tokio::spawn(async move {
                         let _held = held;
                         app.serve(Box::new(l4), shutdown).await
                     });
                 }
                 Some(tls) => {
+                    let mut l4 = L4Stream::from(tcp);
+                    l4.set_socket_digest(digest);
                     let tls = tls.clone();
                     let before_tls = self.before_tls.clone();
                     let timeout = self.handshake_timeout;

@@ -23,7 +23,8 @@
 //! `text`; `pool` on `metrics` and `health`; `routing` on those; `policy` (the decisions of a
 //! request, whichever path carries it) on `routing`, `split` and `access_log`; `http` (pingora's
 //! hooks) and `h1` (switchback's own HTTP/1.1 path) on `policy`; `connections` on both;
-//! `workers` (the worker threads that accept and serve connections) on `connections`.
+//! `workers` (the worker threads that accept and serve connections) on `connections` and
+//! `client_tcp` (a plain client connection as pingora's stream type), which depends on nothing.
 
 pub mod access;
 pub mod access_log;

@@ -773,41 +773,56 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn http(bench: &Bench, o: &Options) {
+/// switchback as shipped (metrics on, the access log on: to its stdout, a file here), the floor,
+/// nginx, HAProxy and switchback on pingora's HTTP/1 path (`server.http1 = "pingora"`), started
+/// side by side: the processes (stopped on drop), and each one's name and URL for `path`.
+fn start_peers(bench: &Bench, path: &str) -> (Vec<Proc>, Vec<(&'static str, String)>) {
+    let url = |port: u16| format!("http://127.0.0.1:{port}{path}");
     let (sb_port, fl_port, ng_port, hp_port) = (free_port(), free_port(), free_port(), free_port());
-    // switchback as shipped: metrics on, the access log on (to its stdout, a file here).
-    let (_sb, _) = bench.switchback_with(sb_port, "");
-    let _fl = bench.floor(fl_port);
-    let _ng = bench.nginx(ng_port);
-    let _hp = bench.haproxy(hp_port);
-    let url = |port: u16| format!("http://127.0.0.1:{port}/");
-    let mut targets = vec![
+    let sp_port = free_port();
+    let (sp_cmd, _) = bench.switchback_cmd_server(sp_port, "http1 = \"pingora\"", "", true);
+    let procs = vec![
+        bench.switchback_with(sb_port, "").0,
+        bench.floor(fl_port),
+        bench.nginx(ng_port),
+        bench.haproxy(hp_port),
+        start("switchback-pingora", sp_cmd, sp_port, &bench.dir),
+    ];
+    let targets = vec![
         ("switchback", url(sb_port)),
         ("floor", url(fl_port)),
         ("nginx", url(ng_port)),
         ("haproxy", url(hp_port)),
+        ("switchback-pingora", url(sp_port)),
     ];
-    // switchback with pingora's HTTP/1 path for every request (`server.http1 = "pingora"`).
-    let sp_port = free_port();
-    let (sp_cmd, _) = bench.switchback_cmd_server(sp_port, "http1 = \"pingora\"", "", true);
-    let _sp = start("switchback-pingora", sp_cmd, sp_port, &bench.dir);
-    targets.push(("switchback-pingora", url(sp_port)));
+    (procs, targets)
+}
+
+/// With SWITCHBACK_BASELINE, that build too, on the same config: a change's price.
+fn add_baseline(
+    bench: &Bench,
+    path: &str,
+    procs: &mut Vec<Proc>,
+    targets: &mut Vec<(&'static str, String)>,
+) {
+    let port = free_port();
+    if let Some(cmd) = bench.baseline_cmd(port, "", true) {
+        procs.push(start("baseline", cmd, port, &bench.dir));
+        targets.push(("baseline", format!("http://127.0.0.1:{port}{path}")));
+    }
+}
+
+fn http(bench: &Bench, o: &Options) {
+    let (mut procs, mut targets) = start_peers(bench, "/");
     let ff_port = free_port();
-    let _ff = start(
+    procs.push(start(
         "floor-forwarding",
         bench.floor_forwarding_cmd(ff_port),
         ff_port,
         &bench.dir,
-    );
-    targets.push(("floor-forwarding", url(ff_port)));
-    // With SWITCHBACK_BASELINE, that build too, on the same config: a change's price.
-    let bl_port = free_port();
-    let _bl = bench
-        .baseline_cmd(bl_port, "", true)
-        .map(|cmd| start("baseline", cmd, bl_port, &bench.dir));
-    if _bl.is_some() {
-        targets.push(("baseline", url(bl_port)));
-    }
+    ));
+    targets.push(("floor-forwarding", format!("http://127.0.0.1:{ff_port}/")));
+    add_baseline(bench, "/", &mut procs, &mut targets);
     compare(
         &format!(
             "http: keep-alive GET through each proxy, {} worker thread(s) each, wrk -t1 -c{} -d{}s, {} rounds; switchback with its default config (metrics and access log on)",
@@ -836,29 +851,8 @@ const LARGE: usize = 1 << 20;
 /// 1 MiB answers over keep-alive connections: requests per second times 1 MiB is the bytes per
 /// second each proxy moves, for switchback on both HTTP/1 paths, the floor, nginx and HAProxy.
 fn large(bench: &Bench, o: &Options) {
-    let (sb_port, fl_port, ng_port, hp_port) = (free_port(), free_port(), free_port(), free_port());
-    let (_sb, _) = bench.switchback_with(sb_port, "");
-    let _fl = bench.floor(fl_port);
-    let _ng = bench.nginx(ng_port);
-    let _hp = bench.haproxy(hp_port);
-    let sp_port = free_port();
-    let (sp_cmd, _) = bench.switchback_cmd_server(sp_port, "http1 = \"pingora\"", "", true);
-    let _sp = start("switchback-pingora", sp_cmd, sp_port, &bench.dir);
-    let url = |port: u16| format!("http://127.0.0.1:{port}/large");
-    let mut targets = vec![
-        ("switchback", url(sb_port)),
-        ("floor", url(fl_port)),
-        ("nginx", url(ng_port)),
-        ("haproxy", url(hp_port)),
-        ("switchback-pingora", url(sp_port)),
-    ];
-    let bl_port = free_port();
-    let _bl = bench
-        .baseline_cmd(bl_port, "", true)
-        .map(|cmd| start("baseline", cmd, bl_port, &bench.dir));
-    if _bl.is_some() {
-        targets.push(("baseline", url(bl_port)));
-    }
+    let (mut procs, mut targets) = start_peers(bench, "/large");
+    add_baseline(bench, "/large", &mut procs, &mut targets);
     let connections = o.connections.min(8);
     compare(
         &format!(

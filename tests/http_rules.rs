@@ -151,6 +151,73 @@ async fn text_answers_are_compressed_once_and_only_when_worth_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_answers_lose_their_length_and_ranges_and_weaken_their_etag() {
+    let app = Upstream::start("blue");
+    let proxy = Proxy::start(&format!(
+        "[services.app]\nactive = \"blue\"\npools.blue = [\"{}\"]\ncompress = [\"gzip\"]\n",
+        app.addr
+    ));
+    let mut conn = KeepAlive::connect(proxy.addr()).await.unwrap();
+    let answer = conn
+        .get_with("/text?bytes=5000&etag=v1", &[("accept-encoding", "gzip")])
+        .await
+        .unwrap();
+    assert_eq!(header(&answer, "content-encoding"), "gzip");
+    assert_eq!(header(&answer, "etag"), "W/\"v1\"");
+    assert_eq!(header(&answer, "accept-ranges"), "");
+    assert_eq!(header(&answer, "content-length"), "");
+    assert_eq!(header(&answer, "transfer-encoding"), "chunked");
+    assert_eq!(decode("gzip", &answer.raw), sample_text(5000));
+    // Uncompressed, the same answer keeps all three.
+    let plain = conn.get("/text?bytes=5000&etag=v1").await.unwrap();
+    assert_eq!(header(&plain, "etag"), "\"v1\"");
+    assert_eq!(header(&plain, "accept-ranges"), "bytes");
+    assert_eq!(header(&plain, "content-length"), "5000");
+    // A HEAD is never compressed: it says the uncompressed length.
+    let head = conn
+        .send(
+            "HEAD",
+            "/text?bytes=5000",
+            &[("accept-encoding", "gzip")],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(header(&head, "content-encoding"), "");
+    assert_eq!(header(&head, "content-length"), "5000");
+
+    // An HTTP/1.0 client takes no chunks: the compressed body is ended by the close, whether
+    // the backend's answer had a length or came in chunks.
+    for chunked in ["", "&chunked=1"] {
+        let mut s = raw_connect(proxy.addr());
+        write!(
+            s,
+            "GET /text?bytes=20000{chunked} HTTP/1.0\r\nHost: app.test\r\n\
+             Accept-Encoding: gzip\r\nConnection: keep-alive\r\n\r\n"
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        if let Err(e) = s.read_to_end(&mut all) {
+            panic!(
+                "{e}: {:?}",
+                String::from_utf8_lossy(&all[..all.len().min(400)])
+            );
+        }
+        let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&all[..split]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("content-encoding: gzip\r\n"), "{head}");
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert!(!head.contains("content-length"), "{head}");
+        assert_eq!(
+            decode("gzip", &all[split..]),
+            sample_text(20_000),
+            "{chunked}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compression_is_off_unless_a_service_asks_for_it() {
     let app = Upstream::start("blue");
     let proxy = Proxy::start(&format!(

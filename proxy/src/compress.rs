@@ -14,11 +14,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{
-    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG,
-    TRANSFER_ENCODING, VARY,
-};
-use http::{HeaderValue, Method};
+use http::header::{CONTENT_ENCODING, ETAG, TRANSFER_ENCODING, VARY};
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::compression::{Algorithm, Encode, COMPRESSION_ERROR};
 use pingora::{OkOrErr, OrErr, Result};
@@ -33,8 +30,8 @@ const ZSTD_LEVEL: u32 = 3;
 /// The encoding `offered` (in the service's order) that the client's `Accept-Encoding` ranks
 /// highest; `None` when it takes none of them. A coding the client does not name is
 /// acceptable only through `*`; `q=0` refuses.
-pub fn choose(accept: Option<&HeaderValue>, offered: &[Encoding]) -> Option<Encoding> {
-    let accept = accept?.to_str().ok()?;
+pub fn choose(accept: Option<&[u8]>, offered: &[Encoding]) -> Option<Encoding> {
+    let accept = std::str::from_utf8(accept?).ok()?;
     let mut best: Option<(Encoding, u16)> = None;
     for &encoding in offered {
         let mut named = None;
@@ -109,89 +106,146 @@ pub fn compressible_type(content_type: &[u8]) -> bool {
     mime == "image/svg+xml"
 }
 
-/// Whether this answer may be compressed at all, whatever the client takes.
-pub fn eligible(method: &Method, resp: &ResponseHeader, min_length: usize) -> bool {
-    let status = resp.status.as_u16();
-    if *method == Method::HEAD || status < 200 || matches!(status, 204 | 206 | 304) {
+/// What the decision to compress reads of an answer's head, on either of switchback's HTTP/1
+/// paths (pingora's answer head, or the own path's head parsed in place).
+pub trait AnswerHeaders {
+    fn status(&self) -> u16;
+    /// Every value of the header `name` (lowercase), in order.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]>;
+
+    fn first<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+}
+
+impl AnswerHeaders for ResponseHeader {
+    fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.headers.get_all(name).iter().map(|v| v.as_bytes())
+    }
+}
+
+/// Whether this answer (to a request that was `head_request` or not) may be compressed at
+/// all, whatever the client takes.
+pub fn eligible(head_request: bool, answer: &impl AnswerHeaders, min_length: usize) -> bool {
+    let status = answer.status();
+    if head_request || status < 200 || matches!(status, 204 | 206 | 304) {
         return false;
     }
-    let headers = &resp.headers;
-    if headers.contains_key(CONTENT_ENCODING) {
+    if answer.first("content-encoding").is_some() {
         return false;
     }
-    if headers.get_all(CACHE_CONTROL).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
+    // A transfer coding other than chunked leaves bytes that are not yet the body.
+    if answer
+        .first("transfer-encoding")
+        .is_some_and(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return false;
+    }
+    if answer.values("cache-control").any(|v| {
+        v.split(|b| *b == b',')
             .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-transform"))
     }) {
         return false;
     }
-    if !headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|t| compressible_type(t.as_bytes()))
-    {
+    if !answer.first("content-type").is_some_and(compressible_type) {
         return false;
     }
-    match headers.get(CONTENT_LENGTH) {
+    match answer.first("content-length") {
         // No length (chunked or until close): long enough to be worth it, as nginx assumes.
         None => true,
-        Some(length) => std::str::from_utf8(length.as_bytes())
+        Some(length) => std::str::from_utf8(length)
             .ok()
             .and_then(|l| l.trim().parse::<usize>().ok())
             .is_some_and(|l| l > 0 && l >= min_length),
     }
 }
 
-/// Adds `Vary: Accept-Encoding` unless the answer already varies on it (or on everything).
-pub fn add_vary(resp: &mut ResponseHeader) -> pingora::Result<()> {
-    let present = resp.headers.get_all(VARY).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
+/// Whether the answer already says it varies on `Accept-Encoding` (or on everything); when it
+/// does not, an eligible answer gets `Vary: Accept-Encoding`.
+pub fn varies_on_encoding(answer: &impl AnswerHeaders) -> bool {
+    answer.values("vary").any(|v| {
+        v.split(|b| *b == b',')
             .map(|t| t.trim_ascii())
             .any(|t| t == b"*" || t.eq_ignore_ascii_case(b"accept-encoding"))
-    });
-    if !present {
+    })
+}
+
+/// Adds `Vary: Accept-Encoding` unless the answer already varies on it (or on everything).
+pub fn add_vary(resp: &mut ResponseHeader) -> pingora::Result<()> {
+    if !varies_on_encoding(resp) {
         resp.append_header(VARY, HeaderValue::from_static("Accept-Encoding"))?;
     }
     Ok(())
+}
+
+/// The headers a compressed answer loses: its length and ranges are the uncompressed body's,
+/// and it goes in chunks (HTTP/1.1) or until the close (HTTP/1.0) instead.
+pub const DROPPED: [&str; 3] = ["content-length", "accept-ranges", "transfer-encoding"];
+
+/// The ETag a compressed answer carries in place of `etag`, as nginx does: a strong one made
+/// weak (the bytes differ, the meaning does not), a weak one kept; None drops a malformed one.
+pub fn weakened_etag(etag: &[u8]) -> Option<Vec<u8>> {
+    if etag.starts_with(b"\"") {
+        Some([b"W/", etag].concat())
+    } else if etag.starts_with(b"W/") {
+        Some(etag.to_vec())
+    } else {
+        None
+    }
 }
 
 /// Compresses one answer's body.
 pub struct Compressor(Box<dyn Encode + Send + Sync>);
 
 impl Compressor {
+    /// A compressor for `encoding`.
+    pub fn new(encoding: Encoding) -> Result<Compressor> {
+        let encoder: Box<dyn Encode + Send + Sync> = match encoding {
+            Encoding::Gzip => Algorithm::Gzip.compressor(GZIP_LEVEL),
+            Encoding::Zstd => Algorithm::Zstd.compressor(ZSTD_LEVEL),
+            Encoding::Brotli => Some(Box::new(BrotliEncoder::new(BROTLI_LEVEL)) as _),
+        }
+        .or_err(COMPRESSION_ERROR, "no encoder")?;
+        Ok(Compressor(encoder))
+    }
+
     /// The encoded bytes for `data`; at the end, what the encoder still held.
-    pub fn encode(&mut self, data: Option<&Bytes>, end: bool) -> Result<Bytes> {
-        self.0.encode(data.map_or(&[][..], |d| d.as_ref()), end)
+    pub fn encode(&mut self, data: &[u8], end: bool) -> Result<Bytes> {
+        self.0.encode(data, end)
     }
 }
 
 /// Starts compressing an eligible answer with `encoding`: rewrites its head (Content-Encoding,
-/// no Content-Length or Accept-Ranges, a weak ETag, as nginx does) and returns the encoder its
-/// body goes through.
-pub fn start(encoding: Encoding, resp: &mut ResponseHeader) -> Result<Compressor> {
-    let encoder: Box<dyn Encode + Send + Sync> = match encoding {
-        Encoding::Gzip => Algorithm::Gzip.compressor(GZIP_LEVEL),
-        Encoding::Zstd => Algorithm::Zstd.compressor(ZSTD_LEVEL),
-        Encoding::Brotli => Some(Box::new(BrotliEncoder::new(BROTLI_LEVEL)) as _),
-    }
-    .or_err(COMPRESSION_ERROR, "no encoder")?;
+/// none of [`DROPPED`], a weak ETag, in chunks unless the client is `http10`) and returns the
+/// encoder its body goes through.
+pub fn start(encoding: Encoding, resp: &mut ResponseHeader, http10: bool) -> Result<Compressor> {
+    let compressor = Compressor::new(encoding)?;
     resp.insert_header(CONTENT_ENCODING, encoding.as_str())?;
-    resp.remove_header(&CONTENT_LENGTH);
-    resp.remove_header(&ACCEPT_RANGES);
-    // The length is not known before the end: HTTP/1.1 answers go in chunks.
-    resp.insert_header(TRANSFER_ENCODING, HeaderValue::from_static("chunked"))?;
+    for name in DROPPED {
+        resp.remove_header(name);
+    }
+    // The length is not known before the end: HTTP/1.1 answers go in chunks, HTTP/1.0 ones
+    // until the close.
+    if !http10 {
+        resp.insert_header(TRANSFER_ENCODING, HeaderValue::from_static("chunked"))?;
+    }
     if let Some(etag) = resp.headers.get(ETAG) {
-        let etag = etag.as_bytes();
-        if etag.starts_with(b"\"") {
-            let weak = HeaderValue::from_bytes(&[b"W/", etag].concat())
-                .or_err(COMPRESSION_ERROR, "weakening the etag")?;
-            resp.insert_header(ETAG, weak)?;
-        } else if !etag.starts_with(b"W/") {
-            resp.remove_header(&ETAG);
+        match weakened_etag(etag.as_bytes()) {
+            Some(weak) => {
+                let weak = HeaderValue::from_bytes(&weak)
+                    .or_err(COMPRESSION_ERROR, "weakening the etag")?;
+                resp.insert_header(ETAG, weak)?;
+            }
+            None => {
+                resp.remove_header(&ETAG);
+            }
         }
     }
-    Ok(Compressor(encoder))
+    Ok(compressor)
 }
 
 /// Brotli that finishes its stream at the end (pingora's only flushes it).
@@ -249,7 +303,7 @@ mod tests {
     use Encoding::*;
 
     fn pick(accept: &str, offered: &[Encoding]) -> Option<Encoding> {
-        choose(Some(&HeaderValue::from_str(accept).unwrap()), offered)
+        choose(Some(accept.as_bytes()), offered)
     }
 
     #[test]
@@ -308,39 +362,52 @@ mod tests {
 
     #[test]
     fn encoded_short_headless_and_no_transform_answers_are_left_alone() {
-        let get = Method::GET;
+        let get = false;
         let html = ("content-type", "text/html");
         assert!(eligible(
-            &get,
+            get,
             &answer(&[html, ("content-length", "1024")]),
             1024
         ));
-        assert!(eligible(&get, &answer(&[html]), 1024));
+        assert!(eligible(get, &answer(&[html]), 1024));
         assert!(!eligible(
-            &get,
+            get,
             &answer(&[html, ("content-length", "1023")]),
             1024
         ));
+        assert!(!eligible(get, &answer(&[html, ("content-length", "0")]), 0));
         assert!(!eligible(
-            &get,
-            &answer(&[html, ("content-length", "0")]),
-            0
-        ));
-        assert!(!eligible(
-            &get,
+            get,
             &answer(&[html, ("content-encoding", "gzip")]),
             0
         ));
         assert!(!eligible(
-            &get,
+            get,
             &answer(&[html, ("cache-control", "public, no-transform")]),
             0
         ));
-        assert!(!eligible(&get, &answer(&[]), 0));
-        assert!(!eligible(&Method::HEAD, &answer(&[html]), 0));
+        assert!(!eligible(get, &answer(&[]), 0));
+        assert!(!eligible(true, &answer(&[html]), 0));
+        assert!(!eligible(
+            get,
+            &answer(&[html, ("transfer-encoding", "gzip, chunked")]),
+            0
+        ));
+        assert!(eligible(
+            get,
+            &answer(&[html, ("transfer-encoding", "chunked")]),
+            0
+        ));
         let mut partial = answer(&[html]);
         partial.set_status(206).unwrap();
-        assert!(!eligible(&get, &partial, 0));
+        assert!(!eligible(get, &partial, 0));
+    }
+
+    #[test]
+    fn etags_are_weakened_and_malformed_ones_dropped() {
+        assert_eq!(weakened_etag(b"\"abc\"").unwrap(), b"W/\"abc\"");
+        assert_eq!(weakened_etag(b"W/\"abc\"").unwrap(), b"W/\"abc\"");
+        assert_eq!(weakened_etag(b"abc"), None);
     }
 
     #[test]
@@ -361,13 +428,13 @@ mod tests {
                 ("content-length", "5000"),
                 ("etag", "\"abc\""),
             ]);
-            let mut compressor = start(encoding, &mut resp).expect("compresses");
+            let mut compressor = start(encoding, &mut resp, false).expect("compresses");
             assert_eq!(resp.headers["content-encoding"], encoding.as_str());
             assert!(!resp.headers.contains_key("content-length"));
             assert_eq!(resp.headers["etag"], "W/\"abc\"");
             let body = Bytes::from("hello ".repeat(1000));
-            let mut out = compressor.encode(Some(&body), false).unwrap().to_vec();
-            out.extend_from_slice(&compressor.encode(None, true).unwrap());
+            let mut out = compressor.encode(&body, false).unwrap().to_vec();
+            out.extend_from_slice(&compressor.encode(&[], true).unwrap());
             assert!(out.len() < body.len() / 10, "{encoding:?}: {}", out.len());
             if encoding == Brotli {
                 // A finished stream: the decoder sees its end, not just a prefix.

@@ -420,7 +420,8 @@ impl ProxyHttp for SwitchbackProxy {
                 session
                     .req_header()
                     .headers
-                    .get(http::header::ACCEPT_ENCODING),
+                    .get(http::header::ACCEPT_ENCODING)
+                    .map(|v| v.as_bytes()),
                 &config.compress,
             );
         }
@@ -740,14 +741,19 @@ impl ProxyHttp for SwitchbackProxy {
         let mut compressor = None;
         if !config.compress.is_empty()
             && compress::eligible(
-                &session.req_header().method,
+                session.req_header().method == http::Method::HEAD,
                 upstream_response,
                 config.compress_min_length,
             )
         {
             compress::add_vary(upstream_response)?;
             if let Some(encoding) = ctx.encoding {
-                compressor = Some(compress::start(encoding, upstream_response)?);
+                let http10 = session.req_header().version == http::Version::HTTP_10;
+                compressor = Some(compress::start(encoding, upstream_response, http10)?);
+                if http10 {
+                    // Its end is the close.
+                    session.set_keepalive(None);
+                }
             }
         }
         if !service.response_headers.is_empty() {
@@ -778,7 +784,7 @@ impl ProxyHttp for SwitchbackProxy {
             ctx.backend_wait.answered();
         }
         if let Some(compressor) = ctx.compressor.as_mut() {
-            *body = Some(compressor.encode(body.as_ref(), end_of_stream)?);
+            *body = Some(compressor.encode(body.as_deref().unwrap_or(&[]), end_of_stream)?);
         }
         Ok(None)
     }

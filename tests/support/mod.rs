@@ -262,6 +262,11 @@ async fn respond(
         if let Some(encoding) = param("encoding") {
             resp = resp.header("content-encoding", encoding);
         }
+        if let Some(etag) = param("etag") {
+            resp = resp
+                .header("etag", format!("\"{etag}\""))
+                .header("accept-ranges", "bytes");
+        }
         if param("chunked").is_some() {
             // hyper frames a body whose length the head does not give in chunks.
             resp = resp.header("transfer-encoding", "chunked");

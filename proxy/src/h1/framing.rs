@@ -518,7 +518,7 @@ fn trailer_line(line: &[u8]) -> Result<&[u8], BadChunk> {
     }
 }
 
-fn push_hex(out: &mut Vec<u8>, n: u64) {
+pub fn push_hex(out: &mut Vec<u8>, n: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     let mut i = digits.len();

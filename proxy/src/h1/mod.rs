@@ -14,8 +14,12 @@
 //! The decisions are the policy's ([`crate::policy`]), the same functions pingora's hooks call.
 //! What this path does not carry yet goes to pingora on the same connection: upgrades
 //! (WebSockets), an `Expect` other than `100-continue`, targets not in origin form, HTTP/1.0
-//! requests without a Host, services that compress, and the proxy's own answers (ACME
-//! challenge, HTTPS redirect, a redirect service's, no service, a body over the limit).
+//! requests without a Host, and the proxy's own answers (ACME challenge, HTTPS redirect, a
+//! redirect service's, no service, a body over the limit).
+//!
+//! A service that compresses has its answers compressed here, with the same decisions as on
+//! pingora's path ([`crate::compress`]): the body is read by its framing (chunks decoded), goes
+//! through the encoder, and reaches the client in chunks, or until the close for HTTP/1.0.
 //!
 //! An `Expect: 100-continue` is answered here, with `100 Continue` once a backend connection
 //! is ready and the body is wanted; the backend never sees the `Expect`. An HTTP/1.0 client
@@ -43,6 +47,7 @@ use pingora::protocols::{SocketDigest, Stream};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
+use crate::compress::{self, AnswerHeaders, Compressor};
 use crate::forwarding::is_forwarding_header;
 use crate::headers::Vars;
 use crate::host_and_path::HostAndPath;
@@ -55,6 +60,7 @@ use crate::request_id::RequestId;
 use crate::retry::{self, FailedAttempt, Failure, RetryReason};
 use crate::split::{self, RequestHeaders};
 use framing::{Chunks, Framing, MAX_HEADERS};
+use switchback_config::Encoding;
 use upstream::Upstream;
 
 /// The path, shared by every connection of the process.
@@ -107,6 +113,8 @@ struct Plan {
     tls: bool,
     /// For the access log.
     request_id: Option<RequestId>,
+    /// The service compresses: the encoding this client takes of its list (None: none).
+    compress: Option<Option<Encoding>>,
 }
 
 /// A request's body as far as it came with its head, ready to send to any attempt.
@@ -326,9 +334,8 @@ impl Http1 {
             return Ok(None);
         };
         let service = route.service();
-        if !service.config.compress.is_empty() {
-            return Ok(None);
-        }
+        let compress = (!service.config.compress.is_empty())
+            .then(|| compress::choose(view.first("accept-encoding"), &service.config.compress));
         let Ok(method) = http::Method::from_bytes(head.method.as_bytes()) else {
             return Ok(None);
         };
@@ -392,6 +399,7 @@ impl Http1 {
             client,
             tls: conn.tls,
             request_id,
+            compress,
         }))
     }
 
@@ -455,7 +463,7 @@ impl Http1 {
             })
         };
         // Attempts until one has the answer's head, or none is left.
-        let (mut up, sent_at, addr, edited) = loop {
+        let (mut up, sent_at, addr, mut edited) = loop {
             let Some((index, chosen)) = pool.select(tried) else {
                 let status = if attempts == 0 { 503 } else { 502 };
                 let record = ending(status, (backend, reused), None, attempts);
@@ -581,7 +589,7 @@ impl Http1 {
         let backend_time = sent_at.map(|t| t.elapsed());
         wait.answered();
         let relayed = self
-            .relay_answer(stream, &mut up, answer, out, &edited, &wait, deadline)
+            .relay_answer(stream, &mut up, answer, out, &mut edited, &wait, deadline)
             .await;
         let cut = wait.end() || relayed.is_err();
         if let Err(Unsent(true)) = relayed {
@@ -778,11 +786,14 @@ impl Http1 {
         up: &mut Upstream,
         answer: &mut Vec<u8>,
         out: &mut Vec<u8>,
-        edited: &Edited,
+        edited: &mut Edited,
         wait: &read_deadline::Wait,
         deadline: &mut Pin<Box<Sleep>>,
     ) -> Result<(u64, bool), Unsent> {
+        let head_end = out.len();
         let mut sent = 0u64;
+        // Bytes of the body sent compressed, when it is.
+        let mut compressed = 0u64;
         let mut left = match edited.framing {
             Framing::Length(n) => n,
             _ => u64::MAX,
@@ -813,15 +824,23 @@ impl Http1 {
         out.extend_from_slice(&first[..first_len]);
         sent += first_len as u64;
         left = left.saturating_sub(first_len as u64);
-        self.write_client(stream, out, deadline)
-            .await
-            .map_err(|()| Unsent(false))?;
-        let done = |left: u64, chunks: &Option<Chunks>| match edited.framing {
+        let framing = edited.framing;
+        let done = |left: u64, chunks: &Option<Chunks>| match framing {
             Framing::None => true,
             Framing::Length(_) => left == 0,
             Framing::Chunked => chunks.as_ref().is_some_and(Chunks::done),
             Framing::Close => false,
         };
+        let http10 = edited.http10;
+        let mut encoder = edited.encoder.as_mut();
+        if let Some(encoder) = encoder.as_mut() {
+            let end = done(left, &chunks);
+            compressed +=
+                compress_body(encoder, out, head_end, end, http10).map_err(|()| Unsent(true))?;
+        }
+        self.write_client(stream, out, deadline)
+            .await
+            .map_err(|()| Unsent(false))?;
         // In a recycled block: most answers come whole with their head, and the state of the
         // loop would otherwise size every request's.
         Recycled::new(async {
@@ -832,7 +851,15 @@ impl Http1 {
                     .await
                     .map_err(|_| Unsent(false))?;
                 if n == 0 {
-                    if edited.framing == Framing::Close && !wait.expired() {
+                    if framing == Framing::Close && !wait.expired() {
+                        if let Some(encoder) = encoder.as_mut() {
+                            out.clear();
+                            compressed += compress_body(encoder, out, 0, true, http10)
+                                .map_err(|()| Unsent(false))?;
+                            self.write_client(stream, out, deadline)
+                                .await
+                                .map_err(|()| Unsent(false))?;
+                        }
                         break;
                     }
                     return Err(Unsent(false));
@@ -852,6 +879,11 @@ impl Http1 {
                         sent += n as u64;
                     }
                 }
+                if let Some(encoder) = encoder.as_mut() {
+                    let end = done(left, &chunks);
+                    compressed +=
+                        compress_body(encoder, out, 0, end, http10).map_err(|()| Unsent(false))?;
+                }
                 self.write_client(stream, out, deadline)
                     .await
                     .map_err(|()| Unsent(false))?;
@@ -861,6 +893,9 @@ impl Http1 {
         .await?;
         if chunks.is_some() && !pending.is_empty() {
             clean = false;
+        }
+        if edited.encoder.is_some() {
+            sent = compressed;
         }
         Ok((sent, clean))
     }
@@ -1108,6 +1143,34 @@ fn write_request_head(
     Ok(())
 }
 
+/// Compresses the body data at `out[from..]` in its place, framed for the client (in a chunk,
+/// unless `http10`), with the stream's end (and the last chunk) when `end`: the compressed
+/// bytes written.
+fn compress_body(
+    encoder: &mut Compressor,
+    out: &mut Vec<u8>,
+    from: usize,
+    end: bool,
+    http10: bool,
+) -> Result<u64, ()> {
+    let encoded = encoder.encode(&out[from..], end).map_err(|_| ())?;
+    out.truncate(from);
+    if !encoded.is_empty() {
+        if !http10 {
+            framing::push_hex(out, encoded.len() as u64);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(&encoded);
+        if !http10 {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if end && !http10 {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    Ok(encoded.len() as u64)
+}
+
 /// Whether the request's one `Expect` header asks for `100-continue`.
 fn expects_continue(headers: &[httparse::Header<'_>]) -> bool {
     let mut expects = headers
@@ -1136,15 +1199,34 @@ struct Edited {
     status: u16,
     head_len: usize,
     framing: Framing,
-    /// The answer is chunked and the client takes no chunks: only its data is passed on.
+    /// The answer is chunked and only its data is read on (for a client that takes no chunks,
+    /// or for the compressor).
     dechunk: bool,
     backend_closes: bool,
     keep_client: bool,
+    /// The body is compressed on its way with this encoder, and goes to the client in chunks
+    /// (HTTP/1.1) or until the close (HTTP/1.0).
+    encoder: Option<Compressor>,
+    /// The client speaks HTTP/1.0: no chunks.
+    http10: bool,
+}
+
+impl AnswerHeaders for framing::AnswerHead<'_, '_> {
+    fn status(&self) -> u16 {
+        self.status
+    }
+
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
 }
 
 /// Writes the answer head `head` anew into `out` for the client: hop-by-hop headers out;
-/// HSTS over TLS, the canary's sticky cookie, the service's response rules and the
-/// connection's fate in.
+/// compression's changes, HSTS over TLS, the canary's sticky cookie, the service's response
+/// rules and the connection's fate in.
 fn edit_answer(
     head: &framing::AnswerHead<'_, '_>,
     out: &mut Vec<u8>,
@@ -1155,9 +1237,20 @@ fn edit_answer(
     let service = plan.route.service();
     let hsts = service.config.hsts.as_deref().filter(|_| plan.tls);
     let rules = &service.response_headers;
-    // An HTTP/1.0 client takes no chunks: it gets the data, ended by the close.
-    let dechunk = plan.http10 && head.framing == Framing::Chunked;
-    let keep_client = keep_client && head.framing != Framing::Close && !dechunk;
+    // Compressed when the service compresses, the answer may be, and the client takes one of
+    // the service's encodings (an eligible answer says it varies on that, either way).
+    let eligible = plan.compress.is_some()
+        && head.framing != Framing::None
+        && compress::eligible(plan.head_request, head, service.config.compress_min_length);
+    let encoder = match plan.compress {
+        Some(Some(encoding)) if eligible => Compressor::new(encoding).ok().map(|c| (encoding, c)),
+        _ => None,
+    };
+    let compressing = encoder.is_some();
+    let dechunk = (plan.http10 || compressing) && head.framing == Framing::Chunked;
+    // An HTTP/1.0 client takes no chunks: a body of unknown length is ended by the close.
+    let ends_by_close = plan.http10 && (head.framing == Framing::Chunked || compressing);
+    let keep_client = keep_client && head.framing != Framing::Close && !ends_by_close;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut code = [0u8; 3];
@@ -1177,12 +1270,33 @@ fn edit_answer(
             || (named && framing::dropped_by_connection(head.headers, name))
             || (coded && name.eq_ignore_ascii_case(b"content-length"))
             || (dechunk && name.eq_ignore_ascii_case(b"transfer-encoding"))
+            || (compressing
+                && (compress::DROPPED
+                    .iter()
+                    .any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
+                    || name.eq_ignore_ascii_case(b"etag")))
             || (hsts.is_some() && name.eq_ignore_ascii_case(b"strict-transport-security"))
             || (!rules.is_empty() && rules.touches(name))
         {
             continue;
         }
         push_header(out, name, h.value);
+    }
+    if eligible && !compress::varies_on_encoding(head) && !rules.touches(b"vary") {
+        out.extend_from_slice(b"vary: Accept-Encoding\r\n");
+    }
+    if let Some((encoding, _)) = &encoder {
+        if !rules.touches(b"content-encoding") {
+            push_header(out, b"content-encoding", encoding.as_str().as_bytes());
+        }
+        if !plan.http10 {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if let Some(etag) = head.first("etag").and_then(compress::weakened_etag) {
+            if !rules.touches(b"etag") {
+                push_header(out, b"etag", &etag);
+            }
+        }
     }
     if let Some(hsts) = hsts {
         push_header(out, b"strict-transport-security", hsts.as_bytes());
@@ -1208,6 +1322,8 @@ fn edit_answer(
         dechunk,
         backend_closes: head.close,
         keep_client,
+        encoder: encoder.map(|(_, c)| c),
+        http10: plan.http10,
     }
 }
 

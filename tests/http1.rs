@@ -433,3 +433,71 @@ fn server_threads_worker_threads_each_accept_and_serve_on_their_own() {
     }
     assert_eq!(worker_threads(proxy.pid()).len(), 3);
 }
+
+#[test]
+fn the_proxys_own_answers_keep_the_connection_unless_they_close_it() {
+    let blue = Upstream::start("blue");
+    for http1 in ["switchback", "pingora"] {
+        let proxy = Proxy::start_with_server(
+            &format!("http1 = \"{http1}\""),
+            &format!(
+                "[services.app]\nhosts = [\"app.test\"]\nactive = \"blue\"\npools.blue = [\"{}\"]\n\
+                 [[services.app.access]]\npath_prefix = \"/admin/\"\ndeny = [\"127.0.0.1\"]\n\
+                 [services.old]\nhosts = [\"old.test\"]\n\
+                 redirect = {{ to = \"https://app.test$request_uri\", code = 301 }}\n",
+                blue.addr
+            ),
+        );
+        let mut s = raw_connect(proxy.addr());
+        let send = |s: &mut TcpStream, head: &str| s.write_all(head.as_bytes()).unwrap();
+        send(&mut s, "GET /a?b=1 HTTP/1.1\r\nHost: old.test\r\n\r\n");
+        let moved = read_head(&mut s);
+        assert!(moved.starts_with("http/1.1 301 "), "{http1}: {moved}");
+        assert!(
+            moved.contains("\r\nlocation: https://app.test/a?b=1\r\n"),
+            "{http1}: {moved}"
+        );
+        assert!(
+            moved.contains("\r\ncontent-length: 0\r\n"),
+            "{http1}: {moved}"
+        );
+        send(&mut s, "GET /admin/x HTTP/1.1\r\nHost: app.test\r\n\r\n");
+        assert_eq!(
+            read_raw_answer(&mut s),
+            Some((403, "forbidden\n".to_string())),
+            "{http1}"
+        );
+        // A HEAD gets the head alone, with the length the body would have.
+        send(&mut s, "HEAD /admin/x HTTP/1.1\r\nHost: app.test\r\n\r\n");
+        let head = read_head(&mut s);
+        assert!(head.starts_with("http/1.1 403 "), "{http1}: {head}");
+        assert!(
+            head.contains("\r\ncontent-length: 10\r\n"),
+            "{http1}: {head}"
+        );
+        send(&mut s, "GET /status/201 HTTP/1.1\r\nHost: app.test\r\n\r\n");
+        let (status, _) = read_raw_answer(&mut s).expect("the request after the refusals");
+        assert_eq!(status, 201, "{http1}");
+        // No service for the host: 503, and the connection closes; a request sent with it is
+        // never answered.
+        send(
+            &mut s,
+            "GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n\
+             GET /status/202 HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        );
+        let (status, body) = read_raw_answer(&mut s).expect("the 503");
+        assert_eq!(status, 503, "{http1}");
+        assert_eq!(body, "switchback: no service for this host and path\n");
+        let rest = read_to_close(&mut s);
+        assert!(
+            rest.is_empty(),
+            "{http1}: {}",
+            String::from_utf8_lossy(&rest)
+        );
+        assert_eq!(
+            proxy.metric("switchback_access_denied_total{reason=\"deny\",service=\"app\"}"),
+            Some(2.0),
+            "{http1}"
+        );
+    }
+}

@@ -22,12 +22,11 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
-use switchback_certs::challenge::CHALLENGE_PREFIX;
 use switchback_certs::ChallengeStore;
 use switchback_config::Encoding;
 
-use crate::access::Denial;
 use crate::access_log::AccessLog;
+use crate::answers::{OwnAnswer, BAD_GATEWAY, BODY_TOO_LARGE, GATEWAY_TIMEOUT, NO_BACKEND};
 use crate::compress;
 use crate::headers::Vars;
 use crate::host_and_path::HostAndPath;
@@ -38,9 +37,9 @@ use crate::pool::{InFlight, Tried};
 use crate::read_deadline;
 use crate::request_id::RequestId;
 use crate::retry::{self, FailedAttempt, Failure, RetryReason};
-use crate::routing::{normalize_request_host, RoutingTable};
+use crate::routing::RoutingTable;
 use crate::split;
-use crate::text::{push_ip, push_u64};
+use crate::text::push_ip;
 use crate::tunnel::{BackendConnect, Splice};
 
 /// The proxy service.
@@ -120,79 +119,20 @@ impl SwitchbackProxy {
         self
     }
 
-    /// The answer to a request an access rule refused: 403, 401 or 429. The connection stays
-    /// open for the next request; after a request with a body (never read) pingora closes it.
-    async fn answer_denial(&self, session: &mut Session, denial: &Denial) -> Result<()> {
-        let body = denial.body();
-        let mut resp = ResponseHeader::build(denial.status(), Some(4))?;
-        resp.insert_header("content-type", "text/plain")?;
-        resp.insert_header("content-length", body.len().to_string())?;
-        if let Some((name, value)) = denial.header() {
-            resp.insert_header(name, value)?;
+    /// The proxy's own answer. The connection stays open for the next request unless the
+    /// answer closes it; after a request with a body (never read) pingora closes it.
+    async fn answer_own(&self, session: &mut Session, answer: &OwnAnswer) -> Result<()> {
+        if answer.close {
+            session.set_keepalive(None);
         }
-        let head_only = session.req_header().method == http::Method::HEAD;
+        let resp = answer.response_header()?;
+        let head_only = answer.body.is_empty() || session.req_header().method == http::Method::HEAD;
         session
             .write_response_header(Box::new(resp), head_only)
             .await?;
         if !head_only {
             session
-                .write_response_body(Some(Bytes::from_static(body)), true)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// `308 Permanent Redirect` to the same host and path over HTTPS.
-    async fn redirect_to_https(&self, session: &mut Session, host: &str) -> Result<()> {
-        let req = session.req_header();
-        let mut location = String::with_capacity(16 + host.len() + req.uri.path().len());
-        location.push_str("https://");
-        location.push_str(host);
-        if let Some(port) = self.policy.https_port {
-            location.push(':');
-            push_u64(&mut location, port as u64);
-        }
-        match req.uri.path_and_query() {
-            Some(pq) => location.push_str(pq.as_str()),
-            None => location.push('/'),
-        }
-        let mut resp = ResponseHeader::build(308, Some(3))?;
-        resp.insert_header("location", location)?;
-        resp.insert_header("content-length", "0")?;
-        session.write_response_header(Box::new(resp), true).await
-    }
-
-    async fn answer_redirect(
-        &self,
-        session: &mut Session,
-        code: u16,
-        location: String,
-    ) -> Result<()> {
-        let mut resp = ResponseHeader::build(code, Some(3))?;
-        resp.insert_header("location", location)?;
-        resp.insert_header("content-length", "0")?;
-        session.write_response_header(Box::new(resp), true).await
-    }
-
-    async fn answer_challenge(
-        &self,
-        session: &mut Session,
-        challenges: &ChallengeStore,
-        token: &str,
-    ) -> Result<()> {
-        let (status, body) = match challenges.answer(token) {
-            Some(answer) => (200, answer),
-            None => (404, String::new()),
-        };
-        let mut resp = ResponseHeader::build(status, Some(3))?;
-        resp.insert_header("content-type", "text/plain")?;
-        resp.insert_header("content-length", body.len().to_string())?;
-        session
-            .write_response_header(Box::new(resp), body.is_empty())
-            .await?;
-        if !body.is_empty() {
-            session
-                .write_response_body(Some(Bytes::from(body)), true)
+                .write_response_body(Some(Bytes::copy_from_slice(&answer.body)), true)
                 .await?;
         }
         Ok(())
@@ -305,13 +245,6 @@ const X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
 const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
 const HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
 
-pub(crate) const NO_SERVICE: &[u8] = b"switchback: no service for this host and path\n";
-pub(crate) const NO_BACKEND: &[u8] = b"switchback: no healthy backend in the pool\n";
-pub(crate) const BAD_GATEWAY: &[u8] = b"switchback: the backend failed to answer\n";
-pub(crate) const GATEWAY_TIMEOUT: &[u8] = b"switchback: the backend did not answer in time\n";
-pub(crate) const BODY_TOO_LARGE: &[u8] =
-    b"switchback: the request body is larger than this service takes (max_request_body)\n";
-
 #[async_trait]
 impl ProxyHttp for SwitchbackProxy {
     type CTX = RequestCtx;
@@ -361,43 +294,19 @@ impl ProxyHttp for SwitchbackProxy {
             now: ctx.started,
             socket: session.digest().and_then(|d| d.socket_digest.as_deref()),
         };
-        let route = match self.policy.admit(&facts) {
+        let admission = self.policy.admit(&facts);
+        let route = match admission {
             Admission::Forward(route) => route,
-            Admission::Challenge => {
-                let token = facts.path[CHALLENGE_PREFIX.len()..].to_string();
-                ctx.answered_here = true;
-                if let Some(challenges) = &self.policy.challenges {
-                    Box::pin(self.answer_challenge(session, challenges, &token)).await?;
-                }
-                return Ok(true);
-            }
-            Admission::Redirect => {
-                let host = normalize_request_host(raw_host).into_owned();
-                ctx.answered_here = true;
-                Box::pin(self.redirect_to_https(session, &host)).await?;
-                return Ok(true);
-            }
-            Admission::Moved { table, service } => {
-                let Some(redirect) = &table.services[service].redirect else {
+            other => {
+                let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                let local = facts.local();
+                let Some(answer) =
+                    OwnAnswer::of(&self.policy, &other, raw_host, uri, ctx.tls, local)
+                else {
                     return Ok(false);
                 };
-                let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-                let location = redirect.location(raw_host, uri, ctx.tls, facts.local());
-                let code = redirect.code;
-                ctx.answered_here = true;
-                Box::pin(self.answer_redirect(session, code, location)).await?;
-                return Ok(true);
-            }
-            Admission::NoService => {
-                Box::pin(session.respond_error_with_body(503, Bytes::from_static(NO_SERVICE)))
-                    .await?;
-                return Ok(true);
-            }
-            Admission::TooLarge => {
-                self.policy.client_counters.body_too_large.inc();
-                session.set_keepalive(None);
-                Box::pin(session.respond_error_with_body(413, Bytes::from_static(BODY_TOO_LARGE)))
-                    .await?;
+                ctx.answered_here = answer.answered_here;
+                Box::pin(self.answer_own(session, &answer)).await?;
                 return Ok(true);
             }
         };
@@ -410,7 +319,7 @@ impl ProxyHttp for SwitchbackProxy {
                 ctx.pool = route.pool;
                 ctx.table = Some(route.table.clone());
                 drop(route);
-                Box::pin(self.answer_denial(session, &denial)).await?;
+                Box::pin(self.answer_own(session, &OwnAnswer::denied(&denial))).await?;
                 return Ok(true);
             }
         }

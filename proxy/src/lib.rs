@@ -21,13 +21,15 @@
 //! cycle: `split`, `metrics`, `health`, `read_deadline`, `lane`, `host_and_path` and `text`
 //! depend on nothing here; `forwarding` on `text`; `access_log` on `lane`, `host_and_path` and
 //! `text`; `pool` on `metrics` and `health`; `routing` on those; `policy` (the decisions of a
-//! request, whichever path carries it) on `routing`, `split` and `access_log`; `http` (pingora's
+//! request, whichever path carries it) on `routing`, `split` and `access_log`; `answers` (the
+//! proxy's own answers, which both paths write) on `policy`; `http` (pingora's
 //! hooks) and `h1` (switchback's own HTTP/1.1 path) on `policy`; `connections` on both;
 //! `workers` (the worker threads that accept and serve connections) on `connections` and
 //! `client_tcp` (a plain client connection as pingora's stream type), which depends on nothing.
 
 pub mod access;
 pub mod access_log;
+pub mod answers;
 pub mod client_tcp;
 pub mod compress;
 pub mod connections;

@@ -11,11 +11,12 @@
 //!   ─▶ policy::Ending::record
 //! ```
 //!
-//! The decisions are the policy's ([`crate::policy`]), the same functions pingora's hooks call.
-//! What this path does not carry yet goes to pingora on the same connection: upgrades
-//! (WebSockets), an `Expect` other than `100-continue`, targets not in origin form, HTTP/1.0
-//! requests without a Host, and the proxy's own answers (ACME challenge, HTTPS redirect, a
-//! redirect service's, no service, a body over the limit).
+//! The decisions are the policy's ([`crate::policy`]), the same functions pingora's hooks call,
+//! and so are the proxy's own answers ([`crate::answers`]: ACME challenge, HTTPS redirect, a
+//! redirect service's, no service, a body over the limit, an access rule's refusal). What this
+//! path does not carry goes to pingora on the same connection: upgrades (WebSockets), an
+//! `Expect` other than `100-continue`, targets not in origin form, and HTTP/1.0 requests
+//! without a Host.
 //!
 //! A service that compresses has its answers compressed here, with the same decisions as on
 //! pingora's path ([`crate::compress`]): the body is read by its framing (chunks decoded), goes
@@ -47,17 +48,19 @@ use pingora::protocols::{SocketDigest, Stream};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
+use crate::answers::OwnAnswer;
+use crate::answers::{BAD_GATEWAY, BODY_TOO_LARGE, GATEWAY_TIMEOUT, NO_BACKEND};
 use crate::compress::{self, AnswerHeaders, Compressor};
 use crate::forwarding::is_forwarding_header;
 use crate::headers::Vars;
 use crate::host_and_path::HostAndPath;
-use crate::http::{BAD_GATEWAY, BODY_TOO_LARGE, GATEWAY_TIMEOUT, NO_BACKEND};
 use crate::policy::{self, Admission, Ending, Facts, Policy, Route};
 use crate::pool::Tried;
 use crate::read_deadline;
 use crate::recycle::Recycled;
 use crate::request_id::RequestId;
 use crate::retry::{self, FailedAttempt, Failure, RetryReason};
+use crate::routing::RoutingTable;
 use crate::split::{self, RequestHeaders};
 use framing::{Chunks, Framing, MAX_HEADERS};
 use switchback_config::Encoding;
@@ -93,6 +96,33 @@ pub enum Outcome {
     Close,
     /// The head breaks a framing rule: answer 400 and close.
     Refused(framing::Refusal),
+}
+
+/// What becomes of a request this path takes. The large variant is the common one: boxing it
+/// would cost every forwarded request an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    Forward(Plan),
+    /// Answered by the proxy itself.
+    Own(Box<Own>),
+}
+
+/// A request the proxy answers itself, and what its record needs.
+struct Own {
+    answer: OwnAnswer,
+    head_len: usize,
+    /// The request has a body, which is not read: the connection closes after the answer.
+    has_body: bool,
+    /// The client asked to close after this request.
+    close: bool,
+    http10: bool,
+    head_request: bool,
+    method: http::Method,
+    client: Option<IpAddr>,
+    host_and_path: HostAndPath,
+    /// Refused by its service's access rules: the generation, service and pool it was routed
+    /// to, and the reason.
+    denied: Option<(Arc<RoutingTable>, usize, usize, &'static str)>,
 }
 
 /// A request this path forwards: what the policy decided, and the facts it goes on with.
@@ -240,7 +270,14 @@ impl Http1 {
         let started = self.policy.records().then(Instant::now);
         let mut out = take_buffer();
         let plan = match self.prepare(&head, conn, started, &mut out) {
-            Ok(Some(plan)) => plan,
+            Ok(Some(Prepared::Forward(plan))) => plan,
+            Ok(Some(Prepared::Own(own))) => {
+                give_buffer(out);
+                // Boxed: rare beside a forwarded request, and its state would size every
+                // request's.
+                return Box::pin(self.answer_own(stream, head, *own, conn, started, deadline))
+                    .await;
+            }
             Ok(None) => {
                 give_buffer(out);
                 return Outcome::Declined(head);
@@ -276,7 +313,7 @@ impl Http1 {
         conn: &Conn<'_>,
         started: Option<Instant>,
         out: &mut Vec<u8>,
-    ) -> Result<Option<Plan>, framing::Refusal> {
+    ) -> Result<Option<Prepared>, framing::Refusal> {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let Some(head) = framing::parse_request(buf, &mut headers)? else {
             return Ok(None);
@@ -330,19 +367,59 @@ impl Http1 {
             now: started,
             socket: conn.socket,
         };
-        let Admission::Forward(route) = self.policy.admit(&facts) else {
+        let Ok(method) = http::Method::from_bytes(head.method.as_bytes()) else {
             return Ok(None);
+        };
+        let host_and_path = || {
+            if self.policy.access_log.is_some() {
+                let mut hp = HostAndPath::with_host(host);
+                hp.push_path(head.target);
+                hp
+            } else {
+                HostAndPath::default()
+            }
+        };
+        let own = |answer: OwnAnswer, method: http::Method, host_and_path, denied| {
+            Some(Prepared::Own(Box::new(Own {
+                answer,
+                head_len: head.len,
+                has_body: !matches!(head.framing, Framing::None | Framing::Close),
+                close: head.close,
+                http10: head.minor == 0,
+                head_request: head.method == "HEAD",
+                method,
+                client,
+                host_and_path,
+                denied,
+            })))
+        };
+        let route = match self.policy.admit(&facts) {
+            Admission::Forward(route) => route,
+            other => {
+                let local = facts.local();
+                let answer =
+                    OwnAnswer::of(&self.policy, &other, host, head.target, conn.tls, local);
+                return Ok(answer.and_then(|a| own(a, method, host_and_path(), None)));
+            }
         };
         let service = route.service();
         let compress = (!service.config.compress.is_empty())
             .then(|| compress::choose(view.first("accept-encoding"), &service.config.compress));
-        let Ok(method) = http::Method::from_bytes(head.method.as_bytes()) else {
-            return Ok(None);
-        };
-        // Last of all: a rate rule takes from its bucket here. A refusal goes to pingora's
-        // path, which answers and counts it.
-        let Ok(passed) = self.policy.guard(&route, &facts) else {
-            return Ok(None);
+        // Last of all: a rate rule takes from its bucket here.
+        let passed = match self.policy.guard(&route, &facts) {
+            Ok(passed) => passed,
+            Err(denial) => {
+                self.policy.denied(&route, &denial);
+                let denied = (
+                    route.table.clone(),
+                    route.service,
+                    route.pool,
+                    denial.reason(),
+                );
+                drop(route);
+                let answer = OwnAnswer::denied(&denial);
+                return Ok(own(answer, method, host_and_path(), Some(denied)));
+            }
         };
         let overrides = &service.overrides;
         let rules = &service.request_headers;
@@ -379,14 +456,8 @@ impl Http1 {
                 .filter(|_| route.override_cookie_seen),
         };
         write_request_head(out, &head, &edits)?;
-        let host_and_path = if self.policy.access_log.is_some() {
-            let mut hp = HostAndPath::with_host(host);
-            hp.push_path(head.target);
-            hp
-        } else {
-            HostAndPath::default()
-        };
-        Ok(Some(Plan {
+        let host_and_path = host_and_path();
+        Ok(Some(Prepared::Forward(Plan {
             route,
             head_len: head.len,
             framing: head.framing,
@@ -400,7 +471,7 @@ impl Http1 {
             tls: conn.tls,
             request_id,
             compress,
-        }))
+        })))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -617,6 +688,72 @@ impl Http1 {
         }
         // What came after this request's body: the start of the next one.
         let end = body.end.min(head.len());
+        bytes::Buf::advance(&mut head, end);
+        Outcome::Next(head)
+    }
+
+    /// Writes the proxy's own answer to a request it does not forward, and records it. The
+    /// connection goes on unless the answer closes it, the client asked to, or the request has
+    /// a body (which is never read).
+    async fn answer_own(
+        &self,
+        stream: &mut Stream,
+        mut head: BytesMut,
+        own: Own,
+        conn: &Conn<'_>,
+        started: Option<Instant>,
+        deadline: &mut Pin<Box<Sleep>>,
+    ) -> Outcome {
+        let keep = !own.answer.close && !own.close && !own.has_body && !conn.stopping;
+        let mut out = take_buffer();
+        own.answer
+            .write_http1(&mut out, own.head_request, keep, own.http10);
+        let written = if keep {
+            self.write_client(stream, &out, deadline).await
+        } else {
+            self.write_and_close(stream, &out).await.map_err(|_| ())
+        };
+        give_buffer(out);
+        if let Some(started) = started {
+            let (table, service, pool, denied) = match own.denied {
+                Some((table, service, pool, reason)) => (Some(table), service, pool, Some(reason)),
+                None => (None, 0, 0, None),
+            };
+            let mut host_and_path = own.host_and_path;
+            let ending = Ending {
+                started,
+                status: if written.is_ok() {
+                    own.answer.status
+                } else {
+                    499
+                },
+                table,
+                service,
+                pool,
+                backend: None,
+                judged: false,
+                backend_time: None,
+                answered_here: own.answer.answered_here,
+                client: own.client,
+                host_and_path: HostAndPath::default(),
+                method: own.method,
+                forced: false,
+                retries: 0,
+                reused: None,
+                denied,
+                request_id: None,
+            };
+            let bytes = if own.head_request {
+                0
+            } else {
+                own.answer.body.len() as u64
+            };
+            self.record(Some(ending), &mut host_and_path, bytes);
+        }
+        if written.is_err() || !keep {
+            return Outcome::Close;
+        }
+        let end = own.head_len.min(head.len());
         bytes::Buf::advance(&mut head, end);
         Outcome::Next(head)
     }
@@ -947,8 +1084,15 @@ impl Http1 {
         text.extend_from_slice(body.len().to_string().as_bytes());
         text.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
         text.extend_from_slice(body);
+        self.write_and_close(stream, &text).await
+    }
+
+    /// Writes `text`, the last the client gets, and closes: what the client still sends (the
+    /// rest of a body) is read and dropped for a moment, so that the close does not reset the
+    /// connection before the client read the answer.
+    async fn write_and_close(&self, stream: &mut Stream, text: &[u8]) -> std::io::Result<()> {
         let write = async {
-            stream.write_all(&text).await?;
+            stream.write_all(text).await?;
             stream.flush().await?;
             stream.shutdown().await
         };
@@ -956,8 +1100,6 @@ impl Http1 {
             Ok(result) => result?,
             Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
         }
-        // What the client still sends (the rest of a body) is read and dropped for a moment,
-        // so that the close does not reset the connection before the client read the answer.
         let drain = async {
             let mut sink = [0u8; 4096];
             let mut left = 256 * 1024;

@@ -39,6 +39,7 @@
 //! HTTP/2 connections go to pingora's own loop, with `keepalive_timeout` as its idle timeout.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -46,7 +47,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::prelude::timeout;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
@@ -679,27 +680,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             if let Some(splice) = &splice {
                 stream = ClientSide::wrap(stream, splice.clone());
             }
-            // In a block of its own: a session borrowed and then moved still takes room in
-            // this future until its scope ends, and only this await may hold it.
-            let done = {
-                let mut session = ServerSession::new_http1(stream);
-                match settings.take() {
-                    Some(settings) => settings.apply_to_session(&mut session),
-                    None => {
-                        session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)))
-                    }
-                }
-                if stopping_now() {
-                    session.set_keepalive(None);
-                }
-                session.set_read_timeout(Some(self.limits.body_timeout));
-                session.set_write_timeout(Some(self.limits.send_timeout));
-                // pingora hands back no bytes of a next request with the stream (pipelining
-                // is off, so it closes a connection that sent some), so the head read here is
-                // all of it.
-                session.set_pipelined_prefix(head);
-                self.app.process_new_http(session, shutdown).await
-            };
+            let done = self
+                .pingora_serves(stream, head, settings.take(), stopping_now(), shutdown)
+                .await;
             let wrapped = splice.is_some();
             if let Some(splice) = splice.filter(|s| s.upgraded()) {
                 // The backend said 101: switchback carries the connection on. Boxed, as the
@@ -721,6 +704,35 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             }
             reused = true;
         }
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
+    /// pingora's session for the request whose head is `head`, and the (boxed) future that
+    /// serves it. Not async: a session made in the connection's future, even moved out at
+    /// once, would keep its room (about 1 KB) in that future while the connection is idle.
+    fn pingora_serves<'a>(
+        &'a self,
+        stream: Stream,
+        head: BytesMut,
+        settings: Option<HttpPersistentSettings>,
+        stopping: bool,
+        shutdown: &'a ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+        let mut session = ServerSession::new_http1(stream);
+        match settings {
+            Some(settings) => settings.apply_to_session(&mut session),
+            None => session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1))),
+        }
+        if stopping {
+            session.set_keepalive(None);
+        }
+        session.set_read_timeout(Some(self.limits.body_timeout));
+        session.set_write_timeout(Some(self.limits.send_timeout));
+        // pingora hands back no bytes of a next request with the stream (pipelining is off,
+        // so it closes a connection that sent some), so the head read here is all of it.
+        session.set_pipelined_prefix(head);
+        self.app.process_new_http(session, shutdown)
     }
 }
 

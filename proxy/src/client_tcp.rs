@@ -12,8 +12,9 @@
 //! header on a plain listener) keep pingora's stream, which can take bytes back.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -31,15 +32,19 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub struct ClientTcp {
     tcp: TcpStream,
-    digest: Arc<SocketDigest>,
+    peer: SocketAddr,
+    /// Made when first asked (by pingora's path, or a route by listener): most connections
+    /// never ask, and a digest is about 400 bytes.
+    digest: OnceLock<Arc<SocketDigest>>,
     established: SystemTime,
 }
 
 impl ClientTcp {
-    pub fn new(tcp: TcpStream, digest: SocketDigest) -> ClientTcp {
+    pub fn new(tcp: TcpStream, peer: SocketAddr) -> ClientTcp {
         ClientTcp {
             tcp,
-            digest: Arc::new(digest),
+            peer,
+            digest: OnceLock::new(),
             established: SystemTime::now(),
         }
     }
@@ -125,11 +130,16 @@ impl GetProxyDigest for ClientTcp {
 
 impl GetSocketDigest for ClientTcp {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        Some(self.digest.clone())
+        let digest = self.digest.get_or_init(|| {
+            let digest = SocketDigest::from_raw_fd(self.tcp.as_raw_fd());
+            let _ = digest.peer_addr.set(Some(self.peer.into()));
+            Arc::new(digest)
+        });
+        Some(digest.clone())
     }
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.digest = Arc::new(digest);
+        self.digest = OnceLock::from(Arc::new(digest));
     }
 }
 
@@ -145,14 +155,18 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let mut peer = TcpStream::connect(addr).await.unwrap();
         let (tcp, from) = listener.accept().await.unwrap();
-        let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
-        digest.peer_addr.set(Some(from.into())).unwrap();
-        let mut stream: Stream = Box::new(ClientTcp::new(tcp, digest));
+        let mut stream: Stream = Box::new(ClientTcp::new(tcp, from));
         let seen = stream.get_socket_digest().unwrap();
         assert_eq!(
             seen.peer_addr().and_then(|a| a.as_inet().copied()),
             Some(from)
         );
+        assert_eq!(
+            seen.local_addr().and_then(|a| a.as_inet().copied()),
+            Some(addr)
+        );
+        // Made once.
+        assert!(Arc::ptr_eq(&seen, &stream.get_socket_digest().unwrap()));
         peer.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 4];
         stream.read_exact(&mut got).await.unwrap();

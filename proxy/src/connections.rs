@@ -103,12 +103,11 @@ impl ClientLimits {
 
     /// The forwarding lines for a connection from `stream`'s peer, or None when the peer is a
     /// trusted proxy, whose requests keep their own.
-    fn forwarding(&self, stream: &Stream) -> Option<Forwarding> {
-        let peer = peer_ip(stream);
+    fn forwarding(&self, peer: Option<IpAddr>, tls: bool) -> Option<Forwarding> {
         if peer.is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip))) {
             return None;
         }
-        Some(Forwarding::new(peer, stream.get_ssl_digest().is_some()))
+        Some(Forwarding::new(peer, tls))
     }
 }
 
@@ -337,7 +336,9 @@ impl ClientLimits {
                 .as_mut()
                 .reset(tokio::time::Instant::now() + self.header_timeout);
         }
-        self.rest_of_head(stream, buf, deadline).await
+        // Boxed: a head that takes more than one read is rare, and its state would otherwise
+        // size every idle connection's.
+        Box::pin(self.rest_of_head(stream, buf, deadline)).await
     }
 
     /// The first read of a kept-alive connection's next request, within `keepalive_timeout`.
@@ -541,9 +542,14 @@ const HEAD_TOO_LARGE: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
-    /// Serves one client connection to its end, on the worker thread that accepted it (see
-    /// [`crate::workers`]).
-    pub async fn serve(self: Arc<Self>, mut stream: Stream, shutdown: ShutdownWatch) {
+    /// Serves one client connection from `peer` to its end, on the worker thread that accepted
+    /// it (see [`crate::workers`]).
+    pub async fn serve(
+        self: Arc<Self>,
+        mut stream: Stream,
+        mut peer: Option<IpAddr>,
+        shutdown: ShutdownWatch,
+    ) {
         let mut stopping = shutdown.clone();
         let shutdown = &shutdown;
         // Whether the process is stopping, per request without the watch's lock: it only ever
@@ -558,7 +564,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             return;
         }
         if let Some(pp) = &self.proxy_protocol {
-            if stream.get_ssl_digest().is_none() && pp.expects_header(peer_ip(&stream)) {
+            if stream.get_ssl_digest().is_none() && pp.expects_header(peer) {
                 // A plain listener's stream is pingora's L4 stream, which can take back what
                 // was read past the header.
                 let Ok(mut l4) = stream.into_any().downcast::<L4Stream>() else {
@@ -568,9 +574,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                     return;
                 }
                 stream = l4;
+                // The client the header names.
+                peer = peer_ip(&stream);
             }
         }
-        let _per_ip = match self.per_ip.is_some().then(|| peer_ip(&stream)).flatten() {
+        let _per_ip = match self.per_ip.is_some().then_some(peer).flatten() {
             Some(ip) => match self.enter(ip) {
                 Some(place) => Some(place),
                 None => {
@@ -587,11 +595,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             }
             return;
         }
-        let forwarding = self.limits.forwarding(&stream);
-        let peer = peer_ip(&stream);
-        let socket = stream.get_socket_digest();
         let tls = stream.get_ssl_digest().is_some();
-        let mut settings: Option<HttpPersistentSettings> = None;
+        let forwarding = self.limits.forwarding(peer, tls);
+        // Boxed: only a connection pingora served has them, and they would size every idle
+        // connection's state (80 bytes).
+        let mut settings: Option<Box<HttpPersistentSettings>> = None;
         let mut reused = false;
         // What the last request on switchback's own path left of the next one.
         let mut carried = BytesMut::new();
@@ -604,9 +612,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                     .await
             } else {
                 let carried = std::mem::take(&mut carried);
-                self.limits
-                    .carried_head(&mut stream, carried, &mut deadline)
-                    .await
+                // Boxed: pipelined requests are rare, and the state would size every idle
+                // connection's.
+                Box::pin(
+                    self.limits
+                        .carried_head(&mut stream, carried, &mut deadline),
+                )
+                .await
             };
             let mut head = match next {
                 Ok(head) => head,
@@ -630,7 +642,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             if let Some(http1) = &self.http1 {
                 let conn = h1::Conn {
                     peer,
-                    socket: socket.as_deref(),
                     tls,
                     forwarding: forwarding.as_ref().map(Forwarding::lines),
                     stopping: stopping_now(),
@@ -694,7 +705,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             let Some(done) = done else {
                 return;
             };
-            (stream, settings) = done.consume();
+            let (next, kept) = done.consume();
+            stream = next;
+            settings = kept.map(Box::new);
             if wrapped {
                 // Answered without an upgrade: the connection goes on unwrapped.
                 let Some(unwrapped) = ClientSide::unwrap(stream) else {
@@ -715,13 +728,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
         &'a self,
         stream: Stream,
         head: BytesMut,
-        settings: Option<HttpPersistentSettings>,
+        settings: Option<Box<HttpPersistentSettings>>,
         stopping: bool,
         shutdown: &'a ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
         let mut session = ServerSession::new_http1(stream);
         match settings {
-            Some(settings) => settings.apply_to_session(&mut session),
+            Some(settings) => (*settings).apply_to_session(&mut session),
             None => session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1))),
         }
         if stopping {
@@ -736,7 +749,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
     }
 }
 
-fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+/// The peer's address as the stream's digest has it (after a PROXY header, the client's).
+pub fn peer_ip(stream: &Stream) -> Option<IpAddr> {
     let digest = stream.get_socket_digest()?;
     Some(digest.peer_addr()?.as_inet()?.ip())
 }

@@ -32,7 +32,7 @@ use crate::headers::Vars;
 use crate::host_and_path::HostAndPath;
 use crate::long_lived::LongLivedGuard;
 use crate::metrics::Metrics;
-use crate::policy::{Admission, Ending, Facts, Policy};
+use crate::policy::{Admission, Ending, Facts, Policy, Socket};
 use crate::pool::{InFlight, Tried};
 use crate::read_deadline;
 use crate::request_id::RequestId;
@@ -292,7 +292,7 @@ impl ProxyHttp for SwitchbackProxy {
             get_or_head: matches!(req.method, http::Method::GET | http::Method::HEAD),
             declared_length: declared_length(req),
             now: ctx.started,
-            socket: session.digest().and_then(|d| d.socket_digest.as_deref()),
+            socket: Socket::Digest(session.digest().and_then(|d| d.socket_digest.as_deref())),
         };
         let admission = self.policy.admit(&facts);
         let route = match admission {

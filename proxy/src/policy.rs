@@ -64,14 +64,39 @@ pub struct Facts<'a, H> {
     /// it; they read the clock themselves otherwise).
     pub now: Option<Instant>,
     /// The connection's socket: its local address says which listener took the request.
-    pub socket: Option<&'a SocketDigest>,
+    pub socket: Socket<'a>,
 }
 
 impl<H> Facts<'_, H> {
     /// The listener's address the connection came to (asked of the socket once per
     /// connection, and only when routes differ by listener).
     pub fn local(&self) -> Option<SocketAddr> {
-        local_addr(self.socket)
+        self.socket.local()
+    }
+}
+
+/// Where a request's socket digest (its connection's addresses) comes from: pingora's session
+/// has one; on switchback's own path the stream makes one only when first asked, so that a
+/// connection whose requests never ask holds none (a digest is about 400 bytes).
+#[derive(Clone, Copy)]
+pub enum Socket<'a> {
+    Digest(Option<&'a SocketDigest>),
+    Stream(&'a pingora::protocols::Stream),
+}
+
+impl Socket<'_> {
+    pub fn local(&self) -> Option<SocketAddr> {
+        match self {
+            Socket::Digest(digest) => local_addr(*digest),
+            Socket::Stream(stream) => local_addr(stream.get_socket_digest().as_deref()),
+        }
+    }
+
+    pub fn peer_port(&self) -> Option<u16> {
+        match self {
+            Socket::Digest(digest) => peer_port(*digest),
+            Socket::Stream(stream) => peer_port(stream.get_socket_digest().as_deref()),
+        }
     }
 }
 

@@ -319,8 +319,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> Worker<A> {
                 Err(_) => continue,
             };
             let _ = tcp.set_nodelay(true);
-            let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
-            let _ = digest.peer_addr.set(Some(peer.into()));
             let held = Held::new(&self.balance, self.me);
             let app = self.app.clone();
             let shutdown = shutdown.clone();
@@ -328,23 +326,23 @@ impl<A: HttpServerApp + Send + Sync + 'static> Worker<A> {
                 // A PROXY protocol header is read through pingora's stream, which can take
                 // back what followed it.
                 None if !app.reads_proxy_protocol() => {
-                    let client = ClientTcp::new(tcp, digest);
+                    let client = ClientTcp::new(tcp, peer);
                     tokio::spawn(async move {
                         let _held = held;
-                        app.serve(Box::new(client), shutdown).await
+                        app.serve(Box::new(client), Some(peer.ip()), shutdown).await
                     });
                 }
                 None => {
                     let mut l4 = L4Stream::from(tcp);
-                    l4.set_socket_digest(digest);
+                    l4.set_socket_digest(digest(&l4, peer));
                     tokio::spawn(async move {
                         let _held = held;
-                        app.serve(Box::new(l4), shutdown).await
+                        app.serve(Box::new(l4), Some(peer.ip()), shutdown).await
                     });
                 }
                 Some(tls) => {
                     let mut l4 = L4Stream::from(tcp);
-                    l4.set_socket_digest(digest);
+                    l4.set_socket_digest(digest(&l4, peer));
                     let tls = tls.clone();
                     let before_tls = self.before_tls.clone();
                     let timeout = self.handshake_timeout;
@@ -353,13 +351,22 @@ impl<A: HttpServerApp + Send + Sync + 'static> Worker<A> {
                         // Boxed: the handshake's state is no part of the connection's after it.
                         let handshake = Box::pin(handshake(l4, tls, before_tls, timeout));
                         if let Some(stream) = handshake.await {
-                            app.serve(stream, shutdown).await
+                            // After a PROXY header, the client it names.
+                            let peer = crate::connections::peer_ip(&stream);
+                            app.serve(stream, peer, shutdown).await
                         }
                     });
                 }
             }
         }
     }
+}
+
+/// A socket digest for a connection from `peer`.
+fn digest(socket: &impl AsRawFd, peer: std::net::SocketAddr) -> SocketDigest {
+    let digest = SocketDigest::from_raw_fd(socket.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    digest
 }
 
 /// Registers a worker's copy of a listening socket with the worker's reactor.

@@ -44,7 +44,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use pingora::protocols::{SocketDigest, Stream};
+use pingora::protocols::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
@@ -54,7 +54,7 @@ use crate::compress::{self, AnswerHeaders, Compressor};
 use crate::forwarding::is_forwarding_header;
 use crate::headers::Vars;
 use crate::host_and_path::HostAndPath;
-use crate::policy::{self, Admission, Ending, Facts, Policy, Route};
+use crate::policy::{self, Admission, Ending, Facts, Policy, Route, Socket};
 use crate::pool::Tried;
 use crate::read_deadline;
 use crate::recycle::Recycled;
@@ -76,8 +76,6 @@ pub struct Http1 {
 /// What the connection loop knows of a connection.
 pub struct Conn<'a> {
     pub peer: Option<IpAddr>,
-    /// The connection's socket (its local address names the listener).
-    pub socket: Option<&'a SocketDigest>,
     pub tls: bool,
     /// The forwarding lines (None: the peer is a trusted proxy, whose own are appended to).
     pub forwarding: Option<&'a [u8]>,
@@ -269,7 +267,7 @@ impl Http1 {
     ) -> Outcome {
         let started = self.policy.records().then(Instant::now);
         let mut out = take_buffer();
-        let plan = match self.prepare(&head, conn, started, &mut out) {
+        let plan = match self.prepare(&head, stream, conn, started, &mut out) {
             Ok(Some(Prepared::Forward(plan))) => plan,
             Ok(Some(Prepared::Own(own))) => {
                 give_buffer(out);
@@ -310,6 +308,7 @@ impl Http1 {
     fn prepare(
         &self,
         buf: &[u8],
+        stream: &Stream,
         conn: &Conn<'_>,
         started: Option<Instant>,
         out: &mut Vec<u8>,
@@ -365,7 +364,7 @@ impl Http1 {
                 _ => None,
             },
             now: started,
-            socket: conn.socket,
+            socket: Socket::Stream(stream),
         };
         let Ok(method) = http::Method::from_bytes(head.method.as_bytes()) else {
             return Ok(None);
@@ -442,7 +441,7 @@ impl Http1 {
                 remote_port: if rules.is_empty() {
                     None
                 } else {
-                    policy::peer_port(conn.socket)
+                    Socket::Stream(stream).peer_port()
                 },
             },
             override_header: overrides

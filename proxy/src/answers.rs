@@ -63,14 +63,15 @@ impl OwnAnswer {
 
     /// The answer to a request `admission` does not forward (None for one it does), sent to
     /// `host` (as the client wrote it) for `uri` (path and query), over TLS or not, on the
-    /// local address `local`. Counts a body over the limit.
+    /// local address `local` (asked only by a redirect service's, whose `to` may name the
+    /// port: it costs a system call). Counts a body over the limit.
     pub fn of(
         policy: &Policy,
         admission: &Admission,
         host: &str,
         uri: &str,
         tls: bool,
-        local: Option<SocketAddr>,
+        local: impl FnOnce() -> Option<SocketAddr>,
     ) -> Option<OwnAnswer> {
         Some(match admission {
             Admission::Forward(_) => return None,
@@ -103,7 +104,7 @@ impl OwnAnswer {
             }
             Admission::Moved { table, service } => {
                 let redirect = table.services[*service].redirect.as_ref()?;
-                OwnAnswer::redirect(redirect.code, redirect.location(host, uri, tls, local))
+                OwnAnswer::redirect(redirect.code, redirect.location(host, uri, tls, local()))
             }
             Admission::NoService => OwnAnswer {
                 close: true,

@@ -299,7 +299,7 @@ impl ProxyHttp for SwitchbackProxy {
             Admission::Forward(route) => route,
             other => {
                 let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-                let local = facts.local();
+                let local = || facts.local();
                 let Some(answer) =
                     OwnAnswer::of(&self.policy, &other, raw_host, uri, ctx.tls, local)
                 else {

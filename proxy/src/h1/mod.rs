@@ -395,7 +395,7 @@ impl Http1 {
         let route = match self.policy.admit(&facts) {
             Admission::Forward(route) => route,
             other => {
-                let local = facts.local();
+                let local = || facts.local();
                 let answer =
                     OwnAnswer::of(&self.policy, &other, host, head.target, conn.tls, local);
                 return Ok(answer.and_then(|a| own(a, method, host_and_path(), None)));

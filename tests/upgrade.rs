@@ -82,13 +82,24 @@ async fn a_stopping_process_closes_idle_kept_alive_connections_while_it_drains()
         "[services.app]\nactive = \"blue\"\npools.blue = [\"{}\"]\n",
         blue.addr
     ));
-    // One connection that made a request and waits, kept alive.
-    let mut idle = std::net::TcpStream::connect(proxy.addr()).unwrap();
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-        .unwrap();
+    // Connections that made a request and wait, kept alive: one for longer than the second
+    // after which a waiting connection watches for the stop (it is woken by it), one for less
+    // (it looks when that second is up).
     let mut answer = [0u8; 1024];
-    let n = idle.read(&mut answer).unwrap();
-    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    let kept_alive = || {
+        let mut idle = std::net::TcpStream::connect(proxy.addr()).unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            .unwrap();
+        let mut answer = [0u8; 1024];
+        let n = idle.read(&mut answer).unwrap();
+        assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+        idle
+    };
+    let mut long_idle = kept_alive();
+    // What is tested is a connection idle for more than that second: the time is the
+    // condition.
+    std::thread::sleep(Duration::from_millis(1300));
+    let mut idle = kept_alive();
     // And a request in flight, which holds the process up while it drains.
     let addr = proxy.addr();
     let slow = tokio::spawn(async move { get_once(addr, "/slow?ms=3000").await });
@@ -104,7 +115,16 @@ async fn a_stopping_process_closes_idle_kept_alive_connections_while_it_drains()
         .status()
         .unwrap();
     assert!(sent.success());
-    // The idle connection is closed at once, not when the process exits.
+    // The idle connections are closed at once, not when the process exits (3 s on, with the
+    // slow request), nor, for the one that watches, when its keep-alive ends.
+    long_idle
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let closed = long_idle.read(&mut answer);
+    assert!(
+        matches!(closed, Ok(0)),
+        "the connection idle for long is still open: {closed:?}"
+    );
     idle.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let closed = idle.read(&mut answer);
     assert!(

@@ -22,19 +22,20 @@
 //!   allocated), with `client_body_timeout` as the read deadline of the body and
 //!   `send_timeout` as the write deadline of the answer.
 //!
-//! An idle keep-alive connection holds as little as it can:
+//! An idle keep-alive connection holds as little as it can (about 1 KB in all, measured with
+//! `cargo bench --bench proxy -- memory`):
 //! - it runs in a task of its own on the worker thread that accepted it ([`crate::workers`]),
-//!   with no room in its state for the TLS handshake, which a boxed future of its own did;
+//!   with no room in its state for the TLS handshake, which ran in a task of its own;
+//! - while it waits, its state is the connection's facts and a hand-written wait ([`Idle`]),
+//!   about 400 bytes: each request is served in a future of its own, in a block the thread
+//!   recycles, held only while the request lasts;
+//! - it watches for the process to stop by leaving its waker with its thread, not with a
+//!   future of the stop watch;
 //! - no head buffer while it waits (the first read goes through a buffer on the stack and is
 //!   copied into a head buffer of its size, which a request held open for long, a WebSocket
 //!   say, keeps instead of 4 KiB);
-//! - the rare error answers are boxed, so their buffers are not part of every connection's
-//!   state.
-//!
 //! - its stream has no buffers of its own: what the proxy writes goes out in one `write` or
 //!   `writev` of its own buffers.
-//!
-//! What it still holds is mostly pingora's stream.
 //!
 //! HTTP/2 connections go to pingora's own loop, with `keepalive_timeout` as its idle timeout.
 
@@ -301,111 +302,6 @@ impl ClientLimits {
         }
     }
 
-    /// The next request head on `stream`, under the deadlines: the whole head within
-    /// `header_timeout` on a new connection (`reused` false); the first byte within
-    /// `keepalive_timeout`, then the rest within `header_timeout`, on a reused one.
-    ///
-    /// `deadline` is the connection's one timer, reset for each wait rather than made anew:
-    /// moving a tokio timer later only updates it in place, so the wait for each next request
-    /// costs no timer registration.
-    async fn next_head(
-        &self,
-        stream: &mut Stream,
-        reused: bool,
-        deadline: &mut Pin<Box<Sleep>>,
-        shutdown: &mut ShutdownWatch,
-    ) -> Result<BytesMut, HeadEnd> {
-        let read = if reused {
-            self.next_request(stream, deadline, shutdown).await?
-        } else {
-            tokio::select! {
-                biased;
-                read = first_read(stream) => read,
-                () = deadline.as_mut() => return Err(HeadEnd::TimedOut { started: false }),
-            }
-        };
-        let buf = match read {
-            Ok(buf) if !buf.is_empty() => buf,
-            _ => return Err(HeadEnd::Closed),
-        };
-        if let Some(end) = head_end(&buf, 0) {
-            return self.check(&buf, end).map(|()| buf);
-        }
-        if reused {
-            deadline
-                .as_mut()
-                .reset(tokio::time::Instant::now() + self.header_timeout);
-        }
-        // Boxed: a head that takes more than one read is rare, and its state would otherwise
-        // size every idle connection's.
-        Box::pin(self.rest_of_head(stream, buf, deadline)).await
-    }
-
-    /// The first read of a kept-alive connection's next request, within `keepalive_timeout`.
-    ///
-    /// A connection that waits is closed as the process stops (a SIGTERM, an upgrade's old
-    /// process): its client sees the close while idle and opens its next connection to
-    /// whoever serves, rather than sending into a process about to exit. Only a connection
-    /// idle for [`STOP_WATCH_AFTER`] watches for the stop, so a busy one pays nothing for it
-    /// (its next answer says `connection: close` instead); the close comes at most that long
-    /// after the stop.
-    async fn next_request(
-        &self,
-        stream: &mut Stream,
-        deadline: &mut Pin<Box<Sleep>>,
-        shutdown: &mut ShutdownWatch,
-    ) -> Result<std::io::Result<BytesMut>, HeadEnd> {
-        let start = tokio::time::Instant::now();
-        let quiet = STOP_WATCH_AFTER.min(self.keepalive_timeout);
-        let wake = start + quiet;
-        // The timer is re-armed only when it would not go off before `wake`: a connection that
-        // asks again within a second keeps the one it armed for an earlier request, which goes
-        // off early once and is armed again then. Moving a timer in tokio's wheel on every
-        // request cost more than the rest of the wait.
-        let armed = deadline.deadline();
-        if armed <= start || armed > wake {
-            deadline.as_mut().reset(wake);
-        }
-        loop {
-            tokio::select! {
-                biased;
-                read = first_read(stream) => return Ok(read),
-                () = deadline.as_mut() => {}
-            }
-            if tokio::time::Instant::now() >= wake {
-                break;
-            }
-            deadline.as_mut().reset(wake);
-        }
-        if quiet == self.keepalive_timeout {
-            return Err(HeadEnd::TimedOut { started: false });
-        }
-        deadline.as_mut().reset(start + self.keepalive_timeout);
-        tokio::select! {
-            biased;
-            read = first_read(stream) => Ok(read),
-            () = deadline.as_mut() => Err(HeadEnd::TimedOut { started: false }),
-            () = shutting_down(shutdown) => Err(HeadEnd::Closed),
-        }
-    }
-
-    /// The next head when the connection's last request left `carried`, the start of the next
-    /// (pipelined): the rest of it within `header_timeout`.
-    async fn carried_head(
-        &self,
-        stream: &mut Stream,
-        carried: BytesMut,
-        deadline: &mut Pin<Box<Sleep>>,
-    ) -> Result<BytesMut, HeadEnd> {
-        if let Some(end) = head_end(&carried, 0) {
-            return self.check(&carried, end).map(|()| carried);
-        }
-        deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + self.header_timeout);
-        self.rest_of_head(stream, carried, deadline).await
-    }
-
     /// Reads the rest of a head into `buf` until `deadline`.
     async fn rest_of_head(
         &self,
@@ -426,41 +322,215 @@ impl ClientLimits {
 /// How long a kept-alive connection waits before it watches for the process to stop.
 const STOP_WATCH_AFTER: Duration = Duration::from_secs(1);
 
-/// Returns once the process is stopping.
-async fn shutting_down(shutdown: &mut ShutdownWatch) {
-    loop {
-        if *shutdown.borrow_and_update() {
-            return;
+/// The first bytes of a new connection's first request, before `deadline` (armed for the whole
+/// head); None when the client closed first or the deadline passed.
+fn first_bytes<'a>(
+    stream: &'a mut Stream,
+    deadline: &'a mut Pin<Box<Sleep>>,
+) -> impl Future<Output = Option<BytesMut>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(read) = poll_first_read(stream, cx) {
+            return Poll::Ready(read);
         }
-        if shutdown.changed().await.is_err() {
-            return std::future::pending().await;
+        deadline.as_mut().poll(cx).map(|()| None)
+    })
+}
+
+/// The wait of a kept-alive connection for the first bytes of its next request, within
+/// `keepalive_timeout` of the last answer; None when the client closed, the wait timed out,
+/// or the process stopped.
+///
+/// Written by hand, with no select and no future of the stop watch inside, as it is the state
+/// every idle connection holds (about 70 bytes, against 340 as an async fn).
+///
+/// A connection that waits is closed as the process stops (a SIGTERM, an upgrade's old
+/// process): its client sees the close while idle and opens its next connection to whoever
+/// serves, rather than sending into a process about to exit. Only a connection idle for
+/// [`STOP_WATCH_AFTER`] watches for the stop, so a busy one pays nothing for it (its next
+/// answer says `connection: close` instead); the close comes at most that long after the stop.
+/// It watches by leaving its waker with its worker thread ([`wake_idle_connections`]).
+struct Idle<'a> {
+    stream: &'a mut Stream,
+    deadline: &'a mut Pin<Box<Sleep>>,
+    client: &'a Client,
+    /// When the wait starts watching for the stop.
+    quiet_until: tokio::time::Instant,
+    /// When the wait ends.
+    end: tokio::time::Instant,
+    /// The waker left with the thread, once the wait watches for the stop.
+    watching: Option<StopWatch>,
+}
+
+impl<'a> Idle<'a> {
+    fn new(
+        limits: &ClientLimits,
+        stream: &'a mut Stream,
+        deadline: &'a mut Pin<Box<Sleep>>,
+        client: &'a Client,
+    ) -> Idle<'a> {
+        let start = tokio::time::Instant::now();
+        let quiet_until = start + STOP_WATCH_AFTER.min(limits.keepalive_timeout);
+        // The timer is re-armed only when it would not go off before `quiet_until`: a
+        // connection that asks again within a second keeps the one it armed for an earlier
+        // request, which goes off early once and is armed again then. Moving a timer in tokio's
+        // wheel on every request cost more than the rest of the wait.
+        let armed = deadline.deadline();
+        if armed <= start || armed > quiet_until {
+            deadline.as_mut().reset(quiet_until);
+        }
+        Idle {
+            stream,
+            deadline,
+            client,
+            quiet_until,
+            end: start + limits.keepalive_timeout,
+            watching: None,
         }
     }
 }
 
-/// The first read of a connection's next request, into a head buffer allocated only once bytes
-/// came, and only as large as what came: an idle connection holds no buffer while it waits
-/// (the read goes through a stack buffer that lives for one poll, then is copied, a few hundred
-/// bytes, into the head buffer), and a request held open for long (a WebSocket, a slow
-/// answer) holds its head, not 4 KiB. Empty when the client closed.
-async fn first_read(stream: &mut Stream) -> std::io::Result<BytesMut> {
-    std::future::poll_fn(|cx| {
-        // Uninitialized: zeroing 4 KiB on every poll would cost more than the read.
-        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_BUFFER];
-        let mut read = ReadBuf::uninit(&mut scratch);
-        match Pin::new(&mut *stream).poll_read(cx, &mut read) {
-            Poll::Ready(Ok(())) => {
-                // With room for the forwarding lines, so writing them moves no buffer.
-                let filled = read.filled();
-                let mut head = take_head_buffer(filled.len() + FORWARDING_ROOM);
-                head.extend_from_slice(filled);
-                Poll::Ready(Ok(head))
+impl Future for Idle<'_> {
+    type Output = Option<BytesMut>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<BytesMut>> {
+        let this = self.get_mut();
+        loop {
+            if let Poll::Ready(read) = poll_first_read(this.stream, cx) {
+                return Poll::Ready(read);
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+            if let Some(watch) = &this.watching {
+                if this.client.stopped() {
+                    return Poll::Ready(None);
+                }
+                watch.update(cx.waker());
+            }
+            if this.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= this.end {
+                return Poll::Ready(None);
+            }
+            if now >= this.quiet_until && this.watching.is_none() {
+                this.watching = Some(StopWatch::new(cx.waker()));
+                this.deadline.as_mut().reset(this.end);
+            } else if this.watching.is_none() {
+                // Went off early, armed for an earlier wait.
+                this.deadline.as_mut().reset(this.quiet_until);
+            } else {
+                this.deadline.as_mut().reset(this.end);
+            }
         }
-    })
-    .await
+    }
+}
+
+/// The wakers of a worker thread's idle connections that watch for the process to stop, and
+/// whether the thread wakes them then.
+#[derive(Default)]
+struct StopWaiters {
+    /// The thread wakes them: set by [`watch_stops_on_this_thread`].
+    woken: bool,
+    wakers: Vec<Option<std::task::Waker>>,
+    free: Vec<usize>,
+}
+
+thread_local! {
+    static STOP_WAITERS: std::cell::RefCell<StopWaiters> =
+        std::cell::RefCell::new(StopWaiters::default());
+}
+
+/// Marks this thread as one that calls [`wake_idle_connections`] as the process stops.
+pub fn watch_stops_on_this_thread() {
+    STOP_WAITERS.with(|w| w.borrow_mut().woken = true);
+}
+
+/// Wakes this thread's idle connections that watch for the stop: each sees it and closes.
+pub fn wake_idle_connections() {
+    let wakers: Vec<_> = STOP_WAITERS.with(|w| {
+        let mut w = w.borrow_mut();
+        w.wakers.iter_mut().filter_map(Option::take).collect()
+    });
+    for waker in wakers {
+        waker.wake();
+    }
+}
+
+/// An idle connection's waker, left with its thread while it watches for the stop; taken back
+/// when the wait ends.
+struct StopWatch(Option<usize>);
+
+impl StopWatch {
+    fn new(waker: &std::task::Waker) -> StopWatch {
+        let slot = STOP_WAITERS
+            .try_with(|w| {
+                let mut w = w.borrow_mut();
+                if !w.woken {
+                    return None;
+                }
+                let waker = Some(waker.clone());
+                Some(match w.free.pop() {
+                    Some(slot) => {
+                        w.wakers[slot] = waker;
+                        slot
+                    }
+                    None => {
+                        w.wakers.push(waker);
+                        w.wakers.len() - 1
+                    }
+                })
+            })
+            .ok()
+            .flatten();
+        StopWatch(slot)
+    }
+
+    /// Keeps the waker the connection was last polled with (a woken one is taken).
+    fn update(&self, waker: &std::task::Waker) {
+        let Some(slot) = self.0 else {
+            return;
+        };
+        let _ = STOP_WAITERS.try_with(|w| {
+            let mut w = w.borrow_mut();
+            let kept = &mut w.wakers[slot];
+            if !kept.as_ref().is_some_and(|k| k.will_wake(waker)) {
+                *kept = Some(waker.clone());
+            }
+        });
+    }
+}
+
+impl Drop for StopWatch {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0 {
+            let _ = STOP_WAITERS.try_with(|w| {
+                let mut w = w.borrow_mut();
+                w.wakers[slot] = None;
+                w.free.push(slot);
+            });
+        }
+    }
+}
+
+/// Polls the first read of a connection's next request, into a head buffer allocated only once
+/// bytes came, and only as large as what came: an idle connection holds no buffer while it
+/// waits (the read goes through a stack buffer that lives for one poll, then is copied, a few
+/// hundred bytes, into the head buffer), and a request held open for long (a WebSocket, a slow
+/// answer) holds its head, not 4 KiB. None when the client closed or the read failed.
+fn poll_first_read(stream: &mut Stream, cx: &mut std::task::Context<'_>) -> Poll<Option<BytesMut>> {
+    // Uninitialized: zeroing 4 KiB on every poll would cost more than the read.
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_BUFFER];
+    let mut read = ReadBuf::uninit(&mut scratch);
+    match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+        Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+            // With room for the forwarding lines, so writing them moves no buffer.
+            let filled = read.filled();
+            let mut head = take_head_buffer(filled.len() + FORWARDING_ROOM);
+            head.extend_from_slice(filled);
+            Poll::Ready(Some(head))
+        }
+        Poll::Ready(_) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 thread_local! {
@@ -510,7 +580,17 @@ const FORWARDING_ROOM: usize = 96;
 /// Writes a short error answer and closes the connection, reading (and dropping) what the
 /// client still sends for a moment, so that the close does not reset the connection before the
 /// client read the answer.
-async fn answer_and_close(mut stream: Stream, answer: &'static [u8]) {
+fn answer_and_close(stream: Stream, answer: &'static [u8]) -> impl Future<Output = Step> {
+    // Boxed: its buffer and timers are no part of a request's state.
+    let answering = Box::pin(write_and_drain(stream, answer));
+    async move {
+        answering.await;
+        Step::End
+    }
+}
+
+/// The writing and draining of [`answer_and_close`].
+async fn write_and_drain(mut stream: Stream, answer: &'static [u8]) {
     let write = async {
         stream.write_all(answer).await?;
         stream.flush().await?;
@@ -541,22 +621,66 @@ const BAD_REQUEST: &[u8] =
 const HEAD_TOO_LARGE: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
+/// What a client connection keeps from one request to the next.
+struct Between {
+    /// pingora's settings of the connection, once pingora served it. Boxed: only a connection
+    /// pingora served has them, and they would size every idle connection's state (80 bytes).
+    settings: Option<Box<HttpPersistentSettings>>,
+    /// What the last request on switchback's own path left of the next one (pipelined).
+    carried: BytesMut,
+    /// A request was served: the next head is on a kept-alive connection.
+    reused: bool,
+    /// The connection's one timer, reset for each wait rather than made anew: moving a tokio
+    /// timer later only updates it in place, so the wait for each next request costs no timer
+    /// registration.
+    deadline: Pin<Box<Sleep>>,
+}
+
+/// What a client connection is, for each of its requests.
+struct Client {
+    peer: Option<IpAddr>,
+    tls: bool,
+    forwarding: Option<Forwarding>,
+    /// The process was stopping as the connection began.
+    stopped_before: bool,
+    shutdown: ShutdownWatch,
+}
+
+impl Client {
+    /// Whether the process is stopping, without the watch's lock: it only ever changes once
+    /// (to true), and this receiver never marks a value seen, so any change since the
+    /// connection began is the stop.
+    fn stopped(&self) -> bool {
+        self.stopped_before || self.shutdown.has_changed().unwrap_or(true)
+    }
+}
+
+/// How a request left its connection.
+enum Step {
+    /// Ready for the next request.
+    Next(Stream),
+    /// The backend said 101: switchback carries the connection on.
+    Tunnel(Arc<Splice>),
+    /// Closed.
+    End,
+}
+
 impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
     /// Serves one client connection from `peer` to its end, on the worker thread that accepted
-    /// it (see [`crate::workers`]).
-    pub async fn serve(
+    /// it (see [`crate::workers`]), holding `_held` until then.
+    ///
+    /// While the connection waits for a request, its state is this future's, kept small: the
+    /// connection's facts and an [`Idle`] wait. Each request is served in a future of its own,
+    /// in a block the thread recycles (no allocation per request once warm), which the
+    /// connection holds only while the request lasts.
+    pub async fn serve<H: Send>(
         self: Arc<Self>,
         mut stream: Stream,
         mut peer: Option<IpAddr>,
         shutdown: ShutdownWatch,
+        _held: H,
     ) {
-        let mut stopping = shutdown.clone();
-        let shutdown = &shutdown;
-        // Whether the process is stopping, per request without the watch's lock: it only ever
-        // changes once (to true), and this receiver never marks a value seen, so any change
-        // since the connection began is the stop.
         let stopped_before = *shutdown.borrow();
-        let stopping_now = || stopped_before || shutdown.has_changed().unwrap_or(true);
         let before = self.open.fetch_add(1, Ordering::Relaxed);
         let _open = Open(&self.open);
         if before >= self.limits.max_connections as i64 {
@@ -589,134 +713,168 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             None => None,
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            let mut next = ServerApp::process_new(&self.app, stream, shutdown).await;
+            let mut next = ServerApp::process_new(&self.app, stream, &shutdown).await;
             while let Some(stream) = next {
-                next = ServerApp::process_new(&self.app, stream, shutdown).await;
+                next = ServerApp::process_new(&self.app, stream, &shutdown).await;
             }
             return;
         }
         let tls = stream.get_ssl_digest().is_some();
-        let forwarding = self.limits.forwarding(peer, tls);
-        // Boxed: only a connection pingora served has them, and they would size every idle
-        // connection's state (80 bytes).
-        let mut settings: Option<Box<HttpPersistentSettings>> = None;
-        let mut reused = false;
-        // What the last request on switchback's own path left of the next one.
-        let mut carried = BytesMut::new();
-        // A new connection's whole first head is due client_header_timeout after the accept.
-        let mut deadline = Box::pin(tokio::time::sleep(self.limits.header_timeout));
+        let client = Client {
+            peer,
+            tls,
+            forwarding: self.limits.forwarding(peer, tls),
+            stopped_before,
+            shutdown,
+        };
+        let mut between = Between {
+            settings: None,
+            carried: BytesMut::new(),
+            reused: false,
+            // A new connection's whole first head is due client_header_timeout after the
+            // accept.
+            deadline: Box::pin(tokio::time::sleep(self.limits.header_timeout)),
+        };
         loop {
-            let next = if carried.is_empty() {
-                self.limits
-                    .next_head(&mut stream, reused, &mut deadline, &mut stopping)
-                    .await
+            let first = if !between.carried.is_empty() {
+                std::mem::take(&mut between.carried)
+            } else if between.reused {
+                let idle = Idle::new(&self.limits, &mut stream, &mut between.deadline, &client);
+                match idle.await {
+                    Some(first) => first,
+                    None => return,
+                }
             } else {
-                let carried = std::mem::take(&mut carried);
-                // Boxed: pipelined requests are rare, and the state would size every idle
-                // connection's.
-                Box::pin(
-                    self.limits
-                        .carried_head(&mut stream, carried, &mut deadline),
-                )
-                .await
-            };
-            let mut head = match next {
-                Ok(head) => head,
-                Err(HeadEnd::Closed) | Err(HeadEnd::TimedOut { started: false }) => return,
-                Err(HeadEnd::TimedOut { started: true }) => {
-                    self.counters.header_timeouts.inc();
-                    Box::pin(answer_and_close(stream, REQUEST_TIMEOUT)).await;
-                    return;
-                }
-                Err(HeadEnd::UriTooLong) => {
-                    self.counters.uri_too_long.inc();
-                    Box::pin(answer_and_close(stream, URI_TOO_LONG)).await;
-                    return;
-                }
-                Err(HeadEnd::TooLarge) => {
-                    self.counters.head_too_large.inc();
-                    Box::pin(answer_and_close(stream, HEAD_TOO_LARGE)).await;
-                    return;
+                match first_bytes(&mut stream, &mut between.deadline).await {
+                    Some(first) => first,
+                    None => return,
                 }
             };
-            if let Some(http1) = &self.http1 {
-                let conn = h1::Conn {
-                    peer,
-                    tls,
-                    forwarding: forwarding.as_ref().map(Forwarding::lines),
-                    stopping: stopping_now(),
-                };
-                // Boxed: the path's state while it carries a request (its buffers' handles, the
-                // plan, the attempt) would otherwise size every connection's state, idle ones
-                // included (measured: 9.9 KB per idle connection unboxed, against 4 KB).
-                // In a block the thread recycles: no allocation per request once warm.
-                let serving = Recycled::new(http1.serve(&mut stream, head, &conn, &mut deadline));
-                match serving.await {
-                    h1::Outcome::Declined(declined) => head = declined,
-                    h1::Outcome::Next(next) => {
-                        if next.is_empty() {
-                            // The buffer goes to the connection that reads a head next.
-                            give_head_buffer(next);
-                        } else {
-                            carried = next;
-                        }
-                        reused = true;
-                        continue;
-                    }
-                    h1::Outcome::Close => return,
-                    h1::Outcome::Refused(h1::framing::Refusal::TooManyHeaders) => {
-                        // More header lines than a backend parses, with the forwarding lines.
-                        self.counters.head_too_large.inc();
-                        Box::pin(answer_and_close(stream, HEAD_TOO_LARGE)).await;
-                        return;
-                    }
-                    h1::Outcome::Refused(_) => {
-                        self.counters.bad_requests.inc();
-                        Box::pin(answer_and_close(stream, BAD_REQUEST)).await;
-                        return;
-                    }
+            let request = Recycled::new(self.request(stream, first, &client, &mut between));
+            match request.await {
+                Step::Next(next) => stream = next,
+                Step::Tunnel(splice) => {
+                    // Boxed, as the carrying's state is no part of every connection's.
+                    let carrying = Box::pin(tunnel::take_over(splice, self.limits.send_timeout));
+                    return carrying.await;
                 }
+                Step::End => return,
             }
-            if let Some(forwarding) = &forwarding {
-                if forwarding.write_into(&mut head).is_err() {
-                    // More header lines than pingora parses.
-                    self.counters.head_too_large.inc();
-                    Box::pin(answer_and_close(stream, HEAD_TOO_LARGE)).await;
-                    return;
-                }
-            }
-            // An upgrade (a WebSocket) is carried by switchback once the backend said 101: see
-            // crate::tunnel.
-            let splice = tunnel::asks_upgrade(&head).then(|| Arc::new(Splice::default()));
-            if let Some(splice) = &splice {
-                stream = ClientSide::wrap(stream, splice.clone());
-            }
-            let done = self
-                .pingora_serves(stream, head, settings.take(), stopping_now(), shutdown)
-                .await;
-            let wrapped = splice.is_some();
-            if let Some(splice) = splice.filter(|s| s.upgraded()) {
-                // The backend said 101: switchback carries the connection on. Boxed, as the
-                // carrying's state is no part of every connection's.
-                drop(done);
-                let carrying = Box::pin(tunnel::take_over(splice, self.limits.send_timeout));
-                return carrying.await;
-            }
-            let Some(done) = done else {
-                return;
-            };
-            let (next, kept) = done.consume();
-            stream = next;
-            settings = kept.map(Box::new);
-            if wrapped {
-                // Answered without an upgrade: the connection goes on unwrapped.
-                let Some(unwrapped) = ClientSide::unwrap(stream) else {
-                    return;
-                };
-                stream = unwrapped;
-            }
-            reused = true;
         }
+    }
+
+    /// Serves the request whose head starts with `first` on `stream`: reads the rest of the head
+    /// under the deadlines (the whole head within `header_timeout` of the accept on a new
+    /// connection, of its first bytes on a kept-alive one) and the size limits, and has
+    /// switchback's own path or pingora serve it.
+    async fn request(
+        &self,
+        mut stream: Stream,
+        first: BytesMut,
+        client: &Client,
+        between: &mut Between,
+    ) -> Step {
+        let head = match head_end(&first, 0) {
+            Some(end) => self.limits.check(&first, end).map(|()| first),
+            None => {
+                if between.reused {
+                    between
+                        .deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.limits.header_timeout);
+                }
+                self.limits
+                    .rest_of_head(&mut stream, first, &mut between.deadline)
+                    .await
+            }
+        };
+        let mut head = match head {
+            Ok(head) => head,
+            Err(HeadEnd::Closed) | Err(HeadEnd::TimedOut { started: false }) => return Step::End,
+            Err(HeadEnd::TimedOut { started: true }) => {
+                self.counters.header_timeouts.inc();
+                return answer_and_close(stream, REQUEST_TIMEOUT).await;
+            }
+            Err(HeadEnd::UriTooLong) => {
+                self.counters.uri_too_long.inc();
+                return answer_and_close(stream, URI_TOO_LONG).await;
+            }
+            Err(HeadEnd::TooLarge) => {
+                self.counters.head_too_large.inc();
+                return answer_and_close(stream, HEAD_TOO_LARGE).await;
+            }
+        };
+        if let Some(http1) = &self.http1 {
+            let conn = h1::Conn {
+                peer: client.peer,
+                tls: client.tls,
+                forwarding: client.forwarding.as_ref().map(Forwarding::lines),
+                stopping: client.stopped(),
+            };
+            match http1
+                .serve(&mut stream, head, &conn, &mut between.deadline)
+                .await
+            {
+                h1::Outcome::Declined(declined) => head = declined,
+                h1::Outcome::Next(next) => {
+                    if next.is_empty() {
+                        // The buffer goes to the connection that reads a head next.
+                        give_head_buffer(next);
+                    } else {
+                        between.carried = next;
+                    }
+                    between.reused = true;
+                    return Step::Next(stream);
+                }
+                h1::Outcome::Close => return Step::End,
+                h1::Outcome::Refused(h1::framing::Refusal::TooManyHeaders) => {
+                    // More header lines than a backend parses, with the forwarding lines.
+                    self.counters.head_too_large.inc();
+                    return answer_and_close(stream, HEAD_TOO_LARGE).await;
+                }
+                h1::Outcome::Refused(_) => {
+                    self.counters.bad_requests.inc();
+                    return answer_and_close(stream, BAD_REQUEST).await;
+                }
+            }
+        }
+        if let Some(forwarding) = &client.forwarding {
+            if forwarding.write_into(&mut head).is_err() {
+                // More header lines than pingora parses.
+                self.counters.head_too_large.inc();
+                return answer_and_close(stream, HEAD_TOO_LARGE).await;
+            }
+        }
+        // An upgrade (a WebSocket) is carried by switchback once the backend said 101: see
+        // crate::tunnel.
+        let splice = tunnel::asks_upgrade(&head).then(|| Arc::new(Splice::default()));
+        if let Some(splice) = &splice {
+            stream = ClientSide::wrap(stream, splice.clone());
+        }
+        let settings = between.settings.take();
+        let done = self
+            .pingora_serves(stream, head, settings, client.stopped(), &client.shutdown)
+            .await;
+        let wrapped = splice.is_some();
+        if let Some(splice) = splice.filter(|s| s.upgraded()) {
+            drop(done);
+            return Step::Tunnel(splice);
+        }
+        let Some(done) = done else {
+            return Step::End;
+        };
+        let (next, kept) = done.consume();
+        stream = next;
+        between.settings = kept.map(Box::new);
+        if wrapped {
+            // Answered without an upgrade: the connection goes on unwrapped.
+            let Some(unwrapped) = ClientSide::unwrap(stream) else {
+                return Step::End;
+            };
+            stream = unwrapped;
+        }
+        between.reused = true;
+        Step::Next(stream)
     }
 }
 

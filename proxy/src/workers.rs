@@ -254,6 +254,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Worker<A> {
                 return;
             }
         };
+        crate::connections::watch_stops_on_this_thread();
         runtime.block_on(async move {
             for socket in sockets {
                 match register(socket.fd) {
@@ -267,6 +268,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> Worker<A> {
                     Err(e) => error!(error = %e, "cannot listen on a worker thread"),
                 }
             }
+            // Idle connections close as the process stops.
+            let mut shutdown = shutdown;
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+            crate::connections::wake_idle_connections();
             std::future::pending::<()>().await
         })
     }
@@ -327,18 +336,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> Worker<A> {
                 // back what followed it.
                 None if !app.reads_proxy_protocol() => {
                     let client = ClientTcp::new(tcp, peer);
-                    tokio::spawn(async move {
-                        let _held = held;
-                        app.serve(Box::new(client), Some(peer.ip()), shutdown).await
-                    });
+                    tokio::spawn(app.serve(Box::new(client), Some(peer.ip()), shutdown, held));
                 }
                 None => {
                     let mut l4 = L4Stream::from(tcp);
                     l4.set_socket_digest(digest(&l4, peer));
-                    tokio::spawn(async move {
-                        let _held = held;
-                        app.serve(Box::new(l4), Some(peer.ip()), shutdown).await
-                    });
+                    tokio::spawn(app.serve(Box::new(l4), Some(peer.ip()), shutdown, held));
                 }
                 Some(tls) => {
                     let mut l4 = L4Stream::from(tcp);
@@ -346,14 +349,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Worker<A> {
                     let tls = tls.clone();
                     let before_tls = self.before_tls.clone();
                     let timeout = self.handshake_timeout;
+                    // The handshake in a task of its own, which hands the connection on to one
+                    // that serves it: the handshake's state is no part of the connection's.
                     tokio::spawn(async move {
-                        let _held = held;
-                        // Boxed: the handshake's state is no part of the connection's after it.
-                        let handshake = Box::pin(handshake(l4, tls, before_tls, timeout));
-                        if let Some(stream) = handshake.await {
+                        if let Some(stream) = handshake(l4, tls, before_tls, timeout).await {
                             // After a PROXY header, the client it names.
                             let peer = crate::connections::peer_ip(&stream);
-                            app.serve(stream, peer, shutdown).await
+                            tokio::spawn(app.serve(stream, peer, shutdown, held));
                         }
                     });
                 }

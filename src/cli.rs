@@ -2,7 +2,7 @@
 //! answer, short and aligned for people, or as the protocol's JSON lines with `--json`.
 //!
 //! Exit codes: 0 done, 1 refused (or the proxy could not be reached), 2 usage or config error,
-//! 3 a rollout rolled back or was aborted.
+//! 3 a rollout (or a deploy's) rolled back or was aborted.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use switchback_control::{
     encode_err, encode_event, BackendHealth, CanaryReply, CertSourceKind, CertsReply, Client,
-    ClientError, Event, PoolSetReply, ReloadReply, Request, RolloutOutcome, RolloutReply,
-    StatusReply, SwitchReply, UpgradeReply, WindowView,
+    ClientError, DeployOutcome, DeployPhase, DeployReply, Event, PoolSetReply, ReloadReply,
+    Request, RolloutOutcome, RolloutReply, StatusReply, SwitchReply, UpgradeReply, WindowView,
 };
 
 /// Where the control socket is: `--socket`, else `SWITCHBACK_SOCKET`, else the `[control]`
@@ -139,6 +139,19 @@ fn print_event(event: &Event) {
             steps,
             percent,
         } => println!("{service}: step {step}/{steps}: {percent}% of clients on {pool}"),
+        Event::DeployPhase {
+            service,
+            pool,
+            phase,
+            previous,
+        } => match phase {
+            DeployPhase::Health => println!(
+                "{service}: deploying to {pool} (active: {previous}): waiting for the new backends' health checks"
+            ),
+            DeployPhase::Switch => println!("{service}: healthy; switching from {previous} to {pool}"),
+            DeployPhase::Rollout => println!("{service}: healthy; rolling {pool} out"),
+            DeployPhase::Drain => println!("{service}: waiting for {previous} to drain"),
+        },
         Event::RolloutProgress {
             pool,
             stable_pool,
@@ -216,6 +229,45 @@ pub fn print_rollout(r: &RolloutReply) {
             r.stable_pool,
             window(&r.stable)
         ),
+    }
+}
+
+pub fn print_deploy(r: &DeployReply) {
+    if let Some(rollout) = &r.rollout {
+        print_rollout(rollout);
+    }
+    let drain = match &r.drain {
+        Some(d) if d.drained => format!("; {} drained in {} ms", d.pool, d.waited_ms),
+        Some(d) => format!(
+            "; {} did not drain within the timeout ({} in flight, {} long-lived closed)",
+            d.pool, d.in_flight, d.closed
+        ),
+        None => String::new(),
+    };
+    match r.outcome {
+        DeployOutcome::Switched | DeployOutcome::Promoted => println!(
+            "{}: deployed {} to {}, the active pool (was {}){drain} (generation {})",
+            r.service,
+            r.backends.join(", "),
+            r.pool,
+            r.previous,
+            r.generation
+        ),
+        DeployOutcome::RolledBack => println!(
+            "{}: deploy rolled back: {} stays the active pool; {} keeps {}",
+            r.service,
+            r.previous,
+            r.pool,
+            r.backends.join(", ")
+        ),
+    }
+}
+
+/// 0 when the deploy switched or was promoted, 3 when its rollout rolled back.
+pub fn deploy_exit(r: &DeployReply) -> ExitCode {
+    match r.outcome {
+        DeployOutcome::RolledBack => ExitCode::from(3),
+        _ => ExitCode::SUCCESS,
     }
 }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use switchback_control::{
-    CanaryReply, CertsReply, PoolSetReply, ReloadReply, Request, RolloutReply, StatusReply,
-    SwitchReply, UpgradeReply,
+    CanaryReply, CertsReply, DeployReply, PoolSetReply, ReloadReply, Request, RolloutReply,
+    StatusReply, SwitchReply, UpgradeReply,
 };
 
 #[global_allocator]
@@ -226,6 +226,55 @@ enum Command {
         /// Stop the running rollout and send every client back to the stable pool.
         #[arg(long, conflicts_with = "pool")]
         abort: bool,
+        /// One JSON object per line: each event, then the end.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploy BACKEND[,BACKEND…] in one command: set them on the pool that is not active
+    /// (--pool when the service has more than two), wait until they pass their health checks
+    /// (else nothing is switched: exit 1, saying which backend failed and how), switch to it
+    /// (or with --rollout roll it out: exit 3 if it rolls back), and wait for the old pool to
+    /// drain. The deploy runs in the proxy: stopping this command does not stop it (`--watch`
+    /// follows it again).
+    Deploy {
+        #[arg(
+            value_delimiter = ',',
+            value_name = "BACKEND",
+            required_unless_present = "watch"
+        )]
+        backends: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+        /// The pool to deploy to (required when the service has more than two).
+        #[arg(long)]
+        pool: Option<String>,
+        /// Roll the pool out as `rollout` does, with its options, instead of switching.
+        #[arg(long)]
+        rollout: bool,
+        /// With --rollout: percentages of clients on the pool, increasing.
+        #[arg(long, value_delimiter = ',', value_parser = parse_percent, requires = "rollout")]
+        steps: Option<Vec<f64>>,
+        /// With --rollout: how long each step is watched before the next.
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "rollout")]
+        interval: Option<Duration>,
+        /// With --rollout: percent of 5xx answers (or failed connections) that rolls back.
+        #[arg(long, value_parser = parse_percent, value_name = "PERCENT", requires = "rollout")]
+        max_error_rate: Option<f64>,
+        /// With --rollout: p95 latency in a step that rolls back.
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "rollout")]
+        max_p95: Option<Duration>,
+        /// With --rollout: canary requests a step needs before it is judged.
+        #[arg(long, value_name = "N", requires = "rollout")]
+        min_requests: Option<u64>,
+        /// How long the new backends have to pass their health checks.
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION", default_value = "60s")]
+        health_timeout: Duration,
+        /// How long the old pool may take to drain (default: the service's drain_timeout).
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        drain_timeout: Option<Duration>,
+        /// Follow the running deploy (or show how the last one ended).
+        #[arg(long, conflicts_with_all = ["backends", "pool", "rollout"])]
+        watch: bool,
         /// One JSON object per line: each event, then the end.
         #[arg(long)]
         json: bool,
@@ -692,6 +741,47 @@ fn client(command: Command, socket: Result<PathBuf, String>) -> ExitCode {
                 cli::rollout_exit
             };
             cli::call_then::<RolloutReply>(socket, request, json, cli::print_rollout, exit)
+        }
+        Command::Deploy {
+            backends,
+            target,
+            pool,
+            rollout,
+            steps,
+            interval,
+            max_error_rate,
+            max_p95,
+            min_requests,
+            health_timeout,
+            drain_timeout,
+            watch,
+            json,
+        } => {
+            let service = target.service;
+            let request = if watch {
+                Request::DeployWatch { service }
+            } else {
+                Request::Deploy {
+                    service,
+                    pool,
+                    backends,
+                    rollout,
+                    steps,
+                    interval,
+                    max_error_rate,
+                    max_p95,
+                    min_requests,
+                    health_timeout: Some(health_timeout),
+                    drain_timeout,
+                }
+            };
+            cli::call_then::<DeployReply>(
+                socket,
+                request,
+                json,
+                cli::print_deploy,
+                cli::deploy_exit,
+            )
         }
         Command::ReloadCerts { json } => {
             cli::call::<CertsReply>(socket, Request::ReloadCerts, json, cli::print_certs)

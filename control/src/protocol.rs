@@ -134,6 +134,59 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         service: Option<String>,
     },
+    /// Deploy `backends` to the pool that is not active (`pool` when the service has more than
+    /// two): set them, and wait until they pass their health checks (within `health_timeout`,
+    /// else nothing changes); switch to the pool, or with `rollout` roll it out (the rollout
+    /// fields as `rollout` takes them); then wait for the old pool to drain. It runs in the
+    /// proxy: a client that goes away does not stop it, and `deploy_watch` follows it again.
+    /// Streams `deploy_phase` events and those of each phase; the final answer says how it
+    /// ended. One deploy or rollout runs per service at a time.
+    Deploy {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+        backends: Vec<String>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        rollout: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        steps: Option<Vec<f64>>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_duration"
+        )]
+        interval: Option<Duration>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_error_rate: Option<f64>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_duration"
+        )]
+        max_p95: Option<Duration>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_requests: Option<u64>,
+        /// How long the new backends have to pass their health checks (default 60s).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_duration"
+        )]
+        health_timeout: Option<Duration>,
+        /// How long the old pool may take to drain (default: the service's `drain_timeout`).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_duration"
+        )]
+        drain_timeout: Option<Duration>,
+    },
+    /// Follow the running deploy (events, then its end); or get the end of the last one.
+    DeployWatch {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+    },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -155,6 +208,8 @@ pub const COMMANDS: &[&str] = &[
     "rollout",
     "rollout_watch",
     "rollout_abort",
+    "deploy",
+    "deploy_watch",
 ];
 
 /// Stable error codes. Tools match on these; the message is for humans.
@@ -193,6 +248,12 @@ pub enum ErrorCode {
     ActivePool,
     /// A rollout runs on the service: `switch` and `canary` wait for its end (or an abort).
     RolloutRunning,
+    /// A deploy runs on the service: another deploy or a rollout waits for its end.
+    DeployRunning,
+    /// `deploy_watch` with no deploy on the service.
+    NoDeploy,
+    /// The service has more than two pools: `deploy` needs the pool named.
+    PoolRequired,
     /// `rollout_abort` or `rollout_watch` with no rollout on the service.
     NoRollout,
     /// Rollout steps or limits that cannot work (steps that do not increase, …).
@@ -237,6 +298,9 @@ impl ErrorCode {
             ErrorCode::BadPercent => "bad_percent",
             ErrorCode::ActivePool => "active_pool",
             ErrorCode::RolloutRunning => "rollout_running",
+            ErrorCode::DeployRunning => "deploy_running",
+            ErrorCode::NoDeploy => "no_deploy",
+            ErrorCode::PoolRequired => "pool_required",
             ErrorCode::NoRollout => "no_rollout",
             ErrorCode::BadRollout => "bad_rollout",
             ErrorCode::BadConfig => "bad_config",
@@ -278,6 +342,7 @@ pub enum Reply {
     Certs(CertsReply),
     Canary(CanaryReply),
     Rollout(RolloutReply),
+    Deploy(DeployReply),
     Reload(ReloadReply),
     Upgrade(UpgradeReply),
 }
@@ -353,6 +418,53 @@ pub struct RolloutReply {
     pub canary: WindowView,
     pub stable: WindowView,
     pub generation: u64,
+}
+
+/// The end of a deploy: the final answer to `deploy` and `deploy_watch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployReply {
+    pub service: String,
+    /// The pool the new backends went to.
+    pub pool: String,
+    /// The pool that was active before.
+    pub previous: String,
+    pub backends: Vec<String>,
+    /// The backends `pool` had before.
+    pub previous_backends: Vec<String>,
+    pub outcome: DeployOutcome,
+    /// The rollout's end, for a deploy `--rollout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutReply>,
+    /// The old pool's drain, once traffic left it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainReport>,
+    pub generation: u64,
+}
+
+/// How a deploy ended, when its new backends passed their health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployOutcome {
+    /// The new pool is active, and the old one drained (or its drain timed out).
+    Switched,
+    /// The rollout promoted the new pool, and the old one drained.
+    Promoted,
+    /// The rollout rolled back (or was aborted): every client is on the old pool.
+    RolledBack,
+}
+
+/// A deploy's phases, as `deploy_phase` events name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployPhase {
+    /// The new backends are set aside for the pool, waiting for their health checks.
+    Health,
+    /// They passed: the pool is switched to.
+    Switch,
+    /// They passed: the pool is rolled out.
+    Rollout,
+    /// Traffic left the old pool: waiting for its requests to finish.
+    Drain,
 }
 
 /// How a rollout ended.
@@ -655,6 +767,15 @@ pub enum Event {
         steps: usize,
         percent: f64,
     },
+    /// `deploy`: a phase began.
+    DeployPhase {
+        service: String,
+        /// The pool the new backends go to.
+        pool: String,
+        phase: DeployPhase,
+        /// The pool that was active when the deploy began.
+        previous: String,
+    },
     /// `rollout`: about once a second, the numbers of the step so far.
     RolloutProgress {
         service: String,
@@ -868,6 +989,20 @@ mod tests {
                 wait: true,
                 timeout: Some(Duration::from_millis(1500)),
             },
+            Request::Deploy {
+                service: Some("app".into()),
+                pool: None,
+                backends: vec!["127.0.0.1:1".into(), "api.internal:80".into()],
+                rollout: true,
+                steps: Some(vec![10.0, 100.0]),
+                interval: Some(Duration::from_secs(60)),
+                max_error_rate: Some(1.5),
+                max_p95: Some(Duration::from_millis(800)),
+                min_requests: Some(20),
+                health_timeout: Some(Duration::from_secs(30)),
+                drain_timeout: None,
+            },
+            Request::DeployWatch { service: None },
         ];
         for r in all {
             let line = serde_json::to_string(&r).unwrap();

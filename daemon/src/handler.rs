@@ -22,15 +22,18 @@ use crate::change::{DeployError, SwitchOutcome};
 use crate::controller::Controller;
 use crate::drain;
 use crate::drive::start_rollout;
-use crate::judge::{percent, RolloutSpec, Window};
+use crate::judge::{percent, Window};
 use crate::rollout::{Rollout, RolloutEvent, RolloutProgress, RolloutResult};
 use crate::status;
 use crate::upgrade::Upgrader;
+
+mod deploy;
 
 pub struct ControlHandler {
     controller: Arc<Controller>,
     certs: Option<Arc<CertManager>>,
     upgrader: Option<Arc<Upgrader>>,
+    deploys: deploy::Deploys,
 }
 
 fn cert_view(s: CertStatus) -> CertView {
@@ -65,6 +68,7 @@ impl ControlHandler {
             controller,
             certs,
             upgrader: None,
+            deploys: deploy::Deploys::default(),
         }
     }
 
@@ -315,12 +319,13 @@ fn to_control(e: DeployError) -> ControlError {
 /// takes traffic again by then.
 async fn drain_left_pool(
     controller: &Controller,
-    outcome: &SwitchOutcome,
+    service_name: &str,
+    left: &str,
     timeout: Option<std::time::Duration>,
     on_progress: impl FnMut(u64, u64),
 ) -> drain::DrainOutcome {
     let config = controller.config();
-    let service = config.service(&outcome.service);
+    let service = config.service(service_name);
     let plan = drain::DrainPlan {
         timeout: timeout
             .or(service.map(|s| s.drain_timeout))
@@ -329,17 +334,17 @@ async fn drain_left_pool(
     };
     let still_left = || {
         let table = controller.table();
-        let Some(route) = table.service(&outcome.service) else {
+        let Some(route) = table.service(service_name) else {
             return true;
         };
         route
-            .pool_index(&outcome.moved_from)
+            .pool_index(left)
             .is_none_or(|i| !crate::controller::serves(route, i))
     };
     drain::wait_drain(
         &controller.table(),
-        &outcome.service,
-        &outcome.moved_from,
+        service_name,
+        left,
         plan,
         still_left,
         on_progress,
@@ -390,14 +395,20 @@ impl Handler for ControlHandler {
                 self.fleet_acks(outcome.generation).await?;
                 let drain = if wait_drain && outcome.changed {
                     let (service, old) = (outcome.service.clone(), outcome.moved_from.clone());
-                    let d = drain_left_pool(&self.controller, &outcome, drain_timeout, |n, l| {
-                        progress.send(Event::Draining {
-                            service: service.clone(),
-                            pool: old.clone(),
-                            in_flight: n,
-                            long_lived: l,
-                        })
-                    })
+                    let d = drain_left_pool(
+                        &self.controller,
+                        &outcome.service,
+                        &outcome.moved_from,
+                        drain_timeout,
+                        |n, l| {
+                            progress.send(Event::Draining {
+                                service: service.clone(),
+                                pool: old.clone(),
+                                in_flight: n,
+                                long_lived: l,
+                            })
+                        },
+                    )
                     .await;
                     Some(DrainReport {
                         pool: d.pool,
@@ -470,21 +481,13 @@ impl Handler for ControlHandler {
                 min_requests,
                 force,
             } => {
-                let steps = steps
-                    .as_deref()
-                    .unwrap_or(defaults::ROLLOUT_STEPS)
-                    .iter()
-                    .map(|s| permille(*s, "step"))
-                    .collect::<Result<Vec<u32>, _>>()
-                    .map_err(|e| ControlError::new(ErrorCode::BadRollout, e.message))?;
-                let spec = RolloutSpec {
-                    steps,
-                    interval: interval.unwrap_or(defaults::ROLLOUT_INTERVAL),
-                    max_error_rate: max_error_rate.unwrap_or(defaults::ROLLOUT_MAX_ERROR_RATE)
-                        / 100.0,
-                    max_p95: max_p95.unwrap_or(defaults::ROLLOUT_MAX_P95),
-                    min_requests: min_requests.unwrap_or(defaults::ROLLOUT_MIN_REQUESTS),
-                };
+                let spec =
+                    deploy::rollout_spec(steps, interval, max_error_rate, max_p95, min_requests)?;
+                let resolved = self
+                    .controller
+                    .resolve_service(service.as_deref())
+                    .map_err(to_control)?;
+                self.deploys.refuse_running(&resolved)?;
                 let rollout = start_rollout(
                     &self.controller,
                     service.as_deref(),
@@ -516,6 +519,69 @@ impl Handler for ControlHandler {
                     .await
                     .map_err(to_control)?;
                 Ok(rollout_reply(&rollout, &result))
+            }
+            Request::Deploy {
+                service,
+                pool,
+                backends,
+                rollout,
+                steps,
+                interval,
+                max_error_rate,
+                max_p95,
+                min_requests,
+                health_timeout,
+                drain_timeout,
+            } => {
+                let service = self
+                    .controller
+                    .resolve_service(service.as_deref())
+                    .map_err(to_control)?;
+                self.deploys.refuse_running(&service)?;
+                let backends = switchback_config::parse_backends(&backends)
+                    .map_err(|e| ControlError::new(ErrorCode::BadAddress, e))?;
+                let rollout = match rollout {
+                    true => Some(deploy::rollout_spec(
+                        steps,
+                        interval,
+                        max_error_rate,
+                        max_p95,
+                        min_requests,
+                    )?),
+                    false => None,
+                };
+                let (pool, previous) =
+                    deploy::pick_pool(&self.controller, &service, pool.as_deref())?;
+                if let Some(r) = self.controller.running_rollout(&service) {
+                    return Err(to_control(DeployError::RolloutRunning {
+                        service,
+                        pool: r.pool.clone(),
+                    }));
+                }
+                let plan = deploy::Plan {
+                    service,
+                    pool,
+                    previous,
+                    backends,
+                    rollout,
+                    health_timeout: health_timeout.unwrap_or(deploy::HEALTH_TIMEOUT),
+                    drain_timeout,
+                };
+                let deploy = self.deploys.start(&self.controller, plan, &who)?;
+                deploy.follow(&progress).await
+            }
+            Request::DeployWatch { service } => {
+                let service = self
+                    .controller
+                    .resolve_service(service.as_deref())
+                    .map_err(to_control)?;
+                let deploy = self.deploys.last(&service).ok_or_else(|| {
+                    ControlError::new(
+                        ErrorCode::NoDeploy,
+                        format!("no deploy has run on service {service:?} since the proxy started"),
+                    )
+                })?;
+                deploy.follow(&progress).await
             }
             Request::PoolSet {
                 service,

@@ -5,6 +5,7 @@
 //!   (switchback-control)       │ rollout:       ▲   │ (one writer)          (switchback-proxy)
 //!                              ├─ drive ────────┘   └─ holds each service's rollout handle
 //!                              │   └─ judge (pure: a window of numbers → verdict)
+//!                              ├─ deploy: pool set → switch or rollout → drain, in a task
 //!                              ├─ drain (waits on a pool's in-flight count)
 //!                              └─ status (read model) ◀── admin: /metrics (scrape), /readyz
 //!   health_check ── probes ──▶ backend health states (the request path reads them)

@@ -14,7 +14,8 @@
 //!
 //! Scenarios (all by default):
 //! - `http`: keep-alive requests per second and p99 latency of switchback (its default config:
-//!   metrics and access log on), the floor, nginx, HAProxy and floor-forwarding, with the ratios
+//!   metrics and access log on; switchback-quiet with both off, the work the peers do here), the
+//!   floor, nginx, HAProxy and floor-forwarding, with the ratios
 //!   of switchback and of the floor to each other proxy measured in the same round, and their
 //!   medians; then requests per second, p99 and backend connections opened at 64, 256 and 1000
 //!   clients (switchback on both HTTP/1 paths, nginx with `keepalive 1024`, HAProxy), which
@@ -822,10 +823,24 @@ fn http(bench: &Bench, o: &Options) {
         &bench.dir,
     ));
     targets.push(("floor-forwarding", format!("http://127.0.0.1:{ff_port}/")));
+    // The work nginx and HAProxy do here: no access log (theirs is off), no metrics.
+    let quiet_port = free_port();
+    procs.push(
+        bench
+            .switchback_with(
+                quiet_port,
+                "[access_log]\nenabled = false\n[metrics]\nenabled = false\n",
+            )
+            .0,
+    );
+    targets.push((
+        "switchback-quiet",
+        format!("http://127.0.0.1:{quiet_port}/"),
+    ));
     add_baseline(bench, "/", &mut procs, &mut targets);
     compare(
         &format!(
-            "http: keep-alive GET through each proxy, {} worker thread(s) each, wrk -t1 -c{} -d{}s, {} rounds; switchback with its default config (metrics and access log on)",
+            "http: keep-alive GET through each proxy, {} worker thread(s) each, wrk -t1 -c{} -d{}s, {} rounds; switchback with its default config (metrics and access log on), switchback-quiet with both off (nginx and HAProxy log nothing here)",
             threads(),
             o.connections,
             o.seconds,
@@ -1006,21 +1021,33 @@ fn compare(title: &str, targets: &[(&str, String)], o: &Options, close: bool) {
     } else {
         1
     };
-    for base in 0..bases {
-        for (i, (peer, _)) in targets.iter().enumerate().skip(base + 1) {
-            let rps: Vec<f64> = (0..o.rounds)
-                .map(|k| results[base][k].rps / results[i][k].rps)
-                .collect();
-            let p99: Vec<f64> = (0..o.rounds)
-                .map(|k| results[base][k].p99_ms / results[i][k].p99_ms)
-                .collect();
-            println!(
-                "{} / {peer}: req/s x{:.3} (median of same-round ratios; >1 is better), p99 x{:.2} (<1 is better)",
-                targets[base].0,
-                median(rps),
-                median(p99)
-            );
-        }
+    // switchback doing what the peers do here (no access log, no metrics), against them.
+    let quiet = targets
+        .iter()
+        .position(|(n, _)| *n == "switchback-quiet")
+        .map(|q| (q, ["nginx", "haproxy"]));
+    let pairs = (0..bases)
+        .flat_map(|base| (base + 1..targets.len()).map(move |i| (base, i)))
+        .chain(quiet.into_iter().flat_map(|(q, peers)| {
+            peers
+                .into_iter()
+                .filter_map(|p| targets.iter().position(|(n, _)| *n == p))
+                .map(move |i| (q, i))
+        }));
+    for (base, i) in pairs {
+        let peer = targets[i].0;
+        let rps: Vec<f64> = (0..o.rounds)
+            .map(|k| results[base][k].rps / results[i][k].rps)
+            .collect();
+        let p99: Vec<f64> = (0..o.rounds)
+            .map(|k| results[base][k].p99_ms / results[i][k].p99_ms)
+            .collect();
+        println!(
+            "{} / {peer}: req/s x{:.3} (median of same-round ratios; >1 is better), p99 x{:.2} (<1 is better)",
+            targets[base].0,
+            median(rps),
+            median(p99)
+        );
     }
 }
 

@@ -31,6 +31,9 @@ _switchback() {
             switchback,demo)
                 cmd="switchback__subcmd__demo"
                 ;;
+            switchback,deploy)
+                cmd="switchback__subcmd__deploy"
+                ;;
             switchback,help)
                 cmd="switchback__subcmd__help"
                 ;;
@@ -96,6 +99,9 @@ _switchback() {
                 ;;
             switchback__subcmd__help,demo)
                 cmd="switchback__subcmd__help__subcmd__demo"
+                ;;
+            switchback__subcmd__help,deploy)
+                cmd="switchback__subcmd__help__subcmd__deploy"
                 ;;
             switchback__subcmd__help,help)
                 cmd="switchback__subcmd__help__subcmd__help"
@@ -176,7 +182,7 @@ _switchback() {
 
     case "${cmd}" in
         switchback)
-            opts="-c -h -V --socket --config --help --version run demo check completions manpage init import status rollback certs reload-certs upgrade reload canary rollout switch pool help"
+            opts="-c -h -V --socket --config --help --version run demo check completions manpage init import status rollback certs reload-certs upgrade reload canary deploy rollout switch pool help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -411,8 +417,74 @@ _switchback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        switchback__subcmd__deploy)
+            opts="-s -c -h --service --pool --rollout --steps --interval --max-error-rate --max-p95 --min-requests --health-timeout --drain-timeout --watch --json --socket --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --service)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pool)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --steps)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-error-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-p95)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --min-requests)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --health-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drain-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         switchback__subcmd__help)
-            opts="run demo check completions manpage init import status rollback certs reload-certs upgrade reload canary rollout switch pool help"
+            opts="run demo check completions manpage init import status rollback certs reload-certs upgrade reload canary deploy rollout switch pool help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -496,6 +568,20 @@ _switchback() {
             return 0
             ;;
         switchback__subcmd__help__subcmd__demo)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        switchback__subcmd__help__subcmd__deploy)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

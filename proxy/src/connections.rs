@@ -601,7 +601,7 @@ async fn write_and_drain(mut stream: Stream, answer: &'static [u8]) {
     }
     let drain = async {
         let mut sink = [0u8; 4096];
-        let mut left = 256 * 1024;
+        let mut left = 16 << 20;
         while left > 0 {
             match stream.read(&mut sink).await {
                 Ok(0) | Err(_) => break,

@@ -1101,7 +1101,9 @@ impl Http1 {
         }
         let drain = async {
             let mut sink = [0u8; 4096];
-            let mut left = 256 * 1024;
+            // Up to the close, as nginx's lingering close: a client still sending a large body
+            // that it gets a reset for may never read the answer.
+            let mut left = 16 << 20;
             while left > 0 {
                 match tokio::io::AsyncReadExt::read(stream, &mut sink).await {
                     Ok(0) | Err(_) => break,
